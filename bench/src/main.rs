@@ -1,0 +1,2 @@
+//! The `bench` binary: end-to-end benchmark runs.
+fn main() {}

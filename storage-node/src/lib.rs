@@ -1,0 +1,10 @@
+//! The cpchain storage node: the durable chunk store, the seal/open pipeline, and (later) the
+//! networked daemon and its client.
+//!
+//! Main types: [`ChunkStore`] (shards on local disk, io_uring with a portable fallback, group
+//! commit, checksums, crash recovery), [`seal`] / [`open`] (client-side encryption, erasure
+//! coding and content addressing of data, streamed with bounded memory) and [`Manifest`].
+
+mod store;
+
+pub use store::*;

@@ -1,0 +1,2 @@
+//! The `cpchain` command-line interface.
+fn main() {}
