@@ -5,6 +5,13 @@
 //! commit, checksums, crash recovery), [`seal`] / [`open`] (client-side encryption, erasure
 //! coding and content addressing of data, streamed with bounded memory) and [`Manifest`].
 
+mod manifest;
+mod pipeline;
 mod store;
 
+pub use manifest::{BlockEntry, Manifest, ManifestDir, MAX_BLOCKS, MAX_BLOCK_SIZE};
+pub use pipeline::{
+    open, seal, CountingSink, MemoryShards, OpenParams, OpenReport, PipelineError,
+    PipelineResult, SealParams, Shard, ShardSink, ShardSource, StoreSink,
+};
 pub use store::*;

@@ -1,0 +1,180 @@
+//! `chunkstore-torture`: writes and deletes chunks in a [`ChunkStore`] from several threads and
+//! reports on stdout what the store acknowledged, so a parent process can `kill -9` it at a
+//! random moment and check that every acknowledged operation survived.
+//!
+//! Output lines (each flushed before the next operation starts):
+//! `ACK <i>` after `put` of chunk `i` returned Ok (for batches: each index of the batch),
+//! `TRYDEL <i>` before deleting chunk `i`, `DEL <i>` after that delete returned Ok,
+//! `DONE` when all `--count` chunks were written.
+//!
+//! Chunk `i` has key `ChunkId::of_parts(["torture", seed, i])` and contents [`chunk_bytes`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use crypto_accel::ChunkId;
+use storage_node::{BackendChoice, ChunkStore, StoreConfig};
+
+#[derive(Parser, Debug)]
+#[command(about = "Crash-test load generator for the chunk store")]
+struct Args {
+    /// Store directory.
+    dir: PathBuf,
+    /// Write backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Seed of chunk keys, sizes and contents.
+    #[arg(long)]
+    seed: u64,
+    /// Writer threads.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: u64,
+    /// Chunks to write before exiting.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Largest chunk in bytes.
+    #[arg(long, default_value_t = 256 << 10, value_parser = clap::value_parser!(u32).range(1..=(16 << 20)))]
+    max_size: u32,
+    /// Segment size in bytes (small values exercise rotation and compaction).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    segment_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Auto,
+    IoUring,
+    Portable,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("chunkstore-torture: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let cfg = StoreConfig {
+        segment_bytes: args.segment_bytes,
+        max_chunk_bytes: args.max_size,
+        compact_garbage_ratio: 0.3,
+        backend: match args.backend {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::IoUring => BackendChoice::IoUring,
+            BackendArg::Portable => BackendChoice::Portable,
+        },
+        ..StoreConfig::default()
+    };
+    let store = ChunkStore::open(&args.dir, cfg)
+        .with_context(|| format!("opening store {}", args.dir.display()))?;
+    let out = Mutex::new(std::io::stdout());
+    let say = |line: String| -> anyhow::Result<()> {
+        let mut out = out
+            .lock()
+            .map_err(|_| anyhow::anyhow!("stdout lock poisoned"))?;
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        Ok(())
+    };
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..args.threads)
+            .map(|t| {
+                let store = store.clone();
+                let say = &say;
+                s.spawn(move || worker(&store, args, t, say))
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("worker thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    store.close()?;
+    say("DONE".into())
+}
+
+fn worker(
+    store: &ChunkStore,
+    args: &Args,
+    t: u64,
+    say: &impl Fn(String) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut live: Vec<u64> = Vec::new();
+    let mut i = t;
+    while i < args.count {
+        // Thread 0 submits small batches; the others put one chunk at a time.
+        let batch: Vec<u64> = if t == 0 {
+            (0..1 + mix(args.seed, i) % 4)
+                .map(|k| i + k * args.threads)
+                .collect()
+        } else {
+            vec![i]
+        };
+        let items = batch
+            .iter()
+            .filter(|&&j| j < args.count)
+            .map(|&j| {
+                (
+                    chunk_id(args.seed, j),
+                    chunk_bytes(args.seed, j, args.max_size),
+                )
+            })
+            .collect::<Vec<_>>();
+        let n = items.len() as u64;
+        store.submit(items)?.wait()?;
+        for &j in batch.iter().take(n as usize) {
+            say(format!("ACK {j}"))?;
+            live.push(j);
+        }
+        i += n * args.threads;
+        let r = mix(args.seed ^ 0xde1e7e, i);
+        if r % 3 == 0 && !live.is_empty() {
+            let victim = live.swap_remove((r / 3) as usize % live.len());
+            say(format!("TRYDEL {victim}"))?;
+            store.delete(&chunk_id(args.seed, victim))?;
+            say(format!("DEL {victim}"))?;
+        }
+        if t == 0 && r % 17 == 0 {
+            store.compact()?;
+        }
+    }
+    Ok(())
+}
+
+/// Key of chunk `i`.
+fn chunk_id(seed: u64, i: u64) -> ChunkId {
+    ChunkId::of_parts(&[b"torture", &seed.to_le_bytes(), &i.to_le_bytes()])
+}
+
+/// Contents of chunk `i`: 1 B to `max` bytes, log-uniformly, from a splitmix64 stream.
+/// `tests/chunk_store_crash.rs` has the same function.
+fn chunk_bytes(seed: u64, i: u64, max: u32) -> Vec<u8> {
+    let r = mix(seed, i);
+    let bits = 1 + (r % u64::from(32 - max.leading_zeros()));
+    let len = (1 + (r >> 8) % (1u64 << bits)).min(u64::from(max));
+    let mut state = r;
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u64) < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let word = splitmix(state).to_le_bytes();
+        let take = (len as usize - out.len()).min(8);
+        out.extend_from_slice(&word[..take]);
+    }
+    out
+}
+
+fn mix(seed: u64, i: u64) -> u64 {
+    splitmix(seed ^ splitmix(i.wrapping_add(0x5EED)))
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,730 @@
+//! The seal/open pipeline: client-side encryption, erasure coding and content addressing.
+//!
+//! Seal: plaintext is read in blocks of `block_size`; each block is split into k parts that
+//! are read straight into their shard buffers (no copy), each part is sealed in place with
+//! the AEAD key of the block's encryption interval (nonce from stream, block and part; the
+//! shard header is the associated data), m parity shards are computed over the sealed parts,
+//! and every shard (header ‖ payload) is content-addressed with BLAKE3. Blocks of a window
+//! are sealed in parallel on rayon while the next window is read, and shards go to a
+//! [`ShardSink`] as each window completes, so memory stays bounded by the window whatever the
+//! input size. The result is a [`Manifest`] whose Merkle root the chain registers.
+//!
+//! Open reverses it from any k shards per block: data shards are preferred (no decoding), every
+//! fetched shard is checked against its content id and expected header, missing parts are
+//! rebuilt by Reed–Solomon and checked again, then decrypted and authenticated.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crypto_accel::{
+    block_nonce, kek_for_upload, Aead, AeadAlgo, ChunkId, CryptoError, DataId, Erasure, Hash,
+    IntervalKey, Keypair, MerkleTree, PublicKey, ShardHeader, SHARD_HEADER_LEN, TAG_LEN,
+};
+use rayon::prelude::*;
+
+use crate::manifest::{BlockEntry, Manifest, MAX_BLOCKS, MAX_BLOCK_SIZE};
+use crate::store::{ChunkStore, PutTicket, StoreError};
+
+/// Result alias for the pipeline.
+pub type PipelineResult<T> = Result<T, PipelineError>;
+
+/// A content-addressed shard: its id and its framed bytes.
+pub type Shard = (ChunkId, Vec<u8>);
+
+/// Context string from which the owner's key-wrapping secret is derived.
+const OWNER_WRAP_CONTEXT: &str = "cpchain owner interval-key wrapping v1";
+
+/// Everything that can go wrong sealing or opening data.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Reading the plaintext input failed.
+    #[error("reading the input failed: {0}")]
+    Read(#[source] io::Error),
+    /// Writing the plaintext output failed.
+    #[error("writing the output failed: {0}")]
+    Write(#[source] io::Error),
+    /// A file operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A crypto kernel failed (wrong key or tampered ciphertext among others).
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The chunk store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Fewer than k good shards of a block could be found.
+    #[error(
+        "unrecoverable: block {block}: {have} of {need} shards reachable \
+         ({corrupt} failed their checks)"
+    )]
+    Unrecoverable {
+        /// The block.
+        block: u64,
+        /// Good shards found.
+        have: usize,
+        /// Shards needed (k).
+        need: usize,
+        /// Shards found but rejected (hash, header or store checksum).
+        corrupt: usize,
+    },
+    /// The manifest is malformed or inconsistent.
+    #[error("manifest is invalid: {reason}")]
+    ManifestInvalid {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The manifest's shard ids do not hash to its root.
+    #[error("manifest root does not match its shard list (manifest tampered with)")]
+    RootMismatch,
+    /// The manifest is not the one the data id names.
+    #[error("manifest hashes to data id {got}, not the requested {expected}")]
+    DataIdMismatch {
+        /// The id asked for.
+        expected: DataId,
+        /// The id the manifest hashes to.
+        got: DataId,
+    },
+    /// No manifest for this id is known locally.
+    #[error("no data with id {id} is known here: check the id and the --home directory")]
+    UnknownData {
+        /// The id asked for.
+        id: DataId,
+    },
+    /// The key in use is not the owner's.
+    #[error("data is owned by key {owner}, but the key in use is {key}")]
+    NotOwner {
+        /// The data's owner.
+        owner: PublicKey,
+        /// The key that tried to open it.
+        key: PublicKey,
+    },
+    /// Sealing parameters are out of range.
+    #[error("bad seal parameters: {0}")]
+    BadParams(String),
+}
+
+impl PipelineError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> PipelineError {
+        PipelineError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// How data is sealed.
+#[derive(Debug, Clone)]
+pub struct SealParams {
+    /// Data shards per block.
+    pub k: u8,
+    /// Parity shards per block: any m may be lost.
+    pub m: u8,
+    /// Plaintext bytes per block.
+    pub block_size: u32,
+    /// Blocks per encryption interval (each interval gets a fresh key).
+    pub interval_blocks: u32,
+    /// The AEAD.
+    pub algo: AeadAlgo,
+    /// Stream number (0 for files).
+    pub stream: u32,
+    /// Blocks sealed concurrently; 0 = two per rayon thread. Bounds memory.
+    pub window: usize,
+}
+
+impl Default for SealParams {
+    fn default() -> Self {
+        SealParams {
+            k: 10,
+            m: 4,
+            block_size: 4 << 20,
+            interval_blocks: 64,
+            algo: AeadAlgo::Aes256Gcm,
+            stream: 0,
+            window: 0,
+        }
+    }
+}
+
+impl SealParams {
+    fn check(&self) -> PipelineResult<Erasure> {
+        if self.block_size == 0 || self.block_size > MAX_BLOCK_SIZE {
+            return Err(PipelineError::BadParams(format!(
+                "block size must be 1..={MAX_BLOCK_SIZE} bytes"
+            )));
+        }
+        if self.interval_blocks == 0 {
+            return Err(PipelineError::BadParams(
+                "an interval must span at least one block".into(),
+            ));
+        }
+        Ok(Erasure::new(usize::from(self.k), usize::from(self.m))?)
+    }
+
+    fn window(&self) -> usize {
+        match self.window {
+            0 => 2 * rayon::current_num_threads().max(1),
+            w => w,
+        }
+    }
+}
+
+/// Where sealed shards go: the local chunk store, the network, or memory.
+pub trait ShardSink {
+    /// Accepts the shards of one window of blocks. May write asynchronously.
+    fn put(&mut self, shards: Vec<Shard>) -> PipelineResult<()>;
+    /// Returns once everything put so far is durable.
+    fn flush(&mut self) -> PipelineResult<()>;
+}
+
+/// Where shards come from when opening.
+pub trait ShardSource: Sync {
+    /// The framed bytes of shard `id`; `Ok(None)` when it is not available.
+    fn fetch(&self, id: &ChunkId) -> PipelineResult<Option<Vec<u8>>>;
+}
+
+/// Keeps shards in memory (tests, benchmarks).
+#[derive(Debug, Default)]
+pub struct MemoryShards {
+    /// The shards by id.
+    pub shards: std::collections::HashMap<ChunkId, Vec<u8>>,
+}
+
+impl ShardSink for MemoryShards {
+    fn put(&mut self, shards: Vec<Shard>) -> PipelineResult<()> {
+        self.shards.extend(shards);
+        Ok(())
+    }
+    fn flush(&mut self) -> PipelineResult<()> {
+        Ok(())
+    }
+}
+
+impl ShardSource for MemoryShards {
+    fn fetch(&self, id: &ChunkId) -> PipelineResult<Option<Vec<u8>>> {
+        Ok(self.shards.get(id).cloned())
+    }
+}
+
+/// Drops shards, counting their bytes (benchmarks of the pipeline alone).
+#[derive(Debug, Default)]
+pub struct CountingSink {
+    /// Shards accepted.
+    pub shards: u64,
+    /// Bytes accepted.
+    pub bytes: u64,
+}
+
+impl ShardSink for CountingSink {
+    fn put(&mut self, shards: Vec<Shard>) -> PipelineResult<()> {
+        self.shards += shards.len() as u64;
+        self.bytes += shards.iter().map(|s| s.1.len() as u64).sum::<u64>();
+        Ok(())
+    }
+    fn flush(&mut self) -> PipelineResult<()> {
+        Ok(())
+    }
+}
+
+/// Writes shards into a [`ChunkStore`], keeping a bounded number of group commits in flight
+/// so sealing the next window overlaps with the disk.
+#[derive(Debug)]
+pub struct StoreSink<'a> {
+    store: &'a ChunkStore,
+    pending: std::collections::VecDeque<PutTicket>,
+    max_pending: usize,
+}
+
+impl<'a> StoreSink<'a> {
+    /// A sink into `store` with at most two windows in flight.
+    pub fn new(store: &'a ChunkStore) -> Self {
+        StoreSink {
+            store,
+            pending: Default::default(),
+            max_pending: 2,
+        }
+    }
+}
+
+impl ShardSink for StoreSink<'_> {
+    fn put(&mut self, shards: Vec<Shard>) -> PipelineResult<()> {
+        self.pending.push_back(self.store.submit(shards)?);
+        while self.pending.len() > self.max_pending {
+            if let Some(t) = self.pending.pop_front() {
+                t.wait()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> PipelineResult<()> {
+        while let Some(t) = self.pending.pop_front() {
+            t.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl ShardSource for ChunkStore {
+    fn fetch(&self, id: &ChunkId) -> PipelineResult<Option<Vec<u8>>> {
+        match self.get(id) {
+            Ok(b) => Ok(Some(b)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// One block read from the input: its k data shard buffers with the plaintext in place.
+struct RawBlock {
+    index: u64,
+    len: usize,
+    part_len: usize,
+    parts: Vec<Vec<u8>>,
+}
+
+/// A sealed block: its shards and their ids, in code order.
+struct SealedBlock {
+    entry: BlockEntry,
+    shards: Vec<Vec<u8>>,
+}
+
+fn header(p: &Manifest, block: u64, block_len: usize, part_len: usize, index: usize) -> ShardHeader {
+    ShardHeader {
+        k: p.k,
+        m: p.m,
+        index: index as u8,
+        stream: p.stream,
+        block,
+        block_len: block_len as u32,
+        payload_len: (part_len + TAG_LEN) as u32,
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> PipelineResult<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(x) => n += x,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(PipelineError::Read(e)),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads the next block into k part buffers; `None` at the end of input (except that an
+/// empty input still yields one empty block, so every data item has at least one).
+fn read_block(
+    r: &mut impl Read,
+    k: usize,
+    block_size: usize,
+    index: u64,
+) -> PipelineResult<Option<RawBlock>> {
+    let part_len = block_size.div_ceil(k);
+    let mut parts = Vec::with_capacity(k);
+    let mut len = 0;
+    for _ in 0..k {
+        let mut buf = vec![0u8; SHARD_HEADER_LEN + part_len + TAG_LEN];
+        let want = part_len.min(block_size - len);
+        let got = read_full(r, &mut buf[SHARD_HEADER_LEN..SHARD_HEADER_LEN + want])?;
+        len += got;
+        parts.push(buf);
+        if got < want {
+            break;
+        }
+    }
+    if len == 0 && index > 0 {
+        return Ok(None);
+    }
+    if len == block_size {
+        return Ok(Some(RawBlock {
+            index,
+            len,
+            part_len,
+            parts,
+        }));
+    }
+    // A short last block: repack into k parts of ceil(len / k) so a small file does not
+    // store k full-size parts of padding.
+    let short = len.div_ceil(k).max(1);
+    let mut flat = Vec::with_capacity(len);
+    for p in &parts {
+        let take = part_len.min(len - flat.len());
+        flat.extend_from_slice(&p[SHARD_HEADER_LEN..SHARD_HEADER_LEN + take]);
+    }
+    let parts = (0..k)
+        .map(|i| {
+            let mut buf = vec![0u8; SHARD_HEADER_LEN + short + TAG_LEN];
+            let s = (i * short).min(len);
+            let e = ((i + 1) * short).min(len);
+            buf[SHARD_HEADER_LEN..SHARD_HEADER_LEN + (e - s)].copy_from_slice(&flat[s..e]);
+            buf
+        })
+        .collect();
+    Ok(Some(RawBlock {
+        index,
+        len,
+        part_len: short,
+        parts,
+    }))
+}
+
+fn read_window(
+    r: &mut impl Read,
+    k: usize,
+    block_size: usize,
+    first: u64,
+    window: usize,
+    done: &mut bool,
+) -> PipelineResult<Vec<RawBlock>> {
+    let mut out = Vec::with_capacity(window);
+    while !*done && out.len() < window {
+        let index = first + out.len() as u64;
+        match read_block(r, k, block_size, index)? {
+            Some(b) => {
+                let full = b.len == block_size;
+                out.push(b);
+                *done = !full;
+            }
+            None => *done = true,
+        }
+    }
+    Ok(out)
+}
+
+fn seal_block(
+    raw: RawBlock,
+    shape: &Manifest,
+    erasure: &Erasure,
+    aead: &Aead,
+) -> PipelineResult<SealedBlock> {
+    let RawBlock {
+        index,
+        len,
+        part_len,
+        parts,
+    } = raw;
+    let (k, m) = (usize::from(shape.k), usize::from(shape.m));
+    let mut shards = parts;
+    for (i, s) in shards.iter_mut().enumerate() {
+        let h = header(shape, index, len, part_len, i).to_array();
+        s[..SHARD_HEADER_LEN].copy_from_slice(&h);
+        let nonce = block_nonce(shape.stream, index, i as u8)?;
+        let (hdr, body) = s.split_at_mut(SHARD_HEADER_LEN);
+        let (plain, tag) = body.split_at_mut(part_len);
+        tag.copy_from_slice(&aead.seal_in_place(nonce, hdr, plain)?);
+    }
+    for i in k..k + m {
+        let mut s = vec![0u8; SHARD_HEADER_LEN + part_len + TAG_LEN];
+        s[..SHARD_HEADER_LEN].copy_from_slice(&header(shape, index, len, part_len, i).to_array());
+        shards.push(s);
+    }
+    {
+        let (data, parity) = shards.split_at_mut(k);
+        let data: Vec<&[u8]> = data.iter().map(|s| &s[SHARD_HEADER_LEN..]).collect();
+        let mut parity: Vec<&mut [u8]> = parity
+            .iter_mut()
+            .map(|s| &mut s[SHARD_HEADER_LEN..])
+            .collect();
+        erasure.encode_sep(&data, &mut parity)?;
+    }
+    let ids = shards.iter().map(|s| ChunkId::of(s)).collect();
+    Ok(SealedBlock {
+        entry: BlockEntry { shards: ids },
+        shards,
+    })
+}
+
+/// Seals everything `input` yields for `owner` and hands the shards to `sink`; returns the
+/// manifest once every shard is durable in the sink. `progress` is called with the plaintext
+/// bytes sealed so far.
+pub fn seal<R: Read + Send>(
+    mut input: R,
+    owner: &Keypair,
+    params: &SealParams,
+    sink: &mut dyn ShardSink,
+    progress: &(dyn Fn(u64) + Sync),
+) -> PipelineResult<Manifest> {
+    let erasure = params.check()?;
+    let window = params.window();
+    let mut salt = [0u8; 32];
+    rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut salt)
+        .map_err(|_| CryptoError::Rng)?;
+    let kek = kek_for_upload(&owner.derive_symmetric(OWNER_WRAP_CONTEXT), &salt);
+    let mut shape = Manifest {
+        owner: owner.public(),
+        length: 0,
+        block_size: params.block_size,
+        k: params.k,
+        m: params.m,
+        algo: params.algo,
+        interval_blocks: params.interval_blocks,
+        stream: params.stream,
+        salt,
+        interval_keys: Vec::new(),
+        blocks: Vec::new(),
+        root: Hash::ZERO,
+    };
+    let (k, block_size) = (usize::from(params.k), params.block_size as usize);
+    let mut aeads: Vec<Aead> = Vec::new();
+    let mut done = false;
+    let mut next = read_window(&mut input, k, block_size, 0, window, &mut done)?;
+    while !next.is_empty() {
+        let last_block = next.last().map_or(0, |b| b.index);
+        if last_block as usize >= MAX_BLOCKS {
+            return Err(PipelineError::BadParams(format!(
+                "input exceeds {MAX_BLOCKS} blocks; use a larger block size"
+            )));
+        }
+        // Fresh keys for every interval this window reaches.
+        while (aeads.len() as u64) * u64::from(params.interval_blocks) <= last_block {
+            let key = IntervalKey::generate()?;
+            let interval = aeads.len() as u64;
+            shape.interval_keys.push(key.wrap(&kek, interval)?);
+            aeads.push(Aead::new(params.algo, &key)?);
+        }
+        let first = last_block + 1;
+        let bytes: u64 = next.iter().map(|b| b.len as u64).sum();
+        let (sealed, following) = rayon::join(
+            || {
+                next.into_par_iter()
+                    .map(|raw| {
+                        let interval = (raw.index / u64::from(params.interval_blocks)) as usize;
+                        seal_block(raw, &shape, &erasure, &aeads[interval])
+                    })
+                    .collect::<PipelineResult<Vec<_>>>()
+            },
+            || {
+                if done {
+                    Ok(Vec::new())
+                } else {
+                    read_window(&mut input, k, block_size, first, window, &mut done)
+                }
+            },
+        );
+        let sealed = sealed?;
+        next = following?;
+        let mut shards = Vec::with_capacity(sealed.len() * (k + usize::from(params.m)));
+        for b in sealed {
+            shards.extend(b.entry.shards.iter().copied().zip(b.shards));
+            shape.blocks.push(b.entry);
+        }
+        sink.put(shards)?;
+        shape.length += bytes;
+        progress(shape.length);
+    }
+    sink.flush()?;
+    let roots: Vec<Hash> = shape.blocks.iter().map(BlockEntry::root).collect();
+    shape.root = MerkleTree::from_leaves(&roots).root();
+    Ok(shape)
+}
+
+/// What opening found on the way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Plaintext bytes written.
+    pub bytes: u64,
+    /// Blocks that needed Reed–Solomon reconstruction.
+    pub blocks_reconstructed: u64,
+    /// Shards that could not be fetched.
+    pub shards_missing: u64,
+    /// Shards fetched but rejected by a hash, header or checksum check.
+    pub shards_corrupt: u64,
+}
+
+/// Unwraps the interval keys of `m` with the owner's key.
+fn interval_aeads(m: &Manifest, owner: &Keypair) -> PipelineResult<Vec<Aead>> {
+    if owner.public() != m.owner {
+        return Err(PipelineError::NotOwner {
+            owner: m.owner,
+            key: owner.public(),
+        });
+    }
+    let kek = kek_for_upload(&owner.derive_symmetric(OWNER_WRAP_CONTEXT), &m.salt);
+    m.interval_keys
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let key = IntervalKey::unwrap_from(w, &kek, i as u64)?;
+            Ok(Aead::new(m.algo, &key)?)
+        })
+        .collect()
+}
+
+/// Opens block `b`: its k data shards, decrypted in place (plaintext at
+/// `[SHARD_HEADER_LEN..SHARD_HEADER_LEN + part_len]` of each), and what it took.
+fn open_block(
+    m: &Manifest,
+    b: usize,
+    erasure: &Erasure,
+    aead: &Aead,
+    source: &dyn ShardSource,
+) -> PipelineResult<(Vec<Vec<u8>>, usize, OpenReport)> {
+    let (k, n) = (usize::from(m.k), usize::from(m.k) + usize::from(m.m));
+    let entry = &m.blocks[b];
+    let len = m.block_len(b);
+    let part_len = len.div_ceil(k).max(1);
+    let shard_len = SHARD_HEADER_LEN + part_len + TAG_LEN;
+    let mut report = OpenReport::default();
+    let mut slots: Vec<Option<Vec<u8>>> = vec![None; n];
+    let mut good = 0;
+    // Data shards first: if all k are good nothing needs decoding.
+    for (i, id) in entry.shards.iter().enumerate() {
+        if good == k {
+            break;
+        }
+        let fetched = match source.fetch(id) {
+            Ok(f) => f,
+            Err(PipelineError::Store(StoreError::Corrupt { .. })) => {
+                report.shards_corrupt += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(s) = fetched else {
+            report.shards_missing += 1;
+            continue;
+        };
+        let expect = header(m, b as u64, len, part_len, i).to_array();
+        if s.len() != shard_len || s[..SHARD_HEADER_LEN] != expect || ChunkId::of(&s) != *id {
+            report.shards_corrupt += 1;
+            continue;
+        }
+        slots[i] = Some(s);
+        good += 1;
+    }
+    if good < k {
+        return Err(PipelineError::Unrecoverable {
+            block: b as u64,
+            have: good,
+            need: k,
+            corrupt: report.shards_corrupt as usize,
+        });
+    }
+    let missing_data: Vec<usize> = (0..k).filter(|&i| slots[i].is_none()).collect();
+    if !missing_data.is_empty() {
+        report.blocks_reconstructed = 1;
+        let mut bufs: Vec<(Vec<u8>, bool)> = slots
+            .into_iter()
+            .map(|s| match s {
+                Some(s) => (s, true),
+                None => (vec![0u8; shard_len], false),
+            })
+            .collect();
+        {
+            let mut views: Vec<(&mut [u8], bool)> = bufs
+                .iter_mut()
+                .map(|(s, p)| (&mut s[SHARD_HEADER_LEN..], *p))
+                .collect();
+            erasure.reconstruct(&mut views, true)?;
+        }
+        for &i in &missing_data {
+            let s = &mut bufs[i].0;
+            s[..SHARD_HEADER_LEN].copy_from_slice(&header(m, b as u64, len, part_len, i).to_array());
+            if ChunkId::of(s) != entry.shards[i] {
+                return Err(CryptoError::BadShard {
+                    reason: format!("block {b}: rebuilt shard {i} does not match its id"),
+                }
+                .into());
+            }
+        }
+        slots = bufs.into_iter().map(|(s, _)| Some(s)).collect();
+    }
+    let mut parts: Vec<Vec<u8>> = slots.into_iter().take(k).flatten().collect();
+    for (i, s) in parts.iter_mut().enumerate() {
+        let nonce = block_nonce(m.stream, b as u64, i as u8)?;
+        let (hdr, body) = s.split_at_mut(SHARD_HEADER_LEN);
+        aead.open_in_place(nonce, hdr, body)?;
+    }
+    Ok((parts, part_len, report))
+}
+
+/// Options for [`open`].
+#[derive(Debug, Clone, Default)]
+pub struct OpenParams {
+    /// Blocks opened concurrently; 0 = two per rayon thread. Bounds memory.
+    pub window: usize,
+}
+
+/// Opens the data `m` describes with the owner's key, from any k shards per block, writing
+/// the plaintext to `out` in order. Nothing unverified is ever written: a block is written
+/// only after every shard used was checked and its parts authenticated.
+pub fn open<W: Write + Send>(
+    m: &Manifest,
+    owner: &Keypair,
+    source: &dyn ShardSource,
+    mut out: W,
+    params: &OpenParams,
+    progress: &(dyn Fn(u64) + Sync),
+) -> PipelineResult<OpenReport> {
+    m.check()?;
+    let erasure = Erasure::new(usize::from(m.k), usize::from(m.m))?;
+    let aeads = interval_aeads(m, owner)?;
+    let window = match params.window {
+        0 => 2 * rayon::current_num_threads().max(1),
+        w => w,
+    };
+    let mut report = OpenReport::default();
+    let open_window = |start: usize| {
+        let end = (start + window).min(m.blocks.len());
+        (start..end)
+            .into_par_iter()
+            .map(|b| {
+                let interval = b / m.interval_blocks as usize;
+                open_block(m, b, &erasure, &aeads[interval], source)
+            })
+            .collect::<PipelineResult<Vec<_>>>()
+    };
+    let mut start = 0;
+    let mut ready = open_window(0)?;
+    while !ready.is_empty() {
+        let next_start = start + ready.len();
+        let write_window = |ready: Vec<(Vec<Vec<u8>>, usize, OpenReport)>, out: &mut W| {
+            let mut acc = OpenReport::default();
+            for (j, (parts, part_len, r)) in ready.into_iter().enumerate() {
+                let mut left = m.block_len(start + j);
+                for p in &parts {
+                    let take = part_len.min(left);
+                    out.write_all(&p[SHARD_HEADER_LEN..SHARD_HEADER_LEN + take])
+                        .map_err(PipelineError::Write)?;
+                    left -= take;
+                }
+                acc.bytes += m.block_len(start + j) as u64;
+                acc.blocks_reconstructed += r.blocks_reconstructed;
+                acc.shards_missing += r.shards_missing;
+                acc.shards_corrupt += r.shards_corrupt;
+            }
+            Ok::<_, PipelineError>(acc)
+        };
+        let (written, following) = rayon::join(
+            || write_window(ready, &mut out),
+            || {
+                if next_start < m.blocks.len() {
+                    open_window(next_start)
+                } else {
+                    Ok(Vec::new())
+                }
+            },
+        );
+        let w = written?;
+        report.bytes += w.bytes;
+        report.blocks_reconstructed += w.blocks_reconstructed;
+        report.shards_missing += w.shards_missing;
+        report.shards_corrupt += w.shards_corrupt;
+        progress(report.bytes);
+        ready = following?;
+        start = next_start;
+    }
+    out.flush().map_err(PipelineError::Write)?;
+    Ok(report)
+}

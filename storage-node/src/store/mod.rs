@@ -1,0 +1,609 @@
+//! The durable chunk store: shards on local disk, append-only and crash-safe.
+//!
+//! **Layout.** A store is a directory of append-only segment files `seg-000000000001.log`, …
+//! (numbers are never reused) plus a `LOCK` file held with `flock` so only one process opens
+//! it. Each segment is a sequence of records: a 64-byte header (magic, kind Put/Tombstone,
+//! store-wide sequence number, key, payload length, payload crc32c, header crc32c; see
+//! `record.rs`) followed by the payload. An in-memory index maps each live [`ChunkId`] to its
+//! segment, offset and length. Keys are opaque: the store does not assume a key is the hash of
+//! its payload (callers check content hashes); its own crc32c guards every payload, and a read
+//! whose checksum fails returns [`StoreError::Corrupt`], never wrong bytes.
+//!
+//! **Group commit.** All writes go through one writer thread that owns the newest ("active")
+//! segment. Callers send owned buffers over a bounded queue; the writer takes everything
+//! queued (up to `max_batch_bytes`), writes the whole group, calls `fdatasync` once, and only
+//! then answers every request in the group. A put or delete is acknowledged only once its bytes
+//! are durable, and many concurrent small writers share one sync. That is why io_uring is the
+//! default backend: our disk measurements (FACTS.md) show no bandwidth gain for large
+//! sequential writes, but io_uring submits a whole group as vectored writes straight from the
+//! callers' buffers, with no staging copy, followed by one sync. A portable `std::fs` backend
+//! (pwrite + fdatasync) is chosen at run time when io_uring is unavailable.
+//!
+//! **Recovery.** `open` rebuilds the index by replaying segments in order. Sealed (non-last)
+//! segments were fully synced before the next one was created, so only their headers are read.
+//! The last segment may end in a group that was being written when the process died; nothing
+//! in that group was acknowledged, because acknowledgement waits for the sync. So the last
+//! segment is read in full, with payload checksums, and truncated at the first record whose
+//! header is invalid or whose payload is short or fails its checksum. (A consequence: media
+//! corruption inside the last segment also truncates the acknowledged records after it.)
+//!
+//! **Space.** Deletes append tombstones. [`ChunkStore::compact`] (and the writer when idle, or
+//! when a put would exceed `capacity_bytes`) copies the live records of segments with enough
+//! garbage into the active segment and unlinks the old files; see `writer.rs` for why
+//! tombstones stay effective across compaction and restart.
+
+mod config;
+mod error;
+mod record;
+mod segment;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+use crypto_accel::ChunkId;
+use tokio::sync::{mpsc, oneshot};
+
+pub use config::{Backend, BackendChoice, StoreConfig};
+pub use error::{StoreError, StoreResult};
+
+use record::{RecordHeader, RecordKind, HEADER_LEN};
+use segment::{list_segments, sync_dir, walk, DirLock, Segment, WalkEnd};
+use writer::{Request, SegMeta, Writer, WriterInit};
+
+/// Where a live chunk's record sits. Holding the `Arc` keeps the file open for a reader even
+/// if compaction unlinks it meanwhile.
+#[derive(Clone, Debug)]
+pub(crate) struct Location {
+    seg: Arc<Segment>,
+    offset: u64,
+    len: u32,
+}
+
+/// State shared by the handles and the writer thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    dir: PathBuf,
+    index: RwLock<HashMap<ChunkId, Location>>,
+    live_bytes: AtomicU64,
+    disk_bytes: AtomicU64,
+    garbage_bytes: AtomicU64,
+    segments: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// A snapshot of the store's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Number of live chunks.
+    pub chunks: u64,
+    /// Payload bytes of the live chunks.
+    pub live_bytes: u64,
+    /// Total size of the segment files (what counts against the capacity).
+    pub disk_bytes: u64,
+    /// Bytes compaction could reclaim (dead records, torn tails of damaged segments).
+    pub garbage_bytes: u64,
+    /// The configured capacity.
+    pub capacity_bytes: u64,
+    /// Number of segment files.
+    pub segments: u64,
+    /// The write backend in use.
+    pub backend: Backend,
+    /// Number of `fdatasync` calls on segments since open (group commit keeps it low).
+    pub syncs: u64,
+}
+
+/// What one compaction run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Segment files rewritten and unlinked.
+    pub segments_compacted: u64,
+    /// Live records copied forward.
+    pub records_moved: u64,
+    /// Tombstones dropped because nothing older could resurrect their key.
+    pub tombstones_dropped: u64,
+    /// Tombstones copied forward because an older segment still holds their key.
+    pub tombstones_kept: u64,
+    /// Decrease of disk use over the run.
+    pub bytes_reclaimed: u64,
+}
+
+/// What `open` found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files found.
+    pub segments: u64,
+    /// Records replayed.
+    pub records: u64,
+    /// Bytes cut from the end of the last segment (an unacknowledged torn tail).
+    pub truncated_bytes: u64,
+    /// Sealed segments with a damaged record: `(file name, offset, reason)`; the rest of
+    /// such a segment is ignored and counted as garbage.
+    pub damaged: Vec<(String, u64, &'static str)>,
+}
+
+/// A pending put: resolves once the chunks are durable (or the put failed).
+#[derive(Debug)]
+pub struct PutTicket {
+    rx: oneshot::Receiver<StoreResult<()>>,
+}
+
+impl PutTicket {
+    /// Blocks until the put is durable. Not for async contexts (it would block the executor,
+    /// and tokio panics on it there): use [`PutTicket::wait_async`].
+    pub fn wait(self) -> StoreResult<()> {
+        self.rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Waits until the put is durable.
+    pub async fn wait_async(self) -> StoreResult<()> {
+        self.rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+/// A handle to an open chunk store; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct ChunkStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tx: RwLock<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<StoreResult<()>>>>,
+    backend: Backend,
+    max_chunk_bytes: u32,
+    capacity_bytes: u64,
+    recovery: RecoveryReport,
+    // Dropped after the writer has been joined (fields drop after `Drop::drop`).
+    _lock: DirLock,
+}
+
+impl fmt::Debug for ChunkStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkStore")
+            .field("dir", &self.inner.shared.dir)
+            .field("backend", &self.inner.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChunkStore {
+    /// Opens (creating if needed) the store in `dir`, recovers its index and starts the writer.
+    pub fn open(dir: impl AsRef<Path>, cfg: StoreConfig) -> StoreResult<ChunkStore> {
+        cfg.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
+        let lock = DirLock::acquire(&dir)?;
+        let recovered = recover(&dir)?;
+
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            index: RwLock::new(recovered.index),
+            live_bytes: AtomicU64::new(0),
+            disk_bytes: AtomicU64::new(0),
+            garbage_bytes: AtomicU64::new(0),
+            segments: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        });
+        let init = WriterInit {
+            shared: Arc::clone(&shared),
+            cfg: cfg.clone(),
+            segments: recovered.segments,
+            next_seq: recovered.next_seq,
+            live_payload: recovered.live_payload,
+        };
+        let (tx, rx) = mpsc::channel(cfg.queue_depth.get());
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let choice = cfg.backend;
+        let handle = std::thread::Builder::new()
+            .name("chunkstore-writer".into())
+            .spawn(move || writer_thread(init, choice, rx, ready_tx))
+            .map_err(|e| StoreError::io("spawn writer thread for", &dir, e))?;
+        let backend = match ready_rx.recv() {
+            Ok(Ok(backend)) => backend,
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err(StoreError::Failed {
+                    reason: "writer thread died while starting".into(),
+                });
+            }
+        };
+        Ok(ChunkStore {
+            inner: Arc::new(Inner {
+                shared,
+                tx: RwLock::new(Some(tx)),
+                writer: Mutex::new(Some(handle)),
+                backend,
+                max_chunk_bytes: cfg.max_chunk_bytes,
+                capacity_bytes: cfg.capacity_bytes,
+                recovery: recovered.report,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Stores one chunk and blocks until it is durable. For non-async callers (see `submit`).
+    pub fn put(&self, id: ChunkId, data: Vec<u8>) -> StoreResult<()> {
+        self.submit(vec![(id, data)])?.wait()
+    }
+
+    /// Queues chunks for the next group commit; blocks only while the queue is full.
+    ///
+    /// For plain threads (rayon workers, the CLI): tokio panics if this blocks inside an async
+    /// context, so async code uses [`ChunkStore::submit_async`]. A key already stored is
+    /// acknowledged without being rewritten (its first bytes stay).
+    pub fn submit(&self, items: Vec<(ChunkId, Vec<u8>)>) -> StoreResult<PutTicket> {
+        self.check_sizes(&items)?;
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Request::Put { items, reply })
+            .map_err(|_| StoreError::Closed)?;
+        Ok(PutTicket { rx })
+    }
+
+    /// Queues chunks for the next group commit, waiting asynchronously while the queue is full.
+    pub async fn submit_async(&self, items: Vec<(ChunkId, Vec<u8>)>) -> StoreResult<PutTicket> {
+        self.check_sizes(&items)?;
+        let (reply, rx) = oneshot::channel();
+        let tx = self.sender()?;
+        tx.send(Request::Put { items, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(PutTicket { rx })
+    }
+
+    /// Reads a chunk, verifying its checksum; `Corrupt` rather than wrong bytes.
+    pub fn get(&self, id: &ChunkId) -> StoreResult<Vec<u8>> {
+        let loc = self
+            .inner
+            .shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or(StoreError::NotFound { id: *id })?;
+        read_record(&loc, id)
+    }
+
+    /// Whether a chunk is stored (durably).
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.inner
+            .shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(id)
+    }
+
+    /// Deletes a chunk durably (a group-committed tombstone); `false` if it was absent.
+    pub fn delete(&self, id: &ChunkId) -> StoreResult<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Request::Delete { id: *id, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Rewrites segments whose garbage exceeds `compact_garbage_ratio` and unlinks the old files.
+    pub fn compact(&self) -> StoreResult<CompactReport> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Request::Compact { reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> StoreStats {
+        let s = &self.inner.shared;
+        StoreStats {
+            chunks: s.index.read().unwrap_or_else(PoisonError::into_inner).len() as u64,
+            live_bytes: s.live_bytes.load(Ordering::Relaxed),
+            disk_bytes: s.disk_bytes.load(Ordering::Relaxed),
+            garbage_bytes: s.garbage_bytes.load(Ordering::Relaxed),
+            capacity_bytes: self.inner.capacity_bytes,
+            segments: s.segments.load(Ordering::Relaxed),
+            backend: self.inner.backend,
+            syncs: s.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The write backend chosen at open (log it: `Auto` may have fallen back to portable).
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// What recovery found when this store was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.shared.dir
+    }
+
+    /// Finishes queued requests and stops the writer. Other clones can still read; their
+    /// writes fail with `Closed`. Dropping the last handle does the same, ignoring errors.
+    pub fn close(self) -> StoreResult<()> {
+        self.inner.stop()
+    }
+
+    fn sender(&self) -> StoreResult<mpsc::Sender<Request>> {
+        self.inner
+            .tx
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
+    fn check_sizes(&self, items: &[(ChunkId, Vec<u8>)]) -> StoreResult<()> {
+        let max = self.inner.max_chunk_bytes;
+        match items.iter().find(|(_, d)| d.len() as u64 > u64::from(max)) {
+            Some((_, d)) => Err(StoreError::TooLarge {
+                len: d.len() as u64,
+                max,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Inner {
+    fn stop(&self) -> StoreResult<()> {
+        drop(
+            self.tx
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match handle.map(JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(res)) => res,
+            Some(Err(_)) => Err(StoreError::Failed {
+                reason: "writer thread panicked".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Reads and checks one record: header fields must match the index, payload its crc32c.
+fn read_record(loc: &Location, id: &ChunkId) -> StoreResult<Vec<u8>> {
+    let corrupt = |reason: String| StoreError::Corrupt { id: *id, reason };
+    let where_ = || format!("{} offset {}", segment_file_name(&loc.seg), loc.offset);
+    let read = |buf: &mut [u8], at: u64| {
+        loc.seg.file.read_exact_at(buf, at).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                corrupt(format!("record truncated at {}", where_()))
+            } else {
+                StoreError::io("read segment", &loc.seg.path, e)
+            }
+        })
+    };
+    let mut hb = [0u8; HEADER_LEN];
+    read(&mut hb, loc.offset)?;
+    let header = RecordHeader::decode(&hb, u64::from(loc.len))
+        .map_err(|e| corrupt(format!("{} at {}", e.as_str(), where_())))?;
+    if header.kind != RecordKind::Put || header.id != *id || header.len != loc.len {
+        return Err(corrupt(format!(
+            "header does not match the index at {}",
+            where_()
+        )));
+    }
+    let mut data = vec![0u8; loc.len as usize];
+    read(&mut data, loc.offset + HEADER_LEN as u64)?;
+    if crc32c::crc32c(&data) != header.payload_crc {
+        return Err(corrupt(format!(
+            "payload checksum mismatch at {}",
+            where_()
+        )));
+    }
+    Ok(data)
+}
+
+fn segment_file_name(seg: &Segment) -> String {
+    seg.path.file_name().map_or_else(
+        || seg.path.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    )
+}
+
+struct Recovered {
+    index: HashMap<ChunkId, Location>,
+    segments: BTreeMap<u64, SegMeta>,
+    next_seq: u64,
+    live_payload: u64,
+    report: RecoveryReport,
+}
+
+/// Rebuilds the index by replaying every segment in order (see the module docs for the rule).
+fn recover(dir: &Path) -> StoreResult<Recovered> {
+    let mut ids = list_segments(dir)?;
+    if ids.is_empty() {
+        Segment::create(dir, 1)?;
+        sync_dir(dir)?;
+        ids.push(1);
+    }
+    let mut index: HashMap<ChunkId, Location> = HashMap::new();
+    let mut segments: BTreeMap<u64, SegMeta> = BTreeMap::new();
+    let mut report = RecoveryReport {
+        segments: ids.len() as u64,
+        ..RecoveryReport::default()
+    };
+    let mut max_seq = 0u64;
+    let mut live_payload = 0u64;
+    let last_id = ids.last().copied().unwrap_or(1);
+    for id in ids {
+        let seg = Arc::new(Segment::open(dir, id)?);
+        let last = id == last_id;
+        segments.insert(id, SegMeta::new(Arc::clone(&seg), 0));
+        let end = walk(&seg, last, |h, offset| {
+            report.records += 1;
+            max_seq = max_seq.max(h.seq);
+            let old = match h.kind {
+                RecordKind::Put => {
+                    if let Some(m) = segments.get_mut(&id) {
+                        m.live += h.record_len();
+                    }
+                    live_payload += u64::from(h.len);
+                    let loc = Location {
+                        seg: Arc::clone(&seg),
+                        offset,
+                        len: h.len,
+                    };
+                    index.insert(h.id, loc)
+                }
+                RecordKind::Tombstone => {
+                    if let Some(m) = segments.get_mut(&id) {
+                        m.tomb += h.record_len();
+                    }
+                    index.remove(&h.id)
+                }
+            };
+            if let Some(old) = old {
+                if let Some(m) = segments.get_mut(&old.seg.id) {
+                    m.live = m
+                        .live
+                        .saturating_sub(HEADER_LEN as u64 + u64::from(old.len));
+                }
+                live_payload = live_payload.saturating_sub(u64::from(old.len));
+            }
+        })?;
+        let size = match end {
+            WalkEnd::Clean { len } => len,
+            WalkEnd::Invalid {
+                valid_len,
+                file_len,
+                reason: _,
+            } if last => {
+                // Torn tail: this group was never acknowledged (acks wait for its fdatasync),
+                // so cutting it off loses nothing anyone was promised.
+                seg.file
+                    .set_len(valid_len)
+                    .map_err(|e| StoreError::io("truncate torn tail of", &seg.path, e))?;
+                report.truncated_bytes += file_len - valid_len;
+                valid_len
+            }
+            WalkEnd::Invalid {
+                valid_len,
+                file_len,
+                reason,
+            } => {
+                // A sealed segment was fully synced, so this is media damage, not a torn
+                // write. Keep serving the rest of the store; the tail is garbage.
+                report
+                    .damaged
+                    .push((segment_file_name(&seg), valid_len, reason));
+                file_len
+            }
+        };
+        if last {
+            // Whatever recovery exposes must be durable, even bytes that were only in the
+            // page cache when the previous process died.
+            seg.file
+                .sync_all()
+                .map_err(|e| StoreError::io("fsync segment", &seg.path, e))?;
+        }
+        if let Some(m) = segments.get_mut(&id) {
+            m.size = size;
+        }
+    }
+    Ok(Recovered {
+        index,
+        segments,
+        next_seq: max_seq + 1,
+        live_payload,
+        report,
+    })
+}
+
+fn writer_thread(
+    init: WriterInit,
+    choice: BackendChoice,
+    rx: mpsc::Receiver<Request>,
+    ready: std::sync::mpsc::SyncSender<StoreResult<Backend>>,
+) -> StoreResult<()> {
+    match choice {
+        BackendChoice::Portable => run_portable(init, rx, ready),
+        BackendChoice::IoUring | BackendChoice::Auto => match uring_runtime() {
+            Ok(rt) => rt.block_on(run_writer(init, Backend::IoUring, rx, ready)),
+            Err(reason) if choice == BackendChoice::IoUring => {
+                let _ = ready.send(Err(StoreError::IoUringUnavailable { reason }));
+                Ok(())
+            }
+            Err(_) => run_portable(init, rx, ready),
+        },
+    }
+}
+
+fn run_portable(
+    init: WriterInit,
+    rx: mpsc::Receiver<Request>,
+    ready: std::sync::mpsc::SyncSender<StoreResult<Backend>>,
+) -> StoreResult<()> {
+    // A bare current-thread runtime: the portable writer only awaits its queue.
+    match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt.block_on(run_writer(init, Backend::Portable, rx, ready)),
+        Err(e) => {
+            let _ = ready.send(Err(StoreError::io(
+                "start writer runtime in",
+                &init.shared.dir,
+                e,
+            )));
+            Ok(())
+        }
+    }
+}
+
+async fn run_writer(
+    init: WriterInit,
+    backend: Backend,
+    rx: mpsc::Receiver<Request>,
+    ready: std::sync::mpsc::SyncSender<StoreResult<Backend>>,
+) -> StoreResult<()> {
+    match Writer::new(init, backend) {
+        Ok(w) => {
+            let _ = ready.send(Ok(backend));
+            w.run(rx).await
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            Ok(())
+        }
+    }
+}
+
+/// Builds a tokio-uring runtime and pushes one no-op through the ring. Any failure (io_uring
+/// disabled by sysctl or seccomp, old kernel, memlock limits) is reported, never a panic.
+fn uring_runtime() -> Result<tokio_uring::Runtime, String> {
+    let attempt = std::panic::catch_unwind(|| {
+        let rt = tokio_uring::Runtime::new(&tokio_uring::builder()).map_err(|e| e.to_string())?;
+        rt.block_on(tokio_uring::no_op())
+            .map_err(|e| e.to_string())?;
+        Ok(rt)
+    });
+    attempt.unwrap_or_else(|_| Err("io_uring setup panicked".into()))
+}

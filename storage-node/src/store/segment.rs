@@ -1,0 +1,276 @@
+//! Segment files, the directory lock, and the record walk used by recovery and compaction.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::error::{StoreError, StoreResult};
+use super::record::{RecordHeader, HEADER_LEN};
+
+/// One append-only segment file. Shared through `Arc` by the index, so a reader keeps the file
+/// open even after compaction unlinks it.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub id: u64,
+    pub path: PathBuf,
+    pub file: File,
+}
+
+impl Segment {
+    /// Opens an existing segment for reading and appending.
+    pub fn open(dir: &Path, id: u64) -> StoreResult<Segment> {
+        let path = dir.join(segment_name(id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("open segment", &path, e))?;
+        Ok(Segment { id, path, file })
+    }
+
+    /// Creates a new, empty segment; the caller must fsync the directory before relying on it.
+    pub fn create(dir: &Path, id: u64) -> StoreResult<Segment> {
+        let path = dir.join(segment_name(id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create segment", &path, e))?;
+        Ok(Segment { id, path, file })
+    }
+
+    pub fn file_len(&self) -> StoreResult<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| StoreError::io("stat segment", &self.path, e))
+    }
+}
+
+/// File name of segment `id`.
+pub(crate) fn segment_name(id: u64) -> String {
+    format!("seg-{id:012}.log")
+}
+
+/// The segment id encoded in a file name, if it is a segment file.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".log")?;
+    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Ids of all segment files in `dir`, ascending.
+pub(crate) fn list_segments(dir: &Path) -> StoreResult<Vec<u64>> {
+    let mut ids = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        if let Some(id) = entry.file_name().to_str().and_then(parse_segment_name) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Makes creations and unlinks of files in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> StoreResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("fsync directory", dir, e))
+}
+
+/// An exclusive `flock` on `<dir>/LOCK`, released when dropped (the kernel drops it with the fd).
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> StoreResult<DirLock> {
+        let path = dir.join("LOCK");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io("open lock file", &path, e))?;
+        match try_flock_exclusive(&file) {
+            Ok(true) => Ok(DirLock { _file: file }),
+            Ok(false) => Err(StoreError::Locked { path }),
+            Err(e) => Err(StoreError::io("lock", &path, e)),
+        }
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when someone else holds the lock. Locks belong to the
+/// open file description, so a second `open` in the same process conflicts too.
+#[allow(unsafe_code)]
+fn try_flock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: `flock` only reads the descriptor number, which `file` keeps open for the whole
+    // call; it touches no memory of ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// How a walk over a segment ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WalkEnd {
+    /// Every byte of the file belongs to a valid record.
+    Clean { len: u64 },
+    /// The record at `valid_len` is torn or damaged; everything before it is valid.
+    Invalid {
+        valid_len: u64,
+        file_len: u64,
+        reason: &'static str,
+    },
+}
+
+/// Visits every record of `seg` in file order, as `(header, offset)`.
+///
+/// With `verify_payload` the payload checksums are checked too (the whole file is read);
+/// without it only headers are read and payloads are skipped by seeking. Lengths are bounded by
+/// what is left in the file, so damaged headers never cause large allocations or reads.
+pub(crate) fn walk(
+    seg: &Segment,
+    verify_payload: bool,
+    mut visit: impl FnMut(&RecordHeader, u64),
+) -> StoreResult<WalkEnd> {
+    let file_len = seg.file_len()?;
+    let mut reader = PosReader::new(&seg.file, if verify_payload { 1 << 20 } else { 64 << 10 });
+    let mut pos = 0u64;
+    let invalid = |valid_len, reason| {
+        Ok(WalkEnd::Invalid {
+            valid_len,
+            file_len,
+            reason,
+        })
+    };
+    let read_err = |e| StoreError::io("read segment", &seg.path, e);
+    while pos < file_len {
+        if file_len - pos < HEADER_LEN as u64 {
+            return invalid(pos, "truncated header");
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        reader.read_exact(&mut hb, pos).map_err(read_err)?;
+        let left = file_len - pos - HEADER_LEN as u64;
+        let header = match RecordHeader::decode(&hb, left) {
+            Ok(h) => h,
+            // A length beyond the end of file means the payload is incomplete.
+            Err(e) => return invalid(pos, e.as_str()),
+        };
+        if verify_payload {
+            let crc = reader
+                .crc_of(pos + HEADER_LEN as u64, u64::from(header.len))
+                .map_err(read_err)?;
+            if crc != header.payload_crc {
+                return invalid(pos, "payload checksum mismatch");
+            }
+        }
+        visit(&header, pos);
+        pos += header.record_len();
+    }
+    Ok(WalkEnd::Clean { len: file_len })
+}
+
+/// Buffered positional reads (`pread`): never touches the shared file cursor, so walks can
+/// run while readers and the writer use the same descriptor.
+struct PosReader<'a> {
+    file: &'a File,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`, and how many bytes of `buf` are valid.
+    at: u64,
+    filled: usize,
+}
+
+impl<'a> PosReader<'a> {
+    fn new(file: &'a File, capacity: usize) -> PosReader<'a> {
+        PosReader {
+            file,
+            buf: vec![0; capacity],
+            at: 0,
+            filled: 0,
+        }
+    }
+
+    /// Makes `buf` start at `pos` and hold up to `want` bytes (less only at end of file).
+    fn fill(&mut self, pos: u64, want: usize) -> io::Result<&[u8]> {
+        let want = want.min(self.buf.len());
+        let have = pos >= self.at && pos + want as u64 <= self.at + self.filled as u64;
+        if !have {
+            self.at = pos;
+            self.filled = 0;
+            while self.filled < self.buf.len() {
+                let n = self
+                    .file
+                    .read_at(&mut self.buf[self.filled..], pos + self.filled as u64)?;
+                if n == 0 {
+                    break;
+                }
+                self.filled += n;
+            }
+        }
+        let start = usize::try_from(pos - self.at)
+            .unwrap_or(usize::MAX)
+            .min(self.filled);
+        let end = (start + want).min(self.filled);
+        Ok(&self.buf[start..end])
+    }
+
+    fn read_exact(&mut self, out: &mut [u8], pos: u64) -> io::Result<()> {
+        let got = self.fill(pos, out.len())?;
+        if got.len() < out.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        out.copy_from_slice(got);
+        Ok(())
+    }
+
+    /// crc32c of `len` bytes at `pos`.
+    fn crc_of(&mut self, mut pos: u64, len: u64) -> io::Result<u32> {
+        let mut crc = 0u32;
+        let mut todo = len;
+        while todo > 0 {
+            let want = usize::try_from(todo).unwrap_or(usize::MAX);
+            let got = self.fill(pos, want)?;
+            if got.is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            crc = crc32c::crc32c_append(crc, got);
+            pos += got.len() as u64;
+            todo -= got.len() as u64;
+        }
+        Ok(crc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_name(1), "seg-000000000001.log");
+        assert_eq!(
+            parse_segment_name(&segment_name(987_654_321)),
+            Some(987_654_321)
+        );
+        assert_eq!(parse_segment_name("seg-1.log"), None);
+        assert_eq!(parse_segment_name("seg-00000000000x.log"), None);
+        assert_eq!(parse_segment_name("LOCK"), None);
+    }
+}

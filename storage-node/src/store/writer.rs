@@ -1,0 +1,864 @@
+//! The writer thread: owns the active segment, forms group commits, rotates and compacts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use crypto_accel::ChunkId;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot};
+use tokio_uring::buf::{BoundedBuf, Slice};
+
+use super::config::{Backend, StoreConfig};
+use super::error::{StoreError, StoreResult};
+use super::record::{RecordHeader, RecordKind, HEADER_LEN};
+use super::segment::{sync_dir, walk, Segment};
+use super::{CompactReport, Location, Shared};
+
+/// io_uring (like `writev`) rejects more than `IOV_MAX` = 1024 buffers in one call.
+const IOV_MAX: usize = 1024;
+/// Portable backend: payloads below this are copied into one staging buffer with their
+/// headers (one `pwrite` for many small records); larger ones are written in place.
+const STAGE_BELOW: usize = 16 << 10;
+
+/// A request to the writer thread.
+pub(crate) enum Request {
+    Put {
+        items: Vec<(ChunkId, Vec<u8>)>,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
+    Delete {
+        id: ChunkId,
+        reply: oneshot::Sender<StoreResult<bool>>,
+    },
+    Compact {
+        reply: oneshot::Sender<StoreResult<CompactReport>>,
+    },
+}
+
+impl Request {
+    fn payload_bytes(&self) -> usize {
+        match self {
+            Request::Put { items, .. } => items.iter().map(|(_, d)| d.len()).sum(),
+            Request::Delete { .. } => HEADER_LEN,
+            Request::Compact { .. } => 0,
+        }
+    }
+}
+
+/// Bookkeeping for one segment file (the writer's view; readers use `Location::seg`).
+#[derive(Debug)]
+pub(crate) struct SegMeta {
+    pub seg: Arc<Segment>,
+    /// Bytes in the file (for the active segment: including bytes staged but not yet written).
+    pub size: u64,
+    /// Bytes of put records the index still points to.
+    pub live: u64,
+    /// Bytes of tombstone records.
+    pub tomb: u64,
+}
+
+impl SegMeta {
+    pub fn new(seg: Arc<Segment>, size: u64) -> SegMeta {
+        SegMeta {
+            seg,
+            size,
+            live: 0,
+            tomb: 0,
+        }
+    }
+
+    /// Bytes compaction would certainly free: dead puts and torn/damaged space.
+    fn garbage(&self) -> u64 {
+        self.size.saturating_sub(self.live + self.tomb)
+    }
+
+    fn garbage_ratio(&self) -> f64 {
+        if self.size == 0 {
+            0.0
+        } else {
+            self.garbage() as f64 / self.size as f64
+        }
+    }
+}
+
+/// Everything recovery hands to the writer.
+pub(crate) struct WriterInit {
+    pub shared: Arc<Shared>,
+    pub cfg: StoreConfig,
+    pub segments: BTreeMap<u64, SegMeta>,
+    pub next_seq: u64,
+    pub live_payload: u64,
+}
+
+/// Index changes that become visible once the batch is durable.
+enum Update {
+    Insert {
+        id: ChunkId,
+        seg: u64,
+        offset: u64,
+        len: u32,
+        moved_from: Option<(u64, u64)>,
+    },
+    Remove {
+        id: ChunkId,
+    },
+}
+
+enum Reply {
+    Put(oneshot::Sender<StoreResult<()>>),
+    Delete(oneshot::Sender<StoreResult<bool>>, bool),
+}
+
+/// Records staged for the active segment plus what to do once they are durable.
+#[derive(Default)]
+struct Batch {
+    /// Buffers not yet written; `bufs[0]` goes to offset `start` of the active segment.
+    bufs: Vec<Vec<u8>>,
+    start: u64,
+    bytes: u64,
+    updates: Vec<Update>,
+    replies: Vec<Reply>,
+    /// Presence of keys changed by this batch (not yet in the index).
+    overlay: HashMap<ChunkId, bool>,
+}
+
+impl Batch {
+    fn new(start: u64) -> Batch {
+        Batch {
+            start,
+            ..Batch::default()
+        }
+    }
+
+    fn push(&mut self, buf: Vec<u8>) {
+        // Never stage empty buffers: nothing to write, and io_uring's vectored write
+        // bookkeeping is simpler without them.
+        if !buf.is_empty() {
+            self.bytes += buf.len() as u64;
+            self.bufs.push(buf);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Goal {
+    /// `compact()` and idle compaction: segments above the garbage ratio.
+    Threshold,
+    /// A put found the store full: any segment with garbage, until this many bytes are free.
+    Space(u64),
+}
+
+/// How the active segment is written.
+enum ActiveIo {
+    Portable,
+    Uring(tokio_uring::fs::File),
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    cfg: StoreConfig,
+    segments: BTreeMap<u64, SegMeta>,
+    active_id: u64,
+    active: Arc<Segment>,
+    io: ActiveIo,
+    next_seq: u64,
+    disk_bytes: u64,
+    live_payload: u64,
+    /// Bytes written to the active segment since its last `fdatasync`.
+    dirty: bool,
+    /// Set after a write or sync error: the on-disk tail is unknown, so stop writing.
+    failed: Option<String>,
+    staging: Vec<u8>,
+}
+
+impl Writer {
+    pub fn new(init: WriterInit, backend: Backend) -> StoreResult<Writer> {
+        let WriterInit {
+            shared,
+            cfg,
+            segments,
+            next_seq,
+            live_payload,
+        } = init;
+        let (active_id, active) = segments
+            .iter()
+            .next_back()
+            .map(|(id, m)| (*id, Arc::clone(&m.seg)))
+            .ok_or(StoreError::BadConfig("store has no active segment"))?;
+        let io = ActiveIo::open(backend, &active)?;
+        let disk_bytes = segments.values().map(|m| m.size).sum();
+        let w = Writer {
+            shared,
+            cfg,
+            segments,
+            active_id,
+            active,
+            io,
+            next_seq,
+            disk_bytes,
+            live_payload,
+            dirty: false,
+            failed: None,
+            staging: Vec::new(),
+        };
+        w.publish();
+        Ok(w)
+    }
+
+    /// The writer loop: take what is queued (up to `max_batch_bytes`), write it, sync once,
+    /// acknowledge everyone. Ends when every sender is gone and the queue is drained.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Request>) -> StoreResult<()> {
+        let mut next: Option<Request> = None;
+        loop {
+            let first = match next.take() {
+                Some(r) => r,
+                None => match rx.recv().await {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            let mut bytes = first.payload_bytes();
+            let mut group = vec![first];
+            while bytes < self.cfg.max_batch_bytes
+                && !matches!(group.last(), Some(Request::Compact { .. }))
+            {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        bytes += r.payload_bytes();
+                        group.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process(group).await;
+            match rx.try_recv() {
+                Ok(r) => next = Some(r),
+                Err(TryRecvError::Empty) => self.idle_compaction().await,
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        self.shutdown().await
+    }
+
+    async fn shutdown(mut self) -> StoreResult<()> {
+        let synced = if self.failed.is_none() {
+            self.sync().await
+        } else {
+            Ok(())
+        };
+        if let ActiveIo::Uring(file) = std::mem::replace(&mut self.io, ActiveIo::Portable) {
+            let path = self.active.path.clone();
+            file.close()
+                .await
+                .map_err(|e| StoreError::io("close segment", path, e))?;
+        }
+        synced?;
+        match self.failed {
+            Some(reason) => Err(StoreError::Failed { reason }),
+            None => Ok(()),
+        }
+    }
+
+    async fn process(&mut self, group: Vec<Request>) {
+        let mut batch = Batch::new(self.active_size());
+        for req in group {
+            match req {
+                Request::Put { items, reply } => {
+                    if let Some(err) = self.refuse() {
+                        let _ = reply.send(Err(err));
+                        continue;
+                    }
+                    match self.stage_put(&mut batch, items).await {
+                        Ok(None) => batch.replies.push(Reply::Put(reply)),
+                        Ok(Some(rejected)) => {
+                            let _ = reply.send(Err(rejected));
+                        }
+                        Err(e) => {
+                            self.fail(&mut batch, &e);
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Request::Delete { id, reply } => {
+                    if let Some(err) = self.refuse() {
+                        let _ = reply.send(Err(err));
+                        continue;
+                    }
+                    match self.stage_delete(&mut batch, id).await {
+                        Ok(existed) => batch.replies.push(Reply::Delete(reply, existed)),
+                        Err(e) => {
+                            self.fail(&mut batch, &e);
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Request::Compact { reply } => {
+                    if let Some(err) = self.refuse() {
+                        let _ = reply.send(Err(err));
+                        continue;
+                    }
+                    let res = match self.commit(&mut batch).await {
+                        Ok(()) => self.compact(Goal::Threshold).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = &res {
+                        self.fail(&mut batch, e);
+                    }
+                    let _ = reply.send(res);
+                    batch = Batch::new(self.active_size());
+                }
+            }
+        }
+        // Errors were already delivered to every waiter by `commit`.
+        let _ = self.commit(&mut batch).await;
+    }
+
+    fn refuse(&self) -> Option<StoreError> {
+        self.failed.as_ref().map(|reason| StoreError::Failed {
+            reason: reason.clone(),
+        })
+    }
+
+    /// Stages the new records of a put. `Ok(Some(err))` rejects this request alone (full).
+    async fn stage_put(
+        &mut self,
+        batch: &mut Batch,
+        items: Vec<(ChunkId, Vec<u8>)>,
+    ) -> StoreResult<Option<StoreError>> {
+        let mut fresh = Vec::with_capacity(items.len());
+        let mut need = 0u64;
+        {
+            let index = self
+                .shared
+                .index
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut seen = HashSet::new();
+            for (id, data) in items {
+                let present = batch
+                    .overlay
+                    .get(&id)
+                    .copied()
+                    .unwrap_or_else(|| index.contains_key(&id));
+                // Put is idempotent: a key already stored keeps its first bytes.
+                if present || !seen.insert(id) {
+                    continue;
+                }
+                need += HEADER_LEN as u64 + data.len() as u64;
+                fresh.push((id, data));
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(None);
+        }
+        if need > self.free() && self.reclaimable() > 0 {
+            // Make what is staged durable first: compaction appends to the same segment.
+            self.commit(batch).await?;
+            self.compact(Goal::Space(need)).await?;
+            batch.start = self.active_size();
+        }
+        if need > self.free() {
+            return Ok(Some(StoreError::Full {
+                need,
+                free: self.free(),
+                capacity: self.cfg.capacity_bytes,
+            }));
+        }
+        for (id, data) in fresh {
+            let header = RecordHeader::put(self.next_seq, id, &data);
+            self.next_seq += 1;
+            let offset = self.make_room(batch, header.record_len()).await?;
+            batch.push(header.encode().to_vec());
+            batch.push(data);
+            batch.updates.push(Update::Insert {
+                id,
+                seg: self.active_id,
+                offset,
+                len: header.len,
+                moved_from: None,
+            });
+            batch.overlay.insert(id, true);
+            self.grow_active(header.record_len(), 0);
+        }
+        Ok(None)
+    }
+
+    /// Stages a tombstone if the key exists. Tombstones are exempt from the capacity check:
+    /// deleting must stay possible when the store is full.
+    async fn stage_delete(&mut self, batch: &mut Batch, id: ChunkId) -> StoreResult<bool> {
+        let present = batch.overlay.get(&id).copied().unwrap_or_else(|| {
+            self.shared
+                .index
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(&id)
+        });
+        if !present {
+            return Ok(false);
+        }
+        let header = RecordHeader::tombstone(self.next_seq, id);
+        self.next_seq += 1;
+        self.make_room(batch, header.record_len()).await?;
+        batch.push(header.encode().to_vec());
+        batch.updates.push(Update::Remove { id });
+        batch.overlay.insert(id, false);
+        self.grow_active(header.record_len(), header.record_len());
+        Ok(true)
+    }
+
+    fn active_size(&self) -> u64 {
+        self.segments.get(&self.active_id).map_or(0, |m| m.size)
+    }
+
+    fn grow_active(&mut self, bytes: u64, tomb: u64) {
+        if let Some(m) = self.segments.get_mut(&self.active_id) {
+            m.size += bytes;
+            m.tomb += tomb;
+        }
+        self.disk_bytes += bytes;
+    }
+
+    fn free(&self) -> u64 {
+        self.cfg.capacity_bytes.saturating_sub(self.disk_bytes)
+    }
+
+    fn reclaimable(&self) -> u64 {
+        self.segments.values().map(SegMeta::garbage).sum()
+    }
+
+    /// Rotates first if a record of `len` bytes does not fit in the active segment; returns
+    /// the offset the record will have. A record larger than a whole segment gets one alone.
+    async fn make_room(&mut self, batch: &mut Batch, len: u64) -> StoreResult<u64> {
+        let size = self.active_size();
+        if size > 0 && size.saturating_add(len) > self.cfg.segment_bytes {
+            self.rotate(batch).await?;
+        }
+        Ok(self.active_size())
+    }
+
+    /// Seals the active segment (written and synced in full) and starts the next one. The new
+    /// file's name is made durable with a directory fsync before anything in it is acknowledged.
+    async fn rotate(&mut self, batch: &mut Batch) -> StoreResult<()> {
+        self.flush(batch).await?;
+        self.sync().await?;
+        let id = self.active_id + 1;
+        let seg = Arc::new(Segment::create(&self.shared.dir, id)?);
+        sync_dir(&self.shared.dir)?;
+        let io = ActiveIo::open(self.backend(), &seg)?;
+        let old = std::mem::replace(&mut self.io, io);
+        if let ActiveIo::Uring(file) = old {
+            let path = self.active.path.clone();
+            file.close()
+                .await
+                .map_err(|e| StoreError::io("close segment", path, e))?;
+        }
+        self.segments.insert(id, SegMeta::new(Arc::clone(&seg), 0));
+        self.active = seg;
+        self.active_id = id;
+        batch.start = 0;
+        self.publish();
+        Ok(())
+    }
+
+    fn backend(&self) -> Backend {
+        match self.io {
+            ActiveIo::Portable => Backend::Portable,
+            ActiveIo::Uring(_) => Backend::IoUring,
+        }
+    }
+
+    /// Writes the staged buffers (no sync).
+    async fn flush(&mut self, batch: &mut Batch) -> StoreResult<()> {
+        if batch.bufs.is_empty() {
+            return Ok(());
+        }
+        let bufs = std::mem::take(&mut batch.bufs);
+        let seg = Arc::clone(&self.active);
+        self.dirty = true;
+        let res = match &self.io {
+            ActiveIo::Portable => write_portable(&seg.file, bufs, batch.start, &mut self.staging),
+            ActiveIo::Uring(file) => write_uring(file, bufs, batch.start).await,
+        };
+        res.map_err(|e| StoreError::io("write segment", &seg.path, e))?;
+        batch.start += batch.bytes;
+        batch.bytes = 0;
+        Ok(())
+    }
+
+    /// One `fdatasync` of the active segment, if anything was written since the last one.
+    async fn sync(&mut self) -> StoreResult<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let res = match &self.io {
+            ActiveIo::Portable => self.active.file.sync_data(),
+            ActiveIo::Uring(file) => file.sync_data().await,
+        };
+        res.map_err(|e| StoreError::io("fdatasync segment", &self.active.path, e))?;
+        self.dirty = false;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes and syncs the batch, then publishes its index changes and acknowledges it.
+    async fn commit(&mut self, batch: &mut Batch) -> StoreResult<()> {
+        let res = match self.flush(batch).await {
+            Ok(()) => self.sync().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            self.fail(batch, &e);
+            return Err(e);
+        }
+        self.apply(std::mem::take(&mut batch.updates));
+        batch.overlay.clear();
+        batch.start = self.active_size();
+        self.publish();
+        for reply in batch.replies.drain(..) {
+            match reply {
+                Reply::Put(tx) => {
+                    let _ = tx.send(Ok(()));
+                }
+                Reply::Delete(tx, existed) => {
+                    let _ = tx.send(Ok(existed));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops all writing after an I/O error and fails everything waiting in `batch`.
+    fn fail(&mut self, batch: &mut Batch, err: &StoreError) {
+        let reason = self.failed.get_or_insert_with(|| err.to_string()).clone();
+        for reply in batch.replies.drain(..) {
+            let err = StoreError::Failed {
+                reason: reason.clone(),
+            };
+            match reply {
+                Reply::Put(tx) => {
+                    let _ = tx.send(Err(err));
+                }
+                Reply::Delete(tx, _) => {
+                    let _ = tx.send(Err(err));
+                }
+            }
+        }
+        batch.bufs.clear();
+        batch.bytes = 0;
+        batch.updates.clear();
+        batch.overlay.clear();
+    }
+
+    fn apply(&mut self, updates: Vec<Update>) {
+        if updates.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let mut index = shared.index.write().unwrap_or_else(PoisonError::into_inner);
+        for update in updates {
+            let old = match update {
+                Update::Insert {
+                    id,
+                    seg,
+                    offset,
+                    len,
+                    moved_from,
+                } => {
+                    if let Some((from_seg, from_off)) = moved_from {
+                        let still_there = index
+                            .get(&id)
+                            .is_some_and(|l| l.seg.id == from_seg && l.offset == from_off);
+                        if !still_there {
+                            continue;
+                        }
+                    }
+                    let Some(meta) = self.segments.get_mut(&seg) else {
+                        continue;
+                    };
+                    meta.live += HEADER_LEN as u64 + u64::from(len);
+                    self.live_payload += u64::from(len);
+                    let loc = Location {
+                        seg: Arc::clone(&meta.seg),
+                        offset,
+                        len,
+                    };
+                    index.insert(id, loc)
+                }
+                Update::Remove { id } => index.remove(&id),
+            };
+            if let Some(old) = old {
+                if let Some(meta) = self.segments.get_mut(&old.seg.id) {
+                    meta.live = meta
+                        .live
+                        .saturating_sub(HEADER_LEN as u64 + u64::from(old.len));
+                }
+                self.live_payload = self.live_payload.saturating_sub(u64::from(old.len));
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.shared;
+        s.disk_bytes.store(self.disk_bytes, Ordering::Relaxed);
+        s.live_bytes.store(self.live_payload, Ordering::Relaxed);
+        s.segments
+            .store(self.segments.len() as u64, Ordering::Relaxed);
+        s.garbage_bytes.store(self.reclaimable(), Ordering::Relaxed);
+    }
+
+    /// With nothing queued, compacts at most one segment above the garbage ratio.
+    async fn idle_compaction(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        let ratio = self.cfg.compact_garbage_ratio;
+        let candidate = self
+            .segments
+            .iter()
+            .find(|(id, m)| **id != self.active_id && m.garbage() > 0 && m.garbage_ratio() > ratio)
+            .map(|(id, _)| *id);
+        if let Some(id) = candidate {
+            let mut report = CompactReport::default();
+            if let Err(e) = self.compact_segment(id, &mut report).await {
+                self.fail(&mut Batch::default(), &e);
+            }
+            self.publish();
+        }
+    }
+
+    /// Compacts segments oldest first: older segments go first so that tombstones in later
+    /// ones find nothing left to shadow and can be dropped.
+    async fn compact(&mut self, goal: Goal) -> StoreResult<CompactReport> {
+        let before = self.disk_bytes;
+        let ratio = self.cfg.compact_garbage_ratio;
+        let wanted = |m: &SegMeta| match goal {
+            Goal::Threshold => m.garbage() > 0 && m.garbage_ratio() > ratio,
+            Goal::Space(_) => m.garbage() > 0,
+        };
+        // The active segment is never rewritten in place: seal it so it can be compacted too.
+        if self.segments.get(&self.active_id).is_some_and(wanted) {
+            self.rotate(&mut Batch::new(self.active_size())).await?;
+        }
+        let candidates: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(id, m)| **id != self.active_id && wanted(m))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut report = CompactReport::default();
+        for id in candidates {
+            if let Goal::Space(need) = goal {
+                if need <= self.free() {
+                    break;
+                }
+            }
+            self.compact_segment(id, &mut report).await?;
+        }
+        report.bytes_reclaimed = before.saturating_sub(self.disk_bytes);
+        self.publish();
+        Ok(report)
+    }
+
+    /// Rewrites the live records of sealed segment `id` into the active segment, syncs them,
+    /// points the index at the copies, then unlinks the old file and fsyncs the directory.
+    ///
+    /// Tombstones: a tombstone for `k` in segment S only matters while an older segment still
+    /// holds a put of `k`, because recovery replays segments in order and that put would come
+    /// back. So a tombstone is copied forward iff `k` is not live now (a live `k` means a later
+    /// put already supersedes both) and some segment older than S still contains a put of `k`.
+    /// Older segments are only ever unlinked after a directory fsync, and new puts only go to
+    /// the newest segment, so the answer cannot change behind our back. Copies keep their
+    /// original headers (seq included) and land after everything already written, so replaying
+    /// old original and new copy in log order yields the same state.
+    async fn compact_segment(&mut self, id: u64, report: &mut CompactReport) -> StoreResult<()> {
+        if id == self.active_id {
+            return Ok(());
+        }
+        let Some(seg) = self.segments.get(&id).map(|m| Arc::clone(&m.seg)) else {
+            return Ok(());
+        };
+        // Which records of the segment still matter, in file order.
+        let mut keep: Vec<(ChunkId, u64, RecordKind, u32)> = Vec::new();
+        let mut dead_tombs: HashSet<ChunkId> = HashSet::new();
+        {
+            let index = self
+                .shared
+                .index
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            walk(&seg, false, |h, off| match h.kind {
+                RecordKind::Put => {
+                    if index
+                        .get(&h.id)
+                        .is_some_and(|l| l.seg.id == id && l.offset == off)
+                    {
+                        keep.push((h.id, off, h.kind, h.len));
+                    }
+                }
+                RecordKind::Tombstone => {
+                    if !index.contains_key(&h.id) {
+                        dead_tombs.insert(h.id);
+                        keep.push((h.id, off, h.kind, 0));
+                    }
+                }
+            })?;
+        }
+        let mut shadowed: HashSet<ChunkId> = HashSet::new();
+        if !dead_tombs.is_empty() {
+            for meta in self.segments.range(..id).map(|(_, m)| m) {
+                walk(&meta.seg, false, |h, _| {
+                    if h.kind == RecordKind::Put && dead_tombs.contains(&h.id) {
+                        shadowed.insert(h.id);
+                    }
+                })?;
+                if shadowed.len() == dead_tombs.len() {
+                    break;
+                }
+            }
+        }
+        let mut batch = Batch::new(self.active_size());
+        for (key, off, kind, len) in keep {
+            if kind == RecordKind::Tombstone && !shadowed.contains(&key) {
+                report.tombstones_dropped += 1;
+                continue;
+            }
+            let rec_len = HEADER_LEN as u64 + u64::from(len);
+            let new_off = self.make_room(&mut batch, rec_len).await?;
+            let mut buf = vec![0u8; usize::try_from(rec_len).unwrap_or(usize::MAX)];
+            seg.file
+                .read_exact_at(&mut buf, off)
+                .map_err(|e| StoreError::io("read segment for compaction", &seg.path, e))?;
+            batch.push(buf);
+            if kind == RecordKind::Put {
+                batch.updates.push(Update::Insert {
+                    id: key,
+                    seg: self.active_id,
+                    offset: new_off,
+                    len,
+                    moved_from: Some((id, off)),
+                });
+                self.grow_active(rec_len, 0);
+                report.records_moved += 1;
+            } else {
+                self.grow_active(rec_len, rec_len);
+                report.tombstones_kept += 1;
+            }
+            if batch.bytes >= self.cfg.max_batch_bytes as u64 {
+                self.flush(&mut batch).await?;
+            }
+        }
+        self.commit(&mut batch).await?;
+        // The copies are durable and indexed; now the old file can go.
+        if let Some(meta) = self.segments.remove(&id) {
+            self.disk_bytes = self.disk_bytes.saturating_sub(meta.size);
+        }
+        std::fs::remove_file(&seg.path)
+            .map_err(|e| StoreError::io("unlink compacted segment", &seg.path, e))?;
+        sync_dir(&self.shared.dir)?;
+        report.segments_compacted += 1;
+        self.publish();
+        Ok(())
+    }
+}
+
+impl ActiveIo {
+    fn open(backend: Backend, seg: &Segment) -> StoreResult<ActiveIo> {
+        match backend {
+            Backend::Portable => Ok(ActiveIo::Portable),
+            Backend::IoUring => {
+                // A second descriptor for the same open file: io_uring owns this one, readers
+                // keep using `seg.file`.
+                let dup = seg
+                    .file
+                    .try_clone()
+                    .map_err(|e| StoreError::io("dup segment fd", &seg.path, e))?;
+                Ok(ActiveIo::Uring(tokio_uring::fs::File::from_std(dup)))
+            }
+        }
+    }
+}
+
+/// `writev` through io_uring, at most `IOV_MAX` buffers per call, resuming after short writes.
+/// The payload buffers are handed to the kernel as they are: no staging copy.
+async fn write_uring(
+    file: &tokio_uring::fs::File,
+    bufs: Vec<Vec<u8>>,
+    mut pos: u64,
+) -> io::Result<()> {
+    let mut rest: Vec<Slice<Vec<u8>>> = bufs.into_iter().map(BoundedBuf::slice_full).collect();
+    rest.reverse(); // pop from the back = take in order
+    while !rest.is_empty() {
+        let take = rest.len().min(IOV_MAX);
+        let chunk: Vec<Slice<Vec<u8>>> = rest.drain(rest.len() - take..).rev().collect();
+        let want: usize = chunk.iter().map(|s| s.len()).sum();
+        let (res, chunk) = file.writev_at(chunk, pos).await;
+        let mut n = res?;
+        if n == 0 && want > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "segment write made no progress",
+            ));
+        }
+        pos += n as u64;
+        if n < want {
+            // Short write: put the unwritten remainder back at the front, in order.
+            let mut leftover = Vec::new();
+            for s in chunk {
+                let len = s.len();
+                if n >= len {
+                    n -= len;
+                } else {
+                    let begin = s.begin() + n;
+                    let end = s.end();
+                    leftover.push(s.into_inner().slice(begin..end));
+                    n = 0;
+                }
+            }
+            leftover.reverse();
+            rest.extend(leftover);
+        }
+    }
+    Ok(())
+}
+
+/// `pwrite` per buffer; small records are gathered in `staging` first so a group of small
+/// chunks costs a few syscalls, while large payloads are written from where they are.
+fn write_portable(
+    file: &std::fs::File,
+    bufs: Vec<Vec<u8>>,
+    mut pos: u64,
+    staging: &mut Vec<u8>,
+) -> io::Result<()> {
+    staging.clear();
+    let mut staged_at = pos;
+    for buf in &bufs {
+        if buf.len() < STAGE_BELOW {
+            if staging.is_empty() {
+                staged_at = pos;
+            }
+            staging.extend_from_slice(buf);
+            if staging.len() >= 1 << 20 {
+                file.write_all_at(staging, staged_at)?;
+                staging.clear();
+            }
+        } else {
+            if !staging.is_empty() {
+                file.write_all_at(staging, staged_at)?;
+                staging.clear();
+            }
+            file.write_all_at(buf, pos)?;
+        }
+        pos += buf.len() as u64;
+    }
+    if !staging.is_empty() {
+        file.write_all_at(staging, staged_at)?;
+        staging.clear();
+    }
+    if staging.capacity() > 4 << 20 {
+        *staging = Vec::new();
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The `cpchain` binary end to end: keys, put/get round trip, the demo, and one-line errors
+//! with non-zero exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cpchain(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cpchain"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .expect("run cpchain")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn put_get_round_trip_and_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+
+    // Without a key, put explains what to do.
+    let input = h.join("in.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    std::fs::write(&input, &data).unwrap();
+    let o = cpchain(h, &["put", input.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cpchain keys new"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+
+    let o = cpchain(h, &["keys", "new"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cpchain(h, &["keys", "new"]);
+    assert!(!o.status.success(), "second keys new must not overwrite");
+
+    let o = cpchain(
+        h,
+        &["put", input.to_str().unwrap(), "--block-size", "64KiB", "-k", "4", "-m", "2"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 64);
+
+    let out = h.join("out.bin");
+    let o = cpchain(h, &["get", &id, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+
+    let o = cpchain(h, &["ls"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&id));
+
+    // Unknown and malformed ids: one-line errors, non-zero exit, no output file left.
+    let missing = "ab".repeat(32);
+    let out2 = h.join("out2.bin");
+    let o = cpchain(h, &["get", &missing, "-o", out2.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no data with id"), "{}", stderr(&o));
+    assert!(!out2.exists());
+    let o = cpchain(h, &["get", "xyz", "-o", out2.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a data id"), "{}", stderr(&o));
+
+    // rm deletes shards and manifest.
+    let o = cpchain(h, &["rm", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cpchain(h, &["get", &id, "-o", out2.to_str().unwrap()]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn demo_verifies_a_round_trip() {
+    let home = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cpchain"))
+        .env("TMPDIR", home.path())
+        .args(["demo", "--size", "3MiB", "--block-size", "256KiB"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("verified round trip: 3145728 identical bytes"), "{out}");
+    assert!(out.contains("MiB/s"), "{out}");
+}
+
+#[test]
+fn bad_size_argument_is_a_usage_error() {
+    let o = Command::new(env!("CARGO_BIN_EXE_cpchain"))
+        .args(["demo", "--size", "12 parsecs"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown size unit"), "{}", stderr(&o));
+}
