@@ -103,18 +103,29 @@ impl VerifyBatch {
     }
 
     /// Verifies items `range` and appends the indices of the bad ones to `invalid`:
-    /// batch first, bisect on failure, single checks at the leaves.
+    /// batch first, bisect on failure, single checks at the leaves. When the left half of a
+    /// failing range passes, the right half is known to fail and is split without being
+    /// checked again.
     fn verify_bisect(&self, range: std::ops::Range<usize>, invalid: &mut Vec<usize>) {
         let mut msgs = Vec::with_capacity(range.len());
-        let mut stack = vec![range];
-        while let Some(r) = stack.pop() {
+        // (range, known to contain a bad item)
+        let mut stack = vec![(range, false)];
+        while let Some((r, known_bad)) = stack.pop() {
             if r.len() <= SINGLE_LEAF {
                 invalid.extend(r.filter(|&i| !self.verify_one(i)));
-            } else if !self.verify_range(r.clone(), &mut msgs) {
-                let mid = r.start + r.len() / 2;
+                continue;
+            }
+            if !known_bad && self.verify_range(r.clone(), &mut msgs) {
+                continue;
+            }
+            let mid = r.start + r.len() / 2;
+            if self.verify_range(r.start..mid, &mut msgs) {
+                // The bad item must be on the right.
+                stack.push((mid..r.end, true));
+            } else {
                 // Right half first on the stack so indices come out in ascending order.
-                stack.push(mid..r.end);
-                stack.push(r.start..mid);
+                stack.push((mid..r.end, false));
+                stack.push((r.start..mid, true));
             }
         }
     }
@@ -177,7 +188,9 @@ pub trait BatchVerifier: Send + Sync {
 pub struct CpuVerifierConfig {
     /// Threads in the verifier's own rayon pool (0 = one per core).
     pub threads: usize,
-    /// Items per batch equation. Larger amortises more; 64..512 are all within a few percent.
+    /// Most items per batch equation. The multiscalar step gets cheaper per item as batches
+    /// grow (callgrind: 256-item chunks cost 15% more than one 1024-item batch), so a batch
+    /// is split into as few equations as keep every thread busy.
     pub chunk: usize,
 }
 
@@ -185,7 +198,7 @@ impl Default for CpuVerifierConfig {
     fn default() -> Self {
         CpuVerifierConfig {
             threads: 0,
-            chunk: 256,
+            chunk: 1024,
         }
     }
 }
@@ -222,8 +235,15 @@ impl CpuBatchVerifier {
         use rayon::prelude::*;
         let n = batch.len();
         let threads = self.pool.current_num_threads().max(1);
-        // Never leave a thread idle: split small batches evenly across the pool.
-        let chunk = self.chunk.min(n.div_ceil(threads)).max(1);
+        // Equal pieces, a multiple of the thread count, each at most `chunk` items.
+        let pieces = n.div_ceil(self.chunk).max(threads).div_ceil(threads) * threads;
+        let chunk = n.div_ceil(pieces.min(n).max(1)).max(1);
+        if chunk >= n {
+            // One equation: no reason to hop onto the pool.
+            let mut invalid = Vec::new();
+            batch.verify_bisect(0..n, &mut invalid);
+            return VerifyReport { len: n, invalid };
+        }
         let starts: Vec<usize> = (0..n).step_by(chunk).collect();
         let mut invalid: Vec<usize> = self.pool.install(|| {
             starts

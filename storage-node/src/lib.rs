@@ -11,7 +11,10 @@ mod store;
 
 pub use manifest::{BlockEntry, Manifest, ManifestDir, MAX_BLOCKS, MAX_BLOCK_SIZE};
 pub use pipeline::{
-    open, seal, CountingSink, MemoryShards, OpenParams, OpenReport, PipelineError,
-    PipelineResult, SealParams, Shard, ShardSink, ShardSource, StoreSink,
+    open, seal, CountingSink, MemoryShards, OpenParams, OpenReport, PipelineError, PipelineResult,
+    SealParams, Shard, ShardSink, ShardSource, StoreSink,
 };
-pub use store::*;
+pub use store::{
+    Backend, BackendChoice, ChunkStore, CompactReport, PutTicket, RecoveryReport, StoreConfig,
+    StoreError, StoreResult, StoreStats,
+};

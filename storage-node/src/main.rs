@@ -125,7 +125,10 @@ impl SealArgs {
             .ok()
             .filter(|&b| b > 0 && b <= storage_node::MAX_BLOCK_SIZE)
             .with_context(|| {
-                format!("block size must be between 1 byte and {} MiB", storage_node::MAX_BLOCK_SIZE >> 20)
+                format!(
+                    "block size must be between 1 byte and {} MiB",
+                    storage_node::MAX_BLOCK_SIZE >> 20
+                )
             })?;
         Ok(SealParams {
             k: self.data_shards,
@@ -259,14 +262,18 @@ fn bytes_bar(len: Option<u64>, msg: &'static str) -> ProgressBar {
 
 fn parse_data_id(s: &str) -> Result<DataId> {
     DataId::from_hex(s).map_err(|_| {
-        anyhow::anyhow!("'{s}' is not a data id: expected the 64 hex characters `cpchain put` printed")
+        anyhow::anyhow!(
+            "'{s}' is not a data id: expected the 64 hex characters `cpchain put` printed"
+        )
     })
 }
 
 fn run(cli: Cli) -> Result<()> {
     let home = home_dir(&cli)?;
     match &cli.cmd {
-        Command::Keys { cmd: KeysCmd::New { force } } => {
+        Command::Keys {
+            cmd: KeysCmd::New { force },
+        } => {
             let kp = Keypair::generate();
             write_key(&home, &kp, *force)?;
             println!("{}", kp.public());
@@ -313,16 +320,32 @@ fn run(cli: Cli) -> Result<()> {
             let bar = bytes_bar(Some(manifest.length), "opening");
             let t = Instant::now();
             let report = if output.as_os_str() == "-" {
-                open(&manifest, &owner, &store, BufWriter::with_capacity(1 << 20, io::stdout()), &OpenParams::default(), &|n| bar.set_position(n))?
+                open(
+                    &manifest,
+                    &owner,
+                    &store,
+                    BufWriter::with_capacity(1 << 20, io::stdout()),
+                    &OpenParams::default(),
+                    &|n| bar.set_position(n),
+                )?
             } else {
                 // Write to a temporary name and rename, so a failed get never leaves a
                 // partial file that looks complete.
                 let tmp = output.with_extension("cpchain-partial");
-                let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-                let r = open(&manifest, &owner, &store, BufWriter::with_capacity(1 << 20, f), &OpenParams::default(), &|n| bar.set_position(n));
+                let f =
+                    File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+                let r = open(
+                    &manifest,
+                    &owner,
+                    &store,
+                    BufWriter::with_capacity(1 << 20, f),
+                    &OpenParams::default(),
+                    &|n| bar.set_position(n),
+                );
                 match r {
                     Ok(r) => {
-                        fs::rename(&tmp, output).with_context(|| format!("renaming to {}", output.display()))?;
+                        fs::rename(&tmp, output)
+                            .with_context(|| format!("renaming to {}", output.display()))?;
                         r
                     }
                     Err(e) => {
@@ -350,9 +373,17 @@ fn run(cli: Cli) -> Result<()> {
                 let Some(id) = name.to_str().and_then(|s| s.strip_suffix(".manifest")) else {
                     continue;
                 };
-                let Ok(id) = DataId::from_hex(id) else { continue };
+                let Ok(id) = DataId::from_hex(id) else {
+                    continue;
+                };
                 match manifests.load(&id) {
-                    Ok(m) => println!("{id}  {:>10}  {} blocks  {}+{}", human(m.length), m.blocks.len(), m.k, m.m),
+                    Ok(m) => println!(
+                        "{id}  {:>10}  {} blocks  {}+{}",
+                        human(m.length),
+                        m.blocks.len(),
+                        m.k,
+                        m.m
+                    ),
                     Err(e) => println!("{id}  damaged: {e}"),
                 }
                 n += 1;
@@ -427,14 +458,24 @@ impl Write for HashWriter {
 fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     use rand::{RngCore, SeedableRng};
     let dir = tempfile_dir()?;
-    println!("cpchain demo: {} sample, {}+{} erasure code, {} blocks, {}", human(size), params.k, params.m, human(u64::from(params.block_size)), params.algo.name());
+    println!(
+        "cpchain demo: {} sample, {}+{} erasure code, {} blocks, {}",
+        human(size),
+        params.k,
+        params.m,
+        human(u64::from(params.block_size)),
+        params.algo.name()
+    );
     println!("working in {}", dir.display());
     // 1. A sample file of pseudo-random bytes, hashed as it is written.
     let sample = dir.join("sample.bin");
     let mut expect = blake3::Hasher::new();
     {
         let mut rng = rand::rngs::StdRng::seed_from_u64(size);
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&sample).with_context(|| format!("creating {}", sample.display()))?);
+        let mut w = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&sample).with_context(|| format!("creating {}", sample.display()))?,
+        );
         let mut buf = vec![0u8; 1 << 20];
         let mut left = size;
         while left > 0 {
@@ -454,7 +495,9 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     let bar = bytes_bar(Some(size), "sealing");
     let t = Instant::now();
     let input = BufReader::with_capacity(1 << 20, File::open(&sample)?);
-    let manifest: Manifest = seal(input, &owner, params, &mut StoreSink::new(&store), &|n| bar.set_position(n))?;
+    let manifest: Manifest = seal(input, &owner, params, &mut StoreSink::new(&store), &|n| {
+        bar.set_position(n)
+    })?;
     let seal_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let stats = store.stats();
@@ -491,7 +534,14 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     let bar = bytes_bar(Some(size), "opening");
     let t = Instant::now();
     let mut out = HashWriter(blake3::Hasher::new(), 0);
-    let report = open(&manifest, &owner, &store, &mut out, &OpenParams::default(), &|n| bar.set_position(n))?;
+    let report = open(
+        &manifest,
+        &owner,
+        &store,
+        &mut out,
+        &OpenParams::default(),
+        &|n| bar.set_position(n),
+    )?;
     let open_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     println!(
@@ -505,7 +555,11 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     if out.1 != size || out.0.finalize() != expect.finalize() {
         bail!("round trip FAILED: the opened bytes differ from the sample");
     }
-    println!("verified round trip: {} identical bytes (BLAKE3 {})", out.1, expect.finalize().to_hex());
+    println!(
+        "verified round trip: {} identical bytes (BLAKE3 {})",
+        out.1,
+        expect.finalize().to_hex()
+    );
     store.close()?;
     fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(())

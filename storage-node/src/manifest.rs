@@ -88,7 +88,9 @@ impl Manifest {
 
     /// Number of encryption intervals the blocks span.
     pub fn interval_count(&self) -> usize {
-        self.blocks.len().div_ceil(self.interval_blocks.max(1) as usize)
+        self.blocks
+            .len()
+            .div_ceil(self.interval_blocks.max(1) as usize)
     }
 
     /// Plaintext length of block `b`.

@@ -39,7 +39,16 @@ fn put_get_round_trip_and_errors() {
 
     let o = cpchain(
         h,
-        &["put", input.to_str().unwrap(), "--block-size", "64KiB", "-k", "4", "-m", "2"],
+        &[
+            "put",
+            input.to_str().unwrap(),
+            "--block-size",
+            "64KiB",
+            "-k",
+            "4",
+            "-m",
+            "2",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
@@ -81,7 +90,10 @@ fn demo_verifies_a_round_trip() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    assert!(out.contains("verified round trip: 3145728 identical bytes"), "{out}");
+    assert!(
+        out.contains("verified round trip: 3145728 identical bytes"),
+        "{out}"
+    );
     assert!(out.contains("MiB/s"), "{out}");
 }
 

@@ -47,7 +47,17 @@ fn open_mem(
 fn round_trips_edge_sizes_and_intervals() {
     let owner = Keypair::from_seed([1; 32]);
     let p = params(4, 2, 4096, 3);
-    for len in [0, 1, 3, 4095, 4096, 4097, 3 * 4096, 3 * 4096 + 1, 10 * 4096 + 17] {
+    for len in [
+        0,
+        1,
+        3,
+        4095,
+        4096,
+        4097,
+        3 * 4096,
+        3 * 4096 + 1,
+        10 * 4096 + 17,
+    ] {
         let data = sample(len, len as u64);
         let (m, shards) = seal_mem(&data, &owner, &p);
         assert_eq!(m.length, len as u64);
@@ -82,7 +92,10 @@ fn small_last_block_is_not_padded_to_full_size() {
     let owner = Keypair::from_seed([3; 32]);
     let (m, shards) = seal_mem(b"tiny", &owner, &params(10, 4, 4 << 20, 64));
     let total: usize = shards.shards.values().map(Vec::len).sum();
-    assert!(total < 14 * 64, "a 4-byte file took {total} bytes of shards");
+    assert!(
+        total < 14 * 64,
+        "a 4-byte file took {total} bytes of shards"
+    );
     assert_eq!(open_mem(&m, &owner, &shards).unwrap().0, b"tiny");
 }
 
@@ -114,7 +127,14 @@ fn any_k_of_every_block_reconstruct_and_k_minus_1_fails() {
         .unwrap();
     shards.shards.remove(&victim);
     match open_mem(&m, &owner, &shards) {
-        Err(e @ PipelineError::Unrecoverable { block: 3, have, need, .. }) => {
+        Err(
+            e @ PipelineError::Unrecoverable {
+                block: 3,
+                have,
+                need,
+                ..
+            },
+        ) => {
             assert_eq!((have, need), (k - 1, k));
             assert!(e.to_string().contains("4 of 5 shards reachable"), "{e}");
         }
@@ -132,16 +152,34 @@ fn flipped_byte_in_any_shard_is_caught_and_repaired() {
     for id in ids {
         let len = shards.shards[&id].len();
         // Header, payload and tag positions all get hit across the ids.
-        for pos in [0, 5, 7, 31, 32, len / 2, len - 16, len - 1, rng.gen_range(0..len)] {
+        for pos in [
+            0,
+            5,
+            7,
+            31,
+            32,
+            len / 2,
+            len - 16,
+            len - 1,
+            rng.gen_range(0..len),
+        ] {
             let mut bad = MemoryShards {
                 shards: shards.shards.clone(),
             };
             bad.shards.get_mut(&id).unwrap()[pos] ^= 1 << rng.gen_range(0..8);
             let (out, r) = open_mem(&m, &owner, &bad).unwrap();
-            assert_eq!(out, data, "wrong plaintext after flipping byte {pos} of {id}");
+            assert_eq!(
+                out, data,
+                "wrong plaintext after flipping byte {pos} of {id}"
+            );
             // The flipped shard was rejected if it was needed (parity is only read when a
             // data shard is missing).
-            let idx = m.blocks.iter().flat_map(|b| &b.shards).position(|x| *x == id).unwrap();
+            let idx = m
+                .blocks
+                .iter()
+                .flat_map(|b| &b.shards)
+                .position(|x| *x == id)
+                .unwrap();
             if idx % 4 < 3 {
                 assert_eq!(r.shards_corrupt, 1);
             }
@@ -155,7 +193,12 @@ fn flipped_byte_in_any_shard_is_caught_and_repaired() {
     bad.shards.get_mut(&m.blocks[1].shards[0]).unwrap()[40] ^= 4;
     assert!(matches!(
         open_mem(&m, &owner, &bad),
-        Err(PipelineError::Unrecoverable { block: 1, have: 2, need: 3, corrupt: 1 })
+        Err(PipelineError::Unrecoverable {
+            block: 1,
+            have: 2,
+            need: 3,
+            corrupt: 1
+        })
     ));
 }
 
@@ -230,7 +273,12 @@ fn wrong_key_is_refused() {
 fn bad_params_are_errors() {
     let owner = Keypair::from_seed([1; 32]);
     let mut sink = MemoryShards::default();
-    for p in [params(0, 1, 10, 1), params(1, 0, 10, 1), params(2, 1, 0, 1), params(2, 1, 10, 0)] {
+    for p in [
+        params(0, 1, 10, 1),
+        params(1, 0, 10, 1),
+        params(2, 1, 0, 1),
+        params(2, 1, 10, 0),
+    ] {
         assert!(seal(&b"x"[..], &owner, &p, &mut sink, &|_| {}).is_err());
     }
 }
@@ -280,7 +328,10 @@ fn seal_into_store_and_open_after_disk_corruption() {
     }
     assert!(flipped, "shard bytes not found in any store file");
     let store = ChunkStore::open(dir.path(), StoreConfig::default()).unwrap();
-    assert!(store.get(&victim).is_err(), "store returned a corrupted shard");
+    assert!(
+        store.get(&victim).is_err(),
+        "store returned a corrupted shard"
+    );
     let (out, r) = open_mem(&m, &owner, &store).unwrap();
     assert_eq!(out, data);
     assert_eq!(r.shards_corrupt, 1);

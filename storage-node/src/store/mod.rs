@@ -24,8 +24,12 @@
 //! The last segment may end in a group that was being written when the process died; nothing
 //! in that group was acknowledged, because acknowledgement waits for the sync. So the last
 //! segment is read in full, with payload checksums, and truncated at the first record whose
-//! header is invalid or whose payload is short or fails its checksum. (A consequence: media
-//! corruption inside the last segment also truncates the acknowledged records after it.)
+//! header is invalid or whose payload is short, or at the first of the records failing their
+//! checksum that nothing valid follows. A checksum failure *followed* by valid records is
+//! damage inside the log, not a torn tail (a process crash leaves a clean prefix; a torn tail
+//! from power loss is at most one unacknowledged group): that record stays indexed, so reads of
+//! it return `Corrupt`, and everything after it is kept. (A damaged *header* inside the last
+//! segment still truncates there: record boundaries after it cannot be trusted.)
 //!
 //! **Space.** Deletes append tombstones. [`ChunkStore::compact`] (and the writer when idle, or
 //! when a put would exceed `capacity_bytes`) copies the live records of segments with enough
@@ -456,12 +460,18 @@ fn recover(dir: &Path) -> StoreResult<Recovered> {
     let mut max_seq = 0u64;
     let mut live_payload = 0u64;
     let last_id = ids.last().copied().unwrap_or(1);
+    let mut damaged = Vec::new();
     for id in ids {
         let seg = Arc::new(Segment::open(dir, id)?);
         let last = id == last_id;
         segments.insert(id, SegMeta::new(Arc::clone(&seg), 0));
-        let end = walk(&seg, last, |h, offset| {
+        let end = walk(&seg, last, |h, offset, payload_ok| {
             report.records += 1;
+            if !payload_ok {
+                // Damage inside the log (valid records follow): keep the record indexed so
+                // reads report it as corrupt instead of silently losing it.
+                damaged.push((segment_file_name(&seg), offset, "payload checksum mismatch"));
+            }
             max_seq = max_seq.max(h.seq);
             let old = match h.kind {
                 RecordKind::Put => {
@@ -531,6 +541,7 @@ fn recover(dir: &Path) -> StoreResult<Recovered> {
             m.size = size;
         }
     }
+    report.damaged.extend(damaged);
     Ok(Recovered {
         index,
         segments,

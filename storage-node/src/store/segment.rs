@@ -50,6 +50,9 @@ impl Segment {
     }
 }
 
+/// Bound on consecutive checksum failures a walk holds while looking for a valid record.
+const MAX_SUSPECTS: usize = 1024;
+
 /// File name of segment `id`.
 pub(crate) fn segment_name(id: u64) -> String {
     format!("seg-{id:012}.log")
@@ -140,30 +143,44 @@ pub(crate) enum WalkEnd {
     },
 }
 
-/// Visits every record of `seg` in file order, as `(header, offset)`.
+/// Visits every record of `seg` in file order, as `(header, offset, payload_ok)`.
 ///
 /// With `verify_payload` the payload checksums are checked too (the whole file is read);
-/// without it only headers are read and payloads are skipped by seeking. Lengths are bounded by
-/// what is left in the file, so damaged headers never cause large allocations or reads.
+/// without it only headers are read and payloads are skipped by seeking (`payload_ok` is then
+/// always true). Lengths are bounded by what is left in the file, so damaged headers never
+/// cause large allocations or reads.
+///
+/// A record with a valid header but a bad payload checksum is only visited (with
+/// `payload_ok = false`) once a fully valid record follows it: then it is damage in the middle
+/// of the log, not a torn tail, and the records after it must not be thrown away. Bad records
+/// with nothing valid after them are the torn tail, reported through `WalkEnd::Invalid`.
 pub(crate) fn walk(
     seg: &Segment,
     verify_payload: bool,
-    mut visit: impl FnMut(&RecordHeader, u64),
+    mut visit: impl FnMut(&RecordHeader, u64, bool),
 ) -> StoreResult<WalkEnd> {
     let file_len = seg.file_len()?;
-    let mut reader = PosReader::new(&seg.file, if verify_payload { 1 << 20 } else { 64 << 10 });
+    // Header-only walks read about a page per record: enough to batch small records, without
+    // reading the payloads of large ones.
+    let mut reader = PosReader::new(&seg.file, if verify_payload { 1 << 20 } else { 4 << 10 });
     let mut pos = 0u64;
-    let invalid = |valid_len, reason| {
+    // Checksum failures not yet followed by a valid record.
+    let mut suspects: Vec<(RecordHeader, u64)> = Vec::new();
+    let read_err = |e| StoreError::io("read segment", &seg.path, e);
+    let end = |pos: u64, reason: &'static str, suspects: &[(RecordHeader, u64)]| {
+        let (valid_len, reason) = match suspects.first() {
+            Some((_, at)) => (*at, "payload checksum mismatch"),
+            None => (pos, reason),
+        };
         Ok(WalkEnd::Invalid {
             valid_len,
             file_len,
             reason,
         })
     };
-    let read_err = |e| StoreError::io("read segment", &seg.path, e);
     while pos < file_len {
         if file_len - pos < HEADER_LEN as u64 {
-            return invalid(pos, "truncated header");
+            return end(pos, "truncated header", &suspects);
         }
         let mut hb = [0u8; HEADER_LEN];
         reader.read_exact(&mut hb, pos).map_err(read_err)?;
@@ -171,18 +188,27 @@ pub(crate) fn walk(
         let header = match RecordHeader::decode(&hb, left) {
             Ok(h) => h,
             // A length beyond the end of file means the payload is incomplete.
-            Err(e) => return invalid(pos, e.as_str()),
+            Err(e) => return end(pos, e.as_str(), &suspects),
         };
-        if verify_payload {
-            let crc = reader
+        let payload_ok = !verify_payload
+            || reader
                 .crc_of(pos + HEADER_LEN as u64, u64::from(header.len))
-                .map_err(read_err)?;
-            if crc != header.payload_crc {
-                return invalid(pos, "payload checksum mismatch");
+                .map_err(read_err)?
+                == header.payload_crc;
+        if payload_ok {
+            for (h, at) in suspects.drain(..) {
+                visit(&h, at, false);
             }
+            visit(&header, pos, true);
+        } else if suspects.len() < MAX_SUSPECTS {
+            suspects.push((header, pos));
+        } else {
+            return end(pos, "payload checksum mismatch", &suspects);
         }
-        visit(&header, pos);
         pos += header.record_len();
+    }
+    if !suspects.is_empty() {
+        return end(pos, "payload checksum mismatch", &suspects);
     }
     Ok(WalkEnd::Clean { len: file_len })
 }

@@ -121,6 +121,9 @@ struct Batch {
     bytes: u64,
     updates: Vec<Update>,
     replies: Vec<Reply>,
+    /// Buffers already written, freed only after the replies so that returning large
+    /// allocations to the allocator stays off the acknowledgement path.
+    spent: Vec<Vec<u8>>,
     /// Presence of keys changed by this batch (not yet in the index).
     overlay: HashMap<ChunkId, bool>,
 }
@@ -354,8 +357,11 @@ impl Writer {
         if fresh.is_empty() {
             return Ok(None);
         }
-        if need > self.free() && self.reclaimable() > 0 {
-            // Make what is staged durable first: compaction appends to the same segment.
+        let short = need.saturating_sub(self.free());
+        if short > 0 && self.reclaimable() >= short {
+            // Only when compaction can actually free enough: otherwise every refused put would
+            // rewrite data for nothing. Make what is staged durable first: compaction appends
+            // to the same segment.
             self.commit(batch).await?;
             self.compact(Goal::Space(need)).await?;
             batch.start = self.active_size();
@@ -478,10 +484,16 @@ impl Writer {
         let bufs = std::mem::take(&mut batch.bufs);
         let seg = Arc::clone(&self.active);
         self.dirty = true;
-        let res = match &self.io {
-            ActiveIo::Portable => write_portable(&seg.file, bufs, batch.start, &mut self.staging),
+        let (res, bufs) = match &self.io {
+            ActiveIo::Portable => (
+                write_portable(&seg.file, &bufs, batch.start, &mut self.staging),
+                bufs,
+            ),
             ActiveIo::Uring(file) => write_uring(file, bufs, batch.start).await,
         };
+        if !batch.replies.is_empty() {
+            batch.spent.extend(bufs);
+        }
         res.map_err(|e| StoreError::io("write segment", &seg.path, e))?;
         batch.start += batch.bytes;
         batch.bytes = 0;
@@ -527,6 +539,7 @@ impl Writer {
                 }
             }
         }
+        batch.spent.clear();
         Ok(())
     }
 
@@ -547,6 +560,7 @@ impl Writer {
             }
         }
         batch.bufs.clear();
+        batch.spent.clear();
         batch.bytes = 0;
         batch.updates.clear();
         batch.overlay.clear();
@@ -689,7 +703,7 @@ impl Writer {
                 .index
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            walk(&seg, false, |h, off| match h.kind {
+            walk(&seg, false, |h, off, _| match h.kind {
                 RecordKind::Put => {
                     if index
                         .get(&h.id)
@@ -709,7 +723,7 @@ impl Writer {
         let mut shadowed: HashSet<ChunkId> = HashSet::new();
         if !dead_tombs.is_empty() {
             for meta in self.segments.range(..id).map(|(_, m)| m) {
-                walk(&meta.seg, false, |h, _| {
+                walk(&meta.seg, false, |h, _, _| {
                     if h.kind == RecordKind::Put && dead_tombs.contains(&h.id) {
                         shadowed.insert(h.id);
                     }
@@ -782,12 +796,14 @@ impl ActiveIo {
 }
 
 /// `writev` through io_uring, at most `IOV_MAX` buffers per call, resuming after short writes.
-/// The payload buffers are handed to the kernel as they are: no staging copy.
+/// The payload buffers are handed to the kernel as they are: no staging copy. The buffers come
+/// back with the result, so the caller decides when to free them.
 async fn write_uring(
     file: &tokio_uring::fs::File,
     bufs: Vec<Vec<u8>>,
     mut pos: u64,
-) -> io::Result<()> {
+) -> (io::Result<()>, Vec<Vec<u8>>) {
+    let mut done = Vec::with_capacity(bufs.len());
     let mut rest: Vec<Slice<Vec<u8>>> = bufs.into_iter().map(BoundedBuf::slice_full).collect();
     rest.reverse(); // pop from the back = take in order
     while !rest.is_empty() {
@@ -795,46 +811,50 @@ async fn write_uring(
         let chunk: Vec<Slice<Vec<u8>>> = rest.drain(rest.len() - take..).rev().collect();
         let want: usize = chunk.iter().map(|s| s.len()).sum();
         let (res, chunk) = file.writev_at(chunk, pos).await;
-        let mut n = res?;
+        let mut n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                done.extend(chunk.into_iter().chain(rest).map(Slice::into_inner));
+                return (Err(e), done);
+            }
+        };
         if n == 0 && want > 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "segment write made no progress",
-            ));
+            done.extend(chunk.into_iter().chain(rest).map(Slice::into_inner));
+            let err = io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress");
+            return (Err(err), done);
         }
         pos += n as u64;
-        if n < want {
-            // Short write: put the unwritten remainder back at the front, in order.
-            let mut leftover = Vec::new();
-            for s in chunk {
-                let len = s.len();
-                if n >= len {
-                    n -= len;
-                } else {
-                    let begin = s.begin() + n;
-                    let end = s.end();
-                    leftover.push(s.into_inner().slice(begin..end));
-                    n = 0;
-                }
+        // Fully written buffers are done; a short write puts the remainder back, in order.
+        let mut leftover = Vec::new();
+        for s in chunk {
+            let len = s.len();
+            if n >= len {
+                n -= len;
+                done.push(s.into_inner());
+            } else {
+                let begin = s.begin() + n;
+                let end = s.end();
+                leftover.push(s.into_inner().slice(begin..end));
+                n = 0;
             }
-            leftover.reverse();
-            rest.extend(leftover);
         }
+        leftover.reverse();
+        rest.extend(leftover);
     }
-    Ok(())
+    (Ok(()), done)
 }
 
 /// `pwrite` per buffer; small records are gathered in `staging` first so a group of small
 /// chunks costs a few syscalls, while large payloads are written from where they are.
 fn write_portable(
     file: &std::fs::File,
-    bufs: Vec<Vec<u8>>,
+    bufs: &[Vec<u8>],
     mut pos: u64,
     staging: &mut Vec<u8>,
 ) -> io::Result<()> {
     staging.clear();
     let mut staged_at = pos;
-    for buf in &bufs {
+    for buf in bufs {
         if buf.len() < STAGE_BELOW {
             if staging.is_empty() {
                 staged_at = pos;
