@@ -12,12 +12,33 @@
 //! Feature flags: none.
 
 mod config;
+pub mod contracts;
+mod error;
+mod election;
+mod lbft;
+pub mod rewards;
+pub mod rpt;
+mod state;
 mod tx;
 mod types;
 
 pub use config::ChainConfig;
+pub use election::{elect, elect_committee, proposer_of, term_of, term_seed, Schedule};
+pub use lbft::{
+    impeach_block, propose, verify_item_id, Input, LbftParams, Message, Output, Phase, Stats, TimerKind,
+    Validator,
+};
 
-pub use tx::{Block, SignedTx, Tx, TxPayload};
+pub use error::{ChainError, ChainResult};
+pub use state::{
+    check_evidence, Account, Activity, BlockReceipt, Candidate, DataRecord, DiffEntry,
+    Equivocation, GrantRecord, Listing, Order, OrderState, State, StateDiff, TxOutcome,
+    EQUIVOCATION_RNODE_DIVISOR, IMPEACH_PENALTY_DIVISOR, MAX_DIFF_BYTES,
+};
+pub use tx::{
+    AccessPolicy, Block, IntervalRange, RptWeight, SignedTx, Tx, TxPayload, MAX_ITEM_DESCRIPTION,
+    MAX_ITEM_NAME, MAX_SEALED_KEY,
+};
 pub use types::{
     get_amount, put_amount, Address, Amount, BlockKind, Certificate, DoubleVote, Header, Vote,
     VoteKind, CPC, MAX_BLOCK_TXS, MAX_PAYLOAD_BYTES, MAX_VALIDATORS, PROTOCOL_VERSION,

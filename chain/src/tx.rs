@@ -1,13 +1,143 @@
 //! Transactions and block bodies.
 
 use crypto_accel::{
-    CodecError, CodecResult, Decode, Encode, Hash, Keypair, MerkleTree, MessageKind, Reader,
-    SigDomain, Signature, VerifyBatch,
+    put_bytes, CodecError, CodecResult, DataId, Decode, Encode, Hash, Keypair, MerkleTree,
+    MessageKind, Reader, SigDomain, Signature, VerifyBatch,
 };
 
-use crate::types::{get_amount, put_amount, Address, Amount, Header, MAX_BLOCK_TXS};
+use crate::types::{
+    get_amount, put_amount, Address, Amount, DoubleVote, Header, MAX_BLOCK_TXS, MAX_PAYLOAD_BYTES,
+};
 
-/// What a signed transaction asks the chain to do.
+/// Longest PDash item name, in bytes.
+pub const MAX_ITEM_NAME: usize = 64;
+/// Longest PDash item description, in bytes.
+pub const MAX_ITEM_DESCRIPTION: usize = 1024;
+/// Longest sealed data key a seller may attach to an order, in bytes.
+pub const MAX_SEALED_KEY: usize = 512;
+
+/// A half-open range `start..end` of encryption-interval indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct IntervalRange {
+    /// First interval (inclusive).
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+}
+
+impl IntervalRange {
+    /// Whether interval `i` lies in the range.
+    pub fn contains(&self, i: u64) -> bool {
+        self.start <= i && i < self.end
+    }
+
+    /// Whether `other` lies entirely within this range.
+    pub fn covers(&self, other: &IntervalRange) -> bool {
+        self.start <= other.start && other.end <= self.end
+    }
+
+    /// Whether the range holds at least one interval.
+    pub fn is_valid(&self) -> bool {
+        self.start < self.end
+    }
+}
+
+impl Encode for IntervalRange {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.start.encode(out);
+        self.end.encode(out);
+    }
+}
+
+impl Decode for IntervalRange {
+    fn decode(r: &mut Reader<'_>) -> CodecResult<Self> {
+        Ok(IntervalRange {
+            start: r.u64()?,
+            end: r.u64()?,
+        })
+    }
+}
+
+/// Who may read a registered piece of data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccessPolicy {
+    /// Only the owner; grants are refused and ignored.
+    OwnerOnly,
+    /// The owner and readers holding a live, unrevoked grant covering the interval.
+    GrantBased,
+    /// Anyone.
+    Public,
+}
+
+impl Encode for AccessPolicy {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(match self {
+            AccessPolicy::OwnerOnly => 1,
+            AccessPolicy::GrantBased => 2,
+            AccessPolicy::Public => 3,
+        });
+    }
+}
+
+impl Decode for AccessPolicy {
+    fn decode(r: &mut Reader<'_>) -> CodecResult<Self> {
+        match r.u8()? {
+            1 => Ok(AccessPolicy::OwnerOnly),
+            2 => Ok(AccessPolicy::GrantBased),
+            3 => Ok(AccessPolicy::Public),
+            t => Err(CodecError::BadTag {
+                what: "access policy",
+                tag: u64::from(t),
+            }),
+        }
+    }
+}
+
+/// One of the five RPT weights (white paper 5.1.2: α·AB + β·TX + γ·PR + ψ·DC + ω·BM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RptWeight {
+    /// α, account balance (default 50).
+    Alpha,
+    /// β, transactions (default 15).
+    Beta,
+    /// γ, proxy reputation (default 10).
+    Gamma,
+    /// ψ, data contribution (default 15).
+    Psi,
+    /// ω, blockchain maintenance (default 10).
+    Omega,
+}
+
+impl Encode for RptWeight {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(match self {
+            RptWeight::Alpha => 1,
+            RptWeight::Beta => 2,
+            RptWeight::Gamma => 3,
+            RptWeight::Psi => 4,
+            RptWeight::Omega => 5,
+        });
+    }
+}
+
+impl Decode for RptWeight {
+    fn decode(r: &mut Reader<'_>) -> CodecResult<Self> {
+        match r.u8()? {
+            1 => Ok(RptWeight::Alpha),
+            2 => Ok(RptWeight::Beta),
+            3 => Ok(RptWeight::Gamma),
+            4 => Ok(RptWeight::Psi),
+            5 => Ok(RptWeight::Omega),
+            t => Err(CodecError::BadTag {
+                what: "rpt weight",
+                tag: u64::from(t),
+            }),
+        }
+    }
+}
+
+/// What a signed transaction asks the chain to do. Built-in contract calls are variants
+/// named after the contract function they implement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxPayload {
     /// Move `amount` from the sender to `to`.
@@ -17,6 +147,202 @@ pub enum TxPayload {
         /// Amount in base units.
         amount: Amount,
     },
+    /// Data registry (and register contract): record a data id owned by the sender.
+    RegisterData {
+        /// The data's identity.
+        id: DataId,
+        /// Merkle root over its shards.
+        merkle_root: Hash,
+        /// Plaintext size in bytes.
+        size: u64,
+        /// Data shards per stripe.
+        k: u16,
+        /// Parity shards per stripe.
+        m: u16,
+        /// Encryption intervals the data spans.
+        intervals: IntervalRange,
+        /// Who may read it.
+        policy: AccessPolicy,
+    },
+    /// Data registry: the owner changes the access policy.
+    SetPolicy {
+        /// The data.
+        id: DataId,
+        /// New policy.
+        policy: AccessPolicy,
+    },
+    /// Data registry: the owner grants `reader` the intervals until height `expiry`
+    /// (exclusive); replaces any earlier grant to the same reader.
+    Grant {
+        /// The data.
+        id: DataId,
+        /// The reader.
+        reader: Address,
+        /// Intervals granted.
+        intervals: IntervalRange,
+        /// First height at which the grant no longer holds.
+        expiry: u64,
+    },
+    /// Data registry: the owner revokes `reader`'s grant.
+    Revoke {
+        /// The data.
+        id: DataId,
+        /// The reader.
+        reader: Address,
+    },
+    /// Economy pool: deposit (raising phase only).
+    EconomyDeposit {
+        /// Amount.
+        amount: Amount,
+    },
+    /// Economy pool: withdraw (raising or settlement phase).
+    EconomyWithdraw {
+        /// Amount.
+        amount: Amount,
+    },
+    /// RNode pool: deposit.
+    RNodeDeposit {
+        /// Amount.
+        amount: Amount,
+    },
+    /// RNode pool: withdraw (refused while elected).
+    RNodeWithdraw {
+        /// Amount.
+        amount: Amount,
+    },
+    /// Proxy register contract `register_proxy_contract` (owner-only).
+    RegisterProxyContract {
+        /// Proxy address.
+        proxy: Address,
+        /// Real contract address.
+        real: Address,
+    },
+    /// RPT contract `update_alpha` … `update_omega` (owner-only).
+    UpdateRptWeight {
+        /// Which weight.
+        weight: RptWeight,
+        /// New value (per hundred).
+        value: u32,
+    },
+    /// RPT contract `update_window` (owner-only).
+    UpdateRptWindow {
+        /// Window length in blocks.
+        blocks: u64,
+    },
+    /// Campaign contract `claim_campaign`, with admission proofs over the hash of block
+    /// `seed_number`.
+    ClaimCampaign {
+        /// Terms to run for, starting with the next term.
+        terms: u64,
+        /// Deposit locked until quit.
+        deposit: Amount,
+        /// CPU proof-of-work nonce.
+        cpu_nonce: u64,
+        /// Memory-hard proof nonce.
+        memory_nonce: u64,
+        /// The block whose hash seeds both proofs.
+        seed_number: u64,
+    },
+    /// Campaign contract `quit_campaign`: leave and take the deposit back.
+    QuitCampaign,
+    /// Campaign contract `punish_candidate` (owner-only): detain the deposit.
+    PunishCandidate {
+        /// The candidate.
+        candidate: Address,
+    },
+    /// Admission contract `update_cpu_difficulty` (owner-only).
+    UpdateCpuDifficulty {
+        /// Leading zero bits required.
+        bits: u8,
+    },
+    /// Admission contract `update_memory_difficulty` (owner-only).
+    UpdateMemoryDifficulty {
+        /// log2 of the memory-hard buffer size in KiB.
+        log2_kib: u8,
+    },
+    /// PDash step 1: the seller lists an item.
+    ListItem {
+        /// Item name.
+        name: String,
+        /// The data sold.
+        data: DataId,
+        /// Price in base units.
+        price: Amount,
+        /// Description.
+        description: String,
+        /// Agent P who releases escrow and settles disputes.
+        agent: Address,
+    },
+    /// PDash: the seller withdraws a listing (open orders are unaffected).
+    DelistItem {
+        /// Listing id.
+        item: u64,
+    },
+    /// PDash step 3: the buyer pays into escrow.
+    EscrowDeposit {
+        /// Amount.
+        amount: Amount,
+    },
+    /// PDash: the buyer takes unlocked escrow back.
+    EscrowWithdraw {
+        /// Amount.
+        amount: Amount,
+    },
+    /// PDash step 4: the buyer orders, locking the price from its escrow.
+    PlaceOrder {
+        /// Listing id.
+        item: u64,
+        /// Key the seller seals the data key to.
+        buyer_key: [u8; 32],
+    },
+    /// PDash: the buyer cancels before the seller confirms (price back to escrow).
+    CancelOrder {
+        /// Order id.
+        order: u64,
+    },
+    /// PDash step 6: the seller confirms with the data key sealed to the buyer.
+    SellerConfirm {
+        /// Order id.
+        order: u64,
+        /// The sealed data key (opaque).
+        sealed_key: Vec<u8>,
+    },
+    /// PDash step 7: the buyer confirms receipt.
+    BuyerConfirm {
+        /// Order id.
+        order: u64,
+    },
+    /// PDash step 8: the agent releases escrow to the seller.
+    AgentRelease {
+        /// Order id.
+        order: u64,
+    },
+    /// PDash: the buyer disputes a confirmed order instead of confirming it.
+    Dispute {
+        /// Order id.
+        order: u64,
+    },
+    /// PDash: the agent settles a dispute by refunding the buyer or paying the seller.
+    AgentResolve {
+        /// Order id.
+        order: u64,
+        /// True refunds the buyer, false pays the seller.
+        refund: bool,
+    },
+    /// Proof that a validator signed two conflicting votes; anyone may submit it.
+    Evidence(Box<DoubleVote>),
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+fn get_str(r: &mut Reader<'_>, what: &'static str, max: usize) -> CodecResult<String> {
+    let b = r.bytes(what, max)?;
+    String::from_utf8(b.to_vec()).map_err(|_| CodecError::Invalid {
+        what,
+        reason: "not UTF-8",
+    })
 }
 
 impl Encode for TxPayload {
@@ -27,22 +353,286 @@ impl Encode for TxPayload {
                 to.encode(out);
                 put_amount(out, *amount);
             }
+            TxPayload::RegisterData {
+                id,
+                merkle_root,
+                size,
+                k,
+                m,
+                intervals,
+                policy,
+            } => {
+                out.push(2);
+                id.encode(out);
+                merkle_root.encode(out);
+                size.encode(out);
+                k.encode(out);
+                m.encode(out);
+                intervals.encode(out);
+                policy.encode(out);
+            }
+            TxPayload::SetPolicy { id, policy } => {
+                out.push(3);
+                id.encode(out);
+                policy.encode(out);
+            }
+            TxPayload::Grant {
+                id,
+                reader,
+                intervals,
+                expiry,
+            } => {
+                out.push(4);
+                id.encode(out);
+                reader.encode(out);
+                intervals.encode(out);
+                expiry.encode(out);
+            }
+            TxPayload::Revoke { id, reader } => {
+                out.push(5);
+                id.encode(out);
+                reader.encode(out);
+            }
+            TxPayload::EconomyDeposit { amount } => {
+                out.push(6);
+                put_amount(out, *amount);
+            }
+            TxPayload::EconomyWithdraw { amount } => {
+                out.push(7);
+                put_amount(out, *amount);
+            }
+            TxPayload::RNodeDeposit { amount } => {
+                out.push(8);
+                put_amount(out, *amount);
+            }
+            TxPayload::RNodeWithdraw { amount } => {
+                out.push(9);
+                put_amount(out, *amount);
+            }
+            TxPayload::RegisterProxyContract { proxy, real } => {
+                out.push(10);
+                proxy.encode(out);
+                real.encode(out);
+            }
+            TxPayload::UpdateRptWeight { weight, value } => {
+                out.push(11);
+                weight.encode(out);
+                value.encode(out);
+            }
+            TxPayload::UpdateRptWindow { blocks } => {
+                out.push(12);
+                blocks.encode(out);
+            }
+            TxPayload::ClaimCampaign {
+                terms,
+                deposit,
+                cpu_nonce,
+                memory_nonce,
+                seed_number,
+            } => {
+                out.push(13);
+                terms.encode(out);
+                put_amount(out, *deposit);
+                cpu_nonce.encode(out);
+                memory_nonce.encode(out);
+                seed_number.encode(out);
+            }
+            TxPayload::QuitCampaign => out.push(14),
+            TxPayload::PunishCandidate { candidate } => {
+                out.push(15);
+                candidate.encode(out);
+            }
+            TxPayload::UpdateCpuDifficulty { bits } => {
+                out.push(16);
+                bits.encode(out);
+            }
+            TxPayload::UpdateMemoryDifficulty { log2_kib } => {
+                out.push(17);
+                log2_kib.encode(out);
+            }
+            TxPayload::ListItem {
+                name,
+                data,
+                price,
+                description,
+                agent,
+            } => {
+                out.push(18);
+                put_str(out, name);
+                data.encode(out);
+                put_amount(out, *price);
+                put_str(out, description);
+                agent.encode(out);
+            }
+            TxPayload::DelistItem { item } => {
+                out.push(19);
+                item.encode(out);
+            }
+            TxPayload::EscrowDeposit { amount } => {
+                out.push(20);
+                put_amount(out, *amount);
+            }
+            TxPayload::EscrowWithdraw { amount } => {
+                out.push(21);
+                put_amount(out, *amount);
+            }
+            TxPayload::PlaceOrder { item, buyer_key } => {
+                out.push(22);
+                item.encode(out);
+                buyer_key.encode(out);
+            }
+            TxPayload::CancelOrder { order } => {
+                out.push(23);
+                order.encode(out);
+            }
+            TxPayload::SellerConfirm { order, sealed_key } => {
+                out.push(24);
+                order.encode(out);
+                put_bytes(out, sealed_key);
+            }
+            TxPayload::BuyerConfirm { order } => {
+                out.push(25);
+                order.encode(out);
+            }
+            TxPayload::AgentRelease { order } => {
+                out.push(26);
+                order.encode(out);
+            }
+            TxPayload::Dispute { order } => {
+                out.push(27);
+                order.encode(out);
+            }
+            TxPayload::AgentResolve { order, refund } => {
+                out.push(28);
+                order.encode(out);
+                refund.encode(out);
+            }
+            TxPayload::Evidence(dv) => {
+                out.push(29);
+                dv.encode(out);
+            }
         }
     }
 }
 
 impl Decode for TxPayload {
     fn decode(r: &mut Reader<'_>) -> CodecResult<Self> {
-        match r.u8()? {
-            1 => Ok(TxPayload::Transfer {
+        let before = r.remaining();
+        let p = decode_payload(r)?;
+        let len = before - r.remaining();
+        if len > MAX_PAYLOAD_BYTES {
+            return Err(CodecError::TooLong {
+                what: "transaction payload",
+                len,
+                max: MAX_PAYLOAD_BYTES,
+            });
+        }
+        Ok(p)
+    }
+}
+
+fn decode_payload(r: &mut Reader<'_>) -> CodecResult<TxPayload> {
+    {
+        Ok(match r.u8()? {
+            1 => TxPayload::Transfer {
                 to: Address::decode(r)?,
                 amount: get_amount(r)?,
-            }),
-            t => Err(CodecError::BadTag {
-                what: "transaction payload",
-                tag: u64::from(t),
-            }),
-        }
+            },
+            2 => TxPayload::RegisterData {
+                id: DataId::decode(r)?,
+                merkle_root: Hash::decode(r)?,
+                size: r.u64()?,
+                k: r.u16()?,
+                m: r.u16()?,
+                intervals: IntervalRange::decode(r)?,
+                policy: AccessPolicy::decode(r)?,
+            },
+            3 => TxPayload::SetPolicy {
+                id: DataId::decode(r)?,
+                policy: AccessPolicy::decode(r)?,
+            },
+            4 => TxPayload::Grant {
+                id: DataId::decode(r)?,
+                reader: Address::decode(r)?,
+                intervals: IntervalRange::decode(r)?,
+                expiry: r.u64()?,
+            },
+            5 => TxPayload::Revoke {
+                id: DataId::decode(r)?,
+                reader: Address::decode(r)?,
+            },
+            6 => TxPayload::EconomyDeposit {
+                amount: get_amount(r)?,
+            },
+            7 => TxPayload::EconomyWithdraw {
+                amount: get_amount(r)?,
+            },
+            8 => TxPayload::RNodeDeposit {
+                amount: get_amount(r)?,
+            },
+            9 => TxPayload::RNodeWithdraw {
+                amount: get_amount(r)?,
+            },
+            10 => TxPayload::RegisterProxyContract {
+                proxy: Address::decode(r)?,
+                real: Address::decode(r)?,
+            },
+            11 => TxPayload::UpdateRptWeight {
+                weight: RptWeight::decode(r)?,
+                value: r.u32()?,
+            },
+            12 => TxPayload::UpdateRptWindow { blocks: r.u64()? },
+            13 => TxPayload::ClaimCampaign {
+                terms: r.u64()?,
+                deposit: get_amount(r)?,
+                cpu_nonce: r.u64()?,
+                memory_nonce: r.u64()?,
+                seed_number: r.u64()?,
+            },
+            14 => TxPayload::QuitCampaign,
+            15 => TxPayload::PunishCandidate {
+                candidate: Address::decode(r)?,
+            },
+            16 => TxPayload::UpdateCpuDifficulty { bits: r.u8()? },
+            17 => TxPayload::UpdateMemoryDifficulty { log2_kib: r.u8()? },
+            18 => TxPayload::ListItem {
+                name: get_str(r, "item name", MAX_ITEM_NAME)?,
+                data: DataId::decode(r)?,
+                price: get_amount(r)?,
+                description: get_str(r, "item description", MAX_ITEM_DESCRIPTION)?,
+                agent: Address::decode(r)?,
+            },
+            19 => TxPayload::DelistItem { item: r.u64()? },
+            20 => TxPayload::EscrowDeposit {
+                amount: get_amount(r)?,
+            },
+            21 => TxPayload::EscrowWithdraw {
+                amount: get_amount(r)?,
+            },
+            22 => TxPayload::PlaceOrder {
+                item: r.u64()?,
+                buyer_key: r.array()?,
+            },
+            23 => TxPayload::CancelOrder { order: r.u64()? },
+            24 => TxPayload::SellerConfirm {
+                order: r.u64()?,
+                sealed_key: r.bytes("sealed key", MAX_SEALED_KEY)?.to_vec(),
+            },
+            25 => TxPayload::BuyerConfirm { order: r.u64()? },
+            26 => TxPayload::AgentRelease { order: r.u64()? },
+            27 => TxPayload::Dispute { order: r.u64()? },
+            28 => TxPayload::AgentResolve {
+                order: r.u64()?,
+                refund: r.bool()?,
+            },
+            29 => TxPayload::Evidence(Box::new(DoubleVote::decode(r)?)),
+            t => {
+                return Err(CodecError::BadTag {
+                    what: "transaction payload",
+                    tag: u64::from(t),
+                })
+            }
+        })
     }
 }
 
@@ -104,6 +694,9 @@ impl SignedTx {
 }
 
 /// An entry of a block body.
+// Nearly every entry is `Signed`; boxing it would cost an allocation per transaction to
+// save space only in the one-per-impeach-block `Penalty`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tx {
     /// A user transaction.

@@ -1,0 +1,941 @@
+//! The LBFT 2.0 validator (and civilian follower) state machine.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crypto_accel::{Hash, Keypair, MessageKind, PublicKey, SigDomain, Signature, VerifyBatch};
+
+use super::blocks::impeach_block;
+use super::{Input, LbftParams, Message, Output, Phase, Stats, TimerKind};
+use crate::config::ChainConfig;
+use crate::election::{term_of, Schedule};
+use crate::tx::{Block, Tx};
+use crate::types::{
+    Address, BlockKind, Certificate, DoubleVote, Header, Vote, VoteKind, MAX_BLOCK_TXS,
+    PROTOCOL_VERSION,
+};
+
+/// A request waiting for [`Input::Verified`] or [`Input::Checked`].
+#[derive(Debug, Clone)]
+enum Pending {
+    /// Seal (item 0) and transaction signatures of a proposal; `illicit` is set when the
+    /// header already broke a rule the proposer is responsible for.
+    Seal {
+        block: Block,
+        illicit: Option<&'static str>,
+    },
+    /// Body check of a proposal whose signatures verified.
+    Body { block: Block },
+    /// One vote.
+    Vote(Vote),
+    /// A VALIDATE: certificate signatures (and the seal of a normal block, last).
+    Validate { block: Block, cert: Certificate },
+}
+
+/// Everything that is reset when a height becomes final.
+#[derive(Debug, Clone)]
+struct Height {
+    phase: Phase,
+    /// Impeachment was due before the parent's post-state root was known.
+    impeach_due: bool,
+    /// The impeach block of this height (needs the parent's post-state root).
+    impeach: Option<(Hash, Block)>,
+    /// Bodies of validly sealed and checked proposals at this height.
+    blocks: BTreeMap<Hash, Block>,
+    /// The block this validator PREPAREd (at most one per height).
+    prepared: Option<Hash>,
+    /// Proposals already taken in (checked or in flight).
+    proposals_seen: BTreeSet<Hash>,
+    /// VALIDATEs in flight, by block hash.
+    validates_seen: BTreeSet<Hash>,
+    /// The first verified vote of each (kind, validator).
+    votes: BTreeMap<(VoteKind, Address), Vote>,
+    /// Votes being verified.
+    votes_in_flight: BTreeSet<(VoteKind, Address, Hash)>,
+    /// (kind, validator) pairs already reported as double votes.
+    evidence: BTreeSet<(VoteKind, Address)>,
+    /// This validator's own votes, for retransmission.
+    mine: Vec<Vote>,
+}
+
+impl Height {
+    fn new() -> Self {
+        Height {
+            phase: Phase::Idle,
+            impeach_due: false,
+            impeach: None,
+            blocks: BTreeMap::new(),
+            prepared: None,
+            proposals_seen: BTreeSet::new(),
+            validates_seen: BTreeSet::new(),
+            votes: BTreeMap::new(),
+            votes_in_flight: BTreeSet::new(),
+            evidence: BTreeSet::new(),
+            mine: Vec::new(),
+        }
+    }
+
+    /// Distinct validators with a verified `kind` vote for `block`.
+    fn tally(&self, kind: VoteKind, block: &Hash) -> usize {
+        self.votes
+            .range((kind, Address([0; 32]))..=(kind, Address([0xff; 32])))
+            .filter(|(_, v)| v.block == *block)
+            .count()
+    }
+
+    /// A block with at least `q` verified `kind` votes (the smallest hash if several, which
+    /// only byzantine quorums can produce).
+    fn quorum_block(&self, kind: VoteKind, q: usize) -> Option<Hash> {
+        let mut count: BTreeMap<Hash, usize> = BTreeMap::new();
+        for ((k, _), v) in &self.votes {
+            if *k == kind {
+                *count.entry(v.block).or_insert(0) += 1;
+            }
+        }
+        count.into_iter().find(|(_, c)| *c >= q).map(|(h, _)| h)
+    }
+
+    /// The verified `kind` votes for `block`, sorted by validator.
+    fn votes_for(&self, kind: VoteKind, block: &Hash) -> Vec<Vote> {
+        self.votes
+            .range((kind, Address([0; 32]))..=(kind, Address([0xff; 32])))
+            .filter(|(_, v)| v.block == *block)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// An LBFT 2.0 validator (or, built with [`Validator::follower`], a civilian that only
+/// accepts VALIDATEs): a pure state machine driven by [`Validator::step`].
+#[derive(Debug)]
+pub struct Validator {
+    cfg: ChainConfig,
+    params: LbftParams,
+    me: Option<Keypair>,
+    me_addr: Option<Address>,
+    validator_keys: BTreeMap<Address, PublicKey>,
+    schedule: Schedule,
+    /// The last final header and its hash.
+    tip: Header,
+    tip_hash: Hash,
+    /// Post-state root of `tip`, once the engine has executed it.
+    post_root: Option<Hash>,
+    now: u64,
+    started: bool,
+    h: Height,
+    next_req: u64,
+    inflight: BTreeMap<u64, (u64, Pending)>,
+    /// Future-height inputs, replayed when their height comes.
+    buffer: Vec<(u64, Input)>,
+    recent: VecDeque<(Block, Certificate)>,
+    /// Catch-up answers already sent: height → local time.
+    sync_replied: BTreeMap<u64, u64>,
+    /// Height at the previous resend tick (unchanged = stalled).
+    last_resend_height: u64,
+    stats: Stats,
+}
+
+impl Validator {
+    /// A validator (or a civilian when `me` is not in `cfg.validators`) whose last final
+    /// block is `tip` with post-state root `tip_post_root`.
+    pub fn new(
+        cfg: ChainConfig,
+        me: Keypair,
+        params: LbftParams,
+        tip: Header,
+        tip_post_root: Hash,
+        schedule: Schedule,
+    ) -> Self {
+        let addr = Address::of(&me.public());
+        let mut v = Self::follower(cfg, params, tip, tip_post_root, schedule);
+        if v.validator_keys.contains_key(&addr) {
+            v.me = Some(me);
+            v.me_addr = Some(addr);
+        }
+        v
+    }
+
+    /// A civilian: follows the chain through VALIDATE messages, never votes.
+    pub fn follower(
+        cfg: ChainConfig,
+        params: LbftParams,
+        tip: Header,
+        tip_post_root: Hash,
+        schedule: Schedule,
+    ) -> Self {
+        // Keys that do not decode cannot sign anything; such members never count.
+        let validator_keys = cfg
+            .validators
+            .iter()
+            .filter_map(|a| a.public_key().ok().map(|pk| (*a, pk)))
+            .collect();
+        let tip_hash = tip.hash();
+        let height = tip.number.saturating_add(1);
+        let mut v = Validator {
+            cfg,
+            params,
+            me: None,
+            me_addr: None,
+            validator_keys,
+            schedule,
+            tip,
+            tip_hash,
+            post_root: Some(tip_post_root),
+            now: 0,
+            started: false,
+            h: Height::new(),
+            next_req: 0,
+            inflight: BTreeMap::new(),
+            buffer: Vec::new(),
+            recent: VecDeque::new(),
+            sync_replied: BTreeMap::new(),
+            last_resend_height: height,
+            stats: Stats::default(),
+        };
+        v.build_impeach();
+        v
+    }
+
+    /// Whether this machine votes (its key is in the validators committee).
+    pub fn is_validator(&self) -> bool {
+        self.me_addr.is_some()
+    }
+
+    /// The height being decided (last final + 1).
+    pub fn height(&self) -> u64 {
+        self.tip.number.saturating_add(1)
+    }
+
+    /// The state at the current height.
+    pub fn phase(&self) -> Phase {
+        self.h.phase
+    }
+
+    /// The last final header.
+    pub fn tip(&self) -> &Header {
+        &self.tip
+    }
+
+    /// The post-state root of the last final block, once executed.
+    pub fn post_state_root(&self) -> Option<Hash> {
+        self.post_root
+    }
+
+    /// The proposer schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// Who proposes `number` (if it is in the current term).
+    pub fn proposer_for(&self, number: u64) -> Option<Address> {
+        self.schedule.proposer(&self.cfg, number)
+    }
+
+    /// The impeach block this node would build for the current height.
+    pub fn impeach_candidate(&self) -> Option<&Block> {
+        self.h.impeach.as_ref().map(|(_, b)| b)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Verification / check requests in flight.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Buffered future-height inputs.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Feeds one input; returns the effects to carry out, in order.
+    pub fn step(&mut self, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.dispatch(input, &mut out);
+        out
+    }
+
+    fn dispatch(&mut self, input: Input, out: &mut Vec<Output>) {
+        match input {
+            Input::Tick(now) => self.on_tick(now, out),
+            Input::Proposal(b) => self.on_proposal(b, out),
+            Input::Vote(v) => self.on_vote(v, out),
+            Input::Validate(b, c) => self.on_validate(b, c, out),
+            Input::Sync { number } => self.reply_sync(number, out),
+            Input::Timeout(kind) => self.on_timeout(kind, out),
+            Input::Verified { req, report } => self.on_verified(req, &report, out),
+            Input::Checked { req, ok } => self.on_checked(req, ok, out),
+            Input::Executed {
+                number,
+                post_state_root,
+            } => self.on_executed(number, post_state_root, out),
+            Input::Candidates(c) => self.schedule.set_candidates(c),
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.cfg.quorum()
+    }
+
+    // ---- time ----
+
+    fn on_tick(&mut self, now: u64, out: &mut Vec<Output>) {
+        self.now = self.now.max(now);
+        if !self.started {
+            self.started = true;
+            out.push(Output::SetTimer {
+                kind: TimerKind::Resend,
+                at_ms: self.now.saturating_add(self.params.resend_ms),
+            });
+            self.arm_height_timer(out);
+        }
+    }
+
+    /// LBFT2 abnormal cases 1, 3, 5: one deadline per height for block, P- and
+    /// C-certificate. It counts from the parent's timestamp + period, or from now when the
+    /// height starts late (after a stall), so proposers always get a full timeout.
+    fn arm_height_timer(&mut self, out: &mut Vec<Output>) {
+        if !self.is_validator() {
+            return;
+        }
+        let start = self
+            .tip
+            .timestamp_ms
+            .saturating_add(self.cfg.period_ms)
+            .max(self.now);
+        out.push(Output::SetTimer {
+            kind: TimerKind::Impeach {
+                number: self.height(),
+            },
+            at_ms: start.saturating_add(self.cfg.impeach_timeout_ms),
+        });
+    }
+
+    fn on_timeout(&mut self, kind: TimerKind, out: &mut Vec<Output>) {
+        match kind {
+            // LBFT2 abnormal cases 1/3/5: no block, P- or C-certificate in time → impeach.
+            TimerKind::Impeach { number } if number == self.height() => {
+                self.start_impeachment(out);
+            }
+            TimerKind::Impeach { .. } => {}
+            TimerKind::Resend => {
+                out.push(Output::SetTimer {
+                    kind: TimerKind::Resend,
+                    at_ms: self.now.saturating_add(self.params.resend_ms),
+                });
+                let height = self.height();
+                if height != self.last_resend_height {
+                    self.last_resend_height = height;
+                    return;
+                }
+                self.resend(out);
+            }
+        }
+    }
+
+    /// Retransmission of a stalled height: a sync request, own votes, the prepared block,
+    /// and any P-certificate held (so peers that missed it can commit).
+    fn resend(&mut self, out: &mut Vec<Output>) {
+        out.push(Output::Broadcast(Message::Sync {
+            number: self.height(),
+        }));
+        if !self.is_validator() {
+            return;
+        }
+        if let Some(b) = self.h.prepared.and_then(|p| self.h.blocks.get(&p)) {
+            out.push(Output::Broadcast(Message::Proposal(b.clone())));
+        }
+        let q = self.quorum();
+        for kind in [VoteKind::Prepare, VoteKind::ImpeachPrepare] {
+            if let Some(x) = self.h.quorum_block(kind, q) {
+                for v in self.h.votes_for(kind, &x) {
+                    out.push(Output::Broadcast(Message::Vote(v)));
+                }
+            }
+        }
+        for v in &self.h.mine {
+            out.push(Output::Broadcast(Message::Vote(v.clone())));
+        }
+    }
+
+    // ---- buffering ----
+
+    /// Keeps a future-height input (bounded window and count). Returns true if kept.
+    fn buffer(&mut self, number: u64, input: Input) {
+        if number > self.height().saturating_add(self.params.max_future_heights)
+            || self.buffer.len() >= self.params.max_buffered
+        {
+            self.stats.future_dropped += 1;
+            return;
+        }
+        self.buffer.push((number, input));
+    }
+
+    fn replay_buffer(&mut self, out: &mut Vec<Output>) {
+        let height = self.height();
+        let all = std::mem::take(&mut self.buffer);
+        let mut now_due = Vec::new();
+        for (n, i) in all {
+            if n == height {
+                now_due.push(i);
+            } else if n > height {
+                self.buffer.push((n, i));
+            }
+        }
+        for i in now_due {
+            self.dispatch(i, out);
+        }
+    }
+
+    // ---- verification plumbing ----
+
+    fn request(&mut self, pending: Pending, batch: VerifyBatch, ids: Vec<Hash>, out: &mut Vec<Output>) {
+        let req = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
+        self.inflight.insert(req, (self.height(), pending));
+        out.push(Output::Verify { req, batch, ids });
+    }
+
+    fn overloaded(&mut self) -> bool {
+        if self.inflight.len() >= self.params.max_inflight {
+            self.stats.overload += 1;
+            return true;
+        }
+        false
+    }
+
+    fn on_verified(&mut self, req: u64, report: &crypto_accel::VerifyReport, out: &mut Vec<Output>) {
+        let Some((number, pending)) = self.inflight.remove(&req) else {
+            return;
+        };
+        if number != self.height() {
+            self.stats.old += 1;
+            return;
+        }
+        match pending {
+            Pending::Seal { block, illicit } => self.on_seal_checked(block, illicit, report, out),
+            Pending::Vote(v) => self.on_vote_checked(v, report.all_valid(), out),
+            Pending::Validate { block, cert } => {
+                self.h.validates_seen.remove(&block.hash());
+                if report.all_valid() && report.len > 0 {
+                    // LBFT2 normal case step 6 / impeachment step 5: a valid (IMPEACH)
+                    // VALIDATE → insert and relay once.
+                    self.insert(block, cert, out);
+                } else {
+                    self.stats.bad_signature += 1;
+                }
+            }
+            Pending::Body { .. } => {}
+        }
+    }
+
+    // ---- proposals ----
+
+    fn on_proposal(&mut self, block: Block, out: &mut Vec<Output>) {
+        let number = block.header.number;
+        let height = self.height();
+        if number < height {
+            self.stats.old += 1;
+            return;
+        }
+        if !self.is_validator() {
+            return;
+        }
+        if number > height || self.post_root.is_none() {
+            self.buffer(number, Input::Proposal(block));
+            return;
+        }
+        let hash = block.hash();
+        if self.h.proposals_seen.contains(&hash) {
+            self.stats.duplicate += 1;
+            return;
+        }
+        if self.h.proposals_seen.len() >= self.params.max_proposals_per_height || self.overloaded() {
+            self.stats.overload += 1;
+            return;
+        }
+        let hd = &block.header;
+        // Checks a third party can fail: drop without blaming the proposer.
+        // LBFT2 normal case step 2: version, chain, parent, turn.
+        let expected = self.schedule.proposer(&self.cfg, number);
+        let (Some(expected), Some(seal)) = (expected, hd.seal) else {
+            self.stats.bad_block += 1;
+            return;
+        };
+        if hd.version != PROTOCOL_VERSION
+            || hd.chain_id != self.cfg.chain_id
+            || hd.kind != BlockKind::Normal
+            || hd.parent != self.tip_hash
+            || hd.proposer != expected
+        {
+            self.stats.bad_block += 1;
+            return;
+        }
+        let Ok(pk) = expected.public_key() else {
+            self.stats.bad_block += 1;
+            return;
+        };
+        self.h.proposals_seen.insert(hash);
+        let illicit = self.illicit_reason(&block);
+        let mut batch = VerifyBatch::with_capacity(1 + block.txs.len(), 64);
+        let mut ids = Vec::with_capacity(1 + block.txs.len());
+        push_item(
+            &mut batch,
+            &mut ids,
+            &pk,
+            SigDomain::new(self.cfg.chain_id, MessageKind::BLOCK_SEAL),
+            hash.as_bytes(),
+            &seal,
+        );
+        let mut illicit = illicit;
+        if illicit.is_none() {
+            for tx in &block.txs {
+                if let Tx::Signed(t) = tx {
+                    let before = batch.len();
+                    if !t.push_verify(self.cfg.chain_id, &mut batch) {
+                        illicit = Some("transaction sender is not a valid key");
+                        break;
+                    }
+                    ids.push(item_id_from_batch(&batch, before, &t.from, &t.sig));
+                }
+            }
+        }
+        self.request(Pending::Seal { block, illicit }, batch, ids, out);
+    }
+
+    /// Header rules the proposer is responsible for (LBFT2 normal case step 2: timestamp
+    /// etc.); `None` when the header is fine.
+    fn illicit_reason(&self, block: &Block) -> Option<&'static str> {
+        let hd = &block.header;
+        let skew = self.cfg.max_clock_skew_ms;
+        let earliest = self
+            .tip
+            .timestamp_ms
+            .saturating_add(self.cfg.period_ms)
+            .saturating_sub(skew);
+        if hd.term != term_of(&self.cfg, hd.number) {
+            return Some("wrong term");
+        }
+        if hd.timestamp_ms < earliest {
+            return Some("timestamp earlier than parent + period − skew");
+        }
+        if hd.timestamp_ms > self.now.saturating_add(skew) {
+            return Some("timestamp in the future");
+        }
+        if Some(hd.state_root) != self.post_root {
+            return Some("state root is not the parent's post-state root");
+        }
+        if block.txs.len() > MAX_BLOCK_TXS {
+            return Some("too many transactions");
+        }
+        if block.txs.iter().any(|t| matches!(t, Tx::Penalty { .. })) {
+            return Some("penalty transaction in a normal block");
+        }
+        if hd.tx_root != Block::compute_tx_root(&block.txs) {
+            return Some("transactions root mismatch");
+        }
+        None
+    }
+
+    fn on_seal_checked(
+        &mut self,
+        block: Block,
+        illicit: Option<&'static str>,
+        report: &crypto_accel::VerifyReport,
+        out: &mut Vec<Output>,
+    ) {
+        if !report.is_valid(0) {
+            // Not the proposer's seal: a forgery, not evidence against the proposer.
+            self.stats.bad_signature += 1;
+            return;
+        }
+        if illicit.is_some() || !report.all_valid() {
+            self.illicit_block(out);
+            return;
+        }
+        let req = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
+        self.inflight
+            .insert(req, (self.height(), Pending::Body { block: block.clone() }));
+        out.push(Output::Check { req, block });
+    }
+
+    fn on_checked(&mut self, req: u64, ok: bool, out: &mut Vec<Output>) {
+        let Some((number, Pending::Body { block })) = self.inflight.remove(&req) else {
+            return;
+        };
+        if number != self.height() {
+            self.stats.old += 1;
+            return;
+        }
+        if !ok {
+            self.illicit_block(out);
+            return;
+        }
+        let hash = block.hash();
+        self.h.blocks.insert(hash, block);
+        if self.h.phase == Phase::Idle {
+            // LBFT2 normal case step 3: the block checks out → PREPARE (once per height).
+            self.h.prepared = Some(hash);
+            self.h.phase = Phase::Prepare;
+            self.cast(VoteKind::Prepare, hash, out);
+        }
+        self.advance(out);
+    }
+
+    /// LBFT2 abnormal case 2: the scheduled proposer sealed an illicit block → impeach
+    /// (only before preparing another block of this height; afterwards the timer decides).
+    fn illicit_block(&mut self, out: &mut Vec<Output>) {
+        self.stats.illicit += 1;
+        if self.h.phase == Phase::Idle {
+            self.start_impeachment(out);
+        }
+    }
+
+    // ---- votes ----
+
+    fn cast(&mut self, kind: VoteKind, block: Hash, out: &mut Vec<Output>) {
+        let (Some(kp), Some(addr)) = (&self.me, self.me_addr) else {
+            return;
+        };
+        let v = Vote::sign(kp, self.cfg.chain_id, kind, self.height(), block);
+        self.h.votes.insert((kind, addr), v.clone());
+        self.h.mine.push(v.clone());
+        out.push(Output::Broadcast(Message::Vote(v)));
+    }
+
+    fn on_vote(&mut self, v: Vote, out: &mut Vec<Output>) {
+        if !self.is_validator() {
+            return;
+        }
+        let Some(pk) = self.validator_keys.get(&v.validator).copied() else {
+            self.stats.non_validator += 1;
+            return;
+        };
+        let height = self.height();
+        if v.number < height {
+            self.stats.old += 1;
+            // A lagging validator: help it catch up (rate limited).
+            self.reply_sync(v.number, out);
+            return;
+        }
+        if v.number > height || self.post_root.is_none() {
+            self.buffer(v.number, Input::Vote(v));
+            return;
+        }
+        if Some(v.validator) == self.me_addr {
+            self.stats.duplicate += 1;
+            return;
+        }
+        let key = (v.kind, v.validator);
+        if let Some(prev) = self.h.votes.get(&key) {
+            if prev.block == v.block {
+                self.stats.duplicate += 1;
+                return;
+            }
+        }
+        if self.h.evidence.contains(&key) {
+            self.stats.duplicate += 1;
+            return;
+        }
+        if self.h.votes_in_flight.contains(&(v.kind, v.validator, v.block)) {
+            self.stats.duplicate += 1;
+            return;
+        }
+        let in_flight_same = self
+            .h
+            .votes_in_flight
+            .iter()
+            .filter(|(k, a, _)| *k == v.kind && *a == v.validator)
+            .count();
+        if in_flight_same >= 2 || self.overloaded() {
+            self.stats.overload += 1;
+            return;
+        }
+        self.h.votes_in_flight.insert((v.kind, v.validator, v.block));
+        let mut batch = VerifyBatch::with_capacity(1, 64);
+        let mut ids = Vec::with_capacity(1);
+        push_item(
+            &mut batch,
+            &mut ids,
+            &pk,
+            v.domain(self.cfg.chain_id),
+            &Vote::signed_message(v.number, &v.block),
+            &v.sig,
+        );
+        self.request(Pending::Vote(v), batch, ids, out);
+    }
+
+    fn on_vote_checked(&mut self, v: Vote, ok: bool, out: &mut Vec<Output>) {
+        self.h.votes_in_flight.remove(&(v.kind, v.validator, v.block));
+        if !ok {
+            self.stats.bad_signature += 1;
+            return;
+        }
+        let key = (v.kind, v.validator);
+        match self.h.votes.get(&key) {
+            Some(prev) if prev.block == v.block => self.stats.duplicate += 1,
+            Some(prev) => {
+                // Two conflicting signed votes of one kind at one height: evidence. Only
+                // the first counts.
+                if self.h.evidence.insert(key) {
+                    self.stats.evidence += 1;
+                    out.push(Output::Evidence(DoubleVote {
+                        a: prev.clone(),
+                        b: v,
+                    }));
+                }
+            }
+            None => {
+                self.h.votes.insert(key, v);
+                self.advance(out);
+            }
+        }
+    }
+
+    /// Applies every quorum rule that now holds.
+    fn advance(&mut self, out: &mut Vec<Output>) {
+        let q = self.quorum();
+        let impeach = self.h.impeach.as_ref().map(|(h, _)| *h);
+        let may_commit = matches!(
+            self.h.phase,
+            Phase::Idle | Phase::Prepare | Phase::ImpeachPrepare
+        );
+        if self.is_validator() && may_commit {
+            match impeach {
+                // LBFT2 impeachment step 3: 2f+1 IMPEACH PREPARE → IMPEACH COMMIT. Checked
+                // first: impeachment outranks the normal case.
+                Some(i) if self.h.tally(VoteKind::ImpeachPrepare, &i) >= q => {
+                    self.h.phase = Phase::ImpeachCommit;
+                    self.cast(VoteKind::ImpeachCommit, i, out);
+                }
+                _ => {
+                    // LBFT2 normal case step 4: 2f+1 PREPARE (P-certificate) → COMMIT.
+                    if let Some(b) = self.h.quorum_block(VoteKind::Prepare, q) {
+                        self.h.phase = Phase::Commit;
+                        self.cast(VoteKind::Commit, b, out);
+                    }
+                }
+            }
+        }
+        // LBFT2 impeachment step 4: 2f+1 IMPEACH COMMIT → insert + IMPEACH VALIDATE.
+        if let Some(i) = impeach {
+            if self.h.tally(VoteKind::ImpeachCommit, &i) >= q {
+                if let Some((_, block)) = self.h.impeach.clone() {
+                    let cert = self.certificate(VoteKind::ImpeachCommit, i);
+                    self.insert(block, cert, out);
+                    return;
+                }
+            }
+        }
+        // LBFT2 normal case step 5: 2f+1 COMMIT (C-certificate) → insert + VALIDATE.
+        if let Some(b) = self.h.quorum_block(VoteKind::Commit, q) {
+            if let Some(block) = self.h.blocks.get(&b).cloned() {
+                let cert = self.certificate(VoteKind::Commit, b);
+                self.insert(block, cert, out);
+            }
+        }
+    }
+
+    fn certificate(&self, kind: VoteKind, block: Hash) -> Certificate {
+        let sigs = self
+            .h
+            .votes_for(kind, &block)
+            .into_iter()
+            .take(self.quorum())
+            .map(|v| (v.validator, v.sig))
+            .collect();
+        Certificate {
+            number: self.height(),
+            block,
+            kind,
+            sigs,
+        }
+    }
+
+    // ---- impeachment ----
+
+    fn build_impeach(&mut self) {
+        let number = self.height();
+        self.h.impeach = match (self.post_root, self.schedule.proposer(&self.cfg, number)) {
+            (Some(root), Some(p)) => {
+                let b = impeach_block(&self.cfg, &self.tip, root, p);
+                Some((b.hash(), b))
+            }
+            _ => None,
+        };
+    }
+
+    /// LBFT2 impeachment step 1–2: build the impeach block and send IMPEACH PREPARE for it,
+    /// unless a commit-type vote was already sent at this height.
+    fn start_impeachment(&mut self, out: &mut Vec<Output>) {
+        if !self.is_validator() || !matches!(self.h.phase, Phase::Idle | Phase::Prepare) {
+            return;
+        }
+        let Some(i) = self.h.impeach.as_ref().map(|(h, _)| *h) else {
+            self.h.impeach_due = true;
+            return;
+        };
+        self.stats.impeachments += 1;
+        self.h.phase = Phase::ImpeachPrepare;
+        self.cast(VoteKind::ImpeachPrepare, i, out);
+        self.advance(out);
+    }
+
+    // ---- VALIDATE and catch-up ----
+
+    fn on_validate(&mut self, block: Block, cert: Certificate, out: &mut Vec<Output>) {
+        let number = block.header.number;
+        let height = self.height();
+        if number < height {
+            self.stats.old += 1;
+            return;
+        }
+        if number > height || self.post_root.is_none() {
+            self.buffer(number, Input::Validate(block, cert));
+            return;
+        }
+        let hash = block.hash();
+        if self.h.validates_seen.contains(&hash) {
+            self.stats.duplicate += 1;
+            return;
+        }
+        if self.h.validates_seen.len() >= self.params.max_proposals_per_height || self.overloaded() {
+            self.stats.overload += 1;
+            return;
+        }
+        let hd = &block.header;
+        let sorted = cert.sigs.windows(2).all(|w| w[0].0 < w[1].0);
+        let members = cert
+            .sigs
+            .iter()
+            .all(|(a, _)| self.validator_keys.contains_key(a));
+        let kind_ok = matches!(
+            (hd.kind, cert.kind),
+            (BlockKind::Normal, VoteKind::Commit) | (BlockKind::Impeach, VoteKind::ImpeachCommit)
+        );
+        let body_ok = match hd.kind {
+            BlockKind::Normal => {
+                hd.seal.is_some()
+                    && Some(hd.proposer) == self.schedule.proposer(&self.cfg, number)
+                    && hd.tx_root == Block::compute_tx_root(&block.txs)
+            }
+            BlockKind::Impeach => self.h.impeach.as_ref().map(|(h, _)| *h) == Some(hash),
+        };
+        if hd.version != PROTOCOL_VERSION
+            || hd.chain_id != self.cfg.chain_id
+            || hd.parent != self.tip_hash
+            || cert.number != number
+            || cert.block != hash
+            || !sorted
+            || !members
+            || cert.sigs.len() < self.quorum()
+            || !kind_ok
+            || !body_ok
+        {
+            self.stats.bad_block += 1;
+            return;
+        }
+        let mut batch = VerifyBatch::with_capacity(cert.sigs.len() + 1, 64 * cert.sigs.len());
+        let mut ids = Vec::with_capacity(cert.sigs.len() + 1);
+        let d = SigDomain::new(self.cfg.chain_id, cert.kind.message_kind());
+        let msg = Vote::signed_message(number, &hash);
+        for (a, s) in &cert.sigs {
+            if let Some(pk) = self.validator_keys.get(a) {
+                push_item(&mut batch, &mut ids, pk, d, &msg, s);
+            }
+        }
+        if let (BlockKind::Normal, Some(seal)) = (hd.kind, hd.seal) {
+            let Ok(pk) = hd.proposer.public_key() else {
+                self.stats.bad_block += 1;
+                return;
+            };
+            let sd = SigDomain::new(self.cfg.chain_id, MessageKind::BLOCK_SEAL);
+            push_item(&mut batch, &mut ids, &pk, sd, hash.as_bytes(), &seal);
+        }
+        self.h.validates_seen.insert(hash);
+        self.request(Pending::Validate { block, cert }, batch, ids, out);
+    }
+
+    /// A peer is at height `number`: send the VALIDATEs it lacks from the recent blocks,
+    /// at most once per height per resend period.
+    fn reply_sync(&mut self, number: u64, out: &mut Vec<Output>) {
+        if number >= self.height() {
+            return;
+        }
+        if let Some(t) = self.sync_replied.get(&number) {
+            if self.now < t.saturating_add(self.params.resend_ms) {
+                return;
+            }
+        }
+        self.sync_replied.insert(number, self.now);
+        let last = number.saturating_add(self.params.max_future_heights);
+        for (b, c) in &self.recent {
+            let n = b.header.number;
+            if n >= number && n <= last {
+                out.push(Output::Broadcast(Message::Validate(b.clone(), c.clone())));
+            }
+        }
+    }
+
+    // ---- finality ----
+
+    /// Inserts a final block, announces it (VALIDATE, once) and moves to the next height.
+    fn insert(&mut self, block: Block, cert: Certificate, out: &mut Vec<Output>) {
+        let hash = block.hash();
+        out.push(Output::Insert(block.clone(), cert.clone()));
+        out.push(Output::Broadcast(Message::Validate(block.clone(), cert.clone())));
+        self.schedule.on_final(&self.cfg, block.header.number, hash);
+        self.tip = block.header.clone();
+        self.tip_hash = hash;
+        self.recent.push_back((block, cert));
+        while self.recent.len() > self.params.recent_blocks {
+            self.recent.pop_front();
+        }
+        let oldest = self.recent.front().map_or(0, |(b, _)| b.header.number);
+        self.sync_replied.retain(|n, _| *n >= oldest);
+        self.post_root = None;
+        self.h = Height::new();
+        self.stats.inserted += 1;
+        self.inflight.retain(|_, (n, _)| *n > self.tip.number);
+        self.arm_height_timer(out);
+    }
+
+    fn on_executed(&mut self, number: u64, root: Hash, out: &mut Vec<Output>) {
+        if number != self.tip.number || self.post_root.is_some() {
+            return;
+        }
+        self.post_root = Some(root);
+        self.build_impeach();
+        if self.h.impeach_due {
+            self.h.impeach_due = false;
+            self.start_impeachment(out);
+        }
+        self.replay_buffer(out);
+    }
+}
+
+/// Digest of one verification item (key, signature, domain-prefixed signed bytes): the
+/// `ids` of [`Output::Verify`], so an engine can cache verdicts.
+pub fn verify_item_id(pk: &[u8; 32], sig: &Signature, signed: &[u8]) -> Hash {
+    Hash::of_parts(&[b"cpchain verify item v1", pk, &sig.0, signed])
+}
+
+fn push_item(
+    batch: &mut VerifyBatch,
+    ids: &mut Vec<Hash>,
+    pk: &PublicKey,
+    domain: SigDomain,
+    msg: &[u8],
+    sig: &Signature,
+) {
+    batch.push(pk, domain, msg, sig);
+    let i = batch.len() - 1;
+    ids.push(verify_item_id(pk.as_bytes(), sig, batch.message(i)));
+}
+
+fn item_id_from_batch(batch: &VerifyBatch, index: usize, from: &Address, sig: &Signature) -> Hash {
+    verify_item_id(&from.0, sig, batch.message(index))
+}
