@@ -2,10 +2,12 @@
 //! its baseline *in the same run*, on the same machine, with interleaved repetitions.
 //!
 //! Subcommands: `verify` (ed25519 batch verification against raw dalek), `kernels` (AEAD,
-//! BLAKE3, Reed–Solomon rates), `store` (chunk store against `std::fs`) and `seal` (seal/open
-//! pipeline against its kernels alone). Every run prints a markdown report headed by the
-//! machine and the date; `--out FILE` appends it to a results file.
+//! BLAKE3, Reed–Solomon rates), `store` (chunk store against `std::fs`), `seal` (seal/open
+//! pipeline against its kernels alone) and `chain` (block execution: batch verification,
+//! state, durable commit). Every run prints a markdown report headed by the machine and the
+//! date; `--out FILE` appends it to a results file.
 
+mod chain;
 mod kernels;
 mod machine;
 mod measure;
@@ -39,6 +41,8 @@ enum Cmd {
     Store(storage::StoreArgs),
     /// Seal/open pipeline against its kernels alone, and seal into the store against std::fs.
     Seal(storage::SealArgs),
+    /// Main-chain block execution: batch verification, state transition, durable commit.
+    Chain(chain::ChainArgs),
     /// A fixed amount of verification work, for callgrind.
     #[command(hide = true)]
     ProfileVerify(verify::ProfileArgs),
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Kernels(a) => ("bench kernels", kernels::run(a)?),
         Cmd::Store(a) => ("bench store", storage::run_store(a)?),
         Cmd::Seal(a) => ("bench seal", storage::run_seal(a)?),
+        Cmd::Chain(a) => ("bench chain", chain::run(a)?),
         Cmd::ProfileVerify(a) => ("bench profile-verify", verify::profile(a)?),
     };
     let report = format!("{}{body}", machine::header(title));

@@ -323,4 +323,27 @@ pub enum ChainError {
         /// Table id.
         table: u8,
     },
+    /// The block store's database failed (I/O, a full disk, the file locked by another
+    /// process).
+    #[error("block store {op} failed: {reason}")]
+    StoreIo {
+        /// The operation.
+        op: &'static str,
+        /// The database's error message.
+        reason: String,
+    },
+    /// Data read from the block store is corrupt or inconsistent.
+    #[error("block store corrupt: {what}: {reason}")]
+    StoreCorrupt {
+        /// What was being read.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store does not belong to this chain, or a commit does not follow the stored head.
+    #[error("block store mismatch: {what}")]
+    StoreMismatch {
+        /// What differs.
+        what: &'static str,
+    },
 }

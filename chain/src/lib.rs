@@ -19,6 +19,7 @@ mod lbft;
 pub mod rewards;
 pub mod rpt;
 mod state;
+mod store;
 mod tx;
 mod types;
 
@@ -35,6 +36,7 @@ pub use state::{
     Equivocation, GrantRecord, Listing, Order, OrderState, State, StateDiff, TxOutcome,
     EQUIVOCATION_RNODE_DIVISOR, IMPEACH_PENALTY_DIVISOR, MAX_DIFF_BYTES,
 };
+pub use store::{ChainStore, Head, StoreConfig, STORE_FILE, STORE_FORMAT};
 pub use tx::{
     AccessPolicy, Block, IntervalRange, RptWeight, SignedTx, Tx, TxPayload, MAX_ITEM_DESCRIPTION,
     MAX_ITEM_NAME, MAX_SEALED_KEY,
