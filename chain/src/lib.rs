@@ -13,8 +13,9 @@
 
 mod config;
 pub mod contracts;
-mod error;
 mod election;
+mod error;
+mod keycache;
 mod lbft;
 pub mod rewards;
 pub mod rpt;
@@ -26,11 +27,12 @@ mod types;
 pub use config::ChainConfig;
 pub use election::{elect, elect_committee, proposer_of, term_of, term_seed, Schedule};
 pub use lbft::{
-    impeach_block, propose, verify_item_id, Input, LbftParams, Message, Output, Phase, Stats, TimerKind,
-    Validator,
+    impeach_block, propose, verify_item_id, Input, LbftParams, Message, Output, Phase, Stats,
+    TimerKind, Validator,
 };
 
 pub use error::{ChainError, ChainResult};
+pub use keycache::KeyCache;
 pub use state::{
     check_evidence, Account, Activity, BlockReceipt, Candidate, DataRecord, DiffEntry,
     Equivocation, GrantRecord, Listing, Order, OrderState, State, StateDiff, TxOutcome,

@@ -2,9 +2,10 @@
 
 use crypto_accel::{
     put_bytes, CodecError, CodecResult, DataId, Decode, Encode, Hash, Keypair, MerkleTree,
-    MessageKind, Reader, SigDomain, Signature, VerifyBatch,
+    MessageKind, PublicKey, Reader, SigDomain, Signature, VerifyBatch,
 };
 
+use crate::keycache::KeyCache;
 use crate::types::{
     get_amount, put_amount, Address, Amount, DoubleVote, Header, MAX_BLOCK_TXS, MAX_PAYLOAD_BYTES,
 };
@@ -682,14 +683,32 @@ impl SignedTx {
         let Ok(pk) = self.from.public_key() else {
             return false;
         };
+        self.push_verify_key(&pk, chain_id, batch);
+        true
+    }
+
+    /// As [`SignedTx::push_verify`], taking the sender's key from `keys`.
+    pub fn push_verify_cached(
+        &self,
+        chain_id: u32,
+        batch: &mut VerifyBatch,
+        keys: &mut KeyCache,
+    ) -> bool {
+        let Ok(pk) = keys.get(&self.from) else {
+            return false;
+        };
+        self.push_verify_key(&pk, chain_id, batch);
+        true
+    }
+
+    fn push_verify_key(&self, pk: &PublicKey, chain_id: u32, batch: &mut VerifyBatch) {
         let msg = Self::signing_bytes(&self.from, self.nonce, self.fee, &self.payload);
         batch.push(
-            &pk,
+            pk,
             SigDomain::new(chain_id, MessageKind::TRANSACTION),
             &msg,
             &self.sig,
         );
-        true
     }
 }
 

@@ -29,6 +29,7 @@ use crypto_accel::{DataId, Hash, VerifyBatch};
 use crate::config::ChainConfig;
 use crate::contracts::SEED_MAX_AGE;
 use crate::error::{ChainError, ChainResult};
+use crate::keycache::KeyCache;
 use crate::rewards::{basic_reward, maintenance_reward, SeasonPhase, Seasons};
 use crate::rpt::{self, Rpt, MAX_WINDOW};
 use crate::tx::{Block, SignedTx, Tx, TxPayload};
@@ -173,6 +174,25 @@ impl State {
         Ok(())
     }
 
+    /// As [`State::push_signatures`], with sender keys from `keys` (what a node does: it
+    /// decompresses each sender's key once, not once per transaction).
+    pub fn push_signatures_cached(
+        block: &Block,
+        chain_id: u32,
+        batch: &mut VerifyBatch,
+        keys: &mut KeyCache,
+    ) -> ChainResult<()> {
+        for tx in &block.txs {
+            if let Tx::Signed(st) = tx {
+                if !st.push_verify_cached(chain_id, batch, keys) {
+                    return Err(ChainError::BadSender { addr: st.from });
+                }
+                Self::push_evidence_signatures(st, chain_id, batch)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Adds one transaction's signatures (sender, and evidence votes) to `batch`.
     pub fn push_tx_signatures(
         tx: &SignedTx,
@@ -182,6 +202,15 @@ impl State {
         if !tx.push_verify(chain_id, batch) {
             return Err(ChainError::BadSender { addr: tx.from });
         }
+        Self::push_evidence_signatures(tx, chain_id, batch)
+    }
+
+    /// Adds the two vote signatures of an evidence transaction, if `tx` is one.
+    fn push_evidence_signatures(
+        tx: &SignedTx,
+        chain_id: u32,
+        batch: &mut VerifyBatch,
+    ) -> ChainResult<()> {
         if let TxPayload::Evidence(dv) = &tx.payload {
             for v in [&dv.a, &dv.b] {
                 let pk = v
