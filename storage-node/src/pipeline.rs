@@ -236,8 +236,12 @@ impl ShardSink for CountingSink {
     }
 }
 
-/// Writes shards into a [`ChunkStore`], keeping a bounded number of group commits in flight
-/// so sealing the next window overlaps with the disk.
+/// Writes shards into a [`ChunkStore`] as one bulk ingest: each window is written to the log
+/// unsynced, with a bounded number of windows in flight (so sealing overlaps the disk and
+/// memory stays bounded), and [`ShardSink::flush`] is one durability barrier. That is what a
+/// plain sequential write + one fsync of the same bytes costs, instead of an fdatasync per
+/// window. Nothing is acknowledged to the user (manifest saved, data id printed) before
+/// `flush` returns.
 #[derive(Debug)]
 pub struct StoreSink<'a> {
     store: &'a ChunkStore,
@@ -246,12 +250,12 @@ pub struct StoreSink<'a> {
 }
 
 impl<'a> StoreSink<'a> {
-    /// A sink into `store` with at most two windows in flight.
+    /// A sink into `store` with at most four windows being written at once.
     pub fn new(store: &'a ChunkStore) -> Self {
         StoreSink {
             store,
             pending: Default::default(),
-            max_pending: 2,
+            max_pending: 4,
         }
     }
 }
@@ -259,7 +263,7 @@ impl<'a> StoreSink<'a> {
 impl ShardSink for StoreSink<'_> {
     fn put(&mut self, shards: &mut Vec<Shard>) -> PipelineResult<()> {
         self.pending
-            .push_back(self.store.submit(std::mem::take(shards))?);
+            .push_back(self.store.submit_unsynced(std::mem::take(shards))?);
         while self.pending.len() > self.max_pending {
             if let Some(t) = self.pending.pop_front() {
                 t.wait()?;
@@ -272,6 +276,7 @@ impl ShardSink for StoreSink<'_> {
         while let Some(t) = self.pending.pop_front() {
             t.wait()?;
         }
+        self.store.sync()?;
         Ok(())
     }
 }

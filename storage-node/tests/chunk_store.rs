@@ -475,6 +475,177 @@ macro_rules! backend_tests {
                 // Reads keep working on the remaining handle.
                 assert_eq!(other.get(&id(1)).unwrap(), bytes(1, 100));
             }
+
+            #[test]
+            fn unsynced_puts_then_sync_round_trip() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(store) = open(dir.path()) else { return };
+                let len = |n: u64| (n as usize * 131) % 9000;
+                let mut tickets = std::collections::VecDeque::new();
+                for n in 0..200 {
+                    tickets.push_back(store.submit_unsynced(vec![(id(n), bytes(n, len(n)))]).unwrap());
+                    if tickets.len() > 4 {
+                        tickets.pop_front().unwrap().wait().unwrap();
+                    }
+                }
+                for t in tickets {
+                    t.wait().unwrap();
+                }
+                // Written and indexed (readable) without a single fdatasync.
+                assert_eq!(store.stats().syncs, 0, "{:?}", store.stats());
+                for n in 0..200 {
+                    assert_eq!(store.get(&id(n)).unwrap(), bytes(n, len(n)), "chunk {n}");
+                }
+                store.sync().unwrap();
+                assert_eq!(store.stats().syncs, 1);
+                // A barrier with nothing new to cover does not sync again.
+                store.sync().unwrap();
+                assert_eq!(store.stats().syncs, 1);
+                let before = store.stats();
+                assert_eq!(before.chunks, 200);
+                store.close().unwrap();
+                let store = open(dir.path()).unwrap();
+                assert_eq!(store.recovery().truncated_bytes, 0);
+                let after = store.stats();
+                assert_eq!((after.chunks, after.live_bytes, after.disk_bytes), (before.chunks, before.live_bytes, before.disk_bytes));
+                for n in 0..200 {
+                    assert_eq!(store.get(&id(n)).unwrap(), bytes(n, len(n)), "chunk {n}");
+                }
+            }
+
+            #[test]
+            fn unsynced_puts_need_far_fewer_syncs() {
+                let synced = {
+                    let dir = tempfile::tempdir().unwrap();
+                    let Some(store) = open(dir.path()) else { return };
+                    for n in 0..200 {
+                        store.put(id(n), bytes(n, 4096)).unwrap();
+                    }
+                    store.stats().syncs
+                };
+                let dir = tempfile::tempdir().unwrap();
+                let store = open(dir.path()).unwrap();
+                let tickets: Vec<_> = (0..200).map(|n| store.submit_unsynced(vec![(id(n), bytes(n, 4096))]).unwrap()).collect();
+                for t in tickets {
+                    t.wait().unwrap();
+                }
+                store.sync().unwrap();
+                let unsynced = store.stats().syncs;
+                eprintln!("200 puts: {synced} fdatasyncs synced, {unsynced} unsynced + sync()");
+                assert!(synced >= 100, "{synced}");
+                assert_eq!(unsynced, 1);
+            }
+
+            #[test]
+            fn unsynced_puts_follow_store_rules() {
+                let dir = tempfile::tempdir().unwrap();
+                let cfg = |c: &mut StoreConfig| {
+                    c.capacity_bytes = 100 << 10;
+                    c.segment_bytes = 16 << 10;
+                    c.max_chunk_bytes = 8 << 10;
+                };
+                let Some(store) = open_cfg(dir.path(), cfg) else { return };
+                // Idempotent against unsynced and synced puts alike, also within one request.
+                store.submit_unsynced(vec![(id(1), b"first".to_vec()), (id(1), b"dup".to_vec())]).unwrap().wait().unwrap();
+                store.put(id(1), b"second".to_vec()).unwrap();
+                store.submit_unsynced(vec![(id(1), b"third".to_vec())]).unwrap().wait().unwrap();
+                assert_eq!(store.get(&id(1)).unwrap(), b"first");
+                // Deletes see unsynced puts; size limits apply.
+                assert!(store.delete(&id(1)).unwrap());
+                assert!(matches!(store.submit_unsynced(vec![(id(2), vec![0; 9000])]), Err(StoreError::TooLarge { .. })));
+                // Fill the store through unsynced puts, rotating many segments.
+                let mut stored = Vec::new();
+                let err = loop {
+                    let n = 100 + stored.len() as u64;
+                    match store.submit_unsynced(vec![(id(n), bytes(n, 3000))]).unwrap().wait() {
+                        Ok(()) => stored.push(n),
+                        Err(e) => break e,
+                    }
+                };
+                assert!(matches!(err, StoreError::Full { .. }), "{err}");
+                assert!(store.stats().segments > 4, "{:?}", store.stats());
+                store.sync().unwrap();
+                drop(store);
+                let store = open_cfg(dir.path(), cfg).unwrap();
+                assert!(!store.contains(&id(1)));
+                for &n in &stored {
+                    assert_eq!(store.get(&id(n)).unwrap(), bytes(n, 3000), "chunk {n}");
+                }
+            }
+
+            #[test]
+            fn unsynced_async_and_sync_async() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(store) = open(dir.path()) else { return };
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(async {
+                    let mut tickets = Vec::new();
+                    for n in 0..20 {
+                        tickets.push(store.submit_unsynced_async(vec![(id(n), bytes(n, 5000))]).await.unwrap());
+                    }
+                    for t in tickets {
+                        t.wait_async().await.unwrap();
+                    }
+                    store.sync_async().await.unwrap();
+                });
+                assert_eq!(store.stats().syncs, 1);
+                let other = store.clone();
+                store.close().unwrap();
+                assert!(matches!(other.sync(), Err(StoreError::Closed)));
+                assert!(matches!(other.submit_unsynced(vec![(id(99), vec![1])]), Err(StoreError::Closed)));
+                drop(other); // releases the directory lock
+                let store = open(dir.path()).unwrap();
+                for n in 0..20 {
+                    assert_eq!(store.get(&id(n)).unwrap(), bytes(n, 5000));
+                }
+            }
+
+            /// Requests queued behind a batch whose sync is in flight must see that batch's
+            /// keys (written, not yet indexed): a second put of the same key stays a no-op and
+            /// a delete finds it.
+            #[test]
+            fn pipelined_batches_see_keys_in_flight() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(store) = open(dir.path()) else { return };
+                std::thread::scope(|s| {
+                    for t in 0..16u64 {
+                        let store = store.clone();
+                        s.spawn(move || {
+                            for k in 0..30u64 {
+                                let n = t * 1000 + k;
+                                let a = store.submit(vec![(id(n), bytes(n, 2000))]).unwrap();
+                                let b = if k % 2 == 0 {
+                                    store.submit(vec![(id(n), bytes(n + 1, 2000))]).unwrap()
+                                } else {
+                                    store.submit_unsynced(vec![(id(n), bytes(n + 1, 2000))]).unwrap()
+                                };
+                                if k % 3 == 0 {
+                                    assert!(store.delete(&id(n)).unwrap(), "delete of queued put {n}");
+                                    a.wait().unwrap();
+                                    b.wait().unwrap();
+                                    assert!(!store.contains(&id(n)));
+                                } else {
+                                    a.wait().unwrap();
+                                    b.wait().unwrap();
+                                    assert_eq!(store.get(&id(n)).unwrap(), bytes(n, 2000), "chunk {n}");
+                                }
+                            }
+                        });
+                    }
+                });
+                let st = store.stats();
+                assert_eq!(st.chunks, 16 * 20);
+                assert_eq!(st.disk_bytes, 16 * (30 * (HEADER + 2000) + 10 * HEADER));
+                store.close().unwrap();
+                let store = open(dir.path()).unwrap();
+                assert_eq!(store.stats().chunks, 16 * 20);
+                for t in 0..16u64 {
+                    for k in (0..30u64).filter(|k| k % 3 != 0) {
+                        let n = t * 1000 + k;
+                        assert_eq!(store.get(&id(n)).unwrap(), bytes(n, 2000), "chunk {n}");
+                    }
+                }
+            }
         }
     };
 }

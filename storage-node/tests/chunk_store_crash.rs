@@ -1,7 +1,9 @@
 //! Crash test: `kill -9` a process writing to the chunk store at random moments, then check
 //! that every acknowledged put survived with its exact bytes and no acknowledged delete came
 //! back. Each backend gets its own directory, reused across all its kills, so recovery also
-//! runs on stores that earlier recoveries repaired.
+//! runs on stores that earlier recoveries repaired. Every other round the child runs with
+//! `--unsynced` (`submit_unsynced` batches + `sync()` barriers, ACK only after the barrier), so
+//! both write paths are killed on the same, repeatedly recovered store.
 //!
 //! Replay a failure with `CRASH_SEED=<seed printed on failure> cargo test --test chunk_store_crash`
 //! (kill timing still varies from run to run, the seeds fix keys, sizes and kill delays).
@@ -20,11 +22,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use storage_node::{BackendChoice, ChunkStore, StoreConfig, StoreError};
 
-const KILLS_PER_BACKEND: usize = 60;
+const KILLS_PER_BACKEND: usize = 50;
 const THREADS: u64 = 4;
 const MAX_SIZE: u32 = 256 << 10;
 /// After each round the parent deletes chunks beyond this many, so verification stays fast.
 const KEEP: usize = 150;
+/// How far (per thread) unreported puts may lie beyond the highest reported index: a batch of
+/// up to 4 chunks by default; unsynced mode writes up to 4 batches of 8 chunks before a
+/// barrier reports them.
+const UNREPORTED_PER_THREAD: u64 = 8;
+const UNREPORTED_PER_THREAD_UNSYNCED: u64 = 40;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
@@ -84,10 +91,16 @@ fn crash_loop(flag: &str, backend: BackendChoice, seed: u64) {
     let mut model: HashMap<ChunkId, Expect> = HashMap::new();
     let started = Instant::now();
     let (mut acks, mut dels, mut finished) = (0usize, 0usize, 0usize);
+    let mut unsynced_acks = 0usize;
     for round in 0..KILLS_PER_BACKEND {
         let run_seed: u64 = rng.gen();
         let delay = Duration::from_millis(rng.gen_range(1..=60));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chunkstore-torture"))
+        let unsynced = round % 2 == 1;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chunkstore-torture"));
+        if unsynced {
+            child.arg("--unsynced");
+        }
+        let mut child = child
             .arg(dir.path())
             .args(["--backend", flag, "--seed", &run_seed.to_string()])
             .args([
@@ -134,6 +147,9 @@ fn crash_loop(flag: &str, backend: BackendChoice, seed: u64) {
         }
         acks += acked.len();
         dels += deleted.len();
+        if unsynced {
+            unsynced_acks += acked.len();
+        }
 
         let store = open(dir.path(), backend);
         let mut unknown = Vec::new();
@@ -152,7 +168,12 @@ fn crash_loop(flag: &str, backend: BackendChoice, seed: u64) {
         }
         // Puts in flight when the child died (and any not yet reported): present with the
         // right bytes or absent; whichever recovery chose must hold from now on.
-        unknown.extend((0..max_index + 8 * THREADS).filter(|i| !acked.contains(i)));
+        let window = if unsynced {
+            UNREPORTED_PER_THREAD_UNSYNCED
+        } else {
+            UNREPORTED_PER_THREAD
+        };
+        unknown.extend((0..max_index + window * THREADS).filter(|i| !acked.contains(i)));
         for i in unknown {
             let key = chunk_id(run_seed, i);
             let expect = if store.contains(&key) {
@@ -182,12 +203,17 @@ fn crash_loop(flag: &str, backend: BackendChoice, seed: u64) {
     let store = open(dir.path(), backend);
     verify(&store, &model, KILLS_PER_BACKEND);
     eprintln!(
-        "{flag}: {KILLS_PER_BACKEND} kills in {:?}: {acks} acked puts, {dels} acked deletes, \
-         {finished} runs finished before the kill, {} keys tracked",
+        "{flag}: {KILLS_PER_BACKEND} kills in {:?}: {acks} acked puts ({unsynced_acks} via \
+         unsynced batches + sync), {dels} acked deletes, {finished} runs finished before the \
+         kill, {} keys tracked",
         started.elapsed(),
         model.len()
     );
     assert!(acks > 0, "the torture process never acknowledged anything");
+    assert!(
+        unsynced_acks > 0,
+        "the unsynced torture runs never acknowledged anything"
+    );
 }
 
 fn open(dir: &Path, backend: BackendChoice) -> ChunkStore {

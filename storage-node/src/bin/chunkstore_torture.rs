@@ -7,8 +7,14 @@
 //! `TRYDEL <i>` before deleting chunk `i`, `DEL <i>` after that delete returned Ok,
 //! `DONE` when all `--count` chunks were written.
 //!
+//! With `--unsynced` every thread writes batches with `submit_unsynced` (at most
+//! [`MAX_TICKETS`] outstanding) and calls `sync()` every few batches; the `ACK` lines of those
+//! batches are printed only after `sync()` returned, so they mean "durable" as in the default
+//! mode. Chunks written since the last barrier are never reported.
+//!
 //! Chunk `i` has key `ChunkId::of_parts(["torture", seed, i])` and contents [`chunk_bytes`].
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -41,7 +47,17 @@ struct Args {
     /// Segment size in bytes (small values exercise rotation and compaction).
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
     segment_bytes: u64,
+    /// Write with `submit_unsynced` batches and `sync()` barriers (ACK after the barrier).
+    #[arg(long)]
+    unsynced: bool,
 }
+
+/// Unsynced mode: most tickets a thread keeps outstanding.
+const MAX_TICKETS: usize = 4;
+/// Unsynced mode: most chunks in one batch, and most batches between barriers. The crash
+/// test bounds how far unreported chunks can lie beyond the reported ones with these.
+const MAX_BATCH: u64 = 8;
+const MAX_BATCHES_PER_SYNC: u64 = 4;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
@@ -105,6 +121,9 @@ fn worker(
     t: u64,
     say: &impl Fn(String) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    if args.unsynced {
+        return unsynced_worker(store, args, t, say);
+    }
     let mut live: Vec<u64> = Vec::new();
     let mut i = t;
     while i < args.count {
@@ -134,6 +153,69 @@ fn worker(
         }
         i += n * args.threads;
         let r = mix(args.seed ^ 0xde1e7e, i);
+        if r % 3 == 0 && !live.is_empty() {
+            let victim = live.swap_remove((r / 3) as usize % live.len());
+            say(format!("TRYDEL {victim}"))?;
+            store.delete(&chunk_id(args.seed, victim))?;
+            say(format!("DEL {victim}"))?;
+        }
+        if t == 0 && r % 17 == 0 {
+            store.compact()?;
+        }
+    }
+    Ok(())
+}
+
+/// `--unsynced`: batches through `submit_unsynced`, a `sync()` barrier every few batches,
+/// `ACK` only after the barrier; deletes (synced) and compactions in between.
+fn unsynced_worker(
+    store: &ChunkStore,
+    args: &Args,
+    t: u64,
+    say: &impl Fn(String) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut live: Vec<u64> = Vec::new();
+    let mut i = t;
+    while i < args.count {
+        let r = mix(args.seed ^ 0x5ca1ab1e, i);
+        let batches = 1 + r % MAX_BATCHES_PER_SYNC;
+        let mut tickets = VecDeque::new();
+        let mut written = Vec::new();
+        for b in 0..batches {
+            let size = 1 + mix(args.seed, i ^ (b << 40)) % MAX_BATCH;
+            let batch: Vec<u64> = (0..size)
+                .map(|k| i + k * args.threads)
+                .filter(|&j| j < args.count)
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            let items = batch
+                .iter()
+                .map(|&j| {
+                    (
+                        chunk_id(args.seed, j),
+                        chunk_bytes(args.seed, j, args.max_size),
+                    )
+                })
+                .collect();
+            tickets.push_back(store.submit_unsynced(items)?);
+            if tickets.len() > MAX_TICKETS {
+                if let Some(oldest) = tickets.pop_front() {
+                    oldest.wait()?;
+                }
+            }
+            i += batch.len() as u64 * args.threads;
+            written.extend(batch);
+        }
+        for ticket in tickets {
+            ticket.wait()?;
+        }
+        store.sync()?;
+        for &j in &written {
+            say(format!("ACK {j}"))?;
+        }
+        live.extend(written);
         if r % 3 == 0 && !live.is_empty() {
             let victim = live.swap_remove((r / 3) as usize % live.len());
             say(format!("TRYDEL {victim}"))?;

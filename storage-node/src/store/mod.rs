@@ -13,16 +13,41 @@
 //! segment. Callers send owned buffers over a bounded queue; the writer takes everything
 //! queued (up to `max_batch_bytes`), writes the whole group, calls `fdatasync` once, and only
 //! then answers every request in the group. A put or delete is acknowledged only once its bytes
-//! are durable, and many concurrent small writers share one sync. That is why io_uring is the
+//! are durable, and many concurrent small writers share one sync. The sync is pipelined: while
+//! group N's `fdatasync` runs, the writer already writes the requests that arrived meanwhile;
+//! N is acknowledged when its sync completes, then the next group's sync starts (an ack only
+//! ever follows a sync that began after the group's write finished; see `writer.rs`). That is
+//! why io_uring is the
 //! default backend: our disk measurements (FACTS.md) show no bandwidth gain for large
 //! sequential writes, but io_uring submits a whole group as vectored writes straight from the
 //! callers' buffers, with no staging copy, followed by one sync. A portable `std::fs` backend
 //! (pwrite + fdatasync) is chosen at run time when io_uring is unavailable.
 //!
+//! **Unsynced bulk puts.** [`ChunkStore::submit_unsynced`] queues puts that go through the
+//! same batching, capacity, idempotence and index logic but are acknowledged once *written*
+//! (in the page cache), with no `fdatasync` of their own; [`ChunkStore::sync`] is the
+//! durability barrier: it returns once every put and delete queued before it is durable
+//! (requests are handled in queue order, so the barrier's sync covers them). Bulk ingest pays
+//! one sync per file instead of one per group, as a plain `write` + `fsync` would; the caller
+//! acknowledges its own client only after `sync` returns. A group that also holds a synced
+//! put, a delete or a barrier is synced as a whole. Written buffers are freed once written, so
+//! memory is bounded by the queue plus the caller's outstanding tickets. Crash semantics:
+//! after `kill -9` the page cache survives, so unsynced but written records are still there
+//! and recovery keeps them (and makes them durable with its `fsync`). After power loss they
+//! may be lost, or only partly on disk, anywhere after the last completed sync of the active
+//! segment (rotation always syncs a sealed segment in full first, so only the active segment
+//! can be affected). Recovery handles that like a torn tail: it truncates at a damaged header
+//! or where nothing valid follows, and keeps a record with a bad payload as `Corrupt` when a
+//! valid record follows it. So data not covered by a completed `sync` (or a synced put) may
+//! vanish, or read back as `Corrupt` (delete it and put it again, as for media damage: a
+//! repeated put of a stored key is a no-op); data acknowledged after a sync never does,
+//! because everything before a completed sync point is intact.
+//!
 //! **Recovery.** `open` rebuilds the index by replaying segments in order. Sealed (non-last)
 //! segments were fully synced before the next one was created, so only their headers are read.
 //! The last segment may end in a group that was being written when the process died; nothing
-//! in that group was acknowledged, because acknowledgement waits for the sync. So the last
+//! in that group was acknowledged as durable, because that waits for the sync (unsynced puts
+//! promise nothing until a barrier, see above). So the last
 //! segment is read in full, with payload checksums, and truncated at the first record whose
 //! header is invalid or whose payload is short, or at the first of the records failing their
 //! checksum that nothing valid follows. A checksum failure *followed* by valid records is
@@ -131,20 +156,21 @@ pub struct RecoveryReport {
     pub damaged: Vec<(String, u64, &'static str)>,
 }
 
-/// A pending put: resolves once the chunks are durable (or the put failed).
+/// A pending put: resolves once the chunks are durable (for [`ChunkStore::submit_unsynced`]:
+/// once written and indexed), or the put failed.
 #[derive(Debug)]
 pub struct PutTicket {
     rx: oneshot::Receiver<StoreResult<()>>,
 }
 
 impl PutTicket {
-    /// Blocks until the put is durable. Not for async contexts (it would block the executor,
-    /// and tokio panics on it there): use [`PutTicket::wait_async`].
+    /// Blocks until the put is durable (unsynced: written). Not for async contexts (it would
+    /// block the executor, and tokio panics on it there): use [`PutTicket::wait_async`].
     pub fn wait(self) -> StoreResult<()> {
         self.rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Waits until the put is durable.
+    /// Waits until the put is durable (unsynced: written).
     pub async fn wait_async(self) -> StoreResult<()> {
         self.rx.await.unwrap_or(Err(StoreError::Closed))
     }
@@ -247,22 +273,82 @@ impl ChunkStore {
     /// context, so async code uses [`ChunkStore::submit_async`]. A key already stored is
     /// acknowledged without being rewritten (its first bytes stay).
     pub fn submit(&self, items: Vec<(ChunkId, Vec<u8>)>) -> StoreResult<PutTicket> {
-        self.check_sizes(&items)?;
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .blocking_send(Request::Put { items, reply })
-            .map_err(|_| StoreError::Closed)?;
-        Ok(PutTicket { rx })
+        self.enqueue_put(items, true)
     }
 
     /// Queues chunks for the next group commit, waiting asynchronously while the queue is full.
     pub async fn submit_async(&self, items: Vec<(ChunkId, Vec<u8>)>) -> StoreResult<PutTicket> {
-        self.check_sizes(&items)?;
+        self.enqueue_put_async(items, true).await
+    }
+
+    /// Enqueues puts that are written to the log and indexed, but NOT fsynced: the ticket
+    /// resolves once written. Durable only after a later [`ChunkStore::sync`] returns. For bulk
+    /// ingest where the caller acknowledges its own client only after `sync()`. Blocks only
+    /// while the queue is full (plain threads only, like [`ChunkStore::submit`]).
+    pub fn submit_unsynced(&self, items: Vec<(ChunkId, Vec<u8>)>) -> StoreResult<PutTicket> {
+        self.enqueue_put(items, false)
+    }
+
+    /// [`ChunkStore::submit_unsynced`] for async callers.
+    pub async fn submit_unsynced_async(
+        &self,
+        items: Vec<(ChunkId, Vec<u8>)>,
+    ) -> StoreResult<PutTicket> {
+        self.enqueue_put_async(items, false).await
+    }
+
+    /// Durability barrier: returns once every put/delete enqueued before it (synced or not)
+    /// is durable. Blocks; async code uses [`ChunkStore::sync_async`].
+    pub fn sync(&self) -> StoreResult<()> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Request::Sync { reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Durability barrier for async callers (see [`ChunkStore::sync`]).
+    pub async fn sync_async(&self) -> StoreResult<()> {
         let (reply, rx) = oneshot::channel();
         let tx = self.sender()?;
-        tx.send(Request::Put { items, reply })
+        tx.send(Request::Sync { reply })
             .await
             .map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    fn enqueue_put(&self, items: Vec<(ChunkId, Vec<u8>)>, durable: bool) -> StoreResult<PutTicket> {
+        self.check_sizes(&items)?;
+        let crcs = payload_crcs(&items);
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Request::Put {
+                items,
+                crcs,
+                durable,
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        Ok(PutTicket { rx })
+    }
+
+    async fn enqueue_put_async(
+        &self,
+        items: Vec<(ChunkId, Vec<u8>)>,
+        durable: bool,
+    ) -> StoreResult<PutTicket> {
+        self.check_sizes(&items)?;
+        let crcs = payload_crcs(&items);
+        let (reply, rx) = oneshot::channel();
+        let tx = self.sender()?;
+        tx.send(Request::Put {
+            items,
+            crcs,
+            durable,
+            reply,
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
         Ok(PutTicket { rx })
     }
 
@@ -280,7 +366,8 @@ impl ChunkStore {
         read_record(&loc, id)
     }
 
-    /// Whether a chunk is stored (durably).
+    /// Whether a chunk is stored (durably, unless it came from a put not yet covered by
+    /// [`ChunkStore::sync`]).
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.inner
             .shared
@@ -392,6 +479,12 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Payload checksums, computed on the submitting thread: the single writer thread would
+/// otherwise spend its time on them instead of writing (many submitters checksum in parallel).
+fn payload_crcs(items: &[(ChunkId, Vec<u8>)]) -> Vec<u32> {
+    items.iter().map(|(_, d)| crc32c::crc32c(d)).collect()
 }
 
 /// Reads and checks one record: header fields must match the index, payload its crc32c.
@@ -509,8 +602,9 @@ fn recover(dir: &Path) -> StoreResult<Recovered> {
                 file_len,
                 reason: _,
             } if last => {
-                // Torn tail: this group was never acknowledged (acks wait for its fdatasync),
-                // so cutting it off loses nothing anyone was promised.
+                // Torn tail: this group was never acknowledged as durable (acks wait for its
+                // fdatasync; unsynced puts wait for a later barrier), so cutting it off loses
+                // nothing anyone was promised.
                 seg.file
                     .set_len(valid_len)
                     .map_err(|e| StoreError::io("truncate torn tail of", &seg.path, e))?;

@@ -92,15 +92,15 @@ impl HeaderError {
 }
 
 impl RecordHeader {
-    /// Header of a put of `payload` under `id`.
-    pub fn put(seq: u64, id: ChunkId, payload: &[u8]) -> RecordHeader {
+    /// Header of a put whose payload checksum the caller already computed (the store's
+    /// handles do it on the submitting thread, off the single writer thread).
+    pub fn put_with_crc(seq: u64, id: ChunkId, len: u32, payload_crc: u32) -> RecordHeader {
         RecordHeader {
             kind: RecordKind::Put,
             seq,
             id,
-            // Callers bound payloads by `max_chunk_bytes: u32` before building headers.
-            len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
-            payload_crc: crc32c::crc32c(payload),
+            len,
+            payload_crc,
         }
     }
 
