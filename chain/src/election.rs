@@ -52,7 +52,11 @@ pub fn elect(candidates: &[(Address, u64)], seed: Hash, seats: usize) -> Vec<Add
 }
 
 /// [`elect`] with the bootstrap rule: with no candidates, the default proposers.
-pub fn elect_committee(cfg: &ChainConfig, candidates: &[(Address, u64)], seed: Hash) -> Vec<Address> {
+pub fn elect_committee(
+    cfg: &ChainConfig,
+    candidates: &[(Address, u64)],
+    seed: Hash,
+) -> Vec<Address> {
     let c = elect(candidates, seed, cfg.seats);
     if c.is_empty() {
         cfg.default_proposers.clone()

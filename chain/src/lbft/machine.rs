@@ -47,8 +47,10 @@ struct Height {
     proposals_seen: BTreeSet<Hash>,
     /// VALIDATEs in flight, by block hash.
     validates_seen: BTreeSet<Hash>,
-    /// The first verified vote of each (kind, validator).
-    votes: BTreeMap<(VoteKind, Address), Vote>,
+    /// Verified votes by (kind, validator, block). An equivocator's conflicting votes are
+    /// all kept (bounded): each is a genuine signature and may complete a certificate; the
+    /// one-commit-type-vote rule of honest validators is what safety rests on.
+    votes: BTreeMap<(VoteKind, Address, Hash), Vote>,
     /// Votes being verified.
     votes_in_flight: BTreeSet<(VoteKind, Address, Hash)>,
     /// (kind, validator) pairs already reported as double votes.
@@ -76,30 +78,46 @@ impl Height {
 
     /// Distinct validators with a verified `kind` vote for `block`.
     fn tally(&self, kind: VoteKind, block: &Hash) -> usize {
-        self.votes
-            .range((kind, Address([0; 32]))..=(kind, Address([0xff; 32])))
-            .filter(|(_, v)| v.block == *block)
-            .count()
+        self.of_kind(kind).filter(|v| v.block == *block).count()
+    }
+
+    fn of_kind(&self, kind: VoteKind) -> impl Iterator<Item = &Vote> + '_ {
+        let lo = (kind, Address([0; 32]), Hash([0; 32]));
+        let hi = (kind, Address([0xff; 32]), Hash([0xff; 32]));
+        self.votes.range(lo..=hi).map(|(_, v)| v)
+    }
+
+    /// Votes of `validator` of `kind` (one per distinct block).
+    fn of_validator(&self, kind: VoteKind, validator: Address) -> impl Iterator<Item = &Vote> + '_ {
+        let lo = (kind, validator, Hash([0; 32]));
+        let hi = (kind, validator, Hash([0xff; 32]));
+        self.votes.range(lo..=hi).map(|(_, v)| v)
+    }
+
+    /// Whether anything at this height refers to `block` (a known proposal, the impeach
+    /// block, or someone's vote), so votes for it are always worth keeping.
+    fn relevant(&self, block: &Hash) -> bool {
+        self.blocks.contains_key(block)
+            || self.proposals_seen.contains(block)
+            || self.impeach.as_ref().map(|(h, _)| h) == Some(block)
+            || self.votes.values().any(|v| v.block == *block)
     }
 
     /// A block with at least `q` verified `kind` votes (the smallest hash if several, which
     /// only byzantine quorums can produce).
     fn quorum_block(&self, kind: VoteKind, q: usize) -> Option<Hash> {
         let mut count: BTreeMap<Hash, usize> = BTreeMap::new();
-        for ((k, _), v) in &self.votes {
-            if *k == kind {
-                *count.entry(v.block).or_insert(0) += 1;
-            }
+        for v in self.of_kind(kind) {
+            *count.entry(v.block).or_insert(0) += 1;
         }
         count.into_iter().find(|(_, c)| *c >= q).map(|(h, _)| h)
     }
 
     /// The verified `kind` votes for `block`, sorted by validator.
     fn votes_for(&self, kind: VoteKind, block: &Hash) -> Vec<Vote> {
-        self.votes
-            .range((kind, Address([0; 32]))..=(kind, Address([0xff; 32])))
-            .filter(|(_, v)| v.block == *block)
-            .map(|(_, v)| v.clone())
+        self.of_kind(kind)
+            .filter(|v| v.block == *block)
+            .cloned()
             .collect()
     }
 }
@@ -127,10 +145,12 @@ pub struct Validator {
     /// Future-height inputs, replayed when their height comes.
     buffer: Vec<(u64, Input)>,
     recent: VecDeque<(Block, Certificate)>,
-    /// Catch-up answers already sent: height → local time.
-    sync_replied: BTreeMap<u64, u64>,
+    /// Local time of the last catch-up answer.
+    sync_replied: Option<u64>,
     /// Height at the previous resend tick (unchanged = stalled).
     last_resend_height: u64,
+    /// Local time the current height started.
+    height_started: u64,
     stats: Stats,
 }
 
@@ -187,8 +207,9 @@ impl Validator {
             inflight: BTreeMap::new(),
             buffer: Vec::new(),
             recent: VecDeque::new(),
-            sync_replied: BTreeMap::new(),
+            sync_replied: None,
             last_resend_height: height,
+            height_started: 0,
             stats: Stats::default(),
         };
         v.build_impeach();
@@ -330,33 +351,56 @@ impl Validator {
                     self.last_resend_height = height;
                     return;
                 }
-                self.resend(out);
+                // Stalled: the height is older than one resend period past the time its
+                // block was due.
+                let due = self
+                    .tip
+                    .timestamp_ms
+                    .saturating_add(self.cfg.period_ms)
+                    .max(self.height_started);
+                if self.now >= due.saturating_add(self.params.resend_ms) {
+                    self.resend(due, out);
+                }
             }
         }
     }
 
     /// Retransmission of a stalled height: a sync request, own votes, the prepared block,
     /// and any P-certificate held (so peers that missed it can commit).
-    fn resend(&mut self, out: &mut Vec<Output>) {
-        out.push(Output::Broadcast(Message::Sync {
-            number: self.height(),
-        }));
+    fn resend(&mut self, due: u64, out: &mut Vec<Output>) {
+        // Past the impeach timeout without a final block we may simply be behind.
+        if self.now >= due.saturating_add(self.cfg.impeach_timeout_ms) {
+            out.push(Output::Broadcast(Message::Sync {
+                number: self.height(),
+            }));
+        }
         if !self.is_validator() {
             return;
         }
-        if let Some(b) = self.h.prepared.and_then(|p| self.h.blocks.get(&p)) {
-            out.push(Output::Broadcast(Message::Proposal(b.clone())));
+        // Once impeaching, only the impeachment's votes are repeated: re-sending a stale
+        // PREPARE would only help a competing P-certificate form after a partition heals.
+        let impeaching = matches!(self.h.phase, Phase::ImpeachPrepare | Phase::ImpeachCommit);
+        if !impeaching {
+            if let Some(b) = self.h.prepared.and_then(|p| self.h.blocks.get(&p)) {
+                out.push(Output::Broadcast(Message::Proposal(b.clone())));
+            }
         }
         let q = self.quorum();
-        for kind in [VoteKind::Prepare, VoteKind::ImpeachPrepare] {
-            if let Some(x) = self.h.quorum_block(kind, q) {
-                for v in self.h.votes_for(kind, &x) {
-                    out.push(Output::Broadcast(Message::Vote(v)));
-                }
+        let kind = if impeaching {
+            VoteKind::ImpeachPrepare
+        } else {
+            VoteKind::Prepare
+        };
+        if let Some(x) = self.h.quorum_block(kind, q) {
+            for v in self.h.votes_for(kind, &x) {
+                out.push(Output::Broadcast(Message::Vote(v)));
             }
         }
         for v in &self.h.mine {
-            out.push(Output::Broadcast(Message::Vote(v.clone())));
+            let normal = matches!(v.kind, VoteKind::Prepare | VoteKind::Commit);
+            if !(impeaching && normal) {
+                out.push(Output::Broadcast(Message::Vote(v.clone())));
+            }
         }
     }
 
@@ -391,7 +435,13 @@ impl Validator {
 
     // ---- verification plumbing ----
 
-    fn request(&mut self, pending: Pending, batch: VerifyBatch, ids: Vec<Hash>, out: &mut Vec<Output>) {
+    fn request(
+        &mut self,
+        pending: Pending,
+        batch: VerifyBatch,
+        ids: Vec<Hash>,
+        out: &mut Vec<Output>,
+    ) {
         let req = self.next_req;
         self.next_req = self.next_req.wrapping_add(1);
         self.inflight.insert(req, (self.height(), pending));
@@ -406,7 +456,12 @@ impl Validator {
         false
     }
 
-    fn on_verified(&mut self, req: u64, report: &crypto_accel::VerifyReport, out: &mut Vec<Output>) {
+    fn on_verified(
+        &mut self,
+        req: u64,
+        report: &crypto_accel::VerifyReport,
+        out: &mut Vec<Output>,
+    ) {
         let Some((number, pending)) = self.inflight.remove(&req) else {
             return;
         };
@@ -452,7 +507,8 @@ impl Validator {
             self.stats.duplicate += 1;
             return;
         }
-        if self.h.proposals_seen.len() >= self.params.max_proposals_per_height || self.overloaded() {
+        if self.h.proposals_seen.len() >= self.params.max_proposals_per_height || self.overloaded()
+        {
             self.stats.overload += 1;
             return;
         }
@@ -547,7 +603,9 @@ impl Validator {
         out: &mut Vec<Output>,
     ) {
         if !report.is_valid(0) {
-            // Not the proposer's seal: a forgery, not evidence against the proposer.
+            // Not the proposer's seal: a forgery, not evidence against the proposer. Forget
+            // it, so forgeries cannot use up the per-height proposal slots.
+            self.h.proposals_seen.remove(&block.hash());
             self.stats.bad_signature += 1;
             return;
         }
@@ -557,8 +615,15 @@ impl Validator {
         }
         let req = self.next_req;
         self.next_req = self.next_req.wrapping_add(1);
-        self.inflight
-            .insert(req, (self.height(), Pending::Body { block: block.clone() }));
+        self.inflight.insert(
+            req,
+            (
+                self.height(),
+                Pending::Body {
+                    block: block.clone(),
+                },
+            ),
+        );
         out.push(Output::Check { req, block });
     }
 
@@ -601,7 +666,7 @@ impl Validator {
             return;
         };
         let v = Vote::sign(kp, self.cfg.chain_id, kind, self.height(), block);
-        self.h.votes.insert((kind, addr), v.clone());
+        self.h.votes.insert((kind, addr, block), v.clone());
         self.h.mine.push(v.clone());
         out.push(Output::Broadcast(Message::Vote(v)));
     }
@@ -629,19 +694,14 @@ impl Validator {
             self.stats.duplicate += 1;
             return;
         }
-        let key = (v.kind, v.validator);
-        if let Some(prev) = self.h.votes.get(&key) {
-            if prev.block == v.block {
-                self.stats.duplicate += 1;
-                return;
-            }
-        }
-        if self.h.evidence.contains(&key) {
+        let key = (v.kind, v.validator, v.block);
+        if self.h.votes.contains_key(&key) || self.h.votes_in_flight.contains(&key) {
             self.stats.duplicate += 1;
             return;
         }
-        if self.h.votes_in_flight.contains(&(v.kind, v.validator, v.block)) {
-            self.stats.duplicate += 1;
+        // An equivocator's votes for blocks nobody else mentions are kept up to two.
+        if self.h.of_validator(v.kind, v.validator).count() >= 2 && !self.h.relevant(&v.block) {
+            self.stats.overload += 1;
             return;
         }
         let in_flight_same = self
@@ -654,7 +714,9 @@ impl Validator {
             self.stats.overload += 1;
             return;
         }
-        self.h.votes_in_flight.insert((v.kind, v.validator, v.block));
+        self.h
+            .votes_in_flight
+            .insert((v.kind, v.validator, v.block));
         let mut batch = VerifyBatch::with_capacity(1, 64);
         let mut ids = Vec::with_capacity(1);
         push_item(
@@ -669,30 +731,36 @@ impl Validator {
     }
 
     fn on_vote_checked(&mut self, v: Vote, ok: bool, out: &mut Vec<Output>) {
-        self.h.votes_in_flight.remove(&(v.kind, v.validator, v.block));
+        self.h
+            .votes_in_flight
+            .remove(&(v.kind, v.validator, v.block));
         if !ok {
             self.stats.bad_signature += 1;
             return;
         }
-        let key = (v.kind, v.validator);
-        match self.h.votes.get(&key) {
-            Some(prev) if prev.block == v.block => self.stats.duplicate += 1,
-            Some(prev) => {
-                // Two conflicting signed votes of one kind at one height: evidence. Only
-                // the first counts.
-                if self.h.evidence.insert(key) {
-                    self.stats.evidence += 1;
-                    out.push(Output::Evidence(DoubleVote {
-                        a: prev.clone(),
-                        b: v,
-                    }));
-                }
-            }
-            None => {
-                self.h.votes.insert(key, v);
-                self.advance(out);
+        let key = (v.kind, v.validator, v.block);
+        if self.h.votes.contains_key(&key) {
+            self.stats.duplicate += 1;
+            return;
+        }
+        let prev = self
+            .h
+            .of_validator(v.kind, v.validator)
+            .find(|p| p.block != v.block)
+            .cloned();
+        if let Some(prev) = prev {
+            // Two conflicting signed votes of one kind at one height: evidence (once per
+            // validator and kind).
+            if self.h.evidence.insert((v.kind, v.validator)) {
+                self.stats.evidence += 1;
+                out.push(Output::Evidence(DoubleVote {
+                    a: prev,
+                    b: v.clone(),
+                }));
             }
         }
+        self.h.votes.insert(key, v);
+        self.advance(out);
     }
 
     /// Applies every quorum rule that now holds.
@@ -802,7 +870,8 @@ impl Validator {
             self.stats.duplicate += 1;
             return;
         }
-        if self.h.validates_seen.len() >= self.params.max_proposals_per_height || self.overloaded() {
+        if self.h.validates_seen.len() >= self.params.max_proposals_per_height || self.overloaded()
+        {
             self.stats.overload += 1;
             return;
         }
@@ -860,17 +929,17 @@ impl Validator {
     }
 
     /// A peer is at height `number`: send the VALIDATEs it lacks from the recent blocks,
-    /// at most once per height per resend period.
+    /// at most once per resend period (replayed old messages must not amplify).
     fn reply_sync(&mut self, number: u64, out: &mut Vec<Output>) {
         if number >= self.height() {
             return;
         }
-        if let Some(t) = self.sync_replied.get(&number) {
+        if let Some(t) = self.sync_replied {
             if self.now < t.saturating_add(self.params.resend_ms) {
                 return;
             }
         }
-        self.sync_replied.insert(number, self.now);
+        self.sync_replied = Some(self.now);
         let last = number.saturating_add(self.params.max_future_heights);
         for (b, c) in &self.recent {
             let n = b.header.number;
@@ -886,7 +955,10 @@ impl Validator {
     fn insert(&mut self, block: Block, cert: Certificate, out: &mut Vec<Output>) {
         let hash = block.hash();
         out.push(Output::Insert(block.clone(), cert.clone()));
-        out.push(Output::Broadcast(Message::Validate(block.clone(), cert.clone())));
+        out.push(Output::Broadcast(Message::Validate(
+            block.clone(),
+            cert.clone(),
+        )));
         self.schedule.on_final(&self.cfg, block.header.number, hash);
         self.tip = block.header.clone();
         self.tip_hash = hash;
@@ -894,10 +966,9 @@ impl Validator {
         while self.recent.len() > self.params.recent_blocks {
             self.recent.pop_front();
         }
-        let oldest = self.recent.front().map_or(0, |(b, _)| b.header.number);
-        self.sync_replied.retain(|n, _| *n >= oldest);
         self.post_root = None;
         self.h = Height::new();
+        self.height_started = self.now;
         self.stats.inserted += 1;
         self.inflight.retain(|_, (n, _)| *n > self.tip.number);
         self.arm_height_timer(out);

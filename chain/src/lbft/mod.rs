@@ -28,10 +28,18 @@
 //! that already COMMITted does not start impeachment (that could only split the commit
 //! votes); one in `ImpeachPrepare` that sees a P-certificate before any impeach
 //! P-certificate may still COMMIT, which rule 2 keeps safe and which lets a height finish
-//! when the timer raced the P-certificate. Liveness caveat (as in the white paper's
-//! single-round protocol): if honest commit-type votes split between the normal and the
-//! impeach block so that neither can reach 2f+1, the height stalls; a multi-round view
-//! change would be needed to leave that state.
+//! when the timer raced the P-certificate. Once impeaching, a validator re-sends only its
+//! impeachment votes, so stale PREPAREs do not revive a competing P-certificate after a
+//! partition heals. An equivocator's conflicting votes are all kept (bounded) and reported
+//! as [`crate::DoubleVote`]; each is a genuine signature, and safety rests on rule 2 alone.
+//!
+//! Liveness caveat (inherent to the white paper's single-round protocol, which has no view
+//! change): if honest commit-type votes split between the proposed and the impeach block so
+//! that neither can reach 2f+1, the height stalls — no rule can move a commit-type vote
+//! safely. It needs a partition or replay that lets both P-certificates form; the
+//! simulation counts such "split stalls" (well under 1% of seeds in the partition
+//! scenarios). Leaving that state needs round-tagged votes (a Tendermint-style lock and
+//! re-vote), which changes the `Vote` type.
 //!
 //! Bounded everywhere ([`LbftParams`]): future-height messages within
 //! `max_future_heights`, at most `max_buffered` of them, `max_inflight` verification
