@@ -15,10 +15,11 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crypto_accel::{
     block_nonce, kek_for_upload, Aead, AeadAlgo, ChunkId, CryptoError, DataId, Erasure, Hash,
-    IntervalKey, Keypair, MerkleTree, ShardHeader, SHARD_HEADER_LEN, TAG_LEN,
+    IntervalKey, Keypair, MerkleTree, ShardHeader, SHARD_HEADER_LEN, TAG_LEN, WRAPPED_KEY_LEN,
 };
 use rayon::prelude::*;
 
@@ -355,6 +356,8 @@ impl BufPool {
 
 /// A sealed block: its shards and their ids, in code order.
 struct SealedBlock {
+    index: u64,
+    len: usize,
     entry: BlockEntry,
     shards: Vec<Vec<u8>>,
 }
@@ -463,29 +466,6 @@ fn read_block(
     }))
 }
 
-fn read_window(
-    r: &mut impl Read,
-    km: (usize, usize),
-    block_size: usize,
-    (first, window): (u64, usize),
-    done: &mut bool,
-    pool: &mut BufPool,
-) -> PipelineResult<Vec<RawBlock>> {
-    let mut out = Vec::with_capacity(window);
-    while !*done && out.len() < window {
-        let index = first + out.len() as u64;
-        match read_block(r, km, block_size, index, pool)? {
-            Some(b) => {
-                let full = b.len == block_size;
-                out.push(b);
-                *done = !full;
-            }
-            None => *done = true,
-        }
-    }
-    Ok(out)
-}
-
 fn seal_block(
     raw: RawBlock,
     shape: &Manifest,
@@ -528,19 +508,88 @@ fn seal_block(
     }
     ids.extend(shards[k..].iter().map(|s| ChunkId::of(s)));
     Ok(SealedBlock {
+        index,
+        len,
         entry: BlockEntry { shards: ids },
         shards,
     })
 }
 
+/// Fresh interval keys as blocks reach new intervals, wrapped for the owner as they are made.
+struct KeyRing {
+    kek: [u8; 32],
+    algo: AeadAlgo,
+    interval_blocks: u64,
+    wrapped: Vec<[u8; WRAPPED_KEY_LEN]>,
+    current: Option<Arc<Aead>>,
+}
+
+impl KeyRing {
+    /// The AEAD for block `index`; blocks must come in order.
+    fn for_block(&mut self, index: u64) -> PipelineResult<Arc<Aead>> {
+        if index >= MAX_BLOCKS as u64 {
+            return Err(PipelineError::BadParams(format!(
+                "input exceeds {MAX_BLOCKS} blocks; use a larger block size"
+            )));
+        }
+        match &self.current {
+            Some(a) if index % self.interval_blocks != 0 => Ok(Arc::clone(a)),
+            _ => {
+                let key = IntervalKey::generate()?;
+                let interval = self.wrapped.len() as u64;
+                self.wrapped.push(key.wrap(&self.kek, interval)?);
+                let a = Arc::new(Aead::new(self.algo, &key)?);
+                self.current = Some(Arc::clone(&a));
+                Ok(a)
+            }
+        }
+    }
+}
+
+/// Puts sealed blocks into the sink in block order, recording them in the manifest.
+struct Collector<'s> {
+    sink: &'s mut (dyn ShardSink + Send),
+    progress: &'s (dyn Fn(u64) + Sync),
+    blocks: Vec<BlockEntry>,
+    length: u64,
+    /// Blocks that finished out of order, waiting for their predecessors.
+    early: std::collections::BTreeMap<u64, SealedBlock>,
+    batch: Vec<Shard>,
+}
+
+impl Collector<'_> {
+    /// Takes one sealed block; puts every block that is now in order. Returns the shard
+    /// buffers the sink gave back.
+    fn take(&mut self, b: SealedBlock) -> PipelineResult<Vec<Vec<u8>>> {
+        self.early.insert(b.index, b);
+        while let Some(b) = self.early.remove(&(self.blocks.len() as u64)) {
+            self.batch
+                .extend(b.entry.shards.iter().copied().zip(b.shards));
+            self.length += b.len as u64;
+            self.blocks.push(b.entry);
+        }
+        if self.batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.sink.put(&mut self.batch)?;
+        (self.progress)(self.length);
+        Ok(self.batch.drain(..).map(|(_, buf)| buf).collect())
+    }
+}
+
 /// Seals everything `input` yields for `owner` and hands the shards to `sink`; returns the
 /// manifest once every shard is durable in the sink. `progress` is called with the plaintext
 /// bytes sealed so far.
+///
+/// On a rayon pool of one thread the stages run one after another on the calling thread.
+/// Otherwise they stream: a reader thread fills a bounded queue of blocks, the pool seals
+/// blocks as they arrive (`par_bridge`, no window barriers leaving a core idle), and a
+/// collector thread puts them into the sink in order. Memory is bounded by the queues.
 pub fn seal<R: Read + Send>(
     mut input: R,
     owner: &Keypair,
     params: &SealParams,
-    sink: &mut dyn ShardSink,
+    sink: &mut (dyn ShardSink + Send),
     progress: &(dyn Fn(u64) + Sync),
 ) -> PipelineResult<Manifest> {
     let erasure = params.check()?;
@@ -548,8 +597,14 @@ pub fn seal<R: Read + Send>(
     let mut salt = [0u8; 32];
     rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut salt)
         .map_err(|_| CryptoError::Rng)?;
-    let kek = kek_for_upload(&owner.derive_symmetric(OWNER_WRAP_CONTEXT), &salt);
-    let mut shape = Manifest {
+    let mut keys = KeyRing {
+        kek: kek_for_upload(&owner.derive_symmetric(OWNER_WRAP_CONTEXT), &salt),
+        algo: params.algo,
+        interval_blocks: u64::from(params.interval_blocks),
+        wrapped: Vec::new(),
+        current: None,
+    };
+    let shape = Manifest {
         owner: owner.public(),
         length: 0,
         block_size: params.block_size,
@@ -563,76 +618,106 @@ pub fn seal<R: Read + Send>(
         blocks: Vec::new(),
         root: Hash::ZERO,
     };
-    let (k, block_size) = (usize::from(params.k), params.block_size as usize);
-    let km = (k, usize::from(params.m));
-    // Two windows of buffers circulate: one being sealed, one being read.
+    let km = (usize::from(params.k), usize::from(params.m));
+    let block_size = params.block_size as usize;
+    let mut collector = Collector {
+        sink,
+        progress,
+        blocks: Vec::new(),
+        length: 0,
+        early: Default::default(),
+        batch: Vec::new(),
+    };
+    // Buffers circulate between the reader, the sealers, the sink and back.
     let mut pool = BufPool::with_max(2 * window * (km.0 + km.1));
-    let mut aeads: Vec<Aead> = Vec::new();
-    let mut done = false;
-    let mut next = read_window(
-        &mut input,
-        km,
-        block_size,
-        (0, window),
-        &mut done,
-        &mut pool,
-    )?;
-    while !next.is_empty() {
-        let last_block = next.last().map_or(0, |b| b.index);
-        if last_block as usize >= MAX_BLOCKS {
-            return Err(PipelineError::BadParams(format!(
-                "input exceeds {MAX_BLOCKS} blocks; use a larger block size"
-            )));
+
+    if rayon::current_num_threads() <= 1 {
+        let mut index = 0;
+        while let Some(raw) = read_block(&mut input, km, block_size, index, &mut pool)? {
+            let full = raw.len == block_size;
+            let aead = keys.for_block(index)?;
+            let sealed = seal_block(raw, &shape, &erasure, &aead)?;
+            pool.give(collector.take(sealed)?.into_iter());
+            index += 1;
+            if !full {
+                break;
+            }
         }
-        // Fresh keys for every interval this window reaches.
-        while (aeads.len() as u64) * u64::from(params.interval_blocks) <= last_block {
-            let key = IntervalKey::generate()?;
-            let interval = aeads.len() as u64;
-            shape.interval_keys.push(key.wrap(&kek, interval)?);
-            aeads.push(Aead::new(params.algo, &key)?);
-        }
-        let first = last_block + 1;
-        let bytes: u64 = next.iter().map(|b| b.len as u64).sum();
-        let (sealed, following) = rayon::join(
-            || {
-                next.into_par_iter()
-                    .map(|raw| {
-                        let interval = (raw.index / u64::from(params.interval_blocks)) as usize;
-                        seal_block(raw, &shape, &erasure, &aeads[interval])
-                    })
-                    .collect::<PipelineResult<Vec<_>>>()
-            },
-            || {
-                if done {
-                    Ok(Vec::new())
-                } else {
-                    read_window(
-                        &mut input,
-                        km,
-                        block_size,
-                        (first, window),
-                        &mut done,
-                        &mut pool,
-                    )
+    } else {
+        use std::sync::mpsc::{sync_channel, TrySendError};
+        let (raw_tx, raw_rx) = sync_channel::<(RawBlock, Arc<Aead>)>(window);
+        let (done_tx, done_rx) = sync_channel::<PipelineResult<SealedBlock>>(window);
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(pool.max);
+        let (input, pool, keys, collector) = (&mut input, &mut pool, &mut keys, &mut collector);
+        std::thread::scope(|scope| -> PipelineResult<()> {
+            let reader = scope.spawn(move || -> PipelineResult<()> {
+                let mut index = 0;
+                while let Some(raw) = read_block(input, km, block_size, index, pool)? {
+                    let full = raw.len == block_size;
+                    let aead = keys.for_block(index)?;
+                    if raw_tx.send((raw, aead)).is_err() {
+                        break; // a later stage failed; its error is reported there
+                    }
+                    while let Ok(b) = free_rx.try_recv() {
+                        pool.give(std::iter::once(b));
+                    }
+                    index += 1;
+                    if !full {
+                        break;
+                    }
                 }
-            },
-        );
-        let sealed = sealed?;
-        next = following?;
-        let mut shards = Vec::with_capacity(sealed.len() * (k + usize::from(params.m)));
-        for b in sealed {
-            shards.extend(b.entry.shards.iter().copied().zip(b.shards));
-            shape.blocks.push(b.entry);
-        }
-        sink.put(&mut shards)?;
-        pool.give(shards.into_iter().map(|(_, buf)| buf));
-        shape.length += bytes;
-        progress(shape.length);
+                drop(raw_tx);
+                Ok(())
+            });
+            let collect = scope.spawn(move || -> PipelineResult<()> {
+                for sealed in done_rx {
+                    for buf in collector.take(sealed?)? {
+                        if let Err(TrySendError::Disconnected(_)) = free_tx.try_send(buf) {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            });
+            // Seal on the caller's rayon pool as blocks arrive. Stops at the first failure
+            // (or when the collector is gone), which closes the queues behind it.
+            let _ =
+                raw_rx
+                    .into_iter()
+                    .par_bridge()
+                    .try_for_each_with(done_tx, |tx, (raw, aead)| {
+                        let r = seal_block(raw, &shape, &erasure, &aead);
+                        let failed = r.is_err();
+                        match tx.send(r) {
+                            Ok(()) if !failed => Ok(()),
+                            _ => Err(()),
+                        }
+                    });
+            let collected = join_stage(collect.join());
+            let read = join_stage(reader.join());
+            // The collector's error is the first cause when both failed (the reader then
+            // only saw its queue close).
+            collected.and(read)
+        })?;
     }
-    sink.flush()?;
-    let roots: Vec<Hash> = shape.blocks.iter().map(BlockEntry::root).collect();
-    shape.root = MerkleTree::from_leaves(&roots).root();
-    Ok(shape)
+    collector.sink.flush()?;
+    let roots: Vec<Hash> = collector.blocks.iter().map(BlockEntry::root).collect();
+    Ok(Manifest {
+        length: collector.length,
+        interval_keys: keys.wrapped,
+        root: MerkleTree::from_leaves(&roots).root(),
+        blocks: collector.blocks,
+        ..shape
+    })
+}
+
+/// The result of a pipeline thread; a panic in one is reported as an error, not re-raised.
+fn join_stage(r: std::thread::Result<PipelineResult<()>>) -> PipelineResult<()> {
+    r.unwrap_or_else(|_| {
+        Err(PipelineError::BadParams(
+            "a seal pipeline thread panicked (a bug; please report it)".into(),
+        ))
+    })
 }
 
 /// What opening found on the way.

@@ -357,3 +357,96 @@ proptest! {
         prop_assert_eq!(out, data);
     }
 }
+
+#[test]
+fn one_thread_pool_takes_the_sequential_path_and_agrees() {
+    let owner = Keypair::from_seed([12; 32]);
+    let data = sample(7 * 1000 + 3, 12);
+    let p = params(3, 2, 1000, 2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let (m, shards) = pool.install(|| seal_mem(&data, &owner, &p));
+    assert_eq!(m.blocks.len(), 8);
+    assert_eq!(m.interval_keys.len(), 4);
+    assert_eq!(open_mem(&m, &owner, &shards).unwrap().0, data);
+}
+
+/// An input that fails after `ok` bytes.
+struct FailingReader {
+    ok: usize,
+}
+
+impl std::io::Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ok == 0 {
+            return Err(std::io::Error::other("disk on fire"));
+        }
+        let n = buf.len().min(self.ok);
+        buf[..n].fill(7);
+        self.ok -= n;
+        Ok(n)
+    }
+}
+
+/// A sink that refuses the n-th put.
+struct FailingSink {
+    puts_left: usize,
+}
+
+impl storage_node::ShardSink for FailingSink {
+    fn put(&mut self, _: &mut Vec<storage_node::Shard>) -> Result<(), PipelineError> {
+        if self.puts_left == 0 {
+            return Err(PipelineError::BadParams("sink refused".into()));
+        }
+        self.puts_left -= 1;
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), PipelineError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn failures_in_any_stage_are_reported_without_hanging() {
+    let owner = Keypair::from_seed([13; 32]);
+    let p = params(2, 1, 1000, 4);
+    for threads in [1, 2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            // The input fails part-way through.
+            for ok in [0, 1, 999, 1000, 5500] {
+                let r = seal(
+                    FailingReader { ok },
+                    &owner,
+                    &p,
+                    &mut MemoryShards::default(),
+                    &|_| {},
+                );
+                assert!(
+                    matches!(r, Err(PipelineError::Read(_))),
+                    "{threads} threads, fail after {ok}: {r:?}"
+                );
+            }
+            // The sink fails part-way through a long input.
+            for puts_left in [0, 1, 3] {
+                let data = sample(50_000, 1);
+                let r = seal(
+                    &data[..],
+                    &owner,
+                    &p,
+                    &mut FailingSink { puts_left },
+                    &|_| {},
+                );
+                assert!(
+                    matches!(&r, Err(PipelineError::BadParams(s)) if s == "sink refused"),
+                    "{threads} threads, sink fails after {puts_left} puts: {r:?}"
+                );
+            }
+        });
+    }
+}
