@@ -13,7 +13,7 @@ const DEFAULT_SEEDS: u64 = 1_000;
 
 fn report(sc: &Scenario, s: &Sweep) {
     eprintln!(
-        "{}: {} seeds in {:.1?}: {} failures, {} safety violations, {} split stalls {:?}, {} impeach blocks, {} evidence, {} msgs, {} sig checks",
+        "{}: {} seeds in {:.1?}: {} failures, {} safety violations, {} split stalls {:?}, {} impeach blocks, {} evidence, {} punished, {} final txs, {} msgs, {} sig checks",
         sc.name,
         s.seeds,
         s.elapsed,
@@ -23,6 +23,8 @@ fn report(sc: &Scenario, s: &Sweep) {
         s.split_stalls.iter().take(5).collect::<Vec<_>>(),
         s.impeach_blocks,
         s.evidence,
+        s.punished,
+        s.final_txs,
         s.delivered,
         s.sig_checks
     );
@@ -30,7 +32,12 @@ fn report(sc: &Scenario, s: &Sweep) {
 
 /// Sweeps `sc`; any violation fails the test with the seeds to replay.
 fn check(sc: Scenario) -> Sweep {
-    let seeds = seeds_from_env(DEFAULT_SEEDS);
+    check_seeds(sc, DEFAULT_SEEDS)
+}
+
+/// As [`check`], with `default_seeds` unless `SIM_SEEDS` / `SIM_SEED` say otherwise.
+fn check_seeds(sc: Scenario, default_seeds: u64) -> Sweep {
+    let seeds = seeds_from_env(default_seeds);
     let s = sweep(&sc, &seeds);
     report(&sc, &s);
     for (seed, msg) in s.failures.iter().take(10) {
@@ -160,6 +167,26 @@ fn double_vote_f_lossy() {
     s.net = NetFaults::LOSSY;
     let r = check(s);
     assert!(r.evidence > 0, "double votes must produce evidence");
+    assert!(
+        r.punished > 0,
+        "evidence must be submitted on chain and punish the double voters"
+    );
+}
+
+/// Heavier bodies (20 signed transactions per block) with double voters on a lossy
+/// network, on fewer seeds: execution, evidence submission and the state checks under load.
+#[test]
+fn heavy_bodies_double_vote_lossy() {
+    let mut s = sc("heavy_bodies_double_vote_lossy");
+    s.txs_per_block = (20, 20);
+    s.validator_fault = Some((ValidatorFault::DoubleVote, Faulty::F));
+    s.net = NetFaults::LOSSY;
+    let r = check_seeds(s, 100);
+    assert!(
+        r.final_txs >= 100 * 20,
+        "bodies must carry the transactions"
+    );
+    assert!(r.punished > 0, "evidence must punish the double voters");
 }
 
 #[test]

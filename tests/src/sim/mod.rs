@@ -5,15 +5,29 @@
 //! Everything random comes from one ChaCha RNG seeded with the run's seed, so the same seed
 //! gives the same trace hash. Signature checks asked for by the machines are answered by
 //! the harness with [`crypto_accel::CpuBatchVerifier`]; verdicts are cached by item id
-//! within a run, so each distinct signature is verified exactly once. Block bodies are
-//! checked by a toy executor and post-state roots are a hash chain over blocks.
+//! within a run, so each distinct signature is verified exactly once.
+//!
+//! Every node that runs a machine keeps a real [`chain::State`] (genesis funds users,
+//! validators and proposers). `Output::Check` verifies the body's transaction and evidence
+//! signatures and applies the block to a copy of the node's state at the parent;
+//! `Output::Insert` applies it for real and answers `Input::Executed` with the real root.
+//! Honest proposers build bodies of real signed transactions (transfers, data
+//! registrations, validators joining the RNode pool) with the right nonces, filtered by
+//! `State::select_valid`, and submit the double votes honest validators reported as
+//! `Evidence` transactions.
 //!
 //! The checker, at every insert: no two different blocks final at one height on honest
 //! nodes; every final block carries ≥ 2f+1 distinct valid committee signatures (and a valid
-//! seal for normal blocks); evidence only against byzantine validators and genuine. At the
-//! end: honest validators and the civilian reached the target height (after any heal),
-//! every final block's proposer is the scheduled one, a silent or invalid proposer's turns
-//! ended in impeach blocks, and impeach blocks are the deterministic construction.
+//! seal for normal blocks); evidence only against byzantine validators and genuine; every
+//! honest node applies the final block and has the same state root at that height; total
+//! supply = genesis + minted, minted grows by exactly the maintenance reward (+ basic
+//! rewards) and not at all for impeach blocks, whose proposer is paid nothing and whose
+//! penalty is recorded; detained funds grow by exactly what penalties report; a double vote
+//! is punished at most once per node, only for a byzantine validator, at the same height
+//! everywhere. At the end: honest validators and the civilian reached the target height
+//! (after any heal), every final block's proposer is the scheduled one, a silent or invalid
+//! proposer's turns ended in impeach blocks, impeach blocks are the deterministic
+//! construction, and every punishment on the chain is on every honest node that got there.
 //!
 //! Replay one seed: `SIM_SEED=<n> cargo test -p tests --test lbft_sim <scenario>`; sweep
 //! more: `SIM_SEEDS=100000 cargo test --release -p tests --test lbft_sim`.
@@ -43,6 +57,10 @@ pub struct Sweep {
     pub delivered: u64,
     /// Signatures verified.
     pub sig_checks: u64,
+    /// Double votes punished on chain through evidence transactions.
+    pub punished: u64,
+    /// Signed transactions in final blocks.
+    pub final_txs: u64,
     /// Seeds that ended in a split stall (single-round LBFT 2.0 liveness limit).
     pub split_stalls: Vec<u64>,
     /// Wall time.
@@ -76,6 +94,8 @@ pub fn sweep(sc: &Scenario, seeds: &[u64]) -> Sweep {
         s.evidence += o.evidence;
         s.delivered += o.delivered;
         s.sig_checks += o.sig_checks;
+        s.punished += o.punished;
+        s.final_txs += o.final_txs;
         if o.safety_violated {
             s.safety_violations += 1;
         }

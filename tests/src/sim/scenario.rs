@@ -103,6 +103,9 @@ pub struct Scenario {
     pub expect_violation: bool,
     /// No impeach block may appear (calm network, honest proposers).
     pub expect_no_impeach: bool,
+    /// Signed transactions per proposed body (inclusive range; pooled evidence and a faulty
+    /// proposer's extra transactions come on top).
+    pub txs_per_block: (usize, usize),
 }
 
 impl Scenario {
@@ -123,6 +126,7 @@ impl Scenario {
             replayer: false,
             expect_violation: false,
             expect_no_impeach: false,
+            txs_per_block: (1, 3),
         }
     }
 

@@ -4,15 +4,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::OnceLock;
 
+use std::num::NonZeroUsize;
+
+use chain::rewards::maintenance_reward;
 use chain::{
-    elect_committee, impeach_block, propose, proposer_of, term_of, term_seed, verify_item_id,
-    Address, Block, BlockKind, Certificate, ChainConfig, Header, Input, LbftParams, Message,
-    Output, Schedule, SignedTx, TimerKind, Tx, TxPayload, Validator, Vote, VoteKind,
+    check_evidence, elect_committee, impeach_block, propose, proposer_of, term_of, term_seed,
+    verify_item_id, AccessPolicy, Address, Amount, Block, BlockKind, BlockReceipt, Certificate,
+    ChainConfig, DoubleVote, Header, Input, IntervalRange, KeyCache, LbftParams, Message, Output,
+    Schedule, SignedTx, State, TimerKind, Tx, TxOutcome, TxPayload, Validator, Vote, VoteKind, CPC,
     PROTOCOL_VERSION,
 };
 use crypto_accel::{
-    verify_each, BatchVerifier, CpuBatchVerifier, CpuVerifierConfig, Hash, Keypair, MessageKind,
-    SigDomain, Signature, VerifyBatch, VerifyReport,
+    verify_each, BatchVerifier, CpuBatchVerifier, CpuVerifierConfig, DataId, Hash, Keypair,
+    MessageKind, SigDomain, Signature, VerifyBatch, VerifyReport,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -27,8 +31,19 @@ const PERIOD_MS: u64 = 1_000;
 const IMPEACH_TIMEOUT_MS: u64 = 1_000;
 const MAX_SKEW_MS: u64 = 250;
 const RESEND_MS: u64 = 300;
-/// The executor rejects a transfer of this amount (an "overspend").
+/// A transfer of this amount overspends any account, so the real executor rejects it.
 const POISON_AMOUNT: u128 = u128::MAX;
+/// Funded user keys that sign the transfers and data registrations in block bodies.
+const USERS: usize = 8;
+const USER_FUND: Amount = 1_000_000 * CPC;
+/// Proposers pay the fees of the evidence they submit.
+const PROPOSER_FUND: Amount = 1_000 * CPC;
+/// Validators get enough to join the RNode pool (so a punished double vote detains funds).
+const VALIDATOR_EXTRA: Amount = 1_000 * CPC;
+const TX_FEE: Amount = CPC / 1_000;
+/// Most RNode deposits and evidence transactions per block (bodies stay small).
+const MAX_DEPOSITS_PER_BLOCK: usize = 2;
+const MAX_EVIDENCE_PER_BLOCK: usize = 8;
 
 /// What one run produced.
 #[derive(Debug, Clone)]
@@ -51,6 +66,10 @@ pub struct Outcome {
     pub sig_checks: u64,
     /// Virtual time at the end.
     pub end_ms: u64,
+    /// Distinct (validator, height) double votes punished on the canonical chain.
+    pub punished: u64,
+    /// Signed transactions in canonical final blocks.
+    pub final_txs: u64,
     /// The run ended stalled at this height with honest commit-type votes split between the
     /// proposed and the impeach block (see the `lbft` module docs); not a safety failure.
     pub split_stall: Option<u64>,
@@ -101,7 +120,10 @@ struct Node {
     skew: i64,
     crashed: bool,
     timers: BTreeMap<TimerKind, u64>,
-    post_root: Hash,
+    /// The node's world state at its tip (every node that runs a machine keeps one).
+    state: Option<State>,
+    /// Double votes (validator, height) this node's state punished.
+    punished: BTreeSet<(Address, u64)>,
     /// Proposer: the height whose turn was last scheduled, and the block sent.
     turn_seen: u64,
     sent_block: Option<Block>,
@@ -149,6 +171,8 @@ struct World {
     trace: Hash,
     /// Canonical final blocks: number → (hash, kind, proposer, header).
     finals: BTreeMap<u64, (Hash, BlockKind, Address, Header)>,
+    /// Post-state roots on honest nodes: number → (block hash, root, first node).
+    roots: BTreeMap<u64, (Hash, Hash, usize)>,
     genesis: Header,
     genesis_root: Hash,
     violations: Vec<String>,
@@ -156,8 +180,15 @@ struct World {
     evidence: u64,
     delivered: u64,
     sig_checks: u64,
-    user: Keypair,
-    user_nonce: u64,
+    users: Vec<Keypair>,
+    vkeys: Vec<Keypair>,
+    keys_cache: KeyCache,
+    /// Evidence emitted by honest validators (one per validator and height), for proposers.
+    evidence_pool: Vec<DoubleVote>,
+    evidence_keys: BTreeSet<(Address, u64)>,
+    /// Double votes punished on the canonical chain: (validator, height) → block number.
+    punished: BTreeMap<(Address, u64), u64>,
+    final_txs: u64,
     byzantine_validators: BTreeSet<Address>,
     /// Equivocated blocks → the honest nodes that were sent them.
     equivocation: BTreeMap<Hash, BTreeSet<usize>>,
@@ -215,7 +246,19 @@ impl World {
             state_root: Hash::ZERO,
             seal: None,
         };
-        let genesis_root = Hash::domain("sim genesis state", &seed.to_le_bytes());
+        let users: Vec<Keypair> = (0..USERS).map(|i| key_for(seed, "sim user", i)).collect();
+        let mut balances: Vec<(Address, Amount)> = users
+            .iter()
+            .map(|k| (Address::of(&k.public()), USER_FUND))
+            .collect();
+        balances.extend(
+            validators
+                .iter()
+                .map(|a| (*a, cfg.rnode_min_deposit + VALIDATOR_EXTRA)),
+        );
+        balances.extend(proposers.iter().map(|a| (*a, PROPOSER_FUND)));
+        let genesis_state = State::genesis(&cfg, &balances);
+        let genesis_root = genesis_state.root();
         let params = LbftParams {
             resend_ms: RESEND_MS,
             ..LbftParams::default()
@@ -238,8 +281,10 @@ impl World {
                 schedule.clone(),
             ),
         };
-        let node = |role, machine, key, honest| Node {
+        let node = |role, machine: Option<Validator>, key, honest| Node {
             role,
+            state: machine.as_ref().map(|_| genesis_state.clone()),
+            punished: BTreeSet::new(),
             machine,
             key,
             honest,
@@ -248,7 +293,6 @@ impl World {
             skew: 0,
             crashed: false,
             timers: BTreeMap::new(),
-            post_root: genesis_root,
             turn_seen: 0,
             sent_block: None,
             voted: BTreeSet::new(),
@@ -285,6 +329,7 @@ impl World {
                 nd.vfault = Some(fault);
                 if matches!(fault, ValidatorFault::Forger | ValidatorFault::VoteAll) {
                     nd.machine = None;
+                    nd.state = None;
                 }
                 if fault == ValidatorFault::Twins {
                     let twin = node(
@@ -330,7 +375,6 @@ impl World {
                 dup.clamp(0.0, 1.0),
             ));
         }
-        let user = key_for(seed, "sim user", 0);
         let mut w = World {
             sc,
             n,
@@ -347,6 +391,7 @@ impl World {
             keys: BTreeMap::new(),
             trace: Hash::domain("sim trace", &seed.to_le_bytes()),
             finals: BTreeMap::new(),
+            roots: BTreeMap::new(),
             genesis,
             genesis_root,
             violations: Vec::new(),
@@ -354,8 +399,13 @@ impl World {
             evidence: 0,
             delivered: 0,
             sig_checks: 0,
-            user,
-            user_nonce: 0,
+            users,
+            vkeys,
+            keys_cache: KeyCache::new(NonZeroUsize::MIN.saturating_add(255)),
+            evidence_pool: Vec::new(),
+            evidence_keys: BTreeSet::new(),
+            punished: BTreeMap::new(),
+            final_txs: 0,
             byzantine_validators,
             equivocation: BTreeMap::new(),
             verbose: std::env::var("SIM_TRACE").is_ok(),
@@ -604,21 +654,20 @@ impl World {
                         follow.push(Input::Verified { req, report });
                     }
                     Output::Check { req, block } => {
-                        let ok = execute_ok(&block);
+                        let ok = self.check_body(node, &block);
                         follow.push(Input::Checked { req, ok });
                     }
                     Output::Insert(block, cert) => {
                         let number = block.header.number;
-                        let root = Hash::of_parts(&[
-                            self.nodes[node].post_root.as_bytes(),
-                            block.hash().as_bytes(),
-                        ]);
-                        self.nodes[node].post_root = root;
                         self.on_insert(node, &block, &cert);
-                        follow.push(Input::Executed {
-                            number,
-                            post_state_root: root,
-                        });
+                        // A node that cannot apply a final block stalls (and, if honest, the
+                        // checker has recorded why).
+                        if let Some(root) = self.execute(node, &block) {
+                            follow.push(Input::Executed {
+                                number,
+                                post_state_root: root,
+                            });
+                        }
                     }
                     Output::Evidence(dv) => self.on_evidence(node, &dv),
                 }
@@ -666,6 +715,9 @@ impl World {
         let (Some(kp), Some(root)) = (self.nodes[node].key.clone(), m.post_state_root()) else {
             return;
         };
+        if self.nodes[node].state.as_ref().map(State::root) != Some(root) {
+            return;
+        }
         let me = Address::of(&kp.public());
         let scheduled = m.proposer_for(number);
         let tip = m.tip().clone();
@@ -681,7 +733,7 @@ impl World {
         let fault = self.nodes[node].pfault;
         if scheduled != Some(me) {
             // WrongTurn: a block for someone else's height, sealed by us (or forged).
-            let txs = self.txs();
+            let txs = signed(self.body(node, None, false));
             let mut b = propose(&self.cfg, &kp, &tip, root, txs, local);
             if self.rng.gen_bool(0.5) {
                 if let Some(p) = scheduled {
@@ -695,20 +747,33 @@ impl World {
         match fault {
             Some(ProposerFault::Silent) => {}
             Some(ProposerFault::Equivocate) => {
-                let txs1 = self.txs();
+                // Two valid blocks: B2 is B1's body plus one more transaction.
+                let mut txs2 = self.body(node, None, false);
+                let extra = self.user_tx(node, &txs2);
+                let txs1 = signed(txs2.clone());
+                txs2.push(extra);
                 let b1 = propose(&self.cfg, &kp, &tip, root, txs1, local);
-                let mut txs2 = self.txs();
-                txs2.push(self.transfer(1));
-                let b2 = propose(&self.cfg, &kp, &tip, root, txs2, local);
+                let b2 = propose(&self.cfg, &kp, &tip, root, signed(txs2), local);
                 self.equivocate(node, b1, b2);
             }
             Some(ProposerFault::Invalid) => {
                 let variant = self.rng.gen_range(0..5u8);
-                let mut txs = self.txs();
+                let mut txs = self.body(node, None, false);
                 if variant == 4 {
-                    txs.push(self.transfer(POISON_AMOUNT));
+                    // A well-signed overspend with the right nonce: only execution rejects it.
+                    let to = Address([9; 32]);
+                    let poison = self.sign_tx(
+                        node,
+                        &txs,
+                        0,
+                        TxPayload::Transfer {
+                            to,
+                            amount: POISON_AMOUNT,
+                        },
+                    );
+                    txs.push(poison);
                 }
-                let mut b = propose(&self.cfg, &kp, &tip, root, txs, local);
+                let mut b = propose(&self.cfg, &kp, &tip, root, signed(txs), local);
                 match variant {
                     0 => b.header.seal = Some(random_sig(&mut self.rng)),
                     1 => {
@@ -729,7 +794,8 @@ impl World {
                 self.broadcast_from(node, Message::Proposal(b));
             }
             None | Some(ProposerFault::WrongTurn) => {
-                let txs = self.txs();
+                let honest = fault.is_none();
+                let txs = signed(self.body(node, None, honest));
                 let b = propose(&self.cfg, &kp, &tip, root, txs, local);
                 self.nodes[node].sent_block = Some(b.clone());
                 self.broadcast_from(node, Message::Proposal(b));
@@ -773,28 +839,349 @@ impl World {
         }
     }
 
-    fn txs(&mut self) -> Vec<Tx> {
-        let k = self.rng.gen_range(0..=2);
-        (0..k)
-            .map(|_| {
-                let amount = self.rng.gen_range(1..1_000u128);
-                self.transfer(amount)
-            })
-            .collect()
+    // ---- block bodies: real signed transactions ----
+
+    /// The next nonce of `a` on `node`'s state after the transactions of `body`.
+    fn nonce_after(&self, node: usize, body: &[SignedTx], a: &Address) -> u64 {
+        let base = self.nodes[node].state.as_ref().map_or(0, |s| s.nonce(a));
+        base + body.iter().filter(|t| t.from == *a).count() as u64
     }
 
-    fn transfer(&mut self, amount: u128) -> Tx {
-        self.user_nonce += 1;
-        Tx::Signed(SignedTx::sign(
-            &self.user,
-            self.cfg.chain_id,
-            self.user_nonce,
-            1,
+    /// A random user transaction (a transfer or a data registration) that applies after
+    /// `body` on `node`'s state.
+    fn user_tx(&mut self, node: usize, body: &[SignedTx]) -> SignedTx {
+        let i = self.rng.gen_range(0..self.users.len());
+        let payload = if self.rng.gen_bool(0.6) {
+            let j = self.rng.gen_range(0..=self.users.len());
+            let to = match self.users.get(j) {
+                Some(k) => Address::of(&k.public()),
+                None => Address([9; 32]),
+            };
             TxPayload::Transfer {
-                to: Address([9; 32]),
-                amount,
-            },
-        ))
+                to,
+                amount: self.rng.gen_range(1..1_000u128) * CPC,
+            }
+        } else {
+            let mut id = [0u8; 32];
+            self.rng.fill(&mut id[..]);
+            TxPayload::RegisterData {
+                id: DataId::from_bytes(id),
+                merkle_root: Hash::of(&id),
+                size: self.rng.gen_range(1..1u64 << 30),
+                k: 4,
+                m: 2,
+                intervals: IntervalRange { start: 0, end: 10 },
+                policy: if self.rng.gen_bool(0.5) {
+                    AccessPolicy::Public
+                } else {
+                    AccessPolicy::GrantBased
+                },
+            }
+        };
+        self.sign_tx(node, body, i, payload)
+    }
+
+    fn sign_tx(&self, node: usize, body: &[SignedTx], user: usize, payload: TxPayload) -> SignedTx {
+        let kp = &self.users[user];
+        let nonce = self.nonce_after(node, body, &Address::of(&kp.public()));
+        SignedTx::sign(kp, self.cfg.chain_id, nonce, TX_FEE, payload)
+    }
+
+    /// A body for the block after `node`'s tip: `k` transactions (the scenario's range when
+    /// `None`). An honest proposer (`evidence`) first submits every pooled double vote its
+    /// state has not punished; validators not yet in the RNode pool join it; users fill the
+    /// rest. `State::select_valid` drops anything that would not apply, so the body is valid
+    /// on the proposer's state.
+    fn body(&mut self, node: usize, k: Option<usize>, evidence: bool) -> Vec<SignedTx> {
+        let k = k.unwrap_or_else(|| {
+            let (lo, hi) = self.sc.txs_per_block;
+            self.rng.gen_range(lo..=hi.max(lo))
+        });
+        let Some(st) = self.nodes[node].state.as_ref() else {
+            return Vec::new();
+        };
+        let mut txs: Vec<SignedTx> = Vec::with_capacity(k + 2);
+        if let (true, Some(kp)) = (evidence, self.nodes[node].key.as_ref()) {
+            let me = Address::of(&kp.public());
+            let mut seen = BTreeSet::new();
+            for dv in &self.evidence_pool {
+                let key = (dv.a.validator, dv.a.number);
+                if txs.len() >= MAX_EVIDENCE_PER_BLOCK
+                    || st.equivocation(&key.0, key.1).is_some()
+                    || !seen.insert(key)
+                    || check_evidence(&self.cfg, dv).is_err()
+                {
+                    continue;
+                }
+                let nonce = st.nonce(&me) + txs.len() as u64;
+                txs.push(SignedTx::sign(
+                    kp,
+                    self.cfg.chain_id,
+                    nonce,
+                    TX_FEE,
+                    TxPayload::Evidence(Box::new(dv.clone())),
+                ));
+            }
+        }
+        let mut deposits = 0;
+        for vk in &self.vkeys {
+            let a = Address::of(&vk.public());
+            if deposits >= MAX_DEPOSITS_PER_BLOCK || txs.len() >= k {
+                break;
+            }
+            if st.rnode_deposit(&a) == 0 && st.nonce(&a) == 0 {
+                deposits += 1;
+                txs.push(SignedTx::sign(
+                    vk,
+                    self.cfg.chain_id,
+                    0,
+                    TX_FEE,
+                    TxPayload::RNodeDeposit {
+                        amount: self.cfg.rnode_min_deposit,
+                    },
+                ));
+            }
+        }
+        while txs.len() < k {
+            let t = self.user_tx(node, &txs);
+            txs.push(t);
+        }
+        let Some(m) = self.nodes[node].machine.as_ref() else {
+            return txs;
+        };
+        let term = term_of(&self.cfg, m.tip().number + 1);
+        let Some(st) = self.nodes[node].state.as_mut() else {
+            return txs;
+        };
+        let ok = st.select_valid(&self.cfg, term, &txs);
+        if ok.len() == txs.len() {
+            return txs;
+        }
+        ok.into_iter().map(|i| txs[i].clone()).collect()
+    }
+
+    // ---- the real state: body checks, execution and the state checks ----
+
+    /// `Output::Check`: the block's transaction and evidence signatures (through the verdict
+    /// cache), then `apply_block` on a copy of `node`'s state, which is at the parent.
+    fn check_body(&mut self, node: usize, block: &Block) -> bool {
+        if !self.body_sigs_ok(block) {
+            return false;
+        }
+        let Some(st) = self.nodes[node].state.as_ref() else {
+            return false;
+        };
+        let mut copy = st.clone();
+        copy.apply_block(&self.cfg, block).is_ok()
+    }
+
+    /// Every signature `State::push_signatures_cached` asks for, each verified once per run.
+    fn body_sigs_ok(&mut self, block: &Block) -> bool {
+        let mut batch = VerifyBatch::new();
+        if State::push_signatures_cached(block, self.cfg.chain_id, &mut batch, &mut self.keys_cache)
+            .is_err()
+        {
+            return false;
+        }
+        // Item ids in push order (sender, then the two evidence votes), as the machine makes
+        // them, so verdicts already cached from the proposal's seal check are reused.
+        let mut ids = Vec::with_capacity(batch.len());
+        for tx in &block.txs {
+            let Tx::Signed(t) = tx else { continue };
+            let mut signers = vec![(t.from, t.sig)];
+            if let TxPayload::Evidence(dv) = &t.payload {
+                signers.push((dv.a.validator, dv.a.sig));
+                signers.push((dv.b.validator, dv.b.sig));
+            }
+            for (a, sig) in signers {
+                if ids.len() >= batch.len() {
+                    return false;
+                }
+                ids.push(verify_item_id(&a.0, &sig, batch.message(ids.len())));
+            }
+        }
+        ids.len() == batch.len() && self.verify(&batch, &ids).all_valid()
+    }
+
+    /// `Output::Insert`: applies the final block to `node`'s state and returns the real
+    /// post-state root. On honest nodes, checks the receipt, supply and roots.
+    fn execute(&mut self, node: usize, block: &Block) -> Option<Hash> {
+        let mut st = self.nodes[node].state.take()?;
+        let hd = &block.header;
+        let before = (
+            st.minted(),
+            st.detained(),
+            st.balance(&hd.proposer),
+            st.total_supply(),
+        );
+        let honest = self.nodes[node].honest;
+        let r = match st.apply_block(&self.cfg, block) {
+            Ok(r) => r,
+            Err(e) => {
+                if honest {
+                    self.violations.push(format!(
+                        "STATE: node {node} cannot apply final block {}: {e}",
+                        hd.number
+                    ));
+                }
+                self.nodes[node].state = Some(st);
+                return None;
+            }
+        };
+        if honest {
+            self.check_receipt(node, &st, block, &r, before);
+        }
+        // The committee of the next term is recorded before its first block (the writes
+        // are committed with that block, so the root below is unchanged).
+        let next = hd.number + 1;
+        let tl = self.cfg.term_len().max(1);
+        if next % tl == 0 {
+            let term = next / tl;
+            let committee =
+                elect_committee(&self.cfg, &self.candidates, term_seed(block.hash(), term));
+            if let Err(e) = st.set_committee(term, &committee) {
+                self.violations
+                    .push(format!("STATE: node {node} set_committee({term}): {e}"));
+            }
+        }
+        let root = st.root();
+        self.nodes[node].state = Some(st);
+        if honest {
+            let hash = block.hash();
+            match self.roots.get(&hd.number) {
+                Some((h, r0, first)) if *r0 != root => {
+                    let same = if *h == hash {
+                        "the same block"
+                    } else {
+                        "another block"
+                    };
+                    self.violations.push(format!(
+                        "STATE: node {node} has root {root:?} at {}, node {first} {r0:?} ({same})",
+                        hd.number
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.roots.insert(hd.number, (hash, root, node));
+                }
+            }
+        }
+        Some(root)
+    }
+
+    /// Supply changes only by rewards; minted grows by exactly the block's maintenance
+    /// reward (+ basic rewards), never for impeach blocks; penalties and punishments are
+    /// recorded and detain exactly what they report; a double vote is punished once.
+    fn check_receipt(
+        &mut self,
+        node: usize,
+        st: &State,
+        block: &Block,
+        r: &BlockReceipt,
+        (minted0, detained0, proposer_bal0, supply0): (Amount, Amount, Amount, Amount),
+    ) {
+        let hd = &block.header;
+        let n = hd.number;
+        let mut bad = Vec::new();
+        let supply = st.total_supply();
+        if supply != st.genesis_supply() + st.minted() {
+            bad.push(format!(
+                "total supply {supply} != genesis {} + minted {}",
+                st.genesis_supply(),
+                st.minted()
+            ));
+        }
+        let want_reward = match hd.kind {
+            BlockKind::Normal => maintenance_reward(&self.cfg, n),
+            BlockKind::Impeach => 0,
+        };
+        if r.maintenance_reward != want_reward {
+            bad.push(format!(
+                "maintenance reward {} != {want_reward}",
+                r.maintenance_reward
+            ));
+        }
+        if st.minted() != minted0 + want_reward + r.basic_rewards {
+            bad.push(format!(
+                "minted grew by {}, block rewards {} + {}",
+                st.minted() - minted0,
+                want_reward,
+                r.basic_rewards
+            ));
+        }
+        if supply != supply0 + want_reward + r.basic_rewards {
+            bad.push(format!("supply grew by {}", supply.wrapping_sub(supply0)));
+        }
+        let mut detained = 0;
+        for (tx, o) in block.txs.iter().zip(&r.outcomes) {
+            match (tx, o) {
+                (
+                    Tx::Penalty { proposer, .. },
+                    TxOutcome::Penalized {
+                        proposer: p,
+                        detained: d,
+                    },
+                ) => {
+                    detained += d;
+                    if p != proposer || st.impeachment(p, n) != Some(*d) {
+                        bad.push(format!("impeachment of {p:?} not recorded"));
+                    }
+                }
+                (
+                    Tx::Signed(t),
+                    TxOutcome::Punished {
+                        validator,
+                        detained: d,
+                    },
+                ) => {
+                    detained += d;
+                    let TxPayload::Evidence(dv) = &t.payload else {
+                        bad.push("punishment without evidence".into());
+                        continue;
+                    };
+                    let key = (*validator, dv.a.number);
+                    if !self.byzantine_validators.contains(validator) {
+                        bad.push(format!("honest validator {validator:?} punished"));
+                    }
+                    if !self.nodes[node].punished.insert(key) {
+                        bad.push(format!("double vote {key:?} punished twice"));
+                    }
+                    match st.equivocation(validator, dv.a.number) {
+                        Some(e) if e.detained == *d && e.recorded_at == n => {}
+                        e => bad.push(format!("double vote {key:?} recorded as {e:?}")),
+                    }
+                    match self.punished.get(&key) {
+                        Some(h) if *h != n => bad.push(format!(
+                            "double vote {key:?} punished at {n}, elsewhere at {h}"
+                        )),
+                        Some(_) => {}
+                        None => {
+                            self.punished.insert(key, n);
+                        }
+                    }
+                }
+                (Tx::Penalty { .. }, o) => bad.push(format!("penalty outcome {o:?}")),
+                _ => {}
+            }
+        }
+        if r.outcomes.len() != block.txs.len() {
+            bad.push("one outcome per transaction".into());
+        }
+        if st.detained() != detained0 + detained {
+            bad.push(format!(
+                "detained grew by {}, outcomes say {detained}",
+                st.detained() - detained0
+            ));
+        }
+        if hd.kind == BlockKind::Impeach
+            && (st.balance(&hd.proposer) != proposer_bal0 || r.fees != 0)
+        {
+            bad.push("impeached proposer was paid".into());
+        }
+        for b in bad {
+            self.violations
+                .push(format!("STATE: node {node} block {n} ({:?}): {b}", hd.kind));
+        }
     }
 
     // ---- network ----
@@ -1122,6 +1509,9 @@ impl World {
             }
             Some(_) => {}
             None => {
+                if block.header.kind == BlockKind::Normal {
+                    self.final_txs += block.txs.len() as u64;
+                }
                 self.finals.insert(
                     number,
                     (
@@ -1163,6 +1553,10 @@ impl World {
                 "node {node}: evidence against honest validator {:?}",
                 a.validator
             ));
+        }
+        // Gossiped to the proposers, who submit it as an `Evidence` transaction.
+        if self.evidence_keys.insert((a.validator, a.number)) {
+            self.evidence_pool.push(dv.clone());
         }
     }
 
@@ -1259,7 +1653,26 @@ impl World {
                 self.violations
                     .push(format!("{impeach_blocks} impeach blocks on a calm network"));
             }
-            // Impeach blocks are exactly the deterministic construction.
+            // A double vote punished on the chain is recorded, at the same height, on every
+            // honest node that got there.
+            let mut missing = Vec::new();
+            for (&(v, number), &at) in &self.punished {
+                for i in self.watched() {
+                    let Some(st) = self.nodes[i].state.as_ref() else {
+                        continue;
+                    };
+                    if st.height() >= at
+                        && st.equivocation(&v, number).map(|e| e.recorded_at) != Some(at)
+                    {
+                        missing.push(format!(
+                            "STATE: node {i} lacks the punishment of {v:?} at {number} (block {at})"
+                        ));
+                    }
+                }
+            }
+            self.violations.extend(missing);
+            // Impeach blocks are exactly the deterministic construction (state root = the
+            // real post-state root of the parent).
             let mut root = self.genesis_root;
             let mut parent = self.genesis.clone();
             for (n, (h, k, _, hd)) in self.finals.clone() {
@@ -1275,7 +1688,10 @@ impl World {
                         }
                     }
                 }
-                root = Hash::of_parts(&[root.as_bytes(), h.as_bytes()]);
+                let Some((_, r, _)) = self.roots.get(&n) else {
+                    break;
+                };
+                root = *r;
                 parent = hd;
             }
         }
@@ -1290,18 +1706,14 @@ impl World {
             sig_checks: self.sig_checks,
             end_ms: self.now - T0,
             split_stall: split,
+            punished: self.punished.len() as u64,
+            final_txs: self.final_txs,
         }
     }
 }
 
-/// The simulated executor: a body applies unless it carries the poison transfer.
-fn execute_ok(block: &Block) -> bool {
-    block.txs.iter().all(|t| match t {
-        Tx::Signed(s) => {
-            !matches!(s.payload, TxPayload::Transfer { amount, .. } if amount == POISON_AMOUNT)
-        }
-        _ => false,
-    })
+fn signed(txs: Vec<SignedTx>) -> Vec<Tx> {
+    txs.into_iter().map(Tx::Signed).collect()
 }
 
 fn random_sig(rng: &mut ChaCha8Rng) -> Signature {
