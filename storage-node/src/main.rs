@@ -103,7 +103,7 @@ struct SealArgs {
     #[arg(short = 'm', long, default_value_t = 4)]
     parity_shards: u8,
     /// Plaintext bytes per block.
-    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
     block_size: u64,
     /// Blocks per encryption interval (each interval has its own key).
     #[arg(long, default_value_t = 64)]

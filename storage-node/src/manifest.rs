@@ -14,7 +14,7 @@ use crate::pipeline::{PipelineError, PipelineResult};
 
 const MANIFEST_MAGIC: &[u8; 4] = b"CPMF";
 const MANIFEST_VERSION: u8 = 1;
-/// Most blocks one manifest may list (4 MiB blocks: 64 TiB).
+/// Most blocks one manifest may list (1 MiB blocks: 16 TiB).
 pub const MAX_BLOCKS: usize = 1 << 24;
 /// Largest block size accepted.
 pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
