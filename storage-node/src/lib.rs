@@ -8,6 +8,7 @@
 mod manifest;
 mod pipeline;
 mod store;
+pub mod torture;
 
 pub use manifest::{BlockEntry, Manifest, ManifestDir, MAX_BLOCKS, MAX_BLOCK_SIZE};
 pub use pipeline::{

@@ -20,6 +20,7 @@ use crypto_accel::ChunkId;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use storage_node::torture::{chunk_bytes, chunk_id};
 use storage_node::{BackendChoice, ChunkStore, StoreConfig, StoreError};
 
 const KILLS_PER_BACKEND: usize = 50;
@@ -254,35 +255,4 @@ fn verify(store: &ChunkStore, model: &HashMap<ChunkId, Expect>, round: usize) {
         present,
         "round {round}: unexpected chunks in the store"
     );
-}
-
-/// Same as `chunk_id` in `src/bin/chunkstore_torture.rs`.
-fn chunk_id(seed: u64, i: u64) -> ChunkId {
-    ChunkId::of_parts(&[b"torture", &seed.to_le_bytes(), &i.to_le_bytes()])
-}
-
-/// Same as `chunk_bytes` in `src/bin/chunkstore_torture.rs`.
-fn chunk_bytes(seed: u64, i: u64, max: u32) -> Vec<u8> {
-    let r = mix(seed, i);
-    let bits = 1 + (r % u64::from(32 - max.leading_zeros()));
-    let len = (1 + (r >> 8) % (1u64 << bits)).min(u64::from(max));
-    let mut state = r;
-    let mut out = Vec::with_capacity(len as usize);
-    while (out.len() as u64) < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let word = splitmix(state).to_le_bytes();
-        let take = (len as usize - out.len()).min(8);
-        out.extend_from_slice(&word[..take]);
-    }
-    out
-}
-
-fn mix(seed: u64, i: u64) -> u64 {
-    splitmix(seed ^ splitmix(i.wrapping_add(0x5EED)))
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
