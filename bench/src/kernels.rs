@@ -27,7 +27,7 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
 fn size_name(n: usize) -> String {
-    if n >= MIB && n % MIB == 0 {
+    if n >= MIB && n.is_multiple_of(MIB) {
         format!("{} MiB", n / MIB)
     } else {
         format!("{} KiB", n / KIB)

@@ -430,7 +430,8 @@ impl ChainStore {
             hash,
             state_root: diff.root,
         };
-        let snapshot = self.cfg.snapshot_every != 0 && number % self.cfg.snapshot_every == 0;
+        let snapshot =
+            self.cfg.snapshot_every != 0 && number.is_multiple_of(self.cfg.snapshot_every);
         let wtx = self.begin_write()?;
         {
             let mut blocks = wtx.open_table(BLOCKS).map_err(io("open blocks table"))?;

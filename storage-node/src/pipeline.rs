@@ -536,7 +536,7 @@ impl KeyRing {
             )));
         }
         match &self.current {
-            Some(a) if index % self.interval_blocks != 0 => Ok(Arc::clone(a)),
+            Some(a) if !index.is_multiple_of(self.interval_blocks) => Ok(Arc::clone(a)),
             _ => {
                 let key = IntervalKey::generate()?;
                 let interval = self.wrapped.len() as u64;

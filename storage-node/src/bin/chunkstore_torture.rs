@@ -153,13 +153,13 @@ fn worker(
         }
         i += n * args.threads;
         let r = mix(args.seed ^ 0xde1e7e, i);
-        if r % 3 == 0 && !live.is_empty() {
+        if r.is_multiple_of(3) && !live.is_empty() {
             let victim = live.swap_remove((r / 3) as usize % live.len());
             say(format!("TRYDEL {victim}"))?;
             store.delete(&chunk_id(args.seed, victim))?;
             say(format!("DEL {victim}"))?;
         }
-        if t == 0 && r % 17 == 0 {
+        if t == 0 && r.is_multiple_of(17) {
             store.compact()?;
         }
     }
@@ -216,13 +216,13 @@ fn unsynced_worker(
             say(format!("ACK {j}"))?;
         }
         live.extend(written);
-        if r % 3 == 0 && !live.is_empty() {
+        if r.is_multiple_of(3) && !live.is_empty() {
             let victim = live.swap_remove((r / 3) as usize % live.len());
             say(format!("TRYDEL {victim}"))?;
             store.delete(&chunk_id(args.seed, victim))?;
             say(format!("DEL {victim}"))?;
         }
-        if t == 0 && r % 17 == 0 {
+        if t == 0 && r.is_multiple_of(17) {
             store.compact()?;
         }
     }

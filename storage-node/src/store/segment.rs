@@ -2,7 +2,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -112,21 +111,14 @@ impl DirLock {
     }
 }
 
-/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when someone else holds the lock. Locks belong to the
-/// open file description, so a second `open` in the same process conflicts too.
-#[allow(unsafe_code)]
+/// An exclusive, non-blocking lock (`flock` on Linux): `Ok(false)` when someone else holds
+/// it. Locks belong to the open file description, so a second `open` in the same process
+/// conflicts too.
 fn try_flock_exclusive(file: &File) -> io::Result<bool> {
-    // SAFETY: `flock` only reads the descriptor number, which `file` keeps open for the whole
-    // call; it touches no memory of ours.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

@@ -1035,7 +1035,7 @@ impl World {
         // are committed with that block, so the root below is unchanged).
         let next = hd.number + 1;
         let tl = self.cfg.term_len().max(1);
-        if next % tl == 0 {
+        if next.is_multiple_of(tl) {
             let term = next / tl;
             let committee =
                 elect_committee(&self.cfg, &self.candidates, term_seed(block.hash(), term));
