@@ -196,11 +196,20 @@ fn first_tick_sets_the_timers() {
         .collect();
     assert!(timers.contains(&(TimerKind::Resend, now + LbftParams::default().resend_ms)));
     // The height must be final by parent timestamp + period + impeach timeout.
-    assert!(timers.contains(&(TimerKind::Round { number: 1, round: 0 }, T0 + 1_000 + 2_000)));
+    assert!(timers.contains(&(
+        TimerKind::Round {
+            number: 1,
+            round: 0
+        },
+        T0 + 1_000 + 2_000
+    )));
     // A second tick sets nothing new; a stale timer is ignored.
     assert!(v.step(Input::Tick(now + 1)).is_empty());
     assert!(v
-        .step(Input::Timeout(TimerKind::Round { number: 7, round: 0 }))
+        .step(Input::Timeout(TimerKind::Round {
+            number: 7,
+            round: 0
+        }))
         .is_empty());
     assert_eq!(v.phase(), Phase::Idle);
 }
@@ -315,7 +324,13 @@ fn impeach_block_is_identical_everywhere_golden() {
     for i in 0..4 {
         let mut v = s.validator(i);
         assert_eq!(v.impeach_candidate().map(Block::hash), Some(want.hash()));
-        let outs = drive(&mut v, Input::Timeout(TimerKind::Round { number: 1, round: 0 }));
+        let outs = drive(
+            &mut v,
+            Input::Timeout(TimerKind::Round {
+                number: 1,
+                round: 0,
+            }),
+        );
         let ip = votes(&outs, VoteKind::ImpeachPrepare);
         assert_eq!(ip.len(), 1);
         assert_eq!(ip[0].block, want.hash());
@@ -352,7 +367,13 @@ fn impeach_committed_never_commits_and_committed_never_impeaches() {
     // Impeach-committed validator ignores a later P-certificate.
     let mut v = s.validator(0);
     let imp = v.impeach_candidate().map(Block::hash).unwrap();
-    drive(&mut v, Input::Timeout(TimerKind::Round { number: 1, round: 0 }));
+    drive(
+        &mut v,
+        Input::Timeout(TimerKind::Round {
+            number: 1,
+            round: 0,
+        }),
+    );
     for i in 1..=2 {
         drive(
             &mut v,
@@ -379,7 +400,13 @@ fn impeach_committed_never_commits_and_committed_never_impeaches() {
     assert_eq!(w.phase(), Phase::Commit);
     assert_eq!(w.locked(), Some((b.hash(), 0)));
     // Its round ends: round 1, where the lock makes it PREPARE the same block again.
-    let outs = drive(&mut w, Input::Timeout(TimerKind::Round { number: 1, round: 0 }));
+    let outs = drive(
+        &mut w,
+        Input::Timeout(TimerKind::Round {
+            number: 1,
+            round: 0,
+        }),
+    );
     assert!(votes(&outs, VoteKind::ImpeachPrepare).is_empty());
     let p = votes(&outs, VoteKind::Prepare);
     assert_eq!(p.len(), 1);
@@ -404,7 +431,13 @@ fn a_higher_p_certificate_unlocks_and_the_height_finishes() {
     assert_eq!(v.locked(), Some((b.hash(), 0)));
     // Rounds 1 and 2: the lock makes it PREPARE b again.
     for r in 0..2 {
-        let outs = drive(&mut v, Input::Timeout(TimerKind::Round { number: 1, round: r }));
+        let outs = drive(
+            &mut v,
+            Input::Timeout(TimerKind::Round {
+                number: 1,
+                round: r,
+            }),
+        );
         let p = votes(&outs, VoteKind::Prepare);
         assert_eq!((p[0].round, p[0].block), (r + 1, b.hash()));
     }
@@ -420,7 +453,13 @@ fn a_higher_p_certificate_unlocks_and_the_height_finishes() {
     assert_eq!(v.stats().evidence, 0);
     // Round 3: the round-1 P-certificate (round 1 ≥ lock round 0) switches it, and it is
     // relayed.
-    let outs = drive(&mut v, Input::Timeout(TimerKind::Round { number: 1, round: 2 }));
+    let outs = drive(
+        &mut v,
+        Input::Timeout(TimerKind::Round {
+            number: 1,
+            round: 2,
+        }),
+    );
     let ip = votes(&outs, VoteKind::ImpeachPrepare);
     assert_eq!(ip.len(), 1);
     assert_eq!((ip[0].round, ip[0].block), (3, imp));
@@ -457,10 +496,19 @@ fn prepare_types_conflict_within_a_round_only() {
     let b = s.block(0);
     let mut v = s.validator(0);
     let imp = v.impeach_candidate().map(Block::hash).unwrap();
-    drive(&mut v, Input::Vote(s.vote_in(1, VoteKind::Prepare, 0, b.hash())));
-    drive(&mut v, Input::Vote(s.vote_in(1, VoteKind::ImpeachPrepare, 1, imp)));
+    drive(
+        &mut v,
+        Input::Vote(s.vote_in(1, VoteKind::Prepare, 0, b.hash())),
+    );
+    drive(
+        &mut v,
+        Input::Vote(s.vote_in(1, VoteKind::ImpeachPrepare, 1, imp)),
+    );
     assert_eq!(v.stats().evidence, 0);
-    let outs = drive(&mut v, Input::Vote(s.vote_in(1, VoteKind::ImpeachPrepare, 0, imp)));
+    let outs = drive(
+        &mut v,
+        Input::Vote(s.vote_in(1, VoteKind::ImpeachPrepare, 0, imp)),
+    );
     assert_eq!(v.stats().evidence, 1);
     assert!(outs.iter().any(|o| matches!(o, Output::Evidence(_))));
 }

@@ -441,7 +441,9 @@ impl Validator {
 
     fn on_timeout(&mut self, kind: TimerKind, out: &mut Vec<Output>) {
         match kind {
-            TimerKind::Round { number, round } if number == self.height() && round == self.h.round => {
+            TimerKind::Round { number, round }
+                if number == self.height() && round == self.h.round =>
+            {
                 self.round_timeout(out);
             }
             TimerKind::Round { .. } => {}
@@ -971,7 +973,11 @@ impl Validator {
             // Round skip: f+1 validators (one honest at least) vote in a later round → join
             // the highest such round, so that drifted round timers cannot keep honest
             // validators apart.
-            let weak = self.validator_keys.len().saturating_sub(q).saturating_add(1);
+            let weak = self
+                .validator_keys
+                .len()
+                .saturating_sub(q)
+                .saturating_add(1);
             if let Some(r) = self.h.skip_target(weak) {
                 self.enter_round(r, out);
             }

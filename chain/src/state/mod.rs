@@ -217,12 +217,7 @@ impl State {
                     .validator
                     .public_key()
                     .map_err(|_| ChainError::BadSender { addr: v.validator })?;
-                batch.push(
-                    &pk,
-                    v.domain(chain_id),
-                    &v.message(),
-                    &v.sig,
-                );
+                batch.push(&pk, v.domain(chain_id), &v.message(), &v.sig);
             }
         }
         Ok(())

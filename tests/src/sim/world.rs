@@ -1541,11 +1541,7 @@ impl World {
             .iter()
             .map(|v| {
                 let d = v.domain(self.cfg.chain_id);
-                (
-                    v.validator,
-                    d.signed_bytes(&v.message()),
-                    v.sig,
-                )
+                (v.validator, d.signed_bytes(&v.message()), v.sig)
             })
             .collect();
         let valid = self.check_sigs(&items).is_ok_and(|r| r.all_valid());
