@@ -127,13 +127,14 @@ fn prepare(a: &ChainArgs) -> anyhow::Result<Prepared> {
         let mut sigs: Vec<_> = validators
             .iter()
             .map(|k| {
-                let v = Vote::sign(k, cfg.chain_id, VoteKind::Commit, number, hash);
+                let v = Vote::sign(k, cfg.chain_id, VoteKind::Commit, number, 0, hash);
                 (v.validator, v.sig)
             })
             .collect();
         sigs.sort_by_key(|(a, _)| *a);
         let cert = Certificate {
             number,
+            round: 0,
             block: hash,
             kind: VoteKind::Commit,
             sigs,

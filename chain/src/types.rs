@@ -209,6 +209,12 @@ pub enum VoteKind {
 }
 
 impl VoteKind {
+    /// Whether this is a prepare-type vote (PREPARE or IMPEACH PREPARE); the others are
+    /// commit-type. An honest validator sends at most one of each type per (height, round).
+    pub fn is_prepare_type(self) -> bool {
+        matches!(self, VoteKind::Prepare | VoteKind::ImpeachPrepare)
+    }
+
     /// The signature domain kind of this vote.
     pub fn message_kind(self) -> MessageKind {
         match self {
@@ -246,13 +252,15 @@ impl Decode for VoteKind {
     }
 }
 
-/// A validator's signed vote for one block at one height.
+/// A validator's signed vote for one block at one height and round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vote {
     /// Phase.
     pub kind: VoteKind,
     /// Height voted on.
     pub number: u64,
+    /// Round within the height (0 is LBFT 2.0's normal case).
+    pub round: u32,
     /// Header hash voted for.
     pub block: Hash,
     /// The voting validator.
@@ -263,23 +271,37 @@ pub struct Vote {
 
 impl Vote {
     /// The bytes a vote signs (the domain adds chain id and vote kind).
-    pub fn signed_message(number: u64, block: &Hash) -> [u8; 40] {
-        let mut m = [0u8; 40];
+    pub fn signed_message(number: u64, round: u32, block: &Hash) -> [u8; 44] {
+        let mut m = [0u8; 44];
         m[..8].copy_from_slice(&number.to_le_bytes());
-        m[8..].copy_from_slice(block.as_bytes());
+        m[8..12].copy_from_slice(&round.to_le_bytes());
+        m[12..].copy_from_slice(block.as_bytes());
         m
     }
 
     /// Makes and signs a vote.
-    pub fn sign(kp: &Keypair, chain_id: u32, kind: VoteKind, number: u64, block: Hash) -> Vote {
+    pub fn sign(
+        kp: &Keypair,
+        chain_id: u32,
+        kind: VoteKind,
+        number: u64,
+        round: u32,
+        block: Hash,
+    ) -> Vote {
         let d = SigDomain::new(chain_id, kind.message_kind());
         Vote {
             kind,
             number,
+            round,
             block,
             validator: Address::of(&kp.public()),
-            sig: kp.sign(d, &Vote::signed_message(number, &block)),
+            sig: kp.sign(d, &Vote::signed_message(number, round, &block)),
         }
+    }
+
+    /// The bytes this vote signs.
+    pub fn message(&self) -> [u8; 44] {
+        Vote::signed_message(self.number, self.round, &self.block)
     }
 
     /// The signature domain of this vote on `chain_id`.
@@ -292,6 +314,7 @@ impl Encode for Vote {
     fn encode(&self, out: &mut Vec<u8>) {
         self.kind.encode(out);
         self.number.encode(out);
+        self.round.encode(out);
         self.block.encode(out);
         self.validator.encode(out);
         self.sig.encode(out);
@@ -303,6 +326,7 @@ impl Decode for Vote {
         Ok(Vote {
             kind: VoteKind::decode(r)?,
             number: r.u64()?,
+            round: r.u32()?,
             block: Hash::decode(r)?,
             validator: Address::decode(r)?,
             sig: Signature::decode(r)?,
@@ -316,6 +340,8 @@ impl Decode for Vote {
 pub struct Certificate {
     /// Height.
     pub number: u64,
+    /// The round whose commit-type votes these are.
+    pub round: u32,
     /// Header hash.
     pub block: Hash,
     /// [`VoteKind::Commit`] or [`VoteKind::ImpeachCommit`].
@@ -327,6 +353,7 @@ pub struct Certificate {
 impl Encode for Certificate {
     fn encode(&self, out: &mut Vec<u8>) {
         self.number.encode(out);
+        self.round.encode(out);
         self.block.encode(out);
         self.kind.encode(out);
         (self.sigs.len() as u32).encode(out);
@@ -341,6 +368,7 @@ impl Decode for Certificate {
     fn decode(r: &mut Reader<'_>) -> CodecResult<Self> {
         Ok(Certificate {
             number: r.u64()?,
+            round: r.u32()?,
             block: Hash::decode(r)?,
             kind: VoteKind::decode(r)?,
             sigs: r.vec("certificate signatures", MAX_VALIDATORS, 96, |r| {
@@ -350,13 +378,13 @@ impl Decode for Certificate {
     }
 }
 
-/// Two conflicting signed votes of one kind from one validator at one height: proof of
-/// equivocation, recorded on chain and punished.
+/// Two conflicting signed votes of one type (prepare-type or commit-type) from one
+/// validator at one height and round: proof of equivocation, recorded on chain and punished.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoubleVote {
     /// The first vote.
     pub a: Vote,
-    /// The conflicting vote (same validator, kind and height; another block).
+    /// The conflicting vote (same validator, vote type, height and round; another block).
     pub b: Vote,
 }
 

@@ -94,7 +94,11 @@ impl Setup {
     }
 
     fn vote(&self, i: usize, kind: VoteKind, block: Hash) -> Vote {
-        Vote::sign(&self.keys[i], self.cfg.chain_id, kind, 1, block)
+        self.vote_in(i, kind, 0, block)
+    }
+
+    fn vote_in(&self, i: usize, kind: VoteKind, round: u32, block: Hash) -> Vote {
+        Vote::sign(&self.keys[i], self.cfg.chain_id, kind, 1, round, block)
     }
 
     fn cert(&self, signers: &[usize], kind: VoteKind, block: Hash) -> Certificate {
@@ -108,6 +112,7 @@ impl Setup {
         sigs.sort_by_key(|(a, _)| *a);
         Certificate {
             number: 1,
+            round: 0,
             block,
             kind,
             sigs,
@@ -191,11 +196,20 @@ fn first_tick_sets_the_timers() {
         .collect();
     assert!(timers.contains(&(TimerKind::Resend, now + LbftParams::default().resend_ms)));
     // The height must be final by parent timestamp + period + impeach timeout.
-    assert!(timers.contains(&(TimerKind::Impeach { number: 1 }, T0 + 1_000 + 2_000)));
+    assert!(timers.contains(&(
+        TimerKind::Round {
+            number: 1,
+            round: 0
+        },
+        T0 + 1_000 + 2_000
+    )));
     // A second tick sets nothing new; a stale timer is ignored.
     assert!(v.step(Input::Tick(now + 1)).is_empty());
     assert!(v
-        .step(Input::Timeout(TimerKind::Impeach { number: 7 }))
+        .step(Input::Timeout(TimerKind::Round {
+            number: 7,
+            round: 0
+        }))
         .is_empty());
     assert_eq!(v.phase(), Phase::Idle);
 }
@@ -218,7 +232,7 @@ fn quorum_is_exactly_2f_plus_1_distinct_validators() {
     .is_empty());
     assert!(drive(&mut v, Input::Vote(s.vote(1, VoteKind::Prepare, h))).is_empty());
     let outsider = Keypair::from_seed([99; 32]);
-    let ov = Vote::sign(&outsider, s.cfg.chain_id, VoteKind::Prepare, 1, h);
+    let ov = Vote::sign(&outsider, s.cfg.chain_id, VoteKind::Prepare, 1, 0, h);
     assert!(drive(&mut v, Input::Vote(ov)).is_empty());
     // A vote for another block does not count for this one.
     assert!(drive(
@@ -227,7 +241,7 @@ fn quorum_is_exactly_2f_plus_1_distinct_validators() {
     )
     .is_empty());
     // A vote signed for another chain fails verification.
-    let wrong_chain = Vote::sign(&s.keys[3], s.cfg.chain_id + 1, VoteKind::Prepare, 1, h);
+    let wrong_chain = Vote::sign(&s.keys[3], s.cfg.chain_id + 1, VoteKind::Prepare, 1, 0, h);
     assert!(drive(&mut v, Input::Vote(wrong_chain)).is_empty());
     assert_eq!(v.stats().non_validator, 1);
     assert_eq!(v.stats().bad_signature, 1);
@@ -310,7 +324,13 @@ fn impeach_block_is_identical_everywhere_golden() {
     for i in 0..4 {
         let mut v = s.validator(i);
         assert_eq!(v.impeach_candidate().map(Block::hash), Some(want.hash()));
-        let outs = drive(&mut v, Input::Timeout(TimerKind::Impeach { number: 1 }));
+        let outs = drive(
+            &mut v,
+            Input::Timeout(TimerKind::Round {
+                number: 1,
+                round: 0,
+            }),
+        );
         let ip = votes(&outs, VoteKind::ImpeachPrepare);
         assert_eq!(ip.len(), 1);
         assert_eq!(ip[0].block, want.hash());
@@ -347,7 +367,13 @@ fn impeach_committed_never_commits_and_committed_never_impeaches() {
     // Impeach-committed validator ignores a later P-certificate.
     let mut v = s.validator(0);
     let imp = v.impeach_candidate().map(Block::hash).unwrap();
-    drive(&mut v, Input::Timeout(TimerKind::Impeach { number: 1 }));
+    drive(
+        &mut v,
+        Input::Timeout(TimerKind::Round {
+            number: 1,
+            round: 0,
+        }),
+    );
     for i in 1..=2 {
         drive(
             &mut v,
@@ -372,9 +398,119 @@ fn impeach_committed_never_commits_and_committed_never_impeaches() {
         drive(&mut w, Input::Vote(s.vote(i, VoteKind::Prepare, b.hash())));
     }
     assert_eq!(w.phase(), Phase::Commit);
-    let outs = drive(&mut w, Input::Timeout(TimerKind::Impeach { number: 1 }));
+    assert_eq!(w.locked(), Some((b.hash(), 0)));
+    // Its round ends: round 1, where the lock makes it PREPARE the same block again.
+    let outs = drive(
+        &mut w,
+        Input::Timeout(TimerKind::Round {
+            number: 1,
+            round: 0,
+        }),
+    );
     assert!(votes(&outs, VoteKind::ImpeachPrepare).is_empty());
-    assert_eq!(w.phase(), Phase::Commit);
+    let p = votes(&outs, VoteKind::Prepare);
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].round, p[0].block), (1, b.hash()));
+    assert_eq!((w.round(), w.phase()), (1, Phase::Prepare));
+}
+
+/// The single-round split stall: a validator locked on the proposed block in round 0
+/// learns, only after round 1 ended, of a round-1 P-certificate for the impeach block. A
+/// P-certificate from a round at or above its lock round moves it in the next round, and
+/// 2f+1 commit-type votes of one round finalise with that round in the certificate.
+#[test]
+fn a_higher_p_certificate_unlocks_and_the_height_finishes() {
+    let s = setup(4);
+    let b = s.block(0);
+    let mut v = s.validator(0);
+    let imp = v.impeach_candidate().map(Block::hash).unwrap();
+    drive(&mut v, Input::Proposal(b.clone()));
+    for i in 1..=2 {
+        drive(&mut v, Input::Vote(s.vote(i, VoteKind::Prepare, b.hash())));
+    }
+    assert_eq!(v.locked(), Some((b.hash(), 0)));
+    // Rounds 1 and 2: the lock makes it PREPARE b again.
+    for r in 0..2 {
+        let outs = drive(
+            &mut v,
+            Input::Timeout(TimerKind::Round {
+                number: 1,
+                round: r,
+            }),
+        );
+        let p = votes(&outs, VoteKind::Prepare);
+        assert_eq!((p[0].round, p[0].block), (r + 1, b.hash()));
+    }
+    // The round-1 P-certificate for the impeach block arrives late: no vote in round 1.
+    let mut outs = Vec::new();
+    for i in 1..=3 {
+        outs.extend(drive(
+            &mut v,
+            Input::Vote(s.vote_in(i, VoteKind::ImpeachPrepare, 1, imp)),
+        ));
+    }
+    assert!(votes(&outs, VoteKind::ImpeachCommit).is_empty());
+    assert_eq!(v.stats().evidence, 0);
+    // Round 3: the round-1 P-certificate (round 1 ≥ lock round 0) switches it, and it is
+    // relayed.
+    let outs = drive(
+        &mut v,
+        Input::Timeout(TimerKind::Round {
+            number: 1,
+            round: 2,
+        }),
+    );
+    let ip = votes(&outs, VoteKind::ImpeachPrepare);
+    assert_eq!(ip.len(), 1);
+    assert_eq!((ip[0].round, ip[0].block), (3, imp));
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::Broadcast(Message::PCertificate(p)) if p.len() == 3)));
+    let mut outs = Vec::new();
+    for i in 1..=2 {
+        outs.extend(drive(
+            &mut v,
+            Input::Vote(s.vote_in(i, VoteKind::ImpeachPrepare, 3, imp)),
+        ));
+    }
+    assert_eq!(votes(&outs, VoteKind::ImpeachCommit).len(), 1);
+    assert_eq!(v.locked(), Some((imp, 3)));
+    let mut outs = Vec::new();
+    for i in 1..=2 {
+        outs.extend(drive(
+            &mut v,
+            Input::Vote(s.vote_in(i, VoteKind::ImpeachCommit, 3, imp)),
+        ));
+    }
+    let ins = inserts(&outs);
+    assert_eq!(ins.len(), 1);
+    assert_eq!(ins[0].0.hash(), imp);
+    assert_eq!(ins[0].1.round, 3);
+}
+
+/// PREPARE and IMPEACH PREPARE of one validator in one round are a double vote; in two
+/// rounds they are not.
+#[test]
+fn prepare_types_conflict_within_a_round_only() {
+    let s = setup(4);
+    let b = s.block(0);
+    let mut v = s.validator(0);
+    let imp = v.impeach_candidate().map(Block::hash).unwrap();
+    drive(
+        &mut v,
+        Input::Vote(s.vote_in(1, VoteKind::Prepare, 0, b.hash())),
+    );
+    drive(
+        &mut v,
+        Input::Vote(s.vote_in(1, VoteKind::ImpeachPrepare, 1, imp)),
+    );
+    assert_eq!(v.stats().evidence, 0);
+    let outs = drive(
+        &mut v,
+        Input::Vote(s.vote_in(1, VoteKind::ImpeachPrepare, 0, imp)),
+    );
+    assert_eq!(v.stats().evidence, 1);
+    assert!(outs.iter().any(|o| matches!(o, Output::Evidence(_))));
 }
 
 #[test]
@@ -420,14 +556,18 @@ fn double_vote_is_evidence() {
     assert_eq!(ev.len(), 1);
     assert_eq!((ev[0].a.block, ev[0].b.block), (x, y));
     assert_eq!(ev[0].a.validator, ev[0].b.validator);
-    // Reported once; a PREPARE and an IMPEACH PREPARE of one validator are not a double vote.
+    // Reported once; a PREPARE and an IMPEACH PREPARE of one validator in two rounds are
+    // not a double vote.
     let outs = drive(
         &mut v,
         Input::Vote(s.vote(2, VoteKind::Commit, Hash::of(b"z"))),
     );
     assert!(!outs.iter().any(|o| matches!(o, Output::Evidence(_))));
     drive(&mut v, Input::Vote(s.vote(3, VoteKind::Prepare, x)));
-    let outs = drive(&mut v, Input::Vote(s.vote(3, VoteKind::ImpeachPrepare, y)));
+    let outs = drive(
+        &mut v,
+        Input::Vote(s.vote_in(3, VoteKind::ImpeachPrepare, 1, y)),
+    );
     assert!(!outs.iter().any(|o| matches!(o, Output::Evidence(_))));
     assert_eq!(v.stats().evidence, 1);
 }
@@ -484,6 +624,7 @@ fn future_messages_are_buffered_within_the_window_only() {
         s.cfg.chain_id,
         VoteKind::Prepare,
         2,
+        0,
         Hash::of(b"n"),
     );
     let far = Vote::sign(
@@ -491,6 +632,7 @@ fn future_messages_are_buffered_within_the_window_only() {
         s.cfg.chain_id,
         VoteKind::Prepare,
         2 + window,
+        0,
         Hash::of(b"f"),
     );
     assert!(drive(&mut v, Input::Vote(near)).is_empty());

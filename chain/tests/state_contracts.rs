@@ -911,8 +911,8 @@ fn private_trade_dispute_cancel_and_delist() {
 
 fn double_vote(v: &Keypair, number: u64, a: Hash, b: Hash) -> DoubleVote {
     DoubleVote {
-        a: Vote::sign(v, 7, VoteKind::Prepare, number, a),
-        b: Vote::sign(v, 7, VoteKind::Prepare, number, b),
+        a: Vote::sign(v, 7, VoteKind::Prepare, number, 0, a),
+        b: Vote::sign(v, 7, VoteKind::Prepare, number, 0, b),
     }
 }
 
@@ -975,7 +975,7 @@ fn double_vote_evidence_punishes_once() {
         },
     );
     let mut kinds = double_vote(&v, 6, h1, h2);
-    kinds.b = Vote::sign(&v, 7, VoteKind::Commit, 6, h2);
+    kinds.b = Vote::sign(&v, 7, VoteKind::Commit, 6, 0, h2);
     c.rejects(
         &reporter,
         TxPayload::Evidence(Box::new(kinds)),
@@ -984,7 +984,7 @@ fn double_vote_evidence_punishes_once() {
         },
     );
     let mut heights = double_vote(&v, 6, h1, h2);
-    heights.b = Vote::sign(&v, 7, VoteKind::Prepare, 7, h2);
+    heights.b = Vote::sign(&v, 7, VoteKind::Prepare, 7, 0, h2);
     c.rejects(
         &reporter,
         TxPayload::Evidence(Box::new(heights)),
@@ -992,8 +992,17 @@ fn double_vote_evidence_punishes_once() {
             reason: "votes at different heights",
         },
     );
+    let mut rounds = double_vote(&v, 6, h1, h2);
+    rounds.b = Vote::sign(&v, 7, VoteKind::Prepare, 6, 1, h2);
+    c.rejects(
+        &reporter,
+        TxPayload::Evidence(Box::new(rounds)),
+        ChainError::BadEvidence {
+            reason: "votes in different rounds",
+        },
+    );
     let mut two = double_vote(&v, 6, h1, h2);
-    two.b = Vote::sign(&c.validators[1], 7, VoteKind::Prepare, 6, h2);
+    two.b = Vote::sign(&c.validators[1], 7, VoteKind::Prepare, 6, 0, h2);
     c.rejects(
         &reporter,
         TxPayload::Evidence(Box::new(two)),
@@ -1011,7 +1020,7 @@ fn double_vote_evidence_punishes_once() {
     );
     // Forged: the second vote's signature is by another key; the batch catches it.
     let mut forged = double_vote(&v, 6, h1, h2);
-    forged.b.sig = Vote::sign(&c.validators[1], 7, VoteKind::Prepare, 6, h2).sig;
+    forged.b.sig = Vote::sign(&c.validators[1], 7, VoteKind::Prepare, 6, 0, h2).sig;
     let t = c.tx(&reporter, TxPayload::Evidence(Box::new(forged)));
     let b = c.block(vec![t]);
     let mut batch = VerifyBatch::new();

@@ -132,6 +132,7 @@ fn arb_vote() -> impl Strategy<Value = Vote> {
             Vote {
                 kind,
                 number: n,
+                round: (n % 5) as u32,
                 block: b,
                 validator: v,
                 sig: Signature(sig),

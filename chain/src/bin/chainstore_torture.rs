@@ -199,13 +199,14 @@ pub fn next_block(s: &Setup, seed: u64, state: &State) -> (Block, Certificate) {
         .validators
         .iter()
         .map(|k| {
-            let v = Vote::sign(k, chain_id, VoteKind::Commit, number, hash);
+            let v = Vote::sign(k, chain_id, VoteKind::Commit, number, 0, hash);
             (v.validator, v.sig)
         })
         .collect();
     sigs.sort_by_key(|(a, _)| *a);
     let cert = Certificate {
         number,
+        round: 0,
         block: hash,
         kind: VoteKind::Commit,
         sigs,

@@ -31,30 +31,53 @@ enum Pending {
     Validate { block: Block, cert: Certificate },
 }
 
+/// Vote type: prepare-type (PREPARE, IMPEACH PREPARE) or commit-type (COMMIT, IMPEACH
+/// COMMIT). An honest validator sends at most one vote of each type per (height, round).
+type Class = u8;
+const PREPARE_TYPE: Class = 0;
+const COMMIT_TYPE: Class = 1;
+
+fn class_of(kind: VoteKind) -> Class {
+    if kind.is_prepare_type() {
+        PREPARE_TYPE
+    } else {
+        COMMIT_TYPE
+    }
+}
+
+/// Votes are keyed by (round, type, validator, block).
+type VoteKey = (u32, Class, Address, Hash);
+
 /// Everything that is reset when a height becomes final.
 #[derive(Debug, Clone)]
 struct Height {
+    /// The current round (0: LBFT 2.0's normal case).
+    round: u32,
+    /// The phase within the current round.
     phase: Phase,
-    /// Impeachment was due before the parent's post-state root was known.
-    impeach_due: bool,
+    /// A round timer expired before the parent's post-state root (hence the impeach
+    /// block) was known.
+    timeout_due: bool,
     /// The impeach block of this height (needs the parent's post-state root).
     impeach: Option<(Hash, Block)>,
     /// Bodies of validly sealed and checked proposals at this height.
     blocks: BTreeMap<Hash, Block>,
-    /// The block this validator PREPAREd (at most one per height).
+    /// The value this validator sent its prepare-type vote for in the current round.
     prepared: Option<Hash>,
+    /// The value of this validator's last commit-type vote and its round (the lock).
+    locked: Option<(Hash, u32)>,
     /// Proposals already taken in (checked or in flight).
     proposals_seen: BTreeSet<Hash>,
     /// VALIDATEs in flight, by block hash.
     validates_seen: BTreeSet<Hash>,
-    /// Verified votes by (kind, validator, block). An equivocator's conflicting votes are
-    /// all kept (bounded): each is a genuine signature and may complete a certificate; the
-    /// one-commit-type-vote rule of honest validators is what safety rests on.
-    votes: BTreeMap<(VoteKind, Address, Hash), Vote>,
+    /// Verified votes. An equivocator's conflicting votes are all kept (bounded): each is a
+    /// genuine signature and may complete a certificate; the one-vote-per-type-per-round
+    /// rule of honest validators is what safety rests on.
+    votes: BTreeMap<VoteKey, Vote>,
     /// Votes being verified.
-    votes_in_flight: BTreeSet<(VoteKind, Address, Hash)>,
-    /// (kind, validator) pairs already reported as double votes.
-    evidence: BTreeSet<(VoteKind, Address)>,
+    votes_in_flight: BTreeSet<VoteKey>,
+    /// (round, type, validator) triples already reported as double votes.
+    evidence: BTreeSet<(u32, Class, Address)>,
     /// This validator's own votes, for retransmission.
     mine: Vec<Vote>,
 }
@@ -62,11 +85,13 @@ struct Height {
 impl Height {
     fn new() -> Self {
         Height {
+            round: 0,
             phase: Phase::Idle,
-            impeach_due: false,
+            timeout_due: false,
             impeach: None,
             blocks: BTreeMap::new(),
             prepared: None,
+            locked: None,
             proposals_seen: BTreeSet::new(),
             validates_seen: BTreeSet::new(),
             votes: BTreeMap::new(),
@@ -76,21 +101,41 @@ impl Height {
         }
     }
 
-    /// Distinct validators with a verified `kind` vote for `block`.
-    fn tally(&self, kind: VoteKind, block: &Hash) -> usize {
-        self.of_kind(kind).filter(|v| v.block == *block).count()
+    fn impeach_hash(&self) -> Option<Hash> {
+        self.impeach.as_ref().map(|(h, _)| *h)
     }
 
-    fn of_kind(&self, kind: VoteKind) -> impl Iterator<Item = &Vote> + '_ {
-        let lo = (kind, Address([0; 32]), Hash([0; 32]));
-        let hi = (kind, Address([0xff; 32]), Hash([0xff; 32]));
-        self.votes.range(lo..=hi).map(|(_, v)| v)
+    /// The vote kind of type `class` that counts for `block`: the impeach pair for the
+    /// impeach block, PREPARE / COMMIT for any other.
+    fn kind_for(&self, class: Class, block: &Hash) -> VoteKind {
+        let impeach = self.impeach_hash() == Some(*block);
+        match (class, impeach) {
+            (PREPARE_TYPE, false) => VoteKind::Prepare,
+            (PREPARE_TYPE, true) => VoteKind::ImpeachPrepare,
+            (_, false) => VoteKind::Commit,
+            (_, true) => VoteKind::ImpeachCommit,
+        }
     }
 
-    /// Votes of `validator` of `kind` (one per distinct block).
-    fn of_validator(&self, kind: VoteKind, validator: Address) -> impl Iterator<Item = &Vote> + '_ {
-        let lo = (kind, validator, Hash([0; 32]));
-        let hi = (kind, validator, Hash([0xff; 32]));
+    /// Verified votes of type `class` in `round` whose kind matches their block.
+    fn of_class(&self, round: u32, class: Class) -> impl Iterator<Item = &Vote> + '_ {
+        let lo = (round, class, Address([0; 32]), Hash([0; 32]));
+        let hi = (round, class, Address([0xff; 32]), Hash([0xff; 32]));
+        self.votes
+            .range(lo..=hi)
+            .map(|(_, v)| v)
+            .filter(move |v| v.kind == self.kind_for(class, &v.block))
+    }
+
+    /// Votes of `validator` of type `class` in `round` (one per distinct block).
+    fn of_validator(
+        &self,
+        round: u32,
+        class: Class,
+        validator: Address,
+    ) -> impl Iterator<Item = &Vote> + '_ {
+        let lo = (round, class, validator, Hash([0; 32]));
+        let hi = (round, class, validator, Hash([0xff; 32]));
         self.votes.range(lo..=hi).map(|(_, v)| v)
     }
 
@@ -99,26 +144,57 @@ impl Height {
     fn relevant(&self, block: &Hash) -> bool {
         self.blocks.contains_key(block)
             || self.proposals_seen.contains(block)
-            || self.impeach.as_ref().map(|(h, _)| h) == Some(block)
+            || self.impeach_hash() == Some(*block)
             || self.votes.values().any(|v| v.block == *block)
     }
 
-    /// A block with at least `q` verified `kind` votes (the smallest hash if several, which
-    /// only byzantine quorums can produce).
-    fn quorum_block(&self, kind: VoteKind, q: usize) -> Option<Hash> {
+    /// A value with at least `q` verified `class` votes in `round` (the smallest hash if
+    /// several, which only byzantine quorums can produce).
+    fn quorum_value(&self, round: u32, class: Class, q: usize) -> Option<Hash> {
         let mut count: BTreeMap<Hash, usize> = BTreeMap::new();
-        for v in self.of_kind(kind) {
+        for v in self.of_class(round, class) {
             *count.entry(v.block).or_insert(0) += 1;
         }
         count.into_iter().find(|(_, c)| *c >= q).map(|(h, _)| h)
     }
 
-    /// The verified `kind` votes for `block`, sorted by validator.
-    fn votes_for(&self, kind: VoteKind, block: &Hash) -> Vec<Vote> {
-        self.of_kind(kind)
+    /// The verified `class` votes for `block` in `round`, sorted by validator.
+    fn votes_for(&self, round: u32, class: Class, block: &Hash) -> Vec<Vote> {
+        self.of_class(round, class)
             .filter(|v| v.block == *block)
             .cloned()
             .collect()
+    }
+
+    /// Rounds with at least one verified vote, ascending.
+    fn rounds(&self) -> BTreeSet<u32> {
+        self.votes.keys().map(|k| k.0).collect()
+    }
+
+    /// The P-certificate (2f+1 prepare-type votes for one value in one round) of the
+    /// highest round below `below`.
+    fn highest_pcert(&self, below: u32, q: usize) -> Option<(u32, Hash)> {
+        self.rounds()
+            .into_iter()
+            .rev()
+            .filter(|r| *r < below)
+            .find_map(|r| self.quorum_value(r, PREPARE_TYPE, q).map(|x| (r, x)))
+    }
+
+    /// The highest round above the current one in which at least `weak` distinct
+    /// validators voted.
+    fn skip_target(&self, weak: usize) -> Option<u32> {
+        let mut voters: BTreeMap<u32, BTreeSet<Address>> = BTreeMap::new();
+        for (r, _, a, _) in self.votes.keys() {
+            if *r > self.round {
+                voters.entry(*r).or_default().insert(*a);
+            }
+        }
+        voters
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.len() >= weak)
+            .map(|(r, _)| r)
     }
 }
 
@@ -226,9 +302,20 @@ impl Validator {
         self.tip.number.saturating_add(1)
     }
 
-    /// The state at the current height.
+    /// The state in the current round of the current height.
     pub fn phase(&self) -> Phase {
         self.h.phase
+    }
+
+    /// The current round of the current height.
+    pub fn round(&self) -> u32 {
+        self.h.round
+    }
+
+    /// The lock: the value of this validator's last commit-type vote at this height and
+    /// its round.
+    pub fn locked(&self) -> Option<(Hash, u32)> {
+        self.h.locked
     }
 
     /// The last final header.
@@ -283,6 +370,7 @@ impl Validator {
             Input::Tick(now) => self.on_tick(now, out),
             Input::Proposal(b) => self.on_proposal(b, out),
             Input::Vote(v) => self.on_vote(v, out),
+            Input::PCertificate(votes) => self.on_pcertificate(votes, out),
             Input::Validate(b, c) => self.on_validate(b, c, out),
             Input::Sync { number } => self.reply_sync(number, out),
             Input::Timeout(kind) => self.on_timeout(kind, out),
@@ -314,9 +402,9 @@ impl Validator {
         }
     }
 
-    /// LBFT2 abnormal cases 1, 3, 5: one deadline per height for block, P- and
-    /// C-certificate. It counts from the parent's timestamp + period, or from now when the
-    /// height starts late (after a stall), so proposers always get a full timeout.
+    /// LBFT2 abnormal cases 1, 3, 5: round 0's deadline for block, P- and C-certificate.
+    /// It counts from the parent's timestamp + period, or from now when the height starts
+    /// late (after a stall), so proposers always get a full timeout.
     fn arm_height_timer(&mut self, out: &mut Vec<Output>) {
         if !self.is_validator() {
             return;
@@ -327,20 +415,38 @@ impl Validator {
             .saturating_add(self.cfg.period_ms)
             .max(self.now);
         out.push(Output::SetTimer {
-            kind: TimerKind::Impeach {
+            kind: TimerKind::Round {
                 number: self.height(),
+                round: 0,
             },
             at_ms: start.saturating_add(self.cfg.impeach_timeout_ms),
         });
     }
 
+    /// The deadline of round `round` ≥ 1, from now: timeout · (1 + round), so that rounds
+    /// eventually last long enough for any (finite) message delay after a partition heals.
+    fn arm_round_timer(&mut self, round: u32, out: &mut Vec<Output>) {
+        let len = self
+            .cfg
+            .impeach_timeout_ms
+            .saturating_mul(u64::from(round).saturating_add(1));
+        out.push(Output::SetTimer {
+            kind: TimerKind::Round {
+                number: self.height(),
+                round,
+            },
+            at_ms: self.now.saturating_add(len),
+        });
+    }
+
     fn on_timeout(&mut self, kind: TimerKind, out: &mut Vec<Output>) {
         match kind {
-            // LBFT2 abnormal cases 1/3/5: no block, P- or C-certificate in time → impeach.
-            TimerKind::Impeach { number } if number == self.height() => {
-                self.start_impeachment(out);
+            TimerKind::Round { number, round }
+                if number == self.height() && round == self.h.round =>
+            {
+                self.round_timeout(out);
             }
-            TimerKind::Impeach { .. } => {}
+            TimerKind::Round { .. } => {}
             TimerKind::Resend => {
                 out.push(Output::SetTimer {
                     kind: TimerKind::Resend,
@@ -365,8 +471,87 @@ impl Validator {
         }
     }
 
-    /// Retransmission of a stalled height: a sync request, own votes, the prepared block,
-    /// and any P-certificate held (so peers that missed it can commit).
+    /// The current round's timer expired without a final block.
+    fn round_timeout(&mut self, out: &mut Vec<Output>) {
+        if !self.is_validator() {
+            return;
+        }
+        let Some(i) = self.h.impeach_hash() else {
+            self.h.timeout_due = true;
+            return;
+        };
+        if self.h.round == 0 && self.h.phase == Phase::Idle {
+            // LBFT2 abnormal case 1: no valid block in time → IMPEACH PREPARE in round 0
+            // (this validator prepared nothing in it), and give round 0 one more timeout.
+            self.prepare(i, out);
+            let at_ms = self.now.saturating_add(self.cfg.impeach_timeout_ms);
+            out.push(Output::SetTimer {
+                kind: TimerKind::Round {
+                    number: self.height(),
+                    round: 0,
+                },
+                at_ms,
+            });
+            self.advance(out);
+            return;
+        }
+        // LBFT2 abnormal cases 3/5 (no P- or C-certificate in time): next round.
+        let next = self.h.round.saturating_add(1);
+        self.enter_round(next, out);
+        self.advance(out);
+    }
+
+    /// Moves to round `round` (above the current one) and sends its prepare-type vote: for
+    /// the locked value, unless a P-certificate for another value from a round in
+    /// [locked round, round) is known; unlocked, for the value of the highest P-certificate
+    /// known, else for the impeach block (timeouts favour impeachment, as in LBFT 2.0). The
+    /// P-certificate that justifies the choice is broadcast so peers can adopt it.
+    fn enter_round(&mut self, round: u32, out: &mut Vec<Output>) {
+        let Some(i) = self.h.impeach_hash() else {
+            self.h.timeout_due = true;
+            return;
+        };
+        if round <= self.h.round {
+            return;
+        }
+        self.h.round = round;
+        self.h.phase = Phase::Idle;
+        self.h.prepared = None;
+        self.arm_round_timer(round, out);
+        let q = self.quorum();
+        let best = self.h.highest_pcert(round, q);
+        if let Some((vr, x)) = best {
+            let votes = self.h.votes_for(vr, PREPARE_TYPE, &x);
+            out.push(Output::Broadcast(Message::PCertificate(votes)));
+        }
+        let value = match (self.h.locked, best) {
+            (Some((x, lr)), Some((vr, y))) if y != x && vr >= lr => y,
+            (Some((x, _)), _) => x,
+            (None, Some((_, y))) => y,
+            (None, None) => i,
+        };
+        self.prepare(value, out);
+    }
+
+    /// Sends this round's prepare-type vote for `value` (at most one per round).
+    fn prepare(&mut self, value: Hash, out: &mut Vec<Output>) {
+        if self.h.prepared.is_some() {
+            return;
+        }
+        let kind = self.h.kind_for(PREPARE_TYPE, &value);
+        self.h.prepared = Some(value);
+        self.h.phase = if kind == VoteKind::ImpeachPrepare {
+            self.stats.impeachments += 1;
+            Phase::ImpeachPrepare
+        } else {
+            Phase::Prepare
+        };
+        self.cast(kind, value, out);
+    }
+
+    /// Retransmission of a stalled height: a sync request, own votes, the body of the
+    /// locked or prepared block, and the highest P-certificate held (so peers that missed
+    /// it can commit or unlock).
     fn resend(&mut self, due: u64, out: &mut Vec<Output>) {
         // Past the impeach timeout without a final block we may simply be behind.
         if self.now >= due.saturating_add(self.cfg.impeach_timeout_ms) {
@@ -377,30 +562,21 @@ impl Validator {
         if !self.is_validator() {
             return;
         }
-        // Once impeaching, only the impeachment's votes are repeated: re-sending a stale
-        // PREPARE would only help a competing P-certificate form after a partition heals.
-        let impeaching = matches!(self.h.phase, Phase::ImpeachPrepare | Phase::ImpeachCommit);
-        if !impeaching {
-            if let Some(b) = self.h.prepared.and_then(|p| self.h.blocks.get(&p)) {
+        let mut bodies: BTreeSet<Hash> = BTreeSet::new();
+        bodies.extend(self.h.locked.map(|(x, _)| x));
+        bodies.extend(self.h.prepared);
+        for b in bodies {
+            if let Some(b) = self.h.blocks.get(&b) {
                 out.push(Output::Broadcast(Message::Proposal(b.clone())));
             }
         }
         let q = self.quorum();
-        let kind = if impeaching {
-            VoteKind::ImpeachPrepare
-        } else {
-            VoteKind::Prepare
-        };
-        if let Some(x) = self.h.quorum_block(kind, q) {
-            for v in self.h.votes_for(kind, &x) {
-                out.push(Output::Broadcast(Message::Vote(v)));
-            }
+        if let Some((vr, x)) = self.h.highest_pcert(self.h.round.saturating_add(1), q) {
+            let votes = self.h.votes_for(vr, PREPARE_TYPE, &x);
+            out.push(Output::Broadcast(Message::PCertificate(votes)));
         }
         for v in &self.h.mine {
-            let normal = matches!(v.kind, VoteKind::Prepare | VoteKind::Commit);
-            if !(impeaching && normal) {
-                out.push(Output::Broadcast(Message::Vote(v.clone())));
-            }
+            out.push(Output::Broadcast(Message::Vote(v.clone())));
         }
     }
 
@@ -641,21 +817,23 @@ impl Validator {
         }
         let hash = block.hash();
         self.h.blocks.insert(hash, block);
-        if self.h.phase == Phase::Idle {
-            // LBFT2 normal case step 3: the block checks out → PREPARE (once per height).
-            self.h.prepared = Some(hash);
-            self.h.phase = Phase::Prepare;
-            self.cast(VoteKind::Prepare, hash, out);
+        if self.h.round == 0 && self.h.phase == Phase::Idle {
+            // LBFT2 normal case step 3: the block checks out → PREPARE (round 0 only).
+            self.prepare(hash, out);
         }
         self.advance(out);
     }
 
-    /// LBFT2 abnormal case 2: the scheduled proposer sealed an illicit block → impeach
-    /// (only before preparing another block of this height; afterwards the timer decides).
+    /// LBFT2 abnormal case 2: the scheduled proposer sealed an illicit block → IMPEACH
+    /// PREPARE in round 0 (only before preparing another block; afterwards the timer
+    /// decides).
     fn illicit_block(&mut self, out: &mut Vec<Output>) {
         self.stats.illicit += 1;
-        if self.h.phase == Phase::Idle {
-            self.start_impeachment(out);
+        if self.is_validator() && self.h.round == 0 && self.h.phase == Phase::Idle {
+            if let Some(i) = self.h.impeach_hash() {
+                self.prepare(i, out);
+                self.advance(out);
+            }
         }
     }
 
@@ -665,8 +843,11 @@ impl Validator {
         let (Some(kp), Some(addr)) = (&self.me, self.me_addr) else {
             return;
         };
-        let v = Vote::sign(kp, self.cfg.chain_id, kind, self.height(), block);
-        self.h.votes.insert((kind, addr, block), v.clone());
+        let round = self.h.round;
+        let v = Vote::sign(kp, self.cfg.chain_id, kind, self.height(), round, block);
+        self.h
+            .votes
+            .insert((round, class_of(kind), addr, block), v.clone());
         self.h.mine.push(v.clone());
         out.push(Output::Broadcast(Message::Vote(v)));
     }
@@ -694,13 +875,21 @@ impl Validator {
             self.stats.duplicate += 1;
             return;
         }
-        let key = (v.kind, v.validator, v.block);
+        if v.round > self.h.round.saturating_add(self.params.max_future_rounds) {
+            self.stats.future_dropped += 1;
+            return;
+        }
+        let class = class_of(v.kind);
+        let key = (v.round, class, v.validator, v.block);
         if self.h.votes.contains_key(&key) || self.h.votes_in_flight.contains(&key) {
             self.stats.duplicate += 1;
             return;
         }
-        // An equivocator's votes for blocks nobody else mentions are kept up to two.
-        if self.h.of_validator(v.kind, v.validator).count() >= 2 && !self.h.relevant(&v.block) {
+        // An equivocator's votes for blocks nobody else mentions are kept up to two per
+        // round and type.
+        if self.h.of_validator(v.round, class, v.validator).count() >= 2
+            && !self.h.relevant(&v.block)
+        {
             self.stats.overload += 1;
             return;
         }
@@ -708,15 +897,13 @@ impl Validator {
             .h
             .votes_in_flight
             .iter()
-            .filter(|(k, a, _)| *k == v.kind && *a == v.validator)
+            .filter(|(r, c, a, _)| *r == v.round && *c == class && *a == v.validator)
             .count();
         if in_flight_same >= 2 || self.overloaded() {
             self.stats.overload += 1;
             return;
         }
-        self.h
-            .votes_in_flight
-            .insert((v.kind, v.validator, v.block));
+        self.h.votes_in_flight.insert(key);
         let mut batch = VerifyBatch::with_capacity(1, 64);
         let mut ids = Vec::with_capacity(1);
         push_item(
@@ -724,34 +911,50 @@ impl Validator {
             &mut ids,
             &pk,
             v.domain(self.cfg.chain_id),
-            &Vote::signed_message(v.number, &v.block),
+            &v.message(),
             &v.sig,
         );
         self.request(Pending::Vote(v), batch, ids, out);
     }
 
+    /// A P-certificate relayed by a peer entering a new round: its prepare-type votes are
+    /// taken in one by one (each is verified; duplicates are dropped).
+    fn on_pcertificate(&mut self, votes: Vec<Vote>, out: &mut Vec<Output>) {
+        if !self.is_validator() {
+            return;
+        }
+        if votes.len() > self.validator_keys.len() {
+            self.stats.bad_block += 1;
+            return;
+        }
+        for v in votes {
+            if v.kind.is_prepare_type() {
+                self.on_vote(v, out);
+            }
+        }
+    }
+
     fn on_vote_checked(&mut self, v: Vote, ok: bool, out: &mut Vec<Output>) {
-        self.h
-            .votes_in_flight
-            .remove(&(v.kind, v.validator, v.block));
+        let class = class_of(v.kind);
+        let key = (v.round, class, v.validator, v.block);
+        self.h.votes_in_flight.remove(&key);
         if !ok {
             self.stats.bad_signature += 1;
             return;
         }
-        let key = (v.kind, v.validator, v.block);
         if self.h.votes.contains_key(&key) {
             self.stats.duplicate += 1;
             return;
         }
         let prev = self
             .h
-            .of_validator(v.kind, v.validator)
+            .of_validator(v.round, class, v.validator)
             .find(|p| p.block != v.block)
             .cloned();
         if let Some(prev) = prev {
-            // Two conflicting signed votes of one kind at one height: evidence (once per
-            // validator and kind).
-            if self.h.evidence.insert((v.kind, v.validator)) {
+            // Two conflicting signed votes of one type at one height and round: evidence
+            // (once per validator, round and type).
+            if self.h.evidence.insert((v.round, class, v.validator)) {
                 self.stats.evidence += 1;
                 out.push(Output::Evidence(DoubleVote {
                     a: prev,
@@ -766,59 +969,66 @@ impl Validator {
     /// Applies every quorum rule that now holds.
     fn advance(&mut self, out: &mut Vec<Output>) {
         let q = self.quorum();
-        let impeach = self.h.impeach.as_ref().map(|(h, _)| *h);
-        let may_commit = matches!(
-            self.h.phase,
-            Phase::Idle | Phase::Prepare | Phase::ImpeachPrepare
-        );
-        if self.is_validator() && may_commit {
-            match impeach {
-                // LBFT2 impeachment step 3: 2f+1 IMPEACH PREPARE → IMPEACH COMMIT. Checked
-                // first: impeachment outranks the normal case.
-                Some(i) if self.h.tally(VoteKind::ImpeachPrepare, &i) >= q => {
-                    self.h.phase = Phase::ImpeachCommit;
-                    self.cast(VoteKind::ImpeachCommit, i, out);
-                }
-                _ => {
-                    // LBFT2 normal case step 4: 2f+1 PREPARE (P-certificate) → COMMIT.
-                    if let Some(b) = self.h.quorum_block(VoteKind::Prepare, q) {
-                        self.h.phase = Phase::Commit;
-                        self.cast(VoteKind::Commit, b, out);
-                    }
+        if self.is_validator() {
+            // Round skip: f+1 validators (one honest at least) vote in a later round → join
+            // the highest such round, so that drifted round timers cannot keep honest
+            // validators apart.
+            let weak = self
+                .validator_keys
+                .len()
+                .saturating_sub(q)
+                .saturating_add(1);
+            if let Some(r) = self.h.skip_target(weak) {
+                self.enter_round(r, out);
+            }
+            // LBFT2 normal case step 4 / impeachment step 3: a P-certificate (2f+1
+            // prepare-type votes for one value) in the current round → the commit-type vote
+            // for it in this round (once) and lock on it.
+            let round = self.h.round;
+            if !matches!(self.h.phase, Phase::Commit | Phase::ImpeachCommit) {
+                if let Some(x) = self.h.quorum_value(round, PREPARE_TYPE, q) {
+                    let kind = self.h.kind_for(COMMIT_TYPE, &x);
+                    self.h.phase = if kind == VoteKind::ImpeachCommit {
+                        Phase::ImpeachCommit
+                    } else {
+                        Phase::Commit
+                    };
+                    self.h.locked = Some((x, round));
+                    self.cast(kind, x, out);
                 }
             }
         }
-        // LBFT2 impeachment step 4: 2f+1 IMPEACH COMMIT → insert + IMPEACH VALIDATE.
-        if let Some(i) = impeach {
-            if self.h.tally(VoteKind::ImpeachCommit, &i) >= q {
-                if let Some((_, block)) = self.h.impeach.clone() {
-                    let cert = self.certificate(VoteKind::ImpeachCommit, i);
-                    self.insert(block, cert, out);
-                    return;
-                }
-            }
-        }
-        // LBFT2 normal case step 5: 2f+1 COMMIT (C-certificate) → insert + VALIDATE.
-        if let Some(b) = self.h.quorum_block(VoteKind::Commit, q) {
-            if let Some(block) = self.h.blocks.get(&b).cloned() {
-                let cert = self.certificate(VoteKind::Commit, b);
+        // LBFT2 normal case step 5 / impeachment step 4: 2f+1 commit-type votes for one
+        // value in one round (a C-certificate) → insert + (IMPEACH) VALIDATE.
+        for r in self.h.rounds() {
+            let Some(x) = self.h.quorum_value(r, COMMIT_TYPE, q) else {
+                continue;
+            };
+            let block = match &self.h.impeach {
+                Some((i, b)) if *i == x => Some(b.clone()),
+                _ => self.h.blocks.get(&x).cloned(),
+            };
+            if let Some(block) = block {
+                let cert = self.certificate(r, x);
                 self.insert(block, cert, out);
+                return;
             }
         }
     }
 
-    fn certificate(&self, kind: VoteKind, block: Hash) -> Certificate {
+    fn certificate(&self, round: u32, block: Hash) -> Certificate {
         let sigs = self
             .h
-            .votes_for(kind, &block)
+            .votes_for(round, COMMIT_TYPE, &block)
             .into_iter()
             .take(self.quorum())
             .map(|v| (v.validator, v.sig))
             .collect();
         Certificate {
             number: self.height(),
+            round,
             block,
-            kind,
+            kind: self.h.kind_for(COMMIT_TYPE, &block),
             sigs,
         }
     }
@@ -834,22 +1044,6 @@ impl Validator {
             }
             _ => None,
         };
-    }
-
-    /// LBFT2 impeachment step 1–2: build the impeach block and send IMPEACH PREPARE for it,
-    /// unless a commit-type vote was already sent at this height.
-    fn start_impeachment(&mut self, out: &mut Vec<Output>) {
-        if !self.is_validator() || !matches!(self.h.phase, Phase::Idle | Phase::Prepare) {
-            return;
-        }
-        let Some(i) = self.h.impeach.as_ref().map(|(h, _)| *h) else {
-            self.h.impeach_due = true;
-            return;
-        };
-        self.stats.impeachments += 1;
-        self.h.phase = Phase::ImpeachPrepare;
-        self.cast(VoteKind::ImpeachPrepare, i, out);
-        self.advance(out);
     }
 
     // ---- VALIDATE and catch-up ----
@@ -910,7 +1104,7 @@ impl Validator {
         let mut batch = VerifyBatch::with_capacity(cert.sigs.len() + 1, 64 * cert.sigs.len());
         let mut ids = Vec::with_capacity(cert.sigs.len() + 1);
         let d = SigDomain::new(self.cfg.chain_id, cert.kind.message_kind());
-        let msg = Vote::signed_message(number, &hash);
+        let msg = Vote::signed_message(number, cert.round, &hash);
         for (a, s) in &cert.sigs {
             if let Some(pk) = self.validator_keys.get(a) {
                 push_item(&mut batch, &mut ids, pk, d, &msg, s);
@@ -980,9 +1174,9 @@ impl Validator {
         }
         self.post_root = Some(root);
         self.build_impeach();
-        if self.h.impeach_due {
-            self.h.impeach_due = false;
-            self.start_impeachment(out);
+        if self.h.timeout_due {
+            self.h.timeout_due = false;
+            self.round_timeout(out);
         }
         self.replay_buffer(out);
     }

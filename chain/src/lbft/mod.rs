@@ -9,40 +9,57 @@
 //! engine executes every inserted block and reports the post-state root with
 //! [`Input::Executed`]; the machine needs it for the next header's `state_root`.
 //!
+//! # Rounds and locks
+//!
+//! A height runs in rounds (Tendermint-style locking on LBFT 2.0's phases; every vote and
+//! certificate carries its round and signs (height, round, block)). Round 0 is LBFT 2.0's
+//! normal case: PREPARE the proposer's valid block, or IMPEACH PREPARE on an illicit block
+//! or when the round-0 timer expires before anything was prepared. Per (height, round) an
+//! honest validator sends at most one prepare-type vote (PREPARE or IMPEACH PREPARE) and
+//! at most one commit-type vote (COMMIT or IMPEACH COMMIT). A P-certificate (2f+1
+//! prepare-type votes for one value in the current round) → the commit-type vote for it in
+//! that round, and `locked = (value, round)`. 2f+1 commit-type votes for one value in one
+//! round → final (insert + VALIDATE with a certificate carrying the round). A round that
+//! ends on its timer (timeout · (1 + round)) leads to the next, whose one prepare-type
+//! vote is for the locked value, unless a P-certificate for another value from a round
+//! `vr` with locked round ≤ `vr` < new round is known; unlocked, for the value of the
+//! highest P-certificate known, else for the impeach block. Entering a round broadcasts
+//! the highest P-certificate held ([`Message::PCertificate`]) so peers can unlock; f+1
+//! validators voting in a later round pull a validator into it.
+//!
 //! # Safety
 //!
-//! 1. A block is final only with a certificate of 2f+1 distinct committee signatures of one
-//!    commit-type kind (COMMIT for normal blocks, IMPEACH COMMIT for impeach blocks).
-//! 2. An honest validator sends at most one commit-type vote per height: `Commit` and
-//!    `ImpeachCommit` are left only when the height is final.
-//! 3. Two certificates for different blocks at one height share at least
-//!    2(2f+1) − (3f+1) = f+1 signers, so one honest validator would have sent two
-//!    commit-type votes at that height: impossible with at most f byzantine validators.
-//! 4. Faulty proposers cannot add a third option: a normal block needs the scheduled
-//!    proposer's seal, and the impeach block is a function of the (final, hence common)
-//!    parent. So no two different blocks are final at one height, for any proposers.
+//! 1. One prepare-type vote per honest validator per round, and two sets of 2f+1 share
+//!    f+1 validators, one of them honest: at most one value has a P-certificate per round.
+//!    Commit-type votes need a P-certificate of their round, so a round's C-certificates
+//!    are all for that value too.
+//! 2. Let X have a C-certificate in round r; its signers include a set S of ≥ f+1 honest
+//!    validators that committed X in round r, hence locked on X with lock round ≥ r, and
+//!    only in round r (commits happen in the current round only, so before any prepare
+//!    of theirs in a round > r). Claim: no value Y ≠ X has a P-certificate in any round
+//!    r' ≥ r. Induction on r': r' = r by rule 1. For r' > r assume it for [r, r'). A
+//!    P-certificate for Y in r' has ≥ f+1 honest signers, so (2f+1 honest in all) one of
+//!    them is in S. That validator's prepare in r' was made on entering r' with lock
+//!    (Z, lr), r ≤ lr < r'; Z had a P-certificate in lr, so Z = X by the hypothesis; it
+//!    prepares Y ≠ X only holding a P-certificate for Y from a round in [lr, r'), which the
+//!    hypothesis excludes. Contradiction.
+//! 3. So every C-certificate from a round ≥ r is for X, and one from a round r'' < r for
+//!    Y ≠ X would by the same claim (applied at r'') exclude X's P-certificate in r.
+//!    Two different blocks are never final at one height. Faulty proposers cannot add a
+//!    value: a normal block needs the scheduled proposer's seal, and the impeach block is
+//!    a function of the (final, hence common) parent.
 //!
-//! Impeachment outranks the normal case: a validator that has not sent a commit-type vote
-//! moves to impeachment on timer expiry or an illicit block even after PREPARE, and when an
-//! impeach P-certificate and a normal one are both present it IMPEACH COMMITs. A validator
-//! that already COMMITted does not start impeachment (that could only split the commit
-//! votes); one in `ImpeachPrepare` that sees a P-certificate before any impeach
-//! P-certificate may still COMMIT, which rule 2 keeps safe and which lets a height finish
-//! when the timer raced the P-certificate. Once impeaching, a validator re-sends only its
-//! impeachment votes, so stale PREPAREs do not revive a competing P-certificate after a
-//! partition heals. An equivocator's conflicting votes are all kept (bounded) and reported
-//! as [`crate::DoubleVote`]; each is a genuine signature, and safety rests on rule 2 alone.
-//!
-//! Liveness caveat (inherent to the white paper's single-round protocol, which has no view
-//! change): if honest commit-type votes split between the proposed and the impeach block so
-//! that neither can reach 2f+1, the height stalls — no rule can move a commit-type vote
-//! safely. It needs a partition or replay that lets both P-certificates form; the
-//! simulation counts such "split stalls" (well under 1% of seeds in the partition
-//! scenarios). Leaving that state needs round-tagged votes (a Tendermint-style lock and
-//! re-vote), which changes the `Vote` type.
+//! Liveness: after the network heals, round timers grow until a round is long enough for
+//! every honest validator to hear the highest P-certificate and each other's votes; locked
+//! validators then re-prepare their value, unlocked ones adopt it (or all impeach when no
+//! P-certificate exists), and 2f+1 honest validators agree in one round. The single-round
+//! protocol's "split stall" (honest commit votes divided between the proposed and the
+//! impeach block) cannot persist: those votes belong to one round, and the next round
+//! re-votes. An equivocator's conflicting votes are all kept (bounded) and reported as
+//! [`crate::DoubleVote`] (same type, height and round, different blocks).
 //!
 //! Bounded everywhere ([`LbftParams`]): future-height messages within
-//! `max_future_heights`, at most `max_buffered` of them, `max_inflight` verification
+//! `max_future_heights`, votes within `max_future_rounds`, at most `max_buffered` of them, `max_inflight` verification
 //! requests, `max_proposals_per_height` distinct proposals checked per height.
 
 mod blocks;
@@ -56,7 +73,7 @@ use crate::types::{Certificate, DoubleVote, Vote};
 pub use blocks::{impeach_block, propose};
 pub use machine::{verify_item_id, Validator};
 
-/// The five states of an LBFT 2.0 validator at the current height.
+/// The five states of an LBFT 2.0 validator in the current round of the current height.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// Waiting for the proposer's block.
@@ -74,11 +91,14 @@ pub enum Phase {
 /// Timers the machine asks the driver to set ([`Output::SetTimer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimerKind {
-    /// Height `number` must be final by now: no block, no P-certificate or no
-    /// C-certificate in time (abnormal cases 1, 3 and 5) starts impeachment.
-    Impeach {
+    /// Round `round` of height `number` ends: in round 0 with nothing prepared (no block
+    /// in time, abnormal case 1) it starts impeachment; otherwise (no P- or C-certificate
+    /// in time, abnormal cases 3 and 5) the next round starts.
+    Round {
         /// The height the timer guards.
         number: u64,
+        /// The round it guards.
+        round: u32,
     },
     /// Periodic retransmission while a height is stalled (own votes, certificates, a sync
     /// request), which restores progress after message loss or a partition heals.
@@ -94,6 +114,9 @@ pub enum Message {
     Vote(Vote),
     /// VALIDATE / IMPEACH VALIDATE: a final block with its 2f+1 signatures.
     Validate(Block, Certificate),
+    /// A P-certificate: 2f+1 prepare-type votes for one value in one round, relayed when
+    /// entering a round so peers learn the highest one (it justifies switching a lock).
+    PCertificate(Vec<Vote>),
     /// "I am at height `number`": peers ahead answer with VALIDATEs (catch-up).
     Sync {
         /// The sender's current height.
@@ -110,6 +133,8 @@ pub enum Input {
     Vote(Vote),
     /// VALIDATE or IMPEACH VALIDATE.
     Validate(Block, Certificate),
+    /// A relayed P-certificate (its votes are verified one by one).
+    PCertificate(Vec<Vote>),
     /// A peer's catch-up request.
     Sync {
         /// The peer's height.
@@ -151,6 +176,7 @@ impl From<Message> for Input {
             Message::Proposal(b) => Input::Proposal(b),
             Message::Vote(v) => Input::Vote(v),
             Message::Validate(b, c) => Input::Validate(b, c),
+            Message::PCertificate(v) => Input::PCertificate(v),
             Message::Sync { number } => Input::Sync { number },
         }
     }
@@ -188,7 +214,7 @@ pub enum Output {
         /// The block.
         block: Block,
     },
-    /// A validator signed two conflicting votes of one kind at one height.
+    /// A validator signed two conflicting votes of one type at one height and round.
     Evidence(DoubleVote),
 }
 
@@ -197,6 +223,8 @@ pub enum Output {
 pub struct LbftParams {
     /// Messages for heights above current + this are dropped.
     pub max_future_heights: u64,
+    /// Votes for rounds above the current round + this are dropped.
+    pub max_future_rounds: u32,
     /// Most future-height messages buffered.
     pub max_buffered: usize,
     /// Most verification / body-check requests in flight.
@@ -213,6 +241,7 @@ impl Default for LbftParams {
     fn default() -> Self {
         LbftParams {
             max_future_heights: 8,
+            max_future_rounds: 8,
             max_buffered: 512,
             max_inflight: 1024,
             max_proposals_per_height: 4,

@@ -548,7 +548,7 @@ pub fn check_evidence(cfg: &ChainConfig, dv: &DoubleVote) -> ChainResult<()> {
             reason: "votes by different validators",
         });
     }
-    if a.kind != b.kind {
+    if a.kind.is_prepare_type() != b.kind.is_prepare_type() {
         return Err(ChainError::BadEvidence {
             reason: "votes of different kinds",
         });
@@ -556,6 +556,11 @@ pub fn check_evidence(cfg: &ChainConfig, dv: &DoubleVote) -> ChainResult<()> {
     if a.number != b.number {
         return Err(ChainError::BadEvidence {
             reason: "votes at different heights",
+        });
+    }
+    if a.round != b.round {
+        return Err(ChainError::BadEvidence {
+            reason: "votes in different rounds",
         });
     }
     if a.block == b.block {

@@ -33,7 +33,7 @@ use crate::keycache::KeyCache;
 use crate::rewards::{basic_reward, maintenance_reward, SeasonPhase, Seasons};
 use crate::rpt::{self, Rpt, MAX_WINDOW};
 use crate::tx::{Block, SignedTx, Tx, TxPayload};
-use crate::types::{Address, Amount, BlockKind, Vote, MAX_VALIDATORS, PROTOCOL_VERSION};
+use crate::types::{Address, Amount, BlockKind, MAX_VALIDATORS, PROTOCOL_VERSION};
 
 use exec::{bump, credit, exec_signed, meta, penalize, set_meta, Ctx};
 pub use exec::{check_evidence, EQUIVOCATION_RNODE_DIVISOR, IMPEACH_PENALTY_DIVISOR};
@@ -217,12 +217,7 @@ impl State {
                     .validator
                     .public_key()
                     .map_err(|_| ChainError::BadSender { addr: v.validator })?;
-                batch.push(
-                    &pk,
-                    v.domain(chain_id),
-                    &Vote::signed_message(v.number, &v.block),
-                    &v.sig,
-                );
+                batch.push(&pk, v.domain(chain_id), &v.message(), &v.sig);
             }
         }
         Ok(())

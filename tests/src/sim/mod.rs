@@ -61,8 +61,6 @@ pub struct Sweep {
     pub punished: u64,
     /// Signed transactions in final blocks.
     pub final_txs: u64,
-    /// Seeds that ended in a split stall (single-round LBFT 2.0 liveness limit).
-    pub split_stalls: Vec<u64>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -98,9 +96,6 @@ pub fn sweep(sc: &Scenario, seeds: &[u64]) -> Sweep {
         s.final_txs += o.final_txs;
         if o.safety_violated {
             s.safety_violations += 1;
-        }
-        if o.split_stall.is_some() {
-            s.split_stalls.push(seed);
         }
         if let Some(v) = o.violations.first() {
             s.failures.push((seed, v.clone()));

@@ -70,9 +70,6 @@ pub struct Outcome {
     pub punished: u64,
     /// Signed transactions in canonical final blocks.
     pub final_txs: u64,
-    /// The run ended stalled at this height with honest commit-type votes split between the
-    /// proposed and the impeach block (see the `lbft` module docs); not a safety failure.
-    pub split_stall: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -1245,7 +1242,7 @@ impl World {
         };
         let mut other = Hash([0; 32]);
         self.rng.fill(&mut other.0[..]);
-        let v2 = Vote::sign(&kp, self.cfg.chain_id, v.kind, v.number, other);
+        let v2 = Vote::sign(&kp, self.cfg.chain_id, v.kind, v.number, v.round, other);
         let a = Rc::new(Message::Vote(v));
         let b = Rc::new(Message::Vote(v2));
         for to in 0..self.nodes.len() {
@@ -1260,14 +1257,16 @@ impl World {
         let Some(kp) = self.nodes[node].key.clone() else {
             return;
         };
-        let (number, block, kinds) = match msg {
+        let (number, round, block, kinds) = match msg {
             Message::Proposal(b) => (
                 b.header.number,
+                0,
                 b.hash(),
                 [VoteKind::Prepare, VoteKind::Commit],
             ),
             Message::Vote(v) if v.kind == VoteKind::ImpeachPrepare => (
                 v.number,
+                v.round,
                 v.block,
                 [VoteKind::ImpeachPrepare, VoteKind::ImpeachCommit],
             ),
@@ -1285,6 +1284,7 @@ impl World {
                 self.cfg.chain_id,
                 kind,
                 number,
+                round,
                 block,
             )));
             for to in 0..self.nodes.len() {
@@ -1330,11 +1330,12 @@ impl World {
                 let sig = if i % 2 == 0 {
                     random_sig(&mut self.rng)
                 } else {
-                    Vote::sign(&kp, self.cfg.chain_id, kind, number, fake).sig
+                    Vote::sign(&kp, self.cfg.chain_id, kind, number, 0, fake).sig
                 };
                 let v = Vote {
                     kind,
                     number,
+                    round: 0,
                     block: fake,
                     validator: *a,
                     sig,
@@ -1352,6 +1353,7 @@ impl World {
         sigs.sort_by_key(|(a, _)| *a);
         let cert = Certificate {
             number,
+            round: 0,
             block: fb.hash(),
             kind: VoteKind::Commit,
             sigs,
@@ -1461,7 +1463,7 @@ impl World {
             return Err(format!("malformed certificate at {}", block.header.number));
         }
         let d = SigDomain::new(self.cfg.chain_id, cert.kind.message_kind());
-        let msg = Vote::signed_message(cert.number, &hash);
+        let msg = Vote::signed_message(cert.number, cert.round, &hash);
         let mut items: Vec<(Address, Vec<u8>, Signature)> = cert
             .sigs
             .iter()
@@ -1531,16 +1533,15 @@ impl World {
         }
         self.evidence += 1;
         let (a, b) = (&dv.a, &dv.b);
-        let same = a.validator == b.validator && a.kind == b.kind && a.number == b.number;
+        let same = a.validator == b.validator
+            && a.kind.is_prepare_type() == b.kind.is_prepare_type()
+            && a.number == b.number
+            && a.round == b.round;
         let items: Vec<(Address, Vec<u8>, Signature)> = [a, b]
             .iter()
             .map(|v| {
                 let d = v.domain(self.cfg.chain_id);
-                (
-                    v.validator,
-                    d.signed_bytes(&Vote::signed_message(v.number, &v.block)),
-                    v.sig,
-                )
+                (v.validator, d.signed_bytes(&v.message()), v.sig)
             })
             .collect();
         let valid = self.check_sigs(&items).is_ok_and(|r| r.all_valid());
@@ -1558,26 +1559,6 @@ impl World {
         if self.evidence_keys.insert((a.validator, a.number)) {
             self.evidence_pool.push(dv.clone());
         }
-    }
-
-    /// The known limit of single-round LBFT 2.0: at the lowest stuck height, honest
-    /// validators' commit-type votes are split between the proposed block (`Commit`) and the
-    /// impeach block (`ImpeachCommit`), so neither can reach 2f+1 and no rule may move a
-    /// commit-type vote safely. Returns that height.
-    fn split_stall(&self) -> Option<u64> {
-        let mut phases = BTreeMap::new();
-        for i in 0..self.n {
-            let nd = &self.nodes[i];
-            if let (true, false, Some(m)) = (nd.honest, nd.crashed, nd.machine.as_ref()) {
-                phases
-                    .entry(m.height())
-                    .or_insert_with(Vec::new)
-                    .push(m.phase());
-            }
-        }
-        let (h, ps) = phases.into_iter().next()?;
-        let split = ps.contains(&chain::Phase::Commit) && ps.contains(&chain::Phase::ImpeachCommit);
-        (split && h <= self.sc.target_height).then_some(h)
     }
 
     /// The proposer of `number` on the canonical chain (None if the term's seed block is
@@ -1612,11 +1593,10 @@ impl World {
             .values()
             .filter(|(_, k, ..)| *k == BlockKind::Impeach)
             .count() as u64;
-        let split = self.split_stall();
         if !self.sc.expect_violation {
             for i in self.watched().collect::<Vec<_>>() {
                 let h = self.height_of(i);
-                if h <= self.sc.target_height && split.is_none() {
+                if h <= self.sc.target_height {
                     let phase = self.nodes[i].machine.as_ref().map(|m| m.phase());
                     self.violations.push(format!(
                         "LIVENESS: node {i} ({:?}) stuck at height {h} in {phase:?} at t={}",
@@ -1705,7 +1685,6 @@ impl World {
             delivered: self.delivered,
             sig_checks: self.sig_checks,
             end_ms: self.now - T0,
-            split_stall: split,
             punished: self.punished.len() as u64,
             final_txs: self.final_txs,
         }
@@ -1737,6 +1716,7 @@ fn digest(m: &Message) -> Vec<u8> {
     match m {
         Message::Proposal(b) => block(b),
         Message::Vote(v) => v.sig.0.to_vec(),
+        Message::PCertificate(votes) => votes.iter().flat_map(|v| v.sig.0[..8].to_vec()).collect(),
         Message::Validate(b, c) => {
             let mut d = block(b);
             d.extend(c.sigs.iter().flat_map(|(_, s)| s.0[..4].to_vec()));
