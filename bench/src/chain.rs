@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use chain::{
     AccessPolicy, Address, Block, BlockKind, Certificate, ChainConfig, ChainStore, Header,
-    IntervalRange, KeyCache, SignedTx, State, StoreConfig, Tx, TxPayload, Vote, VoteKind, CPC,
+    IntervalRange, KeyCache, SignedTx, State, StoreConfig, Tx, TxPayload, VoteKind, CPC,
     PROTOCOL_VERSION,
 };
 use clap::Args;
@@ -124,21 +124,8 @@ fn prepare(a: &ChainArgs) -> anyhow::Result<Prepared> {
         header.seal_with(&proposer);
         let block = Block { header, txs };
         let hash = block.hash();
-        let mut sigs: Vec<_> = validators
-            .iter()
-            .map(|k| {
-                let v = Vote::sign(k, cfg.chain_id, VoteKind::Commit, number, 0, hash);
-                (v.validator, v.sig)
-            })
-            .collect();
-        sigs.sort_by_key(|(a, _)| *a);
-        let cert = Certificate {
-            number,
-            round: 0,
-            block: hash,
-            kind: VoteKind::Commit,
-            sigs,
-        };
+        let cert =
+            Certificate::signed_by(&validators, cfg.chain_id, VoteKind::Commit, number, 0, hash);
         let r = state
             .apply_block(&cfg, &block)
             .context("preparing the benchmark chain")?;

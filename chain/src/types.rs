@@ -350,6 +350,35 @@ pub struct Certificate {
     pub sigs: Vec<(Address, Signature)>,
 }
 
+impl Certificate {
+    /// A certificate of `kind` votes for `block` at (`number`, `round`) signed by every key in
+    /// `signers`: how tools, benchmarks and tests finalise blocks without running consensus.
+    pub fn signed_by(
+        signers: &[Keypair],
+        chain_id: u32,
+        kind: VoteKind,
+        number: u64,
+        round: u32,
+        block: Hash,
+    ) -> Certificate {
+        let mut sigs: Vec<(Address, Signature)> = signers
+            .iter()
+            .map(|k| {
+                let v = Vote::sign(k, chain_id, kind, number, round, block);
+                (v.validator, v.sig)
+            })
+            .collect();
+        sigs.sort_by_key(|(a, _)| *a);
+        Certificate {
+            number,
+            round,
+            block,
+            kind,
+            sigs,
+        }
+    }
+}
+
 impl Encode for Certificate {
     fn encode(&self, out: &mut Vec<u8>) {
         self.number.encode(out);

@@ -15,8 +15,7 @@ use std::io::Write;
 
 use chain::{
     AccessPolicy, Address, Amount, Block, BlockKind, Certificate, ChainConfig, ChainStore, Header,
-    IntervalRange, SignedTx, State, StoreConfig, Tx, TxPayload, Vote, VoteKind, CPC,
-    PROTOCOL_VERSION,
+    IntervalRange, SignedTx, State, StoreConfig, Tx, TxPayload, VoteKind, CPC, PROTOCOL_VERSION,
 };
 use crypto_accel::{verify_each, DataId, Hash, Keypair, VerifyBatch};
 
@@ -195,22 +194,7 @@ pub fn next_block(s: &Setup, seed: u64, state: &State) -> (Block, Certificate) {
     header.seal_with(&s.proposer);
     let block = Block { header, txs };
     let hash = block.hash();
-    let mut sigs: Vec<_> = s
-        .validators
-        .iter()
-        .map(|k| {
-            let v = Vote::sign(k, chain_id, VoteKind::Commit, number, 0, hash);
-            (v.validator, v.sig)
-        })
-        .collect();
-    sigs.sort_by_key(|(a, _)| *a);
-    let cert = Certificate {
-        number,
-        round: 0,
-        block: hash,
-        kind: VoteKind::Commit,
-        sigs,
-    };
+    let cert = Certificate::signed_by(&s.validators, chain_id, VoteKind::Commit, number, 0, hash);
     (block, cert)
 }
 

@@ -152,16 +152,29 @@ fn worker(
             live.push(j);
         }
         i += n * args.threads;
-        let r = mix(args.seed ^ 0xde1e7e, i);
-        if r.is_multiple_of(3) && !live.is_empty() {
-            let victim = live.swap_remove((r / 3) as usize % live.len());
-            say(format!("TRYDEL {victim}"))?;
-            store.delete(&chunk_id(args.seed, victim))?;
-            say(format!("DEL {victim}"))?;
-        }
-        if t == 0 && r.is_multiple_of(17) {
-            store.compact()?;
-        }
+        churn(store, args, t, mix(args.seed ^ 0xde1e7e, i), &mut live, say)?;
+    }
+    Ok(())
+}
+
+/// Between writes: deletes one acknowledged chunk a third of the time (durably, announced
+/// before and after) and lets thread 0 compact now and then, both driven by `r`.
+fn churn(
+    store: &ChunkStore,
+    args: &Args,
+    t: u64,
+    r: u64,
+    live: &mut Vec<u64>,
+    say: &impl Fn(String) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if r.is_multiple_of(3) && !live.is_empty() {
+        let victim = live.swap_remove((r / 3) as usize % live.len());
+        say(format!("TRYDEL {victim}"))?;
+        store.delete(&chunk_id(args.seed, victim))?;
+        say(format!("DEL {victim}"))?;
+    }
+    if t == 0 && r.is_multiple_of(17) {
+        store.compact()?;
     }
     Ok(())
 }
@@ -216,15 +229,7 @@ fn unsynced_worker(
             say(format!("ACK {j}"))?;
         }
         live.extend(written);
-        if r.is_multiple_of(3) && !live.is_empty() {
-            let victim = live.swap_remove((r / 3) as usize % live.len());
-            say(format!("TRYDEL {victim}"))?;
-            store.delete(&chunk_id(args.seed, victim))?;
-            say(format!("DEL {victim}"))?;
-        }
-        if t == 0 && r.is_multiple_of(17) {
-            store.compact()?;
-        }
+        churn(store, args, t, r, &mut live, say)?;
     }
     Ok(())
 }
