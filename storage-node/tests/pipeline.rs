@@ -390,17 +390,19 @@ impl std::io::Read for FailingReader {
     }
 }
 
-/// A sink that refuses the n-th put.
+/// A sink that refuses the put that would take it past `shards_left` shards. Counting shards
+/// rather than puts makes it fail however the collector batches blocks (with several threads
+/// the first put may already hold every block).
 struct FailingSink {
-    puts_left: usize,
+    shards_left: usize,
 }
 
 impl storage_node::ShardSink for FailingSink {
-    fn put(&mut self, _: &mut Vec<storage_node::Shard>) -> Result<(), PipelineError> {
-        if self.puts_left == 0 {
+    fn put(&mut self, shards: &mut Vec<storage_node::Shard>) -> Result<(), PipelineError> {
+        if shards.len() > self.shards_left {
             return Err(PipelineError::BadParams("sink refused".into()));
         }
-        self.puts_left -= 1;
+        self.shards_left -= shards.len();
         Ok(())
     }
     fn flush(&mut self) -> Result<(), PipelineError> {
@@ -432,19 +434,19 @@ fn failures_in_any_stage_are_reported_without_hanging() {
                     "{threads} threads, fail after {ok}: {r:?}"
                 );
             }
-            // The sink fails part-way through a long input.
-            for puts_left in [0, 1, 3] {
+            // The sink fails part-way through a long input (50 blocks × 3 shards).
+            for shards_left in [0, 3, 40, 149] {
                 let data = sample(50_000, 1);
                 let r = seal(
                     &data[..],
                     &owner,
                     &p,
-                    &mut FailingSink { puts_left },
+                    &mut FailingSink { shards_left },
                     &|_| {},
                 );
                 assert!(
                     matches!(&r, Err(PipelineError::BadParams(s)) if s == "sink refused"),
-                    "{threads} threads, sink fails after {puts_left} puts: {r:?}"
+                    "{threads} threads, sink fails after {shards_left} shards: {r:?}"
                 );
             }
         });
