@@ -169,9 +169,9 @@ fn heavy_bodies_double_vote_lossy() {
     s.txs_per_block = (20, 20);
     s.validator_fault = Some((ValidatorFault::DoubleVote, Faulty::F));
     s.net = NetFaults::LOSSY;
-    let r = check_seeds(s, 100);
+    let r = check_seeds(s, 1000);
     assert!(
-        r.final_txs >= 100 * 20,
+        r.final_txs >= r.seeds * 20,
         "bodies must carry the transactions"
     );
     assert!(r.punished > 0, "evidence must punish the double voters");
