@@ -1,6 +1,7 @@
 //! The LBFT 2.0 validator (and civilian follower) state machine.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::num::NonZeroUsize;
 
 use crypto_accel::{Hash, Keypair, MessageKind, PublicKey, SigDomain, Signature, VerifyBatch};
 
@@ -8,6 +9,7 @@ use super::blocks::impeach_block;
 use super::{Input, LbftParams, Message, Output, Phase, Stats, TimerKind};
 use crate::config::ChainConfig;
 use crate::election::{term_of, Schedule};
+use crate::keycache::KeyCache;
 use crate::tx::{Block, Tx};
 use crate::types::{
     Address, BlockKind, Certificate, DoubleVote, Header, Vote, VoteKind, MAX_BLOCK_TXS,
@@ -207,6 +209,8 @@ pub struct Validator {
     me: Option<Keypair>,
     me_addr: Option<Address>,
     validator_keys: BTreeMap<Address, PublicKey>,
+    /// Decompressed keys of recent proposers (a proposer seals many blocks a term).
+    proposer_keys: KeyCache,
     schedule: Schedule,
     /// The last final header and its hash.
     tip: Header,
@@ -272,6 +276,7 @@ impl Validator {
             me: None,
             me_addr: None,
             validator_keys,
+            proposer_keys: KeyCache::new(NonZeroUsize::MIN.saturating_add(63)),
             schedule,
             tip,
             tip_hash,
@@ -705,7 +710,7 @@ impl Validator {
             self.stats.bad_block += 1;
             return;
         }
-        let Ok(pk) = expected.public_key() else {
+        let Ok(pk) = self.proposer_keys.get(&expected) else {
             self.stats.bad_block += 1;
             return;
         };
@@ -1111,7 +1116,7 @@ impl Validator {
             }
         }
         if let (BlockKind::Normal, Some(seal)) = (hd.kind, hd.seal) {
-            let Ok(pk) = hd.proposer.public_key() else {
+            let Ok(pk) = self.proposer_keys.get(&hd.proposer) else {
                 self.stats.bad_block += 1;
                 return;
             };

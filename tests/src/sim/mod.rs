@@ -66,7 +66,8 @@ pub struct Sweep {
 }
 
 /// The seeds to run: `SIM_SEED=<n>` runs just that one; otherwise `SIM_SEEDS` (default
-/// `default_count`) seeds from 0.
+/// `default_count`) seeds from `SIM_SEED_FROM` (default 0), so a long sweep can be run, or
+/// resumed, in ranges.
 pub fn seeds_from_env(default_count: u64) -> Vec<u64> {
     if let Some(s) = std::env::var("SIM_SEED")
         .ok()
@@ -74,11 +75,14 @@ pub fn seeds_from_env(default_count: u64) -> Vec<u64> {
     {
         return vec![s];
     }
-    let n = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(default_count);
-    (0..n).collect()
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let n = var("SIM_SEEDS").unwrap_or(default_count);
+    let from = var("SIM_SEED_FROM").unwrap_or(0);
+    (from..from.saturating_add(n)).collect()
 }
 
 /// Runs `sc` for every seed in `seeds`.
