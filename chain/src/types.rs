@@ -44,6 +44,13 @@ impl Address {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Parses 64 hex digits (the key bytes; no check that they are a valid key).
+    pub fn from_hex(s: &str) -> Option<Address> {
+        let mut a = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut a).ok()?;
+        Some(Address(a))
+    }
 }
 
 impl fmt::Debug for Address {

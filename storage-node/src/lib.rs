@@ -6,6 +6,7 @@
 //! coding and content addressing of data, streamed with bounded memory) and [`Manifest`].
 
 mod manifest;
+pub mod node;
 mod pipeline;
 mod store;
 pub mod torture;
