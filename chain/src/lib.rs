@@ -27,7 +27,7 @@ mod types;
 pub use config::ChainConfig;
 pub use election::{elect, elect_committee, proposer_of, term_of, term_seed, Schedule};
 pub use lbft::{
-    impeach_block, propose, verify_item_id, Input, LbftParams, Message, Output, Phase, Stats,
+    genesis_header, impeach_block, propose, verify_item_id, Input, LbftParams, Message, Output, Phase, Stats,
     TimerKind, Validator,
 };
 

@@ -33,7 +33,7 @@ use crate::config::ChainConfig;
 use crate::error::{ChainError, ChainResult};
 use crate::state::{BlockReceipt, State, StateDiff};
 use crate::tx::Block;
-use crate::types::{Address, Amount, Certificate};
+use crate::types::{Address, Amount, Certificate, Header};
 
 /// Version of the on-disk layout; a store written by another version is refused.
 pub const STORE_FORMAT: u32 = 1;
@@ -203,6 +203,29 @@ impl ChainStore {
         genesis: &[(Address, Amount)],
         store_cfg: StoreConfig,
     ) -> ChainResult<(ChainStore, State)> {
+        Self::open_inner(path, cfg, genesis, store_cfg, None)
+    }
+
+    /// [`ChainStore::open_with`] for a chain whose block 1 points to `genesis_header`
+    /// (see [`crate::genesis_header`]) rather than to the genesis state's hash, as the
+    /// networked node's chains do.
+    pub fn open_with_genesis(
+        path: impl AsRef<Path>,
+        cfg: &ChainConfig,
+        genesis: &[(Address, Amount)],
+        store_cfg: StoreConfig,
+        genesis_header: &Header,
+    ) -> ChainResult<(ChainStore, State)> {
+        Self::open_inner(path, cfg, genesis, store_cfg, Some(genesis_header.hash()))
+    }
+
+    fn open_inner(
+        path: impl AsRef<Path>,
+        cfg: &ChainConfig,
+        genesis: &[(Address, Amount)],
+        store_cfg: StoreConfig,
+        genesis_hash: Option<Hash>,
+    ) -> ChainResult<(ChainStore, State)> {
         let dir = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(io("create store directory"))?;
         let db = Database::create(dir.join(STORE_FILE)).map_err(io("open database"))?;
@@ -223,7 +246,7 @@ impl ChainStore {
             chain_id: cfg.chain_id,
             head: Head {
                 number: 0,
-                hash: genesis_state.last_hash(),
+                hash: genesis_hash.unwrap_or_else(|| genesis_state.last_hash()),
                 state_root: genesis_state.root(),
             },
         };

@@ -8,6 +8,25 @@ use crate::election::term_of;
 use crate::tx::{Block, Tx};
 use crate::types::{Address, BlockKind, Header, PROTOCOL_VERSION};
 
+/// The genesis header of a networked chain: number 0, no parent, no proposer, no seal,
+/// `timestamp_ms` fixed in the genesis file. Block 1 points to its hash; its state root is
+/// zero (headers carry the pre-state root, and nothing precedes genesis).
+pub fn genesis_header(cfg: &ChainConfig, timestamp_ms: u64) -> Header {
+    Header {
+        version: PROTOCOL_VERSION,
+        chain_id: cfg.chain_id,
+        number: 0,
+        parent: Hash::ZERO,
+        timestamp_ms,
+        term: 0,
+        proposer: Address::default(),
+        kind: BlockKind::Normal,
+        tx_root: Block::compute_tx_root(&[]),
+        state_root: Hash::ZERO,
+        seal: None,
+    }
+}
+
 /// The impeach block for the height after `parent` (LBFT2 impeachment, step 1): timestamp =
 /// parent timestamp + period + impeach timeout, empty seal, one penalty transaction on the
 /// failed `proposer`, state root = the parent's post-state root. Every honest validator with

@@ -70,7 +70,7 @@ use crypto_accel::{Hash, VerifyBatch, VerifyReport};
 use crate::tx::Block;
 use crate::types::{Certificate, DoubleVote, Vote};
 
-pub use blocks::{impeach_block, propose};
+pub use blocks::{genesis_header, impeach_block, propose};
 pub use machine::{verify_item_id, Validator};
 
 /// The five states of an LBFT 2.0 validator in the current round of the current height.
