@@ -1,4 +1,10 @@
 //! The networked node: config, libp2p networking, the engine that drives the LBFT core,
 //! the mempool, the HTTP API with explorer and metrics, and the local devnet launcher.
 
+pub mod config;
+pub mod devnet;
+pub mod engine;
+pub mod handle;
+pub mod net;
+pub mod run;
 pub mod view;

@@ -1,0 +1,503 @@
+//! Node configuration (`node.toml`), the network's genesis (`genesis.toml`) and key files.
+//!
+//! `cpchain init` writes both files with comments; every field has a default so a config
+//! may be short. The genesis is shared by every node of a network: the chain id, timing,
+//! committees and initial balances.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use chain::{Address, Amount, ChainConfig, Header, CPC};
+use crypto_accel::Keypair;
+use serde::{Deserialize, Serialize};
+
+/// A node's role in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Member of the validators committee: votes in LBFT 2.0.
+    Validator,
+    /// Proposer candidate: seals blocks in its turn when elected (or a default proposer).
+    Proposer,
+    /// Follows the chain and checks VALIDATE certificates.
+    Civilian,
+    /// Stores shards for the DHT (used by the storage layer).
+    Storage,
+}
+
+impl Role {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Validator => "validator",
+            Role::Proposer => "proposer",
+            Role::Civilian => "civilian",
+            Role::Storage => "storage",
+        }
+    }
+}
+
+/// `node.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name shown in logs and `/status`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Roles of this node.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+    /// Data directory (chain store, peer key); relative paths are relative to the config
+    /// file's directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The node's ed25519 key (hex seed); relative to the config file's directory.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+    /// The network's genesis file; relative to the config file's directory.
+    #[serde(default = "default_genesis_file")]
+    pub genesis_file: PathBuf,
+    /// Networking.
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Mempool and block building.
+    #[serde(default)]
+    pub mempool: MempoolSection,
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Multiaddrs to listen on (TCP and QUIC).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Peers to dial at start (multiaddrs ending in /p2p/<peer id>).
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the HTTP API, explorer and metrics listen on.
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+}
+
+/// `[mempool]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MempoolSection {
+    /// Most pending transactions.
+    #[serde(default = "default_max_txs")]
+    pub max_txs: usize,
+    /// Most pending bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Most transactions a proposer puts in one block.
+    #[serde(default = "default_block_txs")]
+    pub max_block_txs: usize,
+}
+
+fn default_name() -> String {
+    "node".into()
+}
+fn default_roles() -> Vec<Role> {
+    vec![Role::Civilian]
+}
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+fn default_key_file() -> PathBuf {
+    "node.key".into()
+}
+fn default_genesis_file() -> PathBuf {
+    "genesis.toml".into()
+}
+fn default_listen() -> Vec<String> {
+    vec![
+        "/ip4/127.0.0.1/tcp/0".into(),
+        "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+    ]
+}
+fn default_api_listen() -> String {
+    "127.0.0.1:8645".into()
+}
+fn default_max_txs() -> usize {
+    200_000
+}
+fn default_max_bytes() -> usize {
+    256 << 20
+}
+fn default_block_txs() -> usize {
+    20_000
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: default_listen(),
+            bootstrap: Vec::new(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+        }
+    }
+}
+
+impl Default for MempoolSection {
+    fn default() -> Self {
+        MempoolSection {
+            max_txs: default_max_txs(),
+            max_bytes: default_max_bytes(),
+            max_block_txs: default_block_txs(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads and checks a config file; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<NodeConfig> {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut cfg: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.data_dir, &mut cfg.key_file, &mut cfg.genesis_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if cfg.roles.is_empty() {
+            bail!("config {}: `roles` is empty", path.display());
+        }
+        if cfg.mempool.max_block_txs == 0 || cfg.mempool.max_block_txs > chain::MAX_BLOCK_TXS {
+            bail!(
+                "config {}: mempool.max_block_txs must be 1..={}",
+                path.display(),
+                chain::MAX_BLOCK_TXS
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// True when the node has `role`.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// The config as commented TOML (what `cpchain init` writes).
+    pub fn to_commented_toml(&self) -> String {
+        let roles: Vec<String> = self
+            .roles
+            .iter()
+            .map(|r| format!("\"{}\"", r.name()))
+            .collect();
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "# cpchain node configuration. Relative paths are relative to this file.\n\
+             \n\
+             # Shown in logs and GET /status.\n\
+             name = \"{name}\"\n\
+             # validator: votes in LBFT 2.0 (must be in the genesis validators);\n\
+             # proposer: seals blocks in its turn; civilian: follows the chain;\n\
+             # storage: stores shards for the DHT.\n\
+             roles = [{roles}]\n\
+             # Chain store and peer data.\n\
+             data_dir = \"{data}\"\n\
+             # This node's ed25519 key (hex seed, mode 0600). Its public key is its address\n\
+             # and its libp2p peer id.\n\
+             key_file = \"{key}\"\n\
+             # The network's genesis (identical on every node).\n\
+             genesis_file = \"{genesis}\"\n\
+             \n\
+             [network]\n\
+             # TCP and QUIC listen addresses (port 0 = any free port).\n\
+             listen = [{listen}]\n\
+             # Peers to dial at start: multiaddrs ending in /p2p/<peer id>.\n\
+             bootstrap = [{boot}]\n\
+             \n\
+             [api]\n\
+             # HTTP API, explorer page (/), OpenAPI (/openapi.json), metrics (/metrics).\n\
+             listen = \"{api}\"\n\
+             \n\
+             [mempool]\n\
+             # Bounds: beyond them submissions get HTTP 503 \"busy\" (backpressure).\n\
+             max_txs = {max_txs}\n\
+             max_bytes = {max_bytes}\n\
+             # Most transactions per block this node proposes.\n\
+             max_block_txs = {block_txs}\n",
+            name = self.name,
+            data = self.data_dir.display(),
+            key = self.key_file.display(),
+            genesis = self.genesis_file.display(),
+            listen = list(&self.network.listen),
+            boot = list(&self.network.bootstrap),
+            api = self.api.listen,
+            max_txs = self.mempool.max_txs,
+            max_bytes = self.mempool.max_bytes,
+            block_txs = self.mempool.max_block_txs,
+        )
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: default_name(),
+            roles: default_roles(),
+            data_dir: default_data_dir(),
+            key_file: default_key_file(),
+            genesis_file: default_genesis_file(),
+            network: NetworkConfig::default(),
+            api: ApiConfig::default(),
+            mempool: MempoolSection::default(),
+        }
+    }
+}
+
+/// `genesis.toml`: what every node of one network agrees on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    /// Chain id (part of every signature's domain).
+    pub chain_id: u32,
+    /// Genesis timestamp, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Block period (ms).
+    pub period_ms: u64,
+    /// Impeach timeout (ms).
+    pub impeach_timeout_ms: u64,
+    /// Proposer seats per term.
+    pub seats: usize,
+    /// Blocks per proposer turn.
+    pub view_len: u64,
+    /// Validators committee (hex addresses).
+    pub validators: Vec<String>,
+    /// Default (bootstrap) proposers (hex addresses).
+    pub proposers: Vec<String>,
+    /// Contract owner (hex address).
+    pub contract_owner: String,
+    /// Initial balances: address and whole CPC.
+    pub balances: Vec<GenesisBalance>,
+}
+
+/// One genesis allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisBalance {
+    /// Hex address.
+    pub address: String,
+    /// Whole CPC.
+    pub cpc: u64,
+}
+
+impl Genesis {
+    /// Reads a genesis file.
+    pub fn load(path: &Path) -> Result<Genesis> {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("reading genesis {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing genesis {}", path.display()))
+    }
+
+    /// Writes it (atomically) as TOML with a header comment.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let body = toml::to_string(self).context("encoding genesis")?;
+        let text = format!(
+            "# cpchain genesis: identical on every node of the network. Changing any field\n\
+             # makes a different chain (stores refuse to open with another genesis).\n{body}"
+        );
+        write_atomic(path, text.as_bytes(), 0o644)
+    }
+
+    fn addr(s: &str, what: &str) -> Result<Address> {
+        Address::from_hex(s).with_context(|| format!("genesis: {what} `{s}` is not 64 hex digits"))
+    }
+
+    /// The chain parameters.
+    pub fn chain_config(&self) -> Result<ChainConfig> {
+        let validators = self
+            .validators
+            .iter()
+            .map(|s| Self::addr(s, "validator"))
+            .collect::<Result<Vec<_>>>()?;
+        let proposers = self
+            .proposers
+            .iter()
+            .map(|s| Self::addr(s, "proposer"))
+            .collect::<Result<Vec<_>>>()?;
+        if validators.is_empty() || proposers.is_empty() {
+            bail!("genesis: needs at least one validator and one proposer");
+        }
+        if self.period_ms == 0 || self.seats == 0 || self.view_len == 0 {
+            bail!("genesis: period_ms, seats and view_len must be positive");
+        }
+        let owner = Self::addr(&self.contract_owner, "contract_owner")?;
+        let mut cfg = ChainConfig::mainnet_like(self.chain_id, validators, proposers, owner);
+        cfg.period_ms = self.period_ms;
+        cfg.impeach_timeout_ms = self.impeach_timeout_ms;
+        cfg.seats = self.seats;
+        cfg.view_len = self.view_len;
+        // Rewards follow the calendar, not the block count: scale the year to the period.
+        cfg.blocks_per_year = (365 * 24 * 3600 * 1000 / self.period_ms).max(1);
+        Ok(cfg)
+    }
+
+    /// Initial balances in base units.
+    pub fn balances(&self) -> Result<Vec<(Address, Amount)>> {
+        self.balances
+            .iter()
+            .map(|b| Ok((Self::addr(&b.address, "balance")?, Amount::from(b.cpc) * CPC)))
+            .collect()
+    }
+
+    /// The genesis header block 1 points to.
+    pub fn header(&self, cfg: &ChainConfig) -> Header {
+        chain::genesis_header(cfg, self.timestamp_ms)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and rename, fsynced, with `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a key file (64 hex digits of seed).
+pub fn load_key(path: &Path) -> Result<Keypair> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| {
+        anyhow::anyhow!(
+            "key file {} is damaged (expected 64 hex characters)",
+            path.display()
+        )
+    })?;
+    Ok(Keypair::from_seed(seed))
+}
+
+/// Writes a key file (mode 0600), refusing to overwrite an existing one.
+pub fn save_key(path: &Path, kp: &Keypair) -> Result<()> {
+    if path.exists() {
+        bail!("a key already exists at {}", path.display());
+    }
+    write_atomic(path, format!("{}\n", hex::encode(kp.seed())).as_bytes(), 0o600)
+}
+
+/// `cpchain init DIR`: a new key, a single-node genesis making this node validator and
+/// proposer (unless `genesis` names an existing file), and a commented `node.toml`.
+pub fn init(dir: &Path, genesis: Option<&Path>, period_ms: u64) -> Result<PathBuf> {
+    let cfg_path = dir.join("node.toml");
+    if cfg_path.exists() {
+        bail!("{} already exists", cfg_path.display());
+    }
+    let kp = Keypair::generate();
+    let addr = Address::of(&kp.public());
+    let mut cfg = NodeConfig {
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(default_name),
+        ..NodeConfig::default()
+    };
+    save_key(&dir.join(&cfg.key_file), &kp)?;
+    match genesis {
+        Some(g) => {
+            cfg.genesis_file = g.to_path_buf();
+            cfg.roles = vec![Role::Civilian];
+        }
+        None => {
+            cfg.roles = vec![Role::Validator, Role::Proposer];
+            let g = Genesis {
+                chain_id: 7,
+                timestamp_ms: now_ms(),
+                period_ms,
+                impeach_timeout_ms: period_ms.saturating_mul(2).max(1_000),
+                seats: 12,
+                view_len: 3,
+                validators: vec![addr.to_hex()],
+                proposers: vec![addr.to_hex()],
+                contract_owner: addr.to_hex(),
+                balances: vec![GenesisBalance {
+                    address: addr.to_hex(),
+                    cpc: 1_000_000,
+                }],
+            };
+            g.save(&dir.join(&cfg.genesis_file))?;
+        }
+    }
+    write_atomic(&cfg_path, cfg.to_commented_toml().as_bytes(), 0o644)?;
+    Ok(cfg_path)
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn init_writes_a_config_that_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = init(dir.path(), None, 1_000).unwrap();
+        let cfg = NodeConfig::load(&p).unwrap();
+        assert!(cfg.has(Role::Validator) && cfg.has(Role::Proposer));
+        let g = Genesis::load(&cfg.genesis_file).unwrap();
+        let cc = g.chain_config().unwrap();
+        assert_eq!(cc.validators.len(), 1);
+        let kp = load_key(&cfg.key_file).unwrap();
+        assert_eq!(cc.validators[0], Address::of(&kp.public()));
+        assert!(init(dir.path(), None, 1_000).is_err(), "refuses to overwrite");
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        fs::write(&p, "roles = [\"king\"]\n").unwrap();
+        assert!(NodeConfig::load(&p).is_err());
+        fs::write(&p, "colour = 1\n").unwrap();
+        let e = NodeConfig::load(&p).unwrap_err();
+        assert!(format!("{e:#}").contains("colour"), "{e:#}");
+        fs::write(&p, "roles = []\n").unwrap();
+        assert!(NodeConfig::load(&p).is_err());
+    }
+}

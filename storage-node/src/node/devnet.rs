@@ -1,0 +1,407 @@
+//! `cpchain devnet`: a local network on loopback, one OS process per node.
+//!
+//! Writes a genesis, keys and a config per node under the data directory, starts every
+//! node as `cpchain node --config …`, waits until blocks are final, prints the API and
+//! explorer URLs, and on Ctrl-C stops the nodes (SIGTERM, then SIGKILL after a grace
+//! period). `devnet.json` in the data directory lists every node (role, address, ports,
+//! pid) for scripts, tests and the load benchmark; `faucet.key` holds a funded key.
+
+use std::fs;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chain::Address;
+use crypto_accel::Keypair;
+use serde::{Deserialize, Serialize};
+
+use super::config::{
+    now_ms, save_key, write_atomic, Genesis, GenesisBalance, NodeConfig, Role,
+};
+use super::net::peer_id_of;
+
+/// Shape of a devnet.
+#[derive(Debug, Clone)]
+pub struct DevnetParams {
+    /// Validators (3f + 1).
+    pub validators: usize,
+    /// Proposer candidates (default proposers).
+    pub proposers: usize,
+    /// Storage nodes (civilians with the storage role).
+    pub storage: usize,
+    /// Block period (ms).
+    pub period_ms: u64,
+    /// Impeach timeout (ms).
+    pub impeach_timeout_ms: u64,
+    /// Where node data goes.
+    pub data_dir: PathBuf,
+    /// Blocks per proposer turn.
+    pub view_len: u64,
+    /// Most transactions per block.
+    pub max_block_txs: usize,
+}
+
+/// One node of a devnet, as recorded in `devnet.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetNode {
+    /// Name (`validator-0`, `proposer-1`, `storage-2`).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Hex address.
+    pub address: String,
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// TCP multiaddr with peer id.
+    pub multiaddr: String,
+    /// HTTP API base URL.
+    pub api: String,
+    /// Config file.
+    pub config: PathBuf,
+    /// Process id of the running node (0 when not running).
+    pub pid: u32,
+}
+
+/// `devnet.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetFile {
+    /// Nodes.
+    pub nodes: Vec<DevnetNode>,
+    /// Funded key for clients and benchmarks.
+    pub faucet_key: PathBuf,
+    /// The `cpchain` binary the nodes run.
+    pub binary: PathBuf,
+    /// Block period (ms).
+    pub period_ms: u64,
+}
+
+impl DevnetFile {
+    /// Reads `devnet.json` from a devnet data directory.
+    pub fn load(data_dir: &Path) -> Result<DevnetFile> {
+        let p = data_dir.join("devnet.json");
+        let t = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&t).with_context(|| format!("parsing {}", p.display()))
+    }
+}
+
+fn free_tcp_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Writes genesis, keys and configs for a devnet; returns the node list (pids 0).
+pub fn prepare(p: &DevnetParams) -> Result<DevnetFile> {
+    if p.validators == 0 || p.proposers == 0 {
+        bail!("a devnet needs at least one validator and one proposer");
+    }
+    if p.data_dir.join("devnet.json").exists() {
+        bail!(
+            "{} already holds a devnet: remove it or pick another --data-dir",
+            p.data_dir.display()
+        );
+    }
+    fs::create_dir_all(&p.data_dir)
+        .with_context(|| format!("creating {}", p.data_dir.display()))?;
+    let mut specs = Vec::new();
+    for i in 0..p.validators {
+        specs.push((format!("validator-{i}"), Role::Validator));
+    }
+    for i in 0..p.proposers {
+        specs.push((format!("proposer-{i}"), Role::Proposer));
+    }
+    for i in 0..p.storage {
+        specs.push((format!("storage-{i}"), Role::Storage));
+    }
+    let keys: Vec<Keypair> = specs.iter().map(|_| Keypair::generate()).collect();
+    let faucet = Keypair::generate();
+    let addr = |k: &Keypair| Address::of(&k.public());
+    let mut balances: Vec<GenesisBalance> = keys
+        .iter()
+        .map(|k| GenesisBalance {
+            address: addr(k).to_hex(),
+            cpc: 1_000_000,
+        })
+        .collect();
+    balances.push(GenesisBalance {
+        address: addr(&faucet).to_hex(),
+        cpc: 1_000_000_000,
+    });
+    let genesis = Genesis {
+        chain_id: 7,
+        timestamp_ms: now_ms(),
+        period_ms: p.period_ms,
+        impeach_timeout_ms: p.impeach_timeout_ms,
+        seats: p.proposers,
+        view_len: p.view_len,
+        validators: specs
+            .iter()
+            .zip(&keys)
+            .filter(|((_, r), _)| *r == Role::Validator)
+            .map(|(_, k)| addr(k).to_hex())
+            .collect(),
+        proposers: specs
+            .iter()
+            .zip(&keys)
+            .filter(|((_, r), _)| *r == Role::Proposer)
+            .map(|(_, k)| addr(k).to_hex())
+            .collect(),
+        contract_owner: addr(&faucet).to_hex(),
+        balances,
+    };
+    let genesis_path = p.data_dir.join("genesis.toml");
+    genesis.save(&genesis_path)?;
+    let faucet_key = p.data_dir.join("faucet.key");
+    save_key(&faucet_key, &faucet)?;
+    let mut nodes = Vec::new();
+    let mut ports = Vec::new();
+    for ((name, role), k) in specs.iter().zip(&keys) {
+        let tcp = free_tcp_port()?;
+        let udp = free_udp_port()?;
+        let api = free_tcp_port()?;
+        let peer = peer_id_of(&addr(k)).context("deriving a peer id")?;
+        ports.push((tcp, udp, api));
+        nodes.push(DevnetNode {
+            name: name.clone(),
+            role: *role,
+            address: addr(k).to_hex(),
+            peer_id: peer.to_string(),
+            multiaddr: format!("/ip4/127.0.0.1/tcp/{tcp}/p2p/{peer}"),
+            api: format!("http://127.0.0.1:{api}"),
+            config: p.data_dir.join(name).join("node.toml"),
+            pid: 0,
+        });
+    }
+    // Everyone dials the committee (validators and proposers); Kademlia finds the rest.
+    let bootstrap: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.role != Role::Storage)
+        .map(|n| n.multiaddr.clone())
+        .collect();
+    for ((n, k), (tcp, udp, api)) in nodes.iter().zip(&keys).zip(&ports) {
+        let dir = p.data_dir.join(&n.name);
+        fs::create_dir_all(&dir)?;
+        save_key(&dir.join("node.key"), k)?;
+        let mut roles = vec![n.role];
+        if n.role == Role::Storage {
+            roles.insert(0, Role::Civilian);
+        }
+        let mut cfg = NodeConfig {
+            name: n.name.clone(),
+            roles,
+            genesis_file: PathBuf::from("../genesis.toml"),
+            ..NodeConfig::default()
+        };
+        cfg.network.listen = vec![
+            format!("/ip4/127.0.0.1/tcp/{tcp}"),
+            format!("/ip4/127.0.0.1/udp/{udp}/quic-v1"),
+        ];
+        cfg.network.bootstrap = bootstrap
+            .iter()
+            .filter(|b| **b != n.multiaddr)
+            .cloned()
+            .collect();
+        cfg.api.listen = format!("127.0.0.1:{api}");
+        cfg.mempool.max_block_txs = p.max_block_txs;
+        write_atomic(&n.config, cfg.to_commented_toml().as_bytes(), 0o644)?;
+    }
+    let binary = std::env::current_exe().context("locating the cpchain binary")?;
+    let file = DevnetFile {
+        nodes,
+        faucet_key,
+        binary,
+        period_ms: p.period_ms,
+    };
+    save(&p.data_dir, &file)?;
+    Ok(file)
+}
+
+fn save(dir: &Path, f: &DevnetFile) -> Result<()> {
+    let text = serde_json::to_string_pretty(f).context("encoding devnet.json")?;
+    write_atomic(&dir.join("devnet.json"), text.as_bytes(), 0o644)
+}
+
+/// Starts one node process, logging to `node.log` next to its config.
+pub fn start_node(binary: &Path, n: &DevnetNode) -> Result<Child> {
+    let dir = n.config.parent().unwrap_or(Path::new("."));
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .with_context(|| format!("opening {}/node.log", dir.display()))?;
+    let err = log.try_clone()?;
+    Command::new(binary)
+        .arg("node")
+        .arg("--config")
+        .arg(&n.config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {}", n.name))
+}
+
+/// The height a node's API reports, if it answers.
+pub fn height_of(api: &str) -> Option<u64> {
+    let v: serde_json::Value = ureq::get(&format!("{api}/status"))
+        .timeout(Duration::from_secs(2))
+        .call()
+        .ok()?
+        .into_json()
+        .ok()?;
+    v.get("height")?.as_u64()
+}
+
+/// Sends SIGTERM to every child, waits up to `grace`, then SIGKILLs the rest.
+pub fn stop_all(children: &mut [(String, Child)], grace: Duration) {
+    for (_, c) in children.iter() {
+        let _ = send_signal(c.id(), "TERM");
+    }
+    let start = Instant::now();
+    for (name, c) in children.iter_mut() {
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if start.elapsed() >= grace => {
+                    eprintln!("{name} did not stop in {grace:?}: killing it");
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// Sends `sig` (e.g. "TERM", "KILL", "STOP", "CONT") to `pid` with kill(1): the workspace
+/// forbids `unsafe`, which `libc::kill` would need.
+pub fn send_signal(pid: u32, sig: &str) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .arg("-s")
+        .arg(sig)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("kill -s {sig} {pid} failed")))
+    }
+}
+
+/// `cpchain devnet`: prepare, start, wait for finality, print URLs, run until Ctrl-C.
+pub fn run(p: DevnetParams) -> Result<()> {
+    let file = prepare(&p)?;
+    println!(
+        "devnet: {} validators, {} proposers, {} storage nodes, {} ms blocks; data in {}",
+        p.validators,
+        p.proposers,
+        p.storage,
+        p.period_ms,
+        p.data_dir.display()
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    let mut term = match tokio::signal::unix::signal(
+                        tokio::signal::unix::SignalKind::terminate(),
+                    ) {
+                        Ok(t) => t,
+                        Err(_) => return,
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                });
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    let mut file = file;
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for n in file.nodes.iter_mut() {
+        let c = start_node(&file.binary, n)?;
+        n.pid = c.id();
+        children.push((n.name.clone(), c));
+    }
+    save(&p.data_dir, &file)?;
+    let first = file
+        .nodes
+        .first()
+        .map(|n| n.api.clone())
+        .context("no nodes")?;
+    print!("waiting for the first final blocks");
+    let start = Instant::now();
+    let mut reached = false;
+    while start.elapsed() < Duration::from_secs(90) && !stop.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        if height_of(&first).is_some_and(|h| h >= 2) {
+            reached = true;
+            break;
+        }
+        for (name, c) in children.iter_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                stop_all(&mut children, Duration::from_secs(3));
+                bail!(
+                    "{name} exited early ({st}); see {}/{name}/node.log",
+                    p.data_dir.display()
+                );
+            }
+        }
+        print!(".");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!();
+    if !reached {
+        stop_all(&mut children, Duration::from_secs(3));
+        bail!(
+            "no final block within 90 s; node logs are in {}",
+            p.data_dir.display()
+        );
+    }
+    println!("blocks are final (height {}).", height_of(&first).unwrap_or(0));
+    println!("explorer:  {first}/");
+    for n in &file.nodes {
+        println!("  {:<12} {}  (api {}/status)", n.name, &n.address[..16], n.api);
+    }
+    println!("metrics:   {first}/metrics   openapi: {first}/openapi.json");
+    println!(
+        "faucet key: {}   (e.g. cpchain --api {first} --key {} tx transfer --to <addr> --amount 10)",
+        file.faucet_key.display(),
+        file.faucet_key.display()
+    );
+    println!("Ctrl-C stops the network.");
+    let mut last = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        if last.elapsed() >= Duration::from_secs(10) {
+            last = Instant::now();
+            if let Some(h) = height_of(&first) {
+                println!("height {h}");
+            }
+        }
+    }
+    println!("stopping {} nodes…", children.len());
+    stop_all(&mut children, Duration::from_secs(10));
+    for n in file.nodes.iter_mut() {
+        n.pid = 0;
+    }
+    save(&p.data_dir, &file)?;
+    println!("stopped; data kept in {}", p.data_dir.display());
+    Ok(())
+}

@@ -1,0 +1,885 @@
+//! The engine: the shell around the pure LBFT core. It owns the validator machine, the
+//! state, the chain store and the mempool on one thread; turns timers into inputs; sends
+//! the machine's messages through the network; verifies signature batches with the
+//! [`BatchVerifier`] (caching verdicts); executes and durably commits final blocks; builds
+//! blocks in this node's proposer turns; and catches up from peers in block ranges.
+//!
+//! Everything reaches the engine as an [`EngineEvent`] on one bounded channel; API queries
+//! are closures run between events, so readers always see a consistent state.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chain::{
+    elect_committee, propose, term_of, term_seed, verify_item_id, Address, Block, BlockKind,
+    Certificate, ChainConfig, ChainStore, Input, KeyCache, LbftParams, Message, Output, Schedule,
+    SignedTx, State, StoreConfig, TimerKind, Tx, TxPayload, Validator,
+};
+use crypto_accel::{
+    BatchVerifier, CpuBatchVerifier, CpuVerifierConfig, Decode, Encode, Hash, Keypair, Reader,
+    VerifyBatch, VerifyReport,
+};
+use libp2p::PeerId;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::config::{now_ms, Genesis, NodeConfig, Role};
+use super::mempool::{Mempool, MempoolConfig};
+use super::net::{NetCmd, NetEvent, NetStats, TOPIC_BLOCKS, TOPIC_TXS};
+use super::view::Rejected;
+
+/// Most transactions in one gossiped batch.
+pub const MAX_GOSSIP_TXS: usize = 20_000;
+/// Most blocks one sync answer carries.
+pub const SYNC_RANGE: u64 = 64;
+/// Verdicts cached before the cache is cleared.
+const MAX_VERDICTS: usize = 1 << 20;
+/// Final transactions indexed by hash for the API.
+const TX_INDEX: usize = 1 << 20;
+/// Recent blocks' summaries kept for the API.
+const RECENT_BLOCKS: usize = 256;
+
+/// A sync request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncReq {
+    /// "What is your last final block?"
+    Head,
+    /// "Send final blocks `from`, `from + 1`, … (at most `count`)."
+    Range {
+        /// First block.
+        from: u64,
+        /// Most blocks wanted.
+        count: u64,
+    },
+}
+
+impl Encode for SyncReq {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            SyncReq::Head => 0u8.encode(out),
+            SyncReq::Range { from, count } => {
+                1u8.encode(out);
+                from.encode(out);
+                count.encode(out);
+            }
+        }
+    }
+}
+
+impl Decode for SyncReq {
+    fn decode(r: &mut Reader<'_>) -> crypto_accel::CodecResult<Self> {
+        match r.u8()? {
+            0 => Ok(SyncReq::Head),
+            1 => Ok(SyncReq::Range {
+                from: r.u64()?,
+                count: r.u64()?,
+            }),
+            t => Err(crypto_accel::CodecError::BadTag {
+                what: "sync request",
+                tag: u64::from(t),
+            }),
+        }
+    }
+}
+
+/// A sync answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncResp {
+    /// The peer's last final block number.
+    Head(u64),
+    /// Final blocks with their certificates, in order.
+    Blocks(Vec<(Block, Certificate)>),
+}
+
+impl Encode for SyncResp {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            SyncResp::Head(n) => {
+                0u8.encode(out);
+                n.encode(out);
+            }
+            SyncResp::Blocks(bs) => {
+                1u8.encode(out);
+                (bs.len() as u32).encode(out);
+                for (b, c) in bs {
+                    b.encode(out);
+                    c.encode(out);
+                }
+            }
+        }
+    }
+}
+
+impl Decode for SyncResp {
+    fn decode(r: &mut Reader<'_>) -> crypto_accel::CodecResult<Self> {
+        match r.u8()? {
+            0 => Ok(SyncResp::Head(r.u64()?)),
+            1 => {
+                let n = r.len("sync blocks", SYNC_RANGE as usize)?;
+                let mut bs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    bs.push((Block::decode(r)?, Certificate::decode(r)?));
+                }
+                Ok(SyncResp::Blocks(bs))
+            }
+            t => Err(crypto_accel::CodecError::BadTag {
+                what: "sync response",
+                tag: u64::from(t),
+            }),
+        }
+    }
+}
+
+/// Encodes a batch of transactions for gossip.
+pub fn encode_tx_batch(txs: &[SignedTx]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(txs.len() * 160 + 4);
+    (txs.len() as u32).encode(&mut out);
+    for t in txs {
+        t.encode(&mut out);
+    }
+    out
+}
+
+/// Decodes a gossiped batch (at most [`MAX_GOSSIP_TXS`], the whole buffer consumed).
+pub fn decode_tx_batch(bytes: &[u8]) -> crypto_accel::CodecResult<Vec<SignedTx>> {
+    let mut r = Reader::new(bytes);
+    let n = r.len("tx batch", MAX_GOSSIP_TXS)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(SignedTx::decode(&mut r)?);
+    }
+    r.finish()?;
+    Ok(v)
+}
+
+fn decode_all<T: Decode>(bytes: &[u8]) -> crypto_accel::CodecResult<T> {
+    let mut r = Reader::new(bytes);
+    let v = T::decode(&mut r)?;
+    r.finish()?;
+    Ok(v)
+}
+
+/// A closure run on the engine thread between events.
+pub type Query = Box<dyn FnOnce(&mut Engine) + Send>;
+
+/// What the engine reacts to.
+pub enum EngineEvent {
+    /// From the network.
+    Net(NetEvent),
+    /// Transactions submitted through the API (canonical bytes each), answered per tx.
+    Submit {
+        /// Encoded transactions.
+        txs: Vec<Vec<u8>>,
+        /// Where the per-transaction results go.
+        reply: SyncSender<Vec<Result<Hash, Rejected>>>,
+    },
+    /// A read-only query.
+    Query(Query),
+    /// Stop.
+    Shutdown,
+}
+
+impl std::fmt::Debug for EngineEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineEvent::Net(e) => write!(f, "Net({e:?})"),
+            EngineEvent::Submit { txs, .. } => write!(f, "Submit({} txs)", txs.len()),
+            EngineEvent::Query(_) => f.write_str("Query"),
+            EngineEvent::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+impl From<NetEvent> for EngineEvent {
+    fn from(e: NetEvent) -> Self {
+        EngineEvent::Net(e)
+    }
+}
+
+/// A final block's summary kept for the API and explorer.
+#[derive(Debug, Clone)]
+pub struct BlockSummary {
+    /// The block.
+    pub block: Arc<Block>,
+    /// Signers of its certificate.
+    pub signers: Vec<Address>,
+}
+
+/// Counters the API reads.
+#[derive(Debug, Default, Clone)]
+pub struct EngineStats {
+    /// Transactions committed since start.
+    pub committed_txs: u64,
+    /// Impeach blocks committed since start.
+    pub impeachments: u64,
+    /// Submissions rejected since start.
+    pub rejected_txs: u64,
+    /// Commit latency samples (s) since the last metrics read.
+    pub latencies: Vec<f64>,
+    /// Verify batch sizes since the last metrics read.
+    pub batch_sizes: Vec<usize>,
+}
+
+/// The engine (see the module docs).
+pub struct Engine {
+    /// Node config.
+    pub node: NodeConfig,
+    /// Chain parameters.
+    pub cfg: ChainConfig,
+    key: Keypair,
+    /// This node's address.
+    pub addr: Address,
+    /// The LBFT machine.
+    pub machine: Validator,
+    /// State after the last executed block.
+    pub state: State,
+    /// Durable blocks.
+    pub store: ChainStore,
+    /// Pending transactions.
+    pub mempool: Mempool,
+    verifier: CpuBatchVerifier,
+    verdicts: HashMap<Hash, bool>,
+    keys: KeyCache,
+    timers: BTreeMap<TimerKind, u64>,
+    net: UnboundedSender<NetCmd>,
+    /// Network counters.
+    pub net_stats: Arc<NetStats>,
+    /// libp2p peer id.
+    pub peer_id: PeerId,
+    candidates: Vec<(Address, u64)>,
+    turn_seen: u64,
+    propose_at: Option<(u64, u64)>,
+    sent_block: Option<Block>,
+    /// Best head heard from peers.
+    pub best_peer_height: u64,
+    sync_inflight: Option<Instant>,
+    last_housekeeping: Instant,
+    /// Recent final blocks, newest last.
+    pub recent: VecDeque<BlockSummary>,
+    /// Final transaction hash → block number (bounded, newest kept).
+    pub tx_index: HashMap<Hash, u64>,
+    tx_order: VecDeque<Hash>,
+    /// Counters.
+    pub stats: EngineStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.node.name)
+            .field("height", &self.store.head().number)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the store (replaying it), builds the machine at its head.
+    pub fn open(
+        node: NodeConfig,
+        genesis: &Genesis,
+        key: Keypair,
+        net: UnboundedSender<NetCmd>,
+        net_stats: Arc<NetStats>,
+        peer_id: PeerId,
+    ) -> Result<Engine> {
+        let cfg = genesis.chain_config()?;
+        let balances = genesis.balances()?;
+        let gh = genesis.header(&cfg);
+        let (store, state) = ChainStore::open_with_genesis(
+            node.data_dir.join("chain"),
+            &cfg,
+            &balances,
+            StoreConfig::default(),
+            &gh,
+        )
+        .with_context(|| format!("opening the chain store in {}", node.data_dir.display()))?;
+        let head = store.head();
+        let tip = if head.number == 0 {
+            gh
+        } else {
+            store
+                .block(head.number)
+                .context("reading the head block")?
+                .context("the head block is missing from the store")?
+                .header
+        };
+        let candidates = Self::candidates_from(&cfg, &state);
+        let term = term_of(&cfg, head.number.saturating_add(1));
+        let committee = if term == 0 {
+            cfg.default_proposers.clone()
+        } else {
+            let c = state.committee(term);
+            if c.is_empty() {
+                cfg.default_proposers.clone()
+            } else {
+                c
+            }
+        };
+        let schedule = Schedule::new(term, committee, candidates.clone());
+        let params = LbftParams {
+            resend_ms: 500,
+            ..LbftParams::default()
+        };
+        let machine = if node.has(Role::Validator) {
+            Validator::new(cfg.clone(), key.clone(), params, tip, state.root(), schedule)
+        } else {
+            Validator::follower(cfg.clone(), params, tip, state.root(), schedule)
+        };
+        if node.has(Role::Validator) && !machine.is_validator() {
+            anyhow::bail!(
+                "config says validator, but {} is not in the genesis validators",
+                Address::of(&key.public())
+            );
+        }
+        let mempool = Mempool::new(MempoolConfig {
+            max_txs: node.mempool.max_txs,
+            max_bytes: node.mempool.max_bytes,
+            ..MempoolConfig::default()
+        });
+        let verifier = CpuBatchVerifier::new(CpuVerifierConfig::default())
+            .context("starting the signature verifier")?;
+        let mut recent = VecDeque::new();
+        let from = head.number.saturating_sub(RECENT_BLOCKS as u64 - 1).max(1);
+        for n in from..=head.number {
+            if let (Ok(Some(b)), Ok(Some(c))) = (store.block(n), store.certificate(n)) {
+                recent.push_back(BlockSummary {
+                    block: Arc::new(b),
+                    signers: c.sigs.iter().map(|(a, _)| *a).collect(),
+                });
+            }
+        }
+        Ok(Engine {
+            addr: Address::of(&key.public()),
+            node,
+            cfg,
+            key,
+            machine,
+            state,
+            store,
+            mempool,
+            verifier,
+            verdicts: HashMap::new(),
+            keys: KeyCache::default(),
+            timers: BTreeMap::new(),
+            net,
+            net_stats,
+            peer_id,
+            candidates,
+            turn_seen: 0,
+            propose_at: None,
+            sent_block: None,
+            best_peer_height: head.number,
+            sync_inflight: None,
+            last_housekeeping: Instant::now(),
+            recent,
+            tx_index: HashMap::new(),
+            tx_order: VecDeque::new(),
+            stats: EngineStats::default(),
+        })
+    }
+
+    fn candidates_from(cfg: &ChainConfig, state: &State) -> Vec<(Address, u64)> {
+        let next_term = state.term().saturating_add(1);
+        state
+            .candidates_of(cfg, next_term)
+            .into_iter()
+            .map(|a| (a, state.get_rpt(&a).total))
+            .collect()
+    }
+
+    /// Runs until [`EngineEvent::Shutdown`] or until every sender is gone.
+    pub fn run(mut self, rx: Receiver<EngineEvent>) {
+        self.feed(None);
+        loop {
+            let now = now_ms();
+            let next_timer = self.timers.values().min().copied();
+            let next = [next_timer, self.propose_at.map(|p| p.1)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now + 200);
+            let wait = next.saturating_sub(now).clamp(1, 200);
+            match rx.recv_timeout(Duration::from_millis(wait)) {
+                Ok(EngineEvent::Shutdown) => break,
+                Ok(ev) => {
+                    self.handle(ev);
+                    // Drain what is queued, batching gossiped transactions.
+                    let mut txs = Vec::new();
+                    for _ in 0..4096 {
+                        match rx.try_recv() {
+                            Ok(EngineEvent::Shutdown) => return,
+                            Ok(EngineEvent::Net(NetEvent::Gossip {
+                                topic: TOPIC_TXS,
+                                data,
+                                ..
+                            })) => {
+                                if let Ok(mut v) = decode_tx_batch(&data) {
+                                    txs.append(&mut v);
+                                }
+                                if txs.len() >= MAX_GOSSIP_TXS {
+                                    self.add_txs(std::mem::take(&mut txs), false);
+                                }
+                            }
+                            Ok(ev) => self.handle(ev),
+                            Err(_) => break,
+                        }
+                    }
+                    if !txs.is_empty() {
+                        self.add_txs(txs, false);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.fire_timers();
+            if self.last_housekeeping.elapsed() >= Duration::from_millis(500) {
+                self.last_housekeeping = Instant::now();
+                self.housekeeping();
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: EngineEvent) {
+        match ev {
+            EngineEvent::Net(NetEvent::Consensus { data, .. }) => match decode_all::<Message>(&data) {
+                Ok(m) => self.on_message(m),
+                Err(e) => tracing::debug!("bad consensus frame: {e}"),
+            },
+            EngineEvent::Net(NetEvent::Gossip { topic, data, .. }) => {
+                if topic == TOPIC_BLOCKS {
+                    match decode_all::<Message>(&data) {
+                        Ok(m @ Message::Validate(..)) => self.on_message(m),
+                        Ok(_) => tracing::debug!("non-VALIDATE on the blocks topic"),
+                        Err(e) => tracing::debug!("bad block gossip: {e}"),
+                    }
+                } else if let Ok(txs) = decode_tx_batch(&data) {
+                    self.add_txs(txs, false);
+                }
+            }
+            EngineEvent::Net(NetEvent::SyncRequest { id, data }) => {
+                let resp = match decode_all::<SyncReq>(&data) {
+                    Ok(SyncReq::Head) => SyncResp::Head(self.store.head().number),
+                    Ok(SyncReq::Range { from, count }) => {
+                        let to = from.saturating_add(count.min(SYNC_RANGE)).saturating_sub(1);
+                        SyncResp::Blocks(self.store.blocks_range(from, to).unwrap_or_default())
+                    }
+                    Err(_) => SyncResp::Blocks(Vec::new()),
+                };
+                let _ = self.net.send(NetCmd::SyncRespond {
+                    id,
+                    data: resp.to_bytes(),
+                });
+            }
+            EngineEvent::Net(NetEvent::SyncResponse { from, data }) => {
+                match decode_all::<SyncResp>(&data) {
+                    Ok(SyncResp::Head(n)) => self.best_peer_height = self.best_peer_height.max(n),
+                    Ok(SyncResp::Blocks(bs)) => {
+                        self.sync_inflight = None;
+                        for (b, c) in bs {
+                            if b.header.number >= self.machine.height() {
+                                self.feed(Some(Input::Validate(b, c)));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("bad sync answer from {from}: {e}"),
+                }
+            }
+            EngineEvent::Net(NetEvent::Connected(p)) => {
+                let _ = self.net.send(NetCmd::SyncRequest {
+                    peer: Some(p),
+                    data: SyncReq::Head.to_bytes(),
+                });
+            }
+            EngineEvent::Submit { txs, reply } => {
+                let mut out: Vec<Option<Result<Hash, Rejected>>> = vec![None; txs.len()];
+                let mut decoded = Vec::with_capacity(txs.len());
+                let mut idx = Vec::with_capacity(txs.len());
+                for (i, b) in txs.iter().enumerate() {
+                    match decode_all::<SignedTx>(b) {
+                        Ok(t) => {
+                            decoded.push(t);
+                            idx.push(i);
+                        }
+                        Err(e) => out[i] = Some(Err(Rejected::Malformed(e.to_string()))),
+                    }
+                }
+                let results = self.add_txs(decoded, true);
+                for (i, r) in idx.into_iter().zip(results) {
+                    out[i] = Some(r);
+                }
+                let out: Vec<Result<Hash, Rejected>> = out
+                    .into_iter()
+                    .map(|r| r.unwrap_or(Err(Rejected::Malformed("not processed".into()))))
+                    .collect();
+                self.stats.rejected_txs += out.iter().filter(|r| r.is_err()).count() as u64;
+                let _ = reply.send(out);
+            }
+            EngineEvent::Query(q) => q(self),
+            EngineEvent::Shutdown => {}
+        }
+    }
+
+    /// Adds transactions to the mempool; gossips the accepted ones when they came from
+    /// this node's API.
+    fn add_txs(&mut self, txs: Vec<SignedTx>, gossip: bool) -> Vec<Result<Hash, Rejected>> {
+        if txs.is_empty() {
+            return Vec::new();
+        }
+        let copies = if gossip { txs.clone() } else { Vec::new() };
+        self.stats.batch_sizes.push(txs.len());
+        let results = self
+            .mempool
+            .add_batch(txs, &self.state, &self.cfg, &self.verifier);
+        if gossip {
+            let ok: Vec<SignedTx> = copies
+                .into_iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(t, _)| t)
+                .collect();
+            for chunk in ok.chunks(MAX_GOSSIP_TXS) {
+                let _ = self.net.send(NetCmd::Publish {
+                    topic: TOPIC_TXS,
+                    data: encode_tx_batch(chunk),
+                });
+            }
+        }
+        results
+    }
+
+    fn on_message(&mut self, m: Message) {
+        if let Message::Validate(b, _) = &m {
+            self.best_peer_height = self.best_peer_height.max(b.header.number);
+        }
+        self.feed(Some(m.into()));
+    }
+
+    fn fire_timers(&mut self) {
+        let now = now_ms();
+        let due: Vec<TimerKind> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            self.timers.remove(&k);
+            self.feed(Some(Input::Timeout(k)));
+        }
+        if let Some((number, at)) = self.propose_at {
+            if at <= now {
+                self.propose_at = None;
+                self.proposer_turn(number);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let h = self.machine.height();
+        let behind = self.best_peer_height >= h.saturating_add(1);
+        let stale = self
+            .sync_inflight
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+        if behind && stale {
+            self.sync_inflight = Some(Instant::now());
+            let _ = self.net.send(NetCmd::SyncRequest {
+                peer: None,
+                data: SyncReq::Range {
+                    from: h,
+                    count: SYNC_RANGE,
+                }
+                .to_bytes(),
+            });
+        }
+        // Ask for heads now and then, so a node that missed VALIDATEs learns it is behind.
+        if behind || h.is_multiple_of(8) {
+            let _ = self.net.send(NetCmd::SyncRequest {
+                peer: None,
+                data: SyncReq::Head.to_bytes(),
+            });
+        }
+    }
+
+    /// Steps the machine with `input` (after a clock tick) and performs its outputs until
+    /// no follow-up inputs remain.
+    fn feed(&mut self, input: Option<Input>) {
+        let mut queue: VecDeque<Input> = VecDeque::new();
+        queue.push_back(Input::Tick(now_ms()));
+        queue.extend(input);
+        while let Some(i) = queue.pop_front() {
+            let outs = self.machine.step(i);
+            let mut follow = Vec::new();
+            for o in outs {
+                match o {
+                    Output::Broadcast(msg) => self.broadcast(&msg),
+                    Output::SetTimer { kind, at_ms } => {
+                        self.timers.insert(kind, at_ms);
+                    }
+                    Output::Verify { req, batch, ids } => {
+                        let report = self.verify(&batch, &ids);
+                        follow.push(Input::Verified { req, report });
+                    }
+                    Output::Check { req, block } => {
+                        let ok = self.check_body(&block);
+                        follow.push(Input::Checked { req, ok });
+                    }
+                    Output::Insert(block, cert) => {
+                        let number = block.header.number;
+                        match self.execute(&block, &cert) {
+                            Ok(root) => {
+                                follow.push(Input::Executed {
+                                    number,
+                                    post_state_root: root,
+                                });
+                                let c = Self::candidates_from(&self.cfg, &self.state);
+                                if c != self.candidates {
+                                    self.candidates = c.clone();
+                                    follow.push(Input::Candidates(c));
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!("cannot execute final block {number}: {e:#}");
+                            }
+                        }
+                    }
+                    Output::Evidence(dv) => {
+                        tracing::warn!("double vote by {} at {}", dv.a.validator, dv.a.number);
+                        if let Ok(t) = self.evidence_tx(dv) {
+                            let _ = self.add_txs(vec![t], true);
+                        }
+                    }
+                }
+            }
+            for f in follow.into_iter().rev() {
+                queue.push_front(f);
+            }
+        }
+        self.after_step();
+    }
+
+    fn evidence_tx(&self, dv: chain::DoubleVote) -> Result<SignedTx> {
+        let nonce = self
+            .mempool
+            .pending_nonce(&self.addr, self.state.nonce(&self.addr));
+        Ok(SignedTx::sign(
+            &self.key,
+            self.cfg.chain_id,
+            nonce,
+            0,
+            TxPayload::Evidence(dv),
+        ))
+    }
+
+    fn broadcast(&mut self, msg: &Message) {
+        let bytes = msg.to_bytes();
+        if matches!(msg, Message::Validate(..)) {
+            let _ = self.net.send(NetCmd::Publish {
+                topic: TOPIC_BLOCKS,
+                data: bytes.clone(),
+            });
+        }
+        let _ = self.net.send(NetCmd::ToCommittee(Arc::new(bytes)));
+    }
+
+    fn verify(&mut self, batch: &VerifyBatch, ids: &[Hash]) -> VerifyReport {
+        if ids.len() == batch.len() && ids.iter().all(|id| self.verdicts.contains_key(id)) {
+            return VerifyReport {
+                len: ids.len(),
+                invalid: ids
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, id)| self.verdicts.get(*id) != Some(&true))
+                    .map(|(i, _)| i)
+                    .collect(),
+            };
+        }
+        self.stats.batch_sizes.push(batch.len());
+        let report = self.verifier.verify(batch);
+        if ids.len() == batch.len() {
+            if self.verdicts.len() + ids.len() > MAX_VERDICTS {
+                self.verdicts.clear();
+            }
+            for (i, id) in ids.iter().enumerate() {
+                self.verdicts.insert(*id, report.is_valid(i));
+            }
+        }
+        report
+    }
+
+    /// Whether a proposed body's signatures verify and it applies on the current state.
+    fn check_body(&mut self, block: &Block) -> bool {
+        let mut batch = VerifyBatch::new();
+        if State::push_signatures_cached(block, self.cfg.chain_id, &mut batch, &mut self.keys)
+            .is_err()
+        {
+            return false;
+        }
+        let mut ids = Vec::with_capacity(batch.len());
+        for tx in &block.txs {
+            let Tx::Signed(t) = tx else { continue };
+            let mut signers = vec![(t.from, t.sig)];
+            if let TxPayload::Evidence(dv) = &t.payload {
+                signers.push((dv.a.validator, dv.a.sig));
+                signers.push((dv.b.validator, dv.b.sig));
+            }
+            for (a, sig) in signers {
+                if ids.len() >= batch.len() {
+                    return false;
+                }
+                ids.push(verify_item_id(&a.0, &sig, batch.message(ids.len())));
+            }
+        }
+        if ids.len() != batch.len() || !self.verify(&batch, &ids).all_valid() {
+            return false;
+        }
+        let mut copy = self.state.clone();
+        copy.apply_block(&self.cfg, block).is_ok()
+    }
+
+    /// Applies a final block, records the next committee at a term's end, commits it
+    /// durably and updates the mempool and indexes. Returns the post-state root.
+    fn execute(&mut self, block: &Block, cert: &Certificate) -> Result<Hash> {
+        let hd = &block.header;
+        let receipt = self
+            .state
+            .apply_block(&self.cfg, block)
+            .context("applying")?;
+        let next = hd.number + 1;
+        let tl = self.cfg.term_len().max(1);
+        if next.is_multiple_of(tl) {
+            let term = next / tl;
+            let committee =
+                elect_committee(&self.cfg, &self.candidates, term_seed(block.hash(), term));
+            self.state
+                .set_committee(term, &committee)
+                .context("recording the next committee")?;
+        }
+        self.store
+            .commit(block, cert, &receipt, &self.state)
+            .context("committing to the chain store")?;
+        self.mempool.on_block(block, &self.state);
+        let now = now_ms();
+        let latency = now.saturating_sub(hd.timestamp_ms) as f64 / 1000.0;
+        if self.stats.latencies.len() < 100_000 {
+            self.stats.latencies.push(latency);
+        }
+        let signed = block
+            .txs
+            .iter()
+            .filter(|t| matches!(t, Tx::Signed(_)))
+            .count();
+        self.stats.committed_txs += signed as u64;
+        if hd.kind == BlockKind::Impeach {
+            self.stats.impeachments += 1;
+            tracing::warn!("impeach block {} (proposer {} failed)", hd.number, hd.proposer);
+        }
+        for t in &block.txs {
+            let h = t.hash();
+            self.tx_index.insert(h, hd.number);
+            self.tx_order.push_back(h);
+            if self.tx_order.len() > TX_INDEX {
+                if let Some(old) = self.tx_order.pop_front() {
+                    self.tx_index.remove(&old);
+                }
+            }
+        }
+        self.recent.push_back(BlockSummary {
+            block: Arc::new(block.clone()),
+            signers: cert.sigs.iter().map(|(a, _)| *a).collect(),
+        });
+        if self.recent.len() > RECENT_BLOCKS {
+            self.recent.pop_front();
+        }
+        if hd.number.is_multiple_of(10) || signed > 0 {
+            tracing::info!(
+                "final #{} {} txs={} latency={:.2}s mempool={}",
+                hd.number,
+                &block.hash().to_hex()[..12],
+                signed,
+                latency,
+                self.mempool.len()
+            );
+        }
+        Ok(self.state.root())
+    }
+
+    /// Proposers: when a new height starts and it is our turn, schedule the proposal.
+    fn after_step(&mut self) {
+        if !self.node.has(Role::Proposer) {
+            return;
+        }
+        let h = self.machine.height();
+        if h <= self.turn_seen || self.machine.post_state_root().is_none() {
+            return;
+        }
+        self.turn_seen = h;
+        if self.machine.proposer_for(h) == Some(self.addr) {
+            let at = self.machine.tip().timestamp_ms + self.cfg.period_ms;
+            self.propose_at = Some((h, at));
+        }
+    }
+
+    fn proposer_turn(&mut self, number: u64) {
+        if self.machine.height() != number {
+            return;
+        }
+        let Some(root) = self.machine.post_state_root() else {
+            return;
+        };
+        if self.state.root() != root {
+            return;
+        }
+        if let Some(b) = self.sent_block.clone() {
+            if b.header.number == number {
+                // Re-send while the height is undecided (lost messages, late peers).
+                self.send_proposal(b);
+                self.propose_at = Some((number, now_ms() + 500));
+                return;
+            }
+        }
+        let term = term_of(&self.cfg, number);
+        let mut txs = self
+            .mempool
+            .select(self.node.mempool.max_block_txs, 16 << 20);
+        let ok = self.state.select_valid(&self.cfg, term, &txs);
+        if ok.len() != txs.len() {
+            let keep: std::collections::HashSet<usize> = ok.into_iter().collect();
+            let mut i = 0;
+            txs.retain(|_| {
+                let k = keep.contains(&i);
+                i += 1;
+                k
+            });
+        }
+        let txs: Vec<Tx> = txs.into_iter().map(Tx::Signed).collect();
+        let tip = self.machine.tip().clone();
+        let b = propose(&self.cfg, &self.key, &tip, root, txs, now_ms());
+        tracing::debug!("proposing #{number} with {} txs", b.txs.len());
+        self.sent_block = Some(b.clone());
+        self.send_proposal(b);
+        self.propose_at = Some((number, now_ms() + 500));
+    }
+
+    fn send_proposal(&mut self, b: Block) {
+        let msg = Message::Proposal(b);
+        let _ = self
+            .net
+            .send(NetCmd::ToCommittee(Arc::new(msg.to_bytes())));
+        if self.machine.is_validator() {
+            self.feed(Some(msg.into()));
+        }
+    }
+
+    /// This node's key (for the API's own transactions, e.g. evidence).
+    pub fn key(&self) -> &Keypair {
+        &self.key
+    }
+
+    /// Peers connected now.
+    pub fn peers(&self) -> usize {
+        self.net_stats.peers.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,510 @@
+//! The libp2p side of a node: TCP and QUIC transports with noise and yamux, identify, ping,
+//! Kademlia for discovery, gossipsub for transactions and VALIDATE'd blocks, and two
+//! request-response protocols of our own: `/cpchain/consensus/1` (direct LBFT messages to
+//! committee members) and `/cpchain/sync/1` (heads and block ranges for catch-up).
+//!
+//! The swarm runs on a tokio task; the engine talks to it through [`NetCmd`] and hears from
+//! it through [`NetEvent`]. Frames are length-prefixed and bounded before anything is
+//! allocated; payloads are decoded by the engine with the canonical codec.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chain::Address;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{gossipsub, identify, identity, kad, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Largest consensus frame (a proposal of `MAX_BLOCK_TXS` transactions fits).
+pub const MAX_CONSENSUS_FRAME: usize = 64 << 20;
+/// Largest sync request frame.
+pub const MAX_SYNC_REQUEST: usize = 1 << 10;
+/// Largest sync response frame.
+pub const MAX_SYNC_RESPONSE: usize = 128 << 20;
+/// Largest gossip message.
+pub const MAX_GOSSIP: usize = 32 << 20;
+
+/// Gossip topic for transaction batches.
+pub const TOPIC_TXS: &str = "cpchain/txs/1";
+/// Gossip topic for VALIDATE'd blocks.
+pub const TOPIC_BLOCKS: &str = "cpchain/blocks/1";
+
+/// Length-prefixed frames with separate bounds for requests and responses.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    max_request: usize,
+    max_response: usize,
+}
+
+async fn read_frame<T>(io: &mut T, max: usize) -> io::Result<Vec<u8>>
+where
+    T: futures::AsyncRead + Unpin + Send,
+{
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the {max}-byte limit"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T>(io: &mut T, data: &[u8], max: usize) -> io::Result<()>
+where
+    T: futures::AsyncWrite + Unpin + Send,
+{
+    if data.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("frame of {} bytes exceeds the {max}-byte limit", data.len()),
+        ));
+    }
+    io.write_all(&(data.len() as u32).to_le_bytes()).await?;
+    io.write_all(data).await?;
+    io.close().await
+}
+
+#[async_trait::async_trait]
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_request).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_response).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req, self.max_request).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res, self.max_response).await
+    }
+}
+
+/// The node's libp2p behaviours.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    gossip: gossipsub::Behaviour,
+    consensus: request_response::Behaviour<FrameCodec>,
+    sync: request_response::Behaviour<FrameCodec>,
+}
+
+/// What the network tells the engine.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A direct consensus frame from a peer.
+    Consensus {
+        /// Sender.
+        from: PeerId,
+        /// Encoded `chain::Message`.
+        data: Vec<u8>,
+    },
+    /// A gossiped frame.
+    Gossip {
+        /// Propagation source.
+        from: PeerId,
+        /// [`TOPIC_TXS`] or [`TOPIC_BLOCKS`].
+        topic: &'static str,
+        /// Payload.
+        data: Vec<u8>,
+    },
+    /// A peer's sync request; answer with [`NetCmd::SyncRespond`] and the same `id`.
+    SyncRequest {
+        /// Correlation id.
+        id: u64,
+        /// Encoded request.
+        data: Vec<u8>,
+    },
+    /// The answer to our sync request.
+    SyncResponse {
+        /// The peer that answered.
+        from: PeerId,
+        /// Encoded response.
+        data: Vec<u8>,
+    },
+    /// A peer connected (the engine may ask it for its head).
+    Connected(PeerId),
+}
+
+/// What the engine asks the network to do.
+#[derive(Debug)]
+pub enum NetCmd {
+    /// Send a consensus frame to every connected committee member (validators and
+    /// proposers).
+    ToCommittee(Arc<Vec<u8>>),
+    /// Publish on a gossip topic.
+    Publish {
+        /// Topic name.
+        topic: &'static str,
+        /// Payload.
+        data: Vec<u8>,
+    },
+    /// Send a sync request to `peer`, or to a connected committee peer (round robin).
+    SyncRequest {
+        /// Target.
+        peer: Option<PeerId>,
+        /// Encoded request.
+        data: Vec<u8>,
+    },
+    /// Answer a sync request.
+    SyncRespond {
+        /// The request's id.
+        id: u64,
+        /// Encoded response.
+        data: Vec<u8>,
+    },
+}
+
+/// Counters the API reads.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Connected peers.
+    pub peers: AtomicUsize,
+    /// Inbound events dropped because the engine's queue was full.
+    pub dropped: AtomicUsize,
+}
+
+/// The libp2p peer id of an address (the same ed25519 key), if the bytes are a valid key.
+pub fn peer_id_of(addr: &Address) -> Option<PeerId> {
+    let pk = identity::ed25519::PublicKey::try_from_bytes(&addr.0).ok()?;
+    Some(identity::PublicKey::from(pk).to_peer_id())
+}
+
+/// A running swarm, before its loop is spawned.
+pub struct Net {
+    swarm: Swarm<Behaviour>,
+    committee: HashSet<PeerId>,
+    bootstrap: Vec<Multiaddr>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("peer_id", self.swarm.local_peer_id())
+            .finish()
+    }
+}
+
+impl Net {
+    /// Builds the swarm for `seed` (the node's ed25519 seed), listening on `listen`.
+    /// `committee` are the validators and proposers, who get direct consensus frames.
+    pub fn new(
+        seed: [u8; 32],
+        listen: &[String],
+        bootstrap: &[String],
+        committee: &[Address],
+    ) -> Result<Net> {
+        let mut seed = seed;
+        let key = identity::Keypair::ed25519_from_bytes(&mut seed)
+            .context("deriving the libp2p identity")?;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .context("TCP transport")?
+            .with_quic()
+            .with_behaviour(|key| {
+                let peer = key.public().to_peer_id();
+                let gossip_cfg = gossipsub::ConfigBuilder::default()
+                    .max_transmit_size(MAX_GOSSIP)
+                    .heartbeat_interval(Duration::from_millis(500))
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .message_id_fn(|m: &gossipsub::Message| {
+                        gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                    })
+                    .build()
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                let gossip = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_cfg,
+                )
+                .map_err(io::Error::other)?;
+                let mut kad_cfg = kad::Config::new(StreamProtocol::new("/cpchain/kad/1"));
+                kad_cfg.set_query_timeout(Duration::from_secs(30));
+                let kad = kad::Behaviour::with_config(
+                    peer,
+                    kad::store::MemoryStore::new(peer),
+                    kad_cfg,
+                );
+                let rr_cfg = request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(30))
+                    .with_max_concurrent_streams(1024);
+                let consensus = request_response::Behaviour::with_codec(
+                    FrameCodec {
+                        max_request: MAX_CONSENSUS_FRAME,
+                        max_response: 16,
+                    },
+                    [(
+                        StreamProtocol::new("/cpchain/consensus/1"),
+                        ProtocolSupport::Full,
+                    )],
+                    rr_cfg.clone(),
+                );
+                let sync = request_response::Behaviour::with_codec(
+                    FrameCodec {
+                        max_request: MAX_SYNC_REQUEST,
+                        max_response: MAX_SYNC_RESPONSE,
+                    },
+                    [(StreamProtocol::new("/cpchain/sync/1"), ProtocolSupport::Full)],
+                    rr_cfg,
+                );
+                Ok(Behaviour {
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/cpchain/id/1".into(),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::default(),
+                    kad,
+                    gossip,
+                    consensus,
+                    sync,
+                })
+            })
+            .map_err(|e| anyhow::anyhow!("building behaviours: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+        for t in [TOPIC_TXS, TOPIC_BLOCKS] {
+            swarm
+                .behaviour_mut()
+                .gossip
+                .subscribe(&gossipsub::IdentTopic::new(t))
+                .map_err(|e| anyhow::anyhow!("subscribing to {t}: {e}"))?;
+        }
+        for l in listen {
+            let a: Multiaddr = l
+                .parse()
+                .with_context(|| format!("listen address `{l}` is not a multiaddr"))?;
+            swarm
+                .listen_on(a)
+                .with_context(|| format!("listening on {l}"))?;
+        }
+        let bootstrap = bootstrap
+            .iter()
+            .map(|b| {
+                b.parse::<Multiaddr>()
+                    .with_context(|| format!("bootstrap address `{b}` is not a multiaddr"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let me = *swarm.local_peer_id();
+        let committee = committee
+            .iter()
+            .filter_map(peer_id_of)
+            .filter(|p| *p != me)
+            .collect();
+        Ok(Net {
+            swarm,
+            committee,
+            bootstrap,
+        })
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Runs the swarm until `cmds` closes: forwards events to `events` (dropping, and
+    /// counting, what does not fit), executes commands.
+    pub async fn run<E: From<NetEvent> + Send>(
+        mut self,
+        mut cmds: UnboundedReceiver<NetCmd>,
+        events: SyncSender<E>,
+        stats: Arc<NetStats>,
+    ) {
+        for a in std::mem::take(&mut self.bootstrap) {
+            if let Some(libp2p::multiaddr::Protocol::P2p(p)) = a.iter().last() {
+                self.swarm.behaviour_mut().kad.add_address(&p, a.clone());
+            }
+            if let Err(e) = self.swarm.dial(a.clone()) {
+                tracing::warn!("dialing bootstrap {a}: {e}");
+            }
+        }
+        let mut pending: HashMap<u64, ResponseChannel<Vec<u8>>> = HashMap::new();
+        let mut next_id = 0u64;
+        let mut rr = 0usize;
+        let mut outbound_sync: HashMap<OutboundRequestId, PeerId> = HashMap::new();
+        let mut redial = tokio::time::interval(Duration::from_secs(2));
+        let mut kad_boot = tokio::time::interval(Duration::from_secs(30));
+        let send = |ev: NetEvent| {
+            if events.try_send(E::from(ev)).is_err() {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    match cmd {
+                        NetCmd::ToCommittee(data) => {
+                            let peers: Vec<PeerId> = self
+                                .committee
+                                .iter()
+                                .filter(|p| self.swarm.is_connected(p))
+                                .copied()
+                                .collect();
+                            for p in peers {
+                                self.swarm
+                                    .behaviour_mut()
+                                    .consensus
+                                    .send_request(&p, data.to_vec());
+                            }
+                        }
+                        NetCmd::Publish { topic, data } => {
+                            let t = gossipsub::IdentTopic::new(topic);
+                            if let Err(e) = self.swarm.behaviour_mut().gossip.publish(t, data) {
+                                tracing::debug!("publish on {topic}: {e}");
+                            }
+                        }
+                        NetCmd::SyncRequest { peer, data } => {
+                            let target = peer.or_else(|| {
+                                let mut c: Vec<PeerId> = self
+                                    .committee
+                                    .iter()
+                                    .filter(|p| self.swarm.is_connected(p))
+                                    .copied()
+                                    .collect();
+                                c.sort();
+                                rr = rr.wrapping_add(1);
+                                c.get(rr % c.len().max(1)).copied()
+                            });
+                            if let Some(p) = target {
+                                let id = self.swarm.behaviour_mut().sync.send_request(&p, data);
+                                outbound_sync.insert(id, p);
+                            }
+                        }
+                        NetCmd::SyncRespond { id, data } => {
+                            if let Some(ch) = pending.remove(&id) {
+                                let _ = self.swarm.behaviour_mut().sync.send_response(ch, data);
+                            }
+                        }
+                    }
+                }
+                _ = redial.tick() => {
+                    let missing: Vec<PeerId> = self
+                        .committee
+                        .iter()
+                        .filter(|p| !self.swarm.is_connected(p))
+                        .copied()
+                        .collect();
+                    for p in missing {
+                        // Kademlia supplies the addresses it knows for the peer.
+                        let _ = self.swarm.dial(p);
+                    }
+                }
+                _ = kad_boot.tick() => {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+                ev = self.swarm.select_next_some() => match ev {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        tracing::info!("listening on {address}/p2p/{}", self.swarm.local_peer_id());
+                    }
+                    SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                        stats.peers.store(self.swarm.connected_peers().count(), Ordering::Relaxed);
+                        if num_established.get() == 1 {
+                            send(NetEvent::Connected(peer_id));
+                        }
+                    }
+                    SwarmEvent::ConnectionClosed { .. } => {
+                        stats.peers.store(self.swarm.connected_peers().count(), Ordering::Relaxed);
+                    }
+                    SwarmEvent::Behaviour(ev) => match ev {
+                        BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                            for a in info.listen_addrs {
+                                self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                            }
+                        }
+                        BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message, .. }) => {
+                            let topic = if message.topic == gossipsub::IdentTopic::new(TOPIC_TXS).hash() {
+                                TOPIC_TXS
+                            } else if message.topic == gossipsub::IdentTopic::new(TOPIC_BLOCKS).hash() {
+                                TOPIC_BLOCKS
+                            } else {
+                                continue;
+                            };
+                            send(NetEvent::Gossip { from: propagation_source, topic, data: message.data });
+                        }
+                        BehaviourEvent::Consensus(request_response::Event::Message { peer, message, .. }) => {
+                            if let request_response::Message::Request { request, channel, .. } = message {
+                                // Ack at once; the frame is processed asynchronously.
+                                let _ = self.swarm.behaviour_mut().consensus.send_response(channel, Vec::new());
+                                send(NetEvent::Consensus { from: peer, data: request });
+                            }
+                        }
+                        BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
+                            request_response::Message::Request { request, channel, .. } => {
+                                next_id = next_id.wrapping_add(1);
+                                pending.insert(next_id, channel);
+                                // Bound the answers we owe: drop the oldest beyond 1,024.
+                                if pending.len() > 1024 {
+                                    if let Some(k) = pending.keys().min().copied() {
+                                        pending.remove(&k);
+                                    }
+                                }
+                                send(NetEvent::SyncRequest { id: next_id, data: request });
+                            }
+                            request_response::Message::Response { request_id, response } => {
+                                outbound_sync.remove(&request_id);
+                                send(NetEvent::SyncResponse { from: peer, data: response });
+                            }
+                        },
+                        BehaviourEvent::Sync(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                            if let Some(p) = outbound_sync.remove(&request_id) {
+                                tracing::debug!("sync request to {p} failed: {error}");
+                            }
+                        }
+                        _ => {}
+                    },
+                    _ => {}
+                },
+            }
+        }
+    }
+}

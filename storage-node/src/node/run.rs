@@ -1,0 +1,101 @@
+//! `cpchain node`: wires the network, the engine and the HTTP API together and runs until
+//! SIGINT/SIGTERM, then shuts down cleanly (the chain store is durable after every block).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chain::Address;
+
+use super::config::{load_key, Genesis, NodeConfig};
+use super::engine::{Engine, EngineEvent};
+use super::handle::EngineHandle;
+use super::net::{Net, NetStats};
+use super::view::NodeApi;
+
+/// Engine queue length (network events and API calls); beyond it the network drops
+/// (and counts) events and the API answers "busy".
+const ENGINE_QUEUE: usize = 65_536;
+
+/// Installs a log subscriber honouring `RUST_LOG` (default `info`, libp2p at `warn`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs the node described by the config file at `path`.
+pub fn run(path: &Path) -> Result<()> {
+    init_logging();
+    let node = NodeConfig::load(path)?;
+    let genesis = Genesis::load(&node.genesis_file)?;
+    let cfg = genesis.chain_config()?;
+    let key = load_key(&node.key_file)?;
+    std::fs::create_dir_all(&node.data_dir)
+        .with_context(|| format!("creating {}", node.data_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("cpchain-net")
+        .build()
+        .context("starting the async runtime")?;
+    let mut committee: Vec<Address> = cfg.validators.clone();
+    committee.extend(cfg.default_proposers.iter().copied());
+    let (net_tx, net_rx) = tokio::sync::mpsc::unbounded_channel();
+    let stats = Arc::new(NetStats::default());
+    let net = {
+        let _guard = rt.enter();
+        Net::new(
+            key.seed(),
+            &node.network.listen,
+            &node.network.bootstrap,
+            &committee,
+        )?
+    };
+    let peer_id = net.peer_id();
+    let api_listen = node.api.listen.clone();
+    let name = node.name.clone();
+    let engine = Engine::open(node, &genesis, key, net_tx, stats.clone(), peer_id)?;
+    tracing::info!(
+        "{name}: {} at height {}, peer id {peer_id}",
+        engine.addr,
+        engine.store.head().number
+    );
+    let (ev_tx, ev_rx) = std::sync::mpsc::sync_channel::<EngineEvent>(ENGINE_QUEUE);
+    let engine_thread = std::thread::Builder::new()
+        .name("cpchain-engine".into())
+        .spawn(move || engine.run(ev_rx))
+        .context("starting the engine thread")?;
+    let api: Arc<dyn NodeApi> = Arc::new(EngineHandle::new(ev_tx.clone()));
+    let net_events = ev_tx.clone();
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&api_listen)
+            .await
+            .with_context(|| format!("binding the API to {api_listen}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!("API and explorer on http://{local}/");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(super::api::serve(listener, api, async move {
+            let _ = stop_rx.await;
+        }));
+        let net_task = tokio::spawn(net.run(net_rx, net_events, stats));
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+            _ = term.recv() => tracing::info!("terminated: shutting down"),
+        }
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        net_task.abort();
+        anyhow::Ok(())
+    });
+    let _ = ev_tx.send(EngineEvent::Shutdown);
+    drop(ev_tx);
+    let _ = engine_thread.join();
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
