@@ -28,7 +28,7 @@ pub use config::ChainConfig;
 pub use election::{elect, elect_committee, proposer_of, term_of, term_seed, Schedule};
 pub use lbft::{
     impeach_block, propose, verify_item_id, Input, LbftParams, Message, Output, Phase, Stats,
-    TimerKind, Validator,
+    TimerKind, Validator, MAX_MESSAGE_BYTES,
 };
 
 pub use error::{ChainError, ChainResult};
