@@ -27,8 +27,8 @@ mod types;
 pub use config::ChainConfig;
 pub use election::{elect, elect_committee, proposer_of, term_of, term_seed, Schedule};
 pub use lbft::{
-    genesis_header, impeach_block, propose, verify_item_id, Input, LbftParams, Message, Output, Phase, Stats,
-    TimerKind, Validator,
+    genesis_header, impeach_block, propose, verify_item_id, Input, LbftParams, Message, Output,
+    Phase, Stats, TimerKind, Validator, MAX_MESSAGE_BYTES,
 };
 
 pub use error::{ChainError, ChainResult};

@@ -64,6 +64,7 @@
 
 mod blocks;
 mod machine;
+mod wire;
 
 use crypto_accel::{Hash, VerifyBatch, VerifyReport};
 
@@ -72,6 +73,7 @@ use crate::types::{Certificate, DoubleVote, Vote};
 
 pub use blocks::{genesis_header, impeach_block, propose};
 pub use machine::{verify_item_id, Validator};
+pub use wire::MAX_MESSAGE_BYTES;
 
 /// The five states of an LBFT 2.0 validator in the current round of the current height.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
