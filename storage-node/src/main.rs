@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use crypto_accel::{AeadAlgo, DataId, Keypair};
 use indicatif::{ProgressBar, ProgressStyle};
 use storage_node::{
-    open, seal, BackendChoice, ChunkStore, Manifest, ManifestDir, OpenParams, SealParams,
+    node, open, seal, BackendChoice, ChunkStore, Manifest, ManifestDir, OpenParams, SealParams,
     StoreConfig, StoreSink,
 };
 
@@ -43,6 +43,52 @@ enum BackendArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a local multi-node network on loopback (one process per node) and run it
+    /// until Ctrl-C.
+    Devnet {
+        /// Validators (n = 3f + 1).
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// Proposer candidates.
+        #[arg(long, default_value_t = 3)]
+        proposers: usize,
+        /// Storage nodes.
+        #[arg(long, default_value_t = 6)]
+        storage: usize,
+        /// Block period in milliseconds.
+        #[arg(long, default_value_t = 1_000)]
+        period_ms: u64,
+        /// Impeach timeout in milliseconds [default: 2 × period, at least 1 s].
+        #[arg(long)]
+        impeach_timeout_ms: Option<u64>,
+        /// Blocks per proposer turn.
+        #[arg(long, default_value_t = 3)]
+        view_len: u64,
+        /// Most transactions per block.
+        #[arg(long, default_value_t = 20_000)]
+        max_block_txs: usize,
+        /// Where node data goes [default: a new directory under the system temp dir].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write a commented node config, a key and (without --genesis) a one-node genesis
+    /// into DIR.
+    Init {
+        /// Directory for node.toml, node.key and genesis.toml.
+        dir: PathBuf,
+        /// Join an existing network with this genesis file instead.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
+        /// Block period of a new one-node network, ms.
+        #[arg(long, default_value_t = 1_000)]
+        period_ms: u64,
+    },
+    /// Run a node.
+    Node {
+        /// The node's config file (see `cpchain init`).
+        #[arg(long, default_value = "node.toml")]
+        config: PathBuf,
+    },
     /// Manage the node's ed25519 key.
     Keys {
         #[command(subcommand)]
@@ -269,8 +315,55 @@ fn parse_data_id(s: &str) -> Result<DataId> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Command::Devnet {
+            validators,
+            proposers,
+            storage,
+            period_ms,
+            impeach_timeout_ms,
+            view_len,
+            max_block_txs,
+            data_dir,
+        } => {
+            let data_dir = match data_dir {
+                Some(d) => d.clone(),
+                None => std::env::temp_dir().join(format!(
+                    "cpchain-devnet-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                )),
+            };
+            return node::devnet::run(node::devnet::DevnetParams {
+                validators: *validators,
+                proposers: *proposers,
+                storage: *storage,
+                period_ms: *period_ms,
+                impeach_timeout_ms: impeach_timeout_ms
+                    .unwrap_or_else(|| period_ms.saturating_mul(2).max(1_000)),
+                data_dir,
+                view_len: *view_len,
+                max_block_txs: *max_block_txs,
+                binary: std::env::current_exe().context("locating the cpchain binary")?,
+            });
+        }
+        Command::Init {
+            dir,
+            genesis,
+            period_ms,
+        } => {
+            let p = node::config::init(dir, genesis.as_deref(), *period_ms)?;
+            println!("wrote {}; start it with: cpchain node --config {}", p.display(), p.display());
+            return Ok(());
+        }
+        Command::Node { config } => return node::run::run(config),
+        _ => {}
+    }
     let home = home_dir(&cli)?;
     match &cli.cmd {
+        Command::Devnet { .. } | Command::Init { .. } | Command::Node { .. } => {}
         Command::Keys {
             cmd: KeysCmd::New { force },
         } => {

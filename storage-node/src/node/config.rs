@@ -200,11 +200,12 @@ impl NodeConfig {
 
     /// The config as commented TOML (what `cpchain init` writes).
     pub fn to_commented_toml(&self) -> String {
-        let roles: Vec<String> = self
+        let roles = self
             .roles
             .iter()
             .map(|r| format!("\"{}\"", r.name()))
-            .collect();
+            .collect::<Vec<_>>()
+            .join(", ");
         let list = |v: &[String]| {
             v.iter()
                 .map(|s| format!("\"{s}\""))

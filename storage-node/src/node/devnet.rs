@@ -41,6 +41,8 @@ pub struct DevnetParams {
     pub view_len: u64,
     /// Most transactions per block.
     pub max_block_txs: usize,
+    /// The `cpchain` binary the nodes run.
+    pub binary: PathBuf,
 }
 
 /// One node of a devnet, as recorded in `devnet.json`.
@@ -209,11 +211,10 @@ pub fn prepare(p: &DevnetParams) -> Result<DevnetFile> {
         cfg.mempool.max_block_txs = p.max_block_txs;
         write_atomic(&n.config, cfg.to_commented_toml().as_bytes(), 0o644)?;
     }
-    let binary = std::env::current_exe().context("locating the cpchain binary")?;
     let file = DevnetFile {
         nodes,
         faucet_key,
-        binary,
+        binary: p.binary.clone(),
         period_ms: p.period_ms,
     };
     save(&p.data_dir, &file)?;
@@ -352,14 +353,18 @@ pub fn run(p: DevnetParams) -> Result<()> {
             reached = true;
             break;
         }
-        for (name, c) in children.iter_mut() {
-            if let Ok(Some(st)) = c.try_wait() {
-                stop_all(&mut children, Duration::from_secs(3));
-                bail!(
-                    "{name} exited early ({st}); see {}/{name}/node.log",
-                    p.data_dir.display()
-                );
-            }
+        let exited = children
+            .iter_mut()
+            .find_map(|(name, c)| match c.try_wait() {
+                Ok(Some(st)) => Some((name.clone(), st)),
+                _ => None,
+            });
+        if let Some((name, st)) = exited {
+            stop_all(&mut children, Duration::from_secs(3));
+            bail!(
+                "{name} exited early ({st}); see {}/{name}/node.log",
+                p.data_dir.display()
+            );
         }
         print!(".");
         use std::io::Write;

@@ -3,8 +3,8 @@
 
 pub mod config;
 pub mod devnet;
-pub mod engine;
-pub mod handle;
+// pub mod engine;
+// pub mod handle;
 pub mod net;
-pub mod run;
+// pub mod run;
 pub mod view;

@@ -77,7 +77,6 @@ where
     io.close().await
 }
 
-#[async_trait::async_trait]
 impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
@@ -124,6 +123,7 @@ impl request_response::Codec for FrameCodec {
 
 /// The node's libp2p behaviours.
 #[derive(NetworkBehaviour)]
+#[allow(missing_debug_implementations)] // the derive's generated event enum has none
 pub struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,

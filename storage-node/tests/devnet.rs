@@ -1,0 +1,296 @@
+//! Real processes on loopback: a 4-validator devnet commits; the next proposer killed with
+//! kill -9 gives an impeach block and the chain goes on; one validator down (f = 1) → it
+//! goes on; two down → it halts without forking and resumes when one returns;
+//! SIGSTOP/SIGCONT; a restarted node catches up; the explorer page in headless chromium
+//! shows a growing height.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use storage_node::node::config::Role;
+use storage_node::node::devnet::{
+    height_of, prepare, send_signal, start_node, stop_all, DevnetFile, DevnetParams,
+};
+
+const PERIOD_MS: u64 = 500;
+
+struct Net {
+    file: DevnetFile,
+    children: Vec<Option<Child>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let mut live: Vec<(String, Child)> = self
+            .children
+            .iter_mut()
+            .zip(&self.file.nodes)
+            .filter_map(|(c, n)| c.take().map(|c| (n.name.clone(), c)))
+            .collect();
+        stop_all(&mut live, Duration::from_secs(5));
+    }
+}
+
+impl Net {
+    fn start(validators: usize, proposers: usize, storage: usize) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let file = prepare(&DevnetParams {
+            validators,
+            proposers,
+            storage,
+            period_ms: PERIOD_MS,
+            impeach_timeout_ms: 1_500,
+            data_dir: dir.path().join("devnet"),
+            view_len: 1,
+            max_block_txs: 1_000,
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_cpchain")),
+        })
+        .unwrap();
+        let children = file
+            .nodes
+            .iter()
+            .map(|n| Some(start_node(&file.binary, n).unwrap()))
+            .collect();
+        Net {
+            file,
+            children,
+            _dir: dir,
+        }
+    }
+
+    fn idx(&self, name: &str) -> usize {
+        self.file.nodes.iter().position(|n| n.name == name).unwrap()
+    }
+
+    fn api(&self, i: usize) -> &str {
+        &self.file.nodes[i].api
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        assert!(self.children[i].is_none());
+        self.children[i] = Some(start_node(&self.file.binary, &self.file.nodes[i]).unwrap());
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.children[i].as_ref().unwrap().id()
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.children.len())
+            .filter(|i| self.children[*i].is_some())
+            .collect()
+    }
+
+    fn height(&self, i: usize) -> Option<u64> {
+        height_of(self.api(i))
+    }
+
+    /// Highest height among live nodes.
+    fn max_height(&self) -> u64 {
+        self.live()
+            .into_iter()
+            .filter_map(|i| self.height(i))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn wait_height(&self, i: usize, h: u64, within: Duration, what: &str) {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.height(i).is_some_and(|x| x >= h) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "{what}: node {} did not reach height {h} in {within:?} (at {:?}); logs in {}",
+            self.file.nodes[i].name,
+            self.height(i),
+            self.file.nodes[i].config.parent().unwrap().display()
+        );
+    }
+
+    fn json(&self, i: usize, path: &str) -> serde_json::Value {
+        ureq::get(&format!("{}{path}", self.api(i)))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    }
+
+    fn block_hash(&self, i: usize, n: u64) -> Option<String> {
+        let r = ureq::get(&format!("{}/blocks/{n}", self.api(i)))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()?;
+        let v: serde_json::Value = r.into_json().ok()?;
+        v.get("hash")?.as_str().map(str::to_string)
+    }
+
+    /// Every live node agrees on every block hash up to the lowest live height.
+    fn assert_no_fork(&self) {
+        let live = self.live();
+        let low = live.iter().filter_map(|i| self.height(*i)).min().unwrap_or(0);
+        let from = low.saturating_sub(20).max(1);
+        for n in from..=low {
+            let hashes: BTreeMap<String, Vec<usize>> =
+                live.iter().fold(BTreeMap::new(), |mut m, i| {
+                    if let Some(h) = self.block_hash(*i, n) {
+                        m.entry(h).or_insert_with(Vec::new).push(*i);
+                    }
+                    m
+                });
+            assert!(hashes.len() <= 1, "fork at height {n}: {hashes:?}");
+        }
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.file.nodes[i].config.parent().unwrap().join("node.log")
+    }
+}
+
+fn tail(p: &Path) -> String {
+    let t = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[test]
+fn devnet_commits_impeaches_tolerates_f_halts_at_2f_and_catches_up() {
+    let mut net = Net::start(4, 3, 1);
+    let v: Vec<usize> = (0..4).map(|k| net.idx(&format!("validator-{k}"))).collect();
+    let watcher = v[0];
+    net.wait_height(watcher, 3, Duration::from_secs(90), "devnet start");
+    eprintln!("devnet commits: height {:?}", net.height(watcher));
+
+    // kill -9 the proposer whose turn is next → an impeach block, and the chain goes on.
+    let st = net.json(watcher, "/status");
+    let next = st["next_proposer"].as_str().unwrap().to_string();
+    let p = net
+        .file
+        .nodes
+        .iter()
+        .position(|n| n.address == next)
+        .expect("next proposer is a devnet node");
+    assert_eq!(net.file.nodes[p].role, Role::Proposer);
+    net.kill9(p);
+    let start = Instant::now();
+    let mut impeached = false;
+    while start.elapsed() < Duration::from_secs(60) {
+        let imp = net.json(watcher, "/impeachments");
+        if imp.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["proposer"].as_str() == Some(next.as_str()))
+        }) {
+            impeached = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        impeached,
+        "no impeach block for the killed proposer; validator log:\n{}",
+        tail(&net.log(watcher))
+    );
+    let h = net.height(watcher).unwrap();
+    net.wait_height(watcher, h + 3, Duration::from_secs(60), "after impeachment");
+    net.restart(p);
+
+    // One validator down (f = 1): the chain goes on.
+    net.kill9(v[3]);
+    let h = net.height(watcher).unwrap();
+    net.wait_height(watcher, h + 3, Duration::from_secs(60), "with f = 1 down");
+    net.assert_no_fork();
+
+    // Two down: it halts without forking...
+    net.kill9(v[2]);
+    std::thread::sleep(Duration::from_secs(3));
+    let halted = net.max_height();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        net.max_height() <= halted + 1,
+        "the chain went on with 2 of 4 validators down: {halted} → {}",
+        net.max_height()
+    );
+    net.assert_no_fork();
+    // ... and resumes when one returns.
+    net.restart(v[2]);
+    net.wait_height(watcher, halted + 3, Duration::from_secs(90), "after a validator returned");
+    net.restart(v[3]);
+
+    // SIGSTOP / SIGCONT a validator.
+    let pid = net.pid(v[1]);
+    send_signal(pid, "STOP").unwrap();
+    let h = net.height(watcher).unwrap();
+    net.wait_height(watcher, h + 2, Duration::from_secs(60), "with one validator stopped");
+    send_signal(pid, "CONT").unwrap();
+    let h = net.height(watcher).unwrap();
+    net.wait_height(v[1], h, Duration::from_secs(60), "stopped validator catching up");
+
+    // A restarted node catches up and agrees.
+    let s = net.idx("storage-0");
+    net.kill9(s);
+    let h = net.height(watcher).unwrap();
+    net.wait_height(watcher, h + 4, Duration::from_secs(60), "while storage-0 is down");
+    net.restart(s);
+    let h = net.height(watcher).unwrap();
+    net.wait_height(s, h, Duration::from_secs(60), "restarted node catching up");
+    net.wait_height(v[3], h, Duration::from_secs(60), "restarted validator catching up");
+    net.assert_no_fork();
+}
+
+/// The explorer page in a real headless browser shows a height that increases.
+#[test]
+fn explorer_page_shows_a_growing_height_in_headless_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("skipped: no chromium (the CI installs Debian's `chromium`)");
+        return;
+    };
+    let net = Net::start(4, 1, 0);
+    net.wait_height(0, 2, Duration::from_secs(90), "devnet start");
+    let read_height = || -> Option<u64> {
+        let out = std::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+            ])
+            .arg(format!("{}/", net.api(0)))
+            .output()
+            .ok()?;
+        let dom = String::from_utf8_lossy(&out.stdout);
+        let at = dom.find("id=\"height\"")?;
+        let rest = &dom[at..];
+        let gt = rest.find('>')?;
+        let end = rest[gt + 1..].find('<')?;
+        rest[gt + 1..gt + 1 + end].trim().parse().ok()
+    };
+    let first = read_height().expect("the page shows a height");
+    std::thread::sleep(Duration::from_secs(3));
+    let second = read_height().expect("the page shows a height");
+    assert!(second > first, "height did not increase: {first} → {second}");
+}
