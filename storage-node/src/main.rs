@@ -83,6 +83,23 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         period_ms: u64,
     },
+    /// Show a node's status.
+    Status {
+        /// The node's API.
+        #[arg(long, default_value = "http://127.0.0.1:8645", env = "CPCHAIN_API")]
+        api: String,
+    },
+    /// Sign and submit a transaction to a node.
+    Tx {
+        /// The node's API.
+        #[arg(long, default_value = "http://127.0.0.1:8645", env = "CPCHAIN_API")]
+        api: String,
+        /// Signing key file [default: the key in --home].
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: node::client::TxCmd,
+    },
     /// Run a node.
     Node {
         /// The node's config file (see `cpchain init`).
@@ -355,15 +372,30 @@ fn run(cli: Cli) -> Result<()> {
             period_ms,
         } => {
             let p = node::config::init(dir, genesis.as_deref(), *period_ms)?;
-            println!("wrote {}; start it with: cpchain node --config {}", p.display(), p.display());
+            println!(
+                "wrote {}; start it with: cpchain node --config {}",
+                p.display(),
+                p.display()
+            );
             return Ok(());
         }
         Command::Node { config } => return node::run::run(config),
+        Command::Status { api } => return node::client::run_status(api),
         _ => {}
     }
     let home = home_dir(&cli)?;
     match &cli.cmd {
-        Command::Devnet { .. } | Command::Init { .. } | Command::Node { .. } => {}
+        Command::Devnet { .. }
+        | Command::Init { .. }
+        | Command::Node { .. }
+        | Command::Status { .. } => {}
+        Command::Tx { api, key, cmd } => {
+            let kp = match key {
+                Some(k) => node::config::load_key(k)?,
+                None => load_key(&home)?,
+            };
+            node::client::run_tx(api, &kp, cmd.clone())?;
+        }
         Command::Keys {
             cmd: KeysCmd::New { force },
         } => {

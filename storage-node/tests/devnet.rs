@@ -142,7 +142,11 @@ impl Net {
     /// Every live node agrees on every block hash up to the lowest live height.
     fn assert_no_fork(&self) {
         let live = self.live();
-        let low = live.iter().filter_map(|i| self.height(*i)).min().unwrap_or(0);
+        let low = live
+            .iter()
+            .filter_map(|i| self.height(*i))
+            .min()
+            .unwrap_or(0);
         let from = low.saturating_sub(20).max(1);
         for n in from..=low {
             let hashes: BTreeMap<String, Vec<usize>> =
@@ -227,27 +231,52 @@ fn devnet_commits_impeaches_tolerates_f_halts_at_2f_and_catches_up() {
     net.assert_no_fork();
     // ... and resumes when one returns.
     net.restart(v[2]);
-    net.wait_height(watcher, halted + 3, Duration::from_secs(90), "after a validator returned");
+    net.wait_height(
+        watcher,
+        halted + 3,
+        Duration::from_secs(90),
+        "after a validator returned",
+    );
     net.restart(v[3]);
 
     // SIGSTOP / SIGCONT a validator.
     let pid = net.pid(v[1]);
     send_signal(pid, "STOP").unwrap();
     let h = net.height(watcher).unwrap();
-    net.wait_height(watcher, h + 2, Duration::from_secs(60), "with one validator stopped");
+    net.wait_height(
+        watcher,
+        h + 2,
+        Duration::from_secs(60),
+        "with one validator stopped",
+    );
     send_signal(pid, "CONT").unwrap();
     let h = net.height(watcher).unwrap();
-    net.wait_height(v[1], h, Duration::from_secs(60), "stopped validator catching up");
+    net.wait_height(
+        v[1],
+        h,
+        Duration::from_secs(60),
+        "stopped validator catching up",
+    );
 
     // A restarted node catches up and agrees.
     let s = net.idx("storage-0");
     net.kill9(s);
     let h = net.height(watcher).unwrap();
-    net.wait_height(watcher, h + 4, Duration::from_secs(60), "while storage-0 is down");
+    net.wait_height(
+        watcher,
+        h + 4,
+        Duration::from_secs(60),
+        "while storage-0 is down",
+    );
     net.restart(s);
     let h = net.height(watcher).unwrap();
     net.wait_height(s, h, Duration::from_secs(60), "restarted node catching up");
-    net.wait_height(v[3], h, Duration::from_secs(60), "restarted validator catching up");
+    net.wait_height(
+        v[3],
+        h,
+        Duration::from_secs(60),
+        "restarted validator catching up",
+    );
     net.assert_no_fork();
 }
 
@@ -292,5 +321,8 @@ fn explorer_page_shows_a_growing_height_in_headless_chromium() {
     let first = read_height().expect("the page shows a height");
     std::thread::sleep(Duration::from_secs(3));
     let second = read_height().expect("the page shows a height");
-    assert!(second > first, "height did not increase: {first} → {second}");
+    assert!(
+        second > first,
+        "height did not increase: {first} → {second}"
+    );
 }

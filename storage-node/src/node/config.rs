@@ -365,7 +365,12 @@ impl Genesis {
     pub fn balances(&self) -> Result<Vec<(Address, Amount)>> {
         self.balances
             .iter()
-            .map(|b| Ok((Self::addr(&b.address, "balance")?, Amount::from(b.cpc) * CPC)))
+            .map(|b| {
+                Ok((
+                    Self::addr(&b.address, "balance")?,
+                    Amount::from(b.cpc) * CPC,
+                ))
+            })
             .collect()
     }
 
@@ -397,7 +402,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// Reads a key file (64 hex digits of seed).
 pub fn load_key(path: &Path) -> Result<Keypair> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
     let mut seed = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| {
         anyhow::anyhow!(
@@ -413,7 +419,11 @@ pub fn save_key(path: &Path, kp: &Keypair) -> Result<()> {
     if path.exists() {
         bail!("a key already exists at {}", path.display());
     }
-    write_atomic(path, format!("{}\n", hex::encode(kp.seed())).as_bytes(), 0o600)
+    write_atomic(
+        path,
+        format!("{}\n", hex::encode(kp.seed())).as_bytes(),
+        0o600,
+    )
 }
 
 /// `cpchain init DIR`: a new key, a single-node genesis making this node validator and
@@ -486,7 +496,10 @@ mod tests {
         assert_eq!(cc.validators.len(), 1);
         let kp = load_key(&cfg.key_file).unwrap();
         assert_eq!(cc.validators[0], Address::of(&kp.public()));
-        assert!(init(dir.path(), None, 1_000).is_err(), "refuses to overwrite");
+        assert!(
+            init(dir.path(), None, 1_000).is_err(),
+            "refuses to overwrite"
+        );
     }
 
     #[test]

@@ -17,9 +17,7 @@ use chain::Address;
 use crypto_accel::Keypair;
 use serde::{Deserialize, Serialize};
 
-use super::config::{
-    now_ms, save_key, write_atomic, Genesis, GenesisBalance, NodeConfig, Role,
-};
+use super::config::{now_ms, save_key, write_atomic, Genesis, GenesisBalance, NodeConfig, Role};
 use super::net::peer_id_of;
 
 /// Shape of a devnet.
@@ -347,7 +345,8 @@ pub fn run(p: DevnetParams) -> Result<()> {
     print!("waiting for the first final blocks");
     let start = Instant::now();
     let mut reached = false;
-    while start.elapsed() < Duration::from_secs(90) && !stop.load(std::sync::atomic::Ordering::SeqCst)
+    while start.elapsed() < Duration::from_secs(90)
+        && !stop.load(std::sync::atomic::Ordering::SeqCst)
     {
         if height_of(&first).is_some_and(|h| h >= 2) {
             reached = true;
@@ -379,10 +378,18 @@ pub fn run(p: DevnetParams) -> Result<()> {
             p.data_dir.display()
         );
     }
-    println!("blocks are final (height {}).", height_of(&first).unwrap_or(0));
+    println!(
+        "blocks are final (height {}).",
+        height_of(&first).unwrap_or(0)
+    );
     println!("explorer:  {first}/");
     for n in &file.nodes {
-        println!("  {:<12} {}  (api {}/status)", n.name, &n.address[..16], n.api);
+        println!(
+            "  {:<12} {}  (api {}/status)",
+            n.name,
+            &n.address[..16],
+            n.api
+        );
     }
     println!("metrics:   {first}/metrics   openapi: {first}/openapi.json");
     println!(

@@ -138,7 +138,7 @@ pub fn encode_tx_batch(txs: &[SignedTx]) -> Vec<u8> {
     let mut out = Vec::with_capacity(txs.len() * 160 + 4);
     (txs.len() as u32).encode(&mut out);
     for t in txs {
-        t.encode(&mut out);
+        Tx::Signed(t.clone()).encode(&mut out);
     }
     out
 }
@@ -149,7 +149,15 @@ pub fn decode_tx_batch(bytes: &[u8]) -> crypto_accel::CodecResult<Vec<SignedTx>>
     let n = r.len("tx batch", MAX_GOSSIP_TXS)?;
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
-        v.push(SignedTx::decode(&mut r)?);
+        match Tx::decode(&mut r)? {
+            Tx::Signed(t) => v.push(t),
+            Tx::Penalty { .. } => {
+                return Err(crypto_accel::CodecError::Invalid {
+                    what: "tx batch",
+                    reason: "penalties are not gossiped",
+                })
+            }
+        }
     }
     r.finish()?;
     Ok(v)
@@ -324,7 +332,14 @@ impl Engine {
             ..LbftParams::default()
         };
         let machine = if node.has(Role::Validator) {
-            Validator::new(cfg.clone(), key.clone(), params, tip, state.root(), schedule)
+            Validator::new(
+                cfg.clone(),
+                key.clone(),
+                params,
+                tip,
+                state.root(),
+                schedule,
+            )
         } else {
             Validator::follower(cfg.clone(), params, tip, state.root(), schedule)
         };
@@ -444,10 +459,12 @@ impl Engine {
 
     fn handle(&mut self, ev: EngineEvent) {
         match ev {
-            EngineEvent::Net(NetEvent::Consensus { data, .. }) => match decode_all::<Message>(&data) {
-                Ok(m) => self.on_message(m),
-                Err(e) => tracing::debug!("bad consensus frame: {e}"),
-            },
+            EngineEvent::Net(NetEvent::Consensus { data, .. }) => {
+                match decode_all::<Message>(&data) {
+                    Ok(m) => self.on_message(m),
+                    Err(e) => tracing::debug!("bad consensus frame: {e}"),
+                }
+            }
             EngineEvent::Net(NetEvent::Gossip { topic, data, .. }) => {
                 if topic == TOPIC_BLOCKS {
                     match decode_all::<Message>(&data) {
@@ -498,10 +515,15 @@ impl Engine {
                 let mut decoded = Vec::with_capacity(txs.len());
                 let mut idx = Vec::with_capacity(txs.len());
                 for (i, b) in txs.iter().enumerate() {
-                    match decode_all::<SignedTx>(b) {
-                        Ok(t) => {
+                    match decode_all::<Tx>(b) {
+                        Ok(Tx::Signed(t)) => {
                             decoded.push(t);
                             idx.push(i);
+                        }
+                        Ok(Tx::Penalty { .. }) => {
+                            out[i] = Some(Err(Rejected::Invalid(
+                                "penalty transactions are made by validators, not submitted".into(),
+                            )))
                         }
                         Err(e) => out[i] = Some(Err(Rejected::Malformed(e.to_string()))),
                     }
@@ -529,7 +551,9 @@ impl Engine {
             return Vec::new();
         }
         let copies = if gossip { txs.clone() } else { Vec::new() };
-        self.stats.batch_sizes.push(txs.len());
+        if self.stats.batch_sizes.len() < 100_000 {
+            self.stats.batch_sizes.push(txs.len());
+        }
         let results = self
             .mempool
             .add_batch(txs, &self.state, &self.cfg, &self.verifier);
@@ -669,7 +693,7 @@ impl Engine {
             self.cfg.chain_id,
             nonce,
             0,
-            TxPayload::Evidence(dv),
+            TxPayload::Evidence(Box::new(dv)),
         ))
     }
 
@@ -696,7 +720,9 @@ impl Engine {
                     .collect(),
             };
         }
-        self.stats.batch_sizes.push(batch.len());
+        if self.stats.batch_sizes.len() < 100_000 {
+            self.stats.batch_sizes.push(batch.len());
+        }
         let report = self.verifier.verify(batch);
         if ids.len() == batch.len() {
             if self.verdicts.len() + ids.len() > MAX_VERDICTS {
@@ -774,7 +800,11 @@ impl Engine {
         self.stats.committed_txs += signed as u64;
         if hd.kind == BlockKind::Impeach {
             self.stats.impeachments += 1;
-            tracing::warn!("impeach block {} (proposer {} failed)", hd.number, hd.proposer);
+            tracing::warn!(
+                "impeach block {} (proposer {} failed)",
+                hd.number,
+                hd.proposer
+            );
         }
         for t in &block.txs {
             let h = t.hash();
@@ -865,9 +895,7 @@ impl Engine {
 
     fn send_proposal(&mut self, b: Block) {
         let msg = Message::Proposal(b);
-        let _ = self
-            .net
-            .send(NetCmd::ToCommittee(Arc::new(msg.to_bytes())));
+        let _ = self.net.send(NetCmd::ToCommittee(Arc::new(msg.to_bytes())));
         if self.machine.is_validator() {
             self.feed(Some(msg.into()));
         }

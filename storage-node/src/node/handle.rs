@@ -74,7 +74,11 @@ fn call_name(p: &TxPayload) -> (&'static str, String) {
         TxPayload::Evidence(dv) => ("evidence", format!("double vote by {}", dv.a.validator)),
         other => {
             let dbg = format!("{other:?}");
-            let name = dbg.split([' ', '{', '(']).next().unwrap_or("call").to_string();
+            let name = dbg
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or("call")
+                .to_string();
             ("call", name)
         }
     }
@@ -138,7 +142,12 @@ fn status_of(e: &Engine) -> StatusView {
     let next = e.machine.height();
     StatusView {
         name: e.node.name.clone(),
-        roles: e.node.roles.iter().map(|r| Role::name(*r).to_string()).collect(),
+        roles: e
+            .node
+            .roles
+            .iter()
+            .map(|r| Role::name(*r).to_string())
+            .collect(),
         chain_id: e.cfg.chain_id,
         address: e.addr.to_hex(),
         peer_id: e.peer_id.to_string(),
@@ -218,7 +227,10 @@ impl NodeApi for EngineHandle {
             let Some(b) = e.store.block(n)? else {
                 return Ok(None);
             };
-            Ok(b.txs.iter().find(|t| t.hash() == h).map(|t| tx_view(t, Some(n))))
+            Ok(b.txs
+                .iter()
+                .find(|t| t.hash() == h)
+                .map(|t| tx_view(t, Some(n))))
         })
         .unwrap_or_else(|| Err(anyhow::anyhow!("the node did not answer in time")))
     }

@@ -268,11 +268,8 @@ impl Net {
                 .map_err(io::Error::other)?;
                 let mut kad_cfg = kad::Config::new(StreamProtocol::new("/cpchain/kad/1"));
                 kad_cfg.set_query_timeout(Duration::from_secs(30));
-                let kad = kad::Behaviour::with_config(
-                    peer,
-                    kad::store::MemoryStore::new(peer),
-                    kad_cfg,
-                );
+                let kad =
+                    kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_cfg);
                 let rr_cfg = request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(30))
                     .with_max_concurrent_streams(1024);
@@ -292,7 +289,10 @@ impl Net {
                         max_request: MAX_SYNC_REQUEST,
                         max_response: MAX_SYNC_RESPONSE,
                     },
-                    [(StreamProtocol::new("/cpchain/sync/1"), ProtocolSupport::Full)],
+                    [(
+                        StreamProtocol::new("/cpchain/sync/1"),
+                        ProtocolSupport::Full,
+                    )],
                     rr_cfg,
                 );
                 Ok(Behaviour {
@@ -471,12 +471,14 @@ impl Net {
                             };
                             send(NetEvent::Gossip { from: propagation_source, topic, data: message.data });
                         }
-                        BehaviourEvent::Consensus(request_response::Event::Message { peer, message, .. }) => {
-                            if let request_response::Message::Request { request, channel, .. } = message {
-                                // Ack at once; the frame is processed asynchronously.
-                                let _ = self.swarm.behaviour_mut().consensus.send_response(channel, Vec::new());
-                                send(NetEvent::Consensus { from: peer, data: request });
-                            }
+                        BehaviourEvent::Consensus(request_response::Event::Message {
+                            peer,
+                            message: request_response::Message::Request { request, channel, .. },
+                            ..
+                        }) => {
+                            // Ack at once; the frame is processed asynchronously.
+                            let _ = self.swarm.behaviour_mut().consensus.send_response(channel, Vec::new());
+                            send(NetEvent::Consensus { from: peer, data: request });
                         }
                         BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
                             request_response::Message::Request { request, channel, .. } => {

@@ -82,8 +82,7 @@ pub fn run(path: &Path) -> Result<()> {
             let _ = stop_rx.await;
         }));
         let net_task = tokio::spawn(net.run(net_rx, net_events, stats));
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
             _ = term.recv() => tracing::info!("terminated: shutting down"),
