@@ -9,6 +9,8 @@
 
 mod chain;
 mod kernels;
+#[cfg(feature = "store")]
+mod load;
 mod machine;
 mod measure;
 mod storage;
@@ -43,6 +45,9 @@ enum Cmd {
     Seal(storage::SealArgs),
     /// Main-chain block execution: batch verification, state transition, durable commit.
     Chain(chain::ChainArgs),
+    /// End to end: a devnet of node processes under a target transaction rate.
+    #[cfg(feature = "store")]
+    Load(load::LoadArgs),
     /// A fixed amount of verification work, for callgrind.
     #[command(hide = true)]
     ProfileVerify(verify::ProfileArgs),
@@ -57,6 +62,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Seal(a) => ("bench seal", storage::run_seal(a)?),
         Cmd::Chain(a) => ("bench chain", chain::run(a)?),
         Cmd::ProfileVerify(a) => ("bench profile-verify", verify::profile(a)?),
+        #[cfg(feature = "store")]
+        Cmd::Load(a) => ("bench load", load::run(a)?),
     };
     let report = format!("{}{body}", machine::header(title));
     println!("{report}");

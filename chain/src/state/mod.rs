@@ -205,6 +205,20 @@ impl State {
         Self::push_evidence_signatures(tx, chain_id, batch)
     }
 
+    /// As [`State::push_tx_signatures`], with the sender's key from `keys` (a mempool sees
+    /// the same senders again and again).
+    pub fn push_tx_signatures_cached(
+        tx: &SignedTx,
+        chain_id: u32,
+        batch: &mut VerifyBatch,
+        keys: &mut KeyCache,
+    ) -> ChainResult<()> {
+        if !tx.push_verify_cached(chain_id, batch, keys) {
+            return Err(ChainError::BadSender { addr: tx.from });
+        }
+        Self::push_evidence_signatures(tx, chain_id, batch)
+    }
+
     /// Adds the two vote signatures of an evidence transaction, if `tx` is one.
     fn push_evidence_signatures(
         tx: &SignedTx,

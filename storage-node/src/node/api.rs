@@ -722,11 +722,24 @@ async fn submit_batch(
     }
     let api = st.api.clone();
     let results = tokio::task::spawn_blocking(move || {
-        batch
-            .txs
+        // Decode every hex string, then submit the good ones in ONE call (one mempool
+        // batch, one signature batch, one gossip message), keeping the order.
+        let decoded: Vec<Result<Vec<u8>, ApiError>> =
+            batch.txs.iter().map(|h| decode_tx_hex(h)).collect();
+        let good: Vec<Vec<u8>> = decoded
             .iter()
-            .map(|h| {
-                let r = decode_tx_hex(h).and_then(|tx| api.submit(&tx).map_err(ApiError::from));
+            .filter_map(|d| d.as_ref().ok().cloned())
+            .collect();
+        let mut submitted = api.submit_many(good).into_iter();
+        decoded
+            .into_iter()
+            .map(|d| {
+                let r = d.and_then(|_| {
+                    submitted
+                        .next()
+                        .unwrap_or(Err(Rejected::Busy("no answer".into())))
+                        .map_err(ApiError::from)
+                });
                 match r {
                     Ok(hash) => json!({ "hash": hash.to_hex() }),
                     Err(e) => e.body(),

@@ -431,6 +431,9 @@ impl Engine {
                                 data,
                                 ..
                             })) => {
+                                if !self.node.has(Role::Proposer) {
+                                    continue;
+                                }
                                 if let Ok(mut v) = decode_tx_batch(&data) {
                                     txs.append(&mut v);
                                 }
@@ -467,13 +470,21 @@ impl Engine {
             }
             EngineEvent::Net(NetEvent::Gossip { topic, data, .. }) => {
                 if topic == TOPIC_BLOCKS {
-                    match decode_all::<Message>(&data) {
+                    let (id, body) = data.split_at(data.len().min(32));
+                    match decode_all::<Message>(body) {
+                        Ok(Message::Validate(b, _)) if b.hash().as_bytes() != id => {
+                            tracing::debug!("block gossip whose id is not its block's hash");
+                        }
                         Ok(m @ Message::Validate(..)) => self.on_message(m),
                         Ok(_) => tracing::debug!("non-VALIDATE on the blocks topic"),
                         Err(e) => tracing::debug!("bad block gossip: {e}"),
                     }
-                } else if let Ok(txs) = decode_tx_batch(&data) {
-                    self.add_txs(txs, false);
+                } else if self.node.has(Role::Proposer) {
+                    // Only proposers build blocks; the others need no mempool of gossip
+                    // (validators check every body's signatures anyway).
+                    if let Ok(txs) = decode_tx_batch(&data) {
+                        self.add_txs(txs, false);
+                    }
                 }
             }
             EngineEvent::Net(NetEvent::SyncRequest { id, data }) => {
@@ -699,11 +710,18 @@ impl Engine {
 
     fn broadcast(&mut self, msg: &Message) {
         let bytes = msg.to_bytes();
-        if matches!(msg, Message::Validate(..)) {
+        if let Message::Validate(b, _) = msg {
+            // Gossip only: committee members decide on their own certificates, and the
+            // mesh carries one VALIDATE per block (the id is the block hash) to everyone
+            // else.
+            let mut data = Vec::with_capacity(32 + bytes.len());
+            data.extend_from_slice(b.hash().as_bytes());
+            data.extend_from_slice(&bytes);
             let _ = self.net.send(NetCmd::Publish {
                 topic: TOPIC_BLOCKS,
-                data: bytes.clone(),
+                data,
             });
+            return;
         }
         let _ = self.net.send(NetCmd::ToCommittee(Arc::new(bytes)));
     }
@@ -895,7 +913,9 @@ impl Engine {
 
     fn send_proposal(&mut self, b: Block) {
         let msg = Message::Proposal(b);
-        let _ = self.net.send(NetCmd::ToCommittee(Arc::new(msg.to_bytes())));
+        let _ = self
+            .net
+            .send(NetCmd::ToValidators(Arc::new(msg.to_bytes())));
         if self.machine.is_validator() {
             self.feed(Some(msg.into()));
         }

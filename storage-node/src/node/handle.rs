@@ -44,7 +44,7 @@ impl EngineHandle {
     }
 
     /// Submits encoded transactions; one result per transaction.
-    pub fn submit_many(&self, txs: Vec<Vec<u8>>) -> Vec<Result<Hash, Rejected>> {
+    pub fn submit_batch(&self, txs: Vec<Vec<u8>>) -> Vec<Result<Hash, Rejected>> {
         let n = txs.len();
         let (rtx, rrx) = sync_channel(1);
         let busy = |why: &str| vec![Err(Rejected::Busy(why.into())); n];
@@ -379,8 +379,12 @@ impl NodeApi for EngineHandle {
         .unwrap_or_default()
     }
 
+    fn submit_many(&self, txs: Vec<Vec<u8>>) -> Vec<Result<Hash, Rejected>> {
+        self.submit_batch(txs)
+    }
+
     fn submit(&self, tx_bytes: &[u8]) -> Result<Hash, Rejected> {
-        self.submit_many(vec![tx_bytes.to_vec()])
+        self.submit_batch(vec![tx_bytes.to_vec()])
             .into_iter()
             .next()
             .unwrap_or(Err(Rejected::Busy("no answer".into())))

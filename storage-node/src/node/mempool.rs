@@ -211,6 +211,8 @@ pub struct Mempool {
     next_seq: u64,
     rejected: RejectCounts,
     evicted: u64,
+    /// Decompressed sender keys.
+    keys: chain::KeyCache,
 }
 
 /// The value `payload` moves out of the sender's balance when it applies (besides the fee).
@@ -238,6 +240,7 @@ impl Mempool {
             next_seq: 0,
             rejected: RejectCounts::default(),
             evicted: 0,
+            keys: chain::KeyCache::default(),
         }
     }
 
@@ -277,6 +280,14 @@ impl Mempool {
     pub fn pending_nonce(&self, addr: &Address, state_nonce: u64) -> u64 {
         let mut next = state_nonce;
         if let Some(q) = self.accounts.get(addr) {
+            // Fast path (the usual case): the queue starts at the chain nonce with no gap.
+            if let (Some((&lo, _)), Some((&hi, _))) =
+                (q.txs.first_key_value(), q.txs.last_key_value())
+            {
+                if lo == state_nonce && hi - lo + 1 == q.txs.len() as u64 {
+                    return hi.saturating_add(1);
+                }
+            }
             for n in q.txs.range(state_nonce..).map(|(n, _)| *n) {
                 if n != next {
                     break;
@@ -324,7 +335,9 @@ impl Mempool {
                 }
             };
             let start = batch.len();
-            if State::push_tx_signatures(&entry.tx, cfg.chain_id, &mut batch).is_err() {
+            if State::push_tx_signatures_cached(&entry.tx, cfg.chain_id, &mut batch, &mut self.keys)
+                .is_err()
+            {
                 // Items pushed before the failure are verified and ignored: no candidate
                 // owns them.
                 let r = refuse(

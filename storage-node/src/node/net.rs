@@ -176,6 +176,8 @@ pub enum NetCmd {
     /// Send a consensus frame to every connected committee member (validators and
     /// proposers).
     ToCommittee(Arc<Vec<u8>>),
+    /// Send a consensus frame to the connected validators only (proposals).
+    ToValidators(Arc<Vec<u8>>),
     /// Publish on a gossip topic.
     Publish {
         /// Topic name.
@@ -199,6 +201,12 @@ pub enum NetCmd {
     },
 }
 
+#[derive(Debug, Clone, Copy)]
+enum CmdKind {
+    Validators,
+    Other,
+}
+
 /// Counters the API reads.
 #[derive(Debug, Default)]
 pub struct NetStats {
@@ -218,6 +226,7 @@ pub fn peer_id_of(addr: &Address) -> Option<PeerId> {
 pub struct Net {
     swarm: Swarm<Behaviour>,
     committee: HashSet<PeerId>,
+    validators: HashSet<PeerId>,
     bootstrap: Vec<Multiaddr>,
 }
 
@@ -237,6 +246,8 @@ impl Net {
         listen: &[String],
         bootstrap: &[String],
         committee: &[Address],
+        validators: &[Address],
+        subscribe_txs: bool,
     ) -> Result<Net> {
         let mut seed = seed;
         let key = identity::Keypair::ed25519_from_bytes(&mut seed)
@@ -255,14 +266,24 @@ impl Net {
                 let gossip_cfg = gossipsub::ConfigBuilder::default()
                     .max_transmit_size(MAX_GOSSIP)
                     .heartbeat_interval(Duration::from_millis(500))
-                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    // Payloads authenticate themselves (signed transactions, certified
+                    // blocks): per-message signatures would only hash every byte again.
+                    .validation_mode(gossipsub::ValidationMode::None)
                     .message_id_fn(|m: &gossipsub::Message| {
-                        gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                        // Blocks are published as `block hash ‖ VALIDATE`: every validator's
+                        // VALIDATE of one block is one message, forwarded once.
+                        if m.topic == gossipsub::IdentTopic::new(TOPIC_BLOCKS).hash()
+                            && m.data.len() >= 32
+                        {
+                            gossipsub::MessageId::from(m.data[..32].to_vec())
+                        } else {
+                            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                        }
                     })
                     .build()
                     .map_err(|e| io::Error::other(e.to_string()))?;
                 let gossip = gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossipsub::MessageAuthenticity::Anonymous,
                     gossip_cfg,
                 )
                 .map_err(io::Error::other)?;
@@ -311,7 +332,14 @@ impl Net {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
-        for t in [TOPIC_TXS, TOPIC_BLOCKS] {
+        // Only block builders (proposers) want the transaction flood; others publish to it
+        // (through fanout) without receiving it.
+        let topics: &[&str] = if subscribe_txs {
+            &[TOPIC_TXS, TOPIC_BLOCKS]
+        } else {
+            &[TOPIC_BLOCKS]
+        };
+        for t in topics.iter().copied() {
             swarm
                 .behaviour_mut()
                 .gossip
@@ -334,14 +362,16 @@ impl Net {
             })
             .collect::<Result<Vec<_>>>()?;
         let me = *swarm.local_peer_id();
-        let committee = committee
-            .iter()
-            .filter_map(peer_id_of)
-            .filter(|p| *p != me)
-            .collect();
+        let peers = |v: &[Address]| -> HashSet<PeerId> {
+            v.iter()
+                .filter_map(peer_id_of)
+                .filter(|p| *p != me)
+                .collect()
+        };
         Ok(Net {
             swarm,
-            committee,
+            committee: peers(committee),
+            validators: peers(validators),
             bootstrap,
         })
     }
@@ -382,10 +412,19 @@ impl Net {
             tokio::select! {
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return };
+                    let cmd_kind = if matches!(cmd, NetCmd::ToValidators(_)) {
+                        CmdKind::Validators
+                    } else {
+                        CmdKind::Other
+                    };
                     match cmd {
-                        NetCmd::ToCommittee(data) => {
-                            let peers: Vec<PeerId> = self
-                                .committee
+                        NetCmd::ToCommittee(data) | NetCmd::ToValidators(data) => {
+                            let set = if matches!(cmd_kind, CmdKind::Validators) {
+                                &self.validators
+                            } else {
+                                &self.committee
+                            };
+                            let peers: Vec<PeerId> = set
                                 .iter()
                                 .filter(|p| self.swarm.is_connected(p))
                                 .copied()

@@ -19,8 +19,9 @@ const ENGINE_QUEUE: usize = 65_536;
 
 /// Installs a log subscriber honouring `RUST_LOG` (default `info`, libp2p at `warn`).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=error,libp2p=warn")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -53,6 +54,8 @@ pub fn run(path: &Path) -> Result<()> {
             &node.network.listen,
             &node.network.bootstrap,
             &committee,
+            &cfg.validators,
+            node.has(super::config::Role::Proposer),
         )?
     };
     let peer_id = net.peer_id();

@@ -301,6 +301,11 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Submits a canonical-encoded signed transaction; returns its hash once it is in the
     /// mempool (and gossiped), or why not.
     fn submit(&self, tx_bytes: &[u8]) -> Result<crypto_accel::Hash, Rejected>;
+    /// Submits many encoded transactions at once (one mempool batch, one signature batch,
+    /// one gossip message); one result per transaction, in order.
+    fn submit_many(&self, txs: Vec<Vec<u8>>) -> Vec<Result<crypto_accel::Hash, Rejected>> {
+        txs.iter().map(|t| self.submit(t)).collect()
+    }
     /// Metrics snapshot (drains the latency and batch-size samples).
     fn metrics(&self) -> MetricsView;
 }
