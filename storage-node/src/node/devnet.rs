@@ -393,7 +393,7 @@ pub fn run(p: DevnetParams) -> Result<()> {
     }
     println!("metrics:   {first}/metrics   openapi: {first}/openapi.json");
     println!(
-        "faucet key: {}   (e.g. cpchain --api {first} --key {} tx transfer --to <addr> --amount 10)",
+        "faucet key: {}   (e.g. cpchain tx --api {first} --key {} transfer <ADDRESS> 10)",
         file.faucet_key.display(),
         file.faucet_key.display()
     );
