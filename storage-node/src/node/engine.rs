@@ -133,6 +133,31 @@ impl Decode for SyncResp {
     }
 }
 
+/// "Block `number` with `hash` is final": what the blocks topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announce {
+    /// Height.
+    pub number: u64,
+    /// Block hash.
+    pub hash: Hash,
+}
+
+impl Encode for Announce {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.number.encode(out);
+        self.hash.encode(out);
+    }
+}
+
+impl Decode for Announce {
+    fn decode(r: &mut Reader<'_>) -> crypto_accel::CodecResult<Self> {
+        Ok(Announce {
+            number: r.u64()?,
+            hash: Hash::decode(r)?,
+        })
+    }
+}
+
 /// Encodes a batch of transactions for gossip.
 pub fn encode_tx_batch(txs: &[SignedTx]) -> Vec<u8> {
     let mut out = Vec::with_capacity(txs.len() * 160 + 4);
@@ -470,14 +495,16 @@ impl Engine {
             }
             EngineEvent::Net(NetEvent::Gossip { topic, data, .. }) => {
                 if topic == TOPIC_BLOCKS {
-                    let (id, body) = data.split_at(data.len().min(32));
-                    match decode_all::<Message>(body) {
-                        Ok(Message::Validate(b, _)) if b.hash().as_bytes() != id => {
-                            tracing::debug!("block gossip whose id is not its block's hash");
+                    // "Block `number` with hash … is final": fetch what we lack from a
+                    // validator (bodies travel by request, not through the mesh).
+                    match decode_all::<Announce>(&data) {
+                        Ok(a) => {
+                            self.best_peer_height = self.best_peer_height.max(a.number);
+                            if a.number >= self.machine.height() {
+                                self.request_blocks(Duration::from_millis(1_000));
+                            }
                         }
-                        Ok(m @ Message::Validate(..)) => self.on_message(m),
-                        Ok(_) => tracing::debug!("non-VALIDATE on the blocks topic"),
-                        Err(e) => tracing::debug!("bad block gossip: {e}"),
+                        Err(e) => tracing::debug!("bad block announcement: {e}"),
                     }
                 } else if self.node.has(Role::Proposer) {
                     // Only proposers build blocks; the others need no mempool of gossip
@@ -506,10 +533,14 @@ impl Engine {
                     Ok(SyncResp::Head(n)) => self.best_peer_height = self.best_peer_height.max(n),
                     Ok(SyncResp::Blocks(bs)) => {
                         self.sync_inflight = None;
+                        let more = bs.len() as u64 == SYNC_RANGE;
                         for (b, c) in bs {
                             if b.header.number >= self.machine.height() {
                                 self.feed(Some(Input::Validate(b, c)));
                             }
+                        }
+                        if more || self.best_peer_height >= self.machine.height() {
+                            self.request_blocks(Duration::ZERO);
                         }
                     }
                     Err(e) => tracing::debug!("bad sync answer from {from}: {e}"),
@@ -612,24 +643,31 @@ impl Engine {
         }
     }
 
+    /// Asks a validator for the final blocks from our height on, unless a request younger
+    /// than `patience` is still unanswered.
+    fn request_blocks(&mut self, patience: Duration) {
+        if self.sync_inflight.is_some_and(|t| t.elapsed() < patience) {
+            return;
+        }
+        self.sync_inflight = Some(Instant::now());
+        let _ = self.net.send(NetCmd::SyncRequest {
+            peer: None,
+            data: SyncReq::Range {
+                from: self.machine.height(),
+                count: SYNC_RANGE,
+            }
+            .to_bytes(),
+        });
+    }
+
     fn housekeeping(&mut self) {
         let h = self.machine.height();
-        let behind = self.best_peer_height >= h.saturating_add(1);
-        let stale = self
-            .sync_inflight
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
-        if behind && stale {
-            self.sync_inflight = Some(Instant::now());
-            let _ = self.net.send(NetCmd::SyncRequest {
-                peer: None,
-                data: SyncReq::Range {
-                    from: h,
-                    count: SYNC_RANGE,
-                }
-                .to_bytes(),
-            });
+        let behind = self.best_peer_height >= h;
+        if behind {
+            self.request_blocks(Duration::from_secs(2));
         }
-        // Ask for heads now and then, so a node that missed VALIDATEs learns it is behind.
+        // Ask for heads now and then, so a node that missed announcements learns it is
+        // behind.
         if behind || h.is_multiple_of(8) {
             let _ = self.net.send(NetCmd::SyncRequest {
                 peer: None,
@@ -709,20 +747,21 @@ impl Engine {
     }
 
     fn broadcast(&mut self, msg: &Message) {
-        let bytes = msg.to_bytes();
         if let Message::Validate(b, _) = msg {
-            // Gossip only: committee members decide on their own certificates, and the
-            // mesh carries one VALIDATE per block (the id is the block hash) to everyone
-            // else.
-            let mut data = Vec::with_capacity(32 + bytes.len());
-            data.extend_from_slice(b.hash().as_bytes());
-            data.extend_from_slice(&bytes);
+            // Committee members decide on their own certificates, and whoever lacks the
+            // block fetches it with its certificate by range: the mesh carries only a
+            // 40-byte announcement, not megabytes of body to every peer several times.
+            let a = Announce {
+                number: b.header.number,
+                hash: b.hash(),
+            };
             let _ = self.net.send(NetCmd::Publish {
                 topic: TOPIC_BLOCKS,
-                data,
+                data: a.to_bytes(),
             });
             return;
         }
+        let bytes = msg.to_bytes();
         let _ = self.net.send(NetCmd::ToCommittee(Arc::new(bytes)));
     }
 

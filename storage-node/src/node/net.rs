@@ -270,15 +270,7 @@ impl Net {
                     // blocks): per-message signatures would only hash every byte again.
                     .validation_mode(gossipsub::ValidationMode::None)
                     .message_id_fn(|m: &gossipsub::Message| {
-                        // Blocks are published as `block hash ‖ VALIDATE`: every validator's
-                        // VALIDATE of one block is one message, forwarded once.
-                        if m.topic == gossipsub::IdentTopic::new(TOPIC_BLOCKS).hash()
-                            && m.data.len() >= 32
-                        {
-                            gossipsub::MessageId::from(m.data[..32].to_vec())
-                        } else {
-                            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
-                        }
+                        gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
                     })
                     .build()
                     .map_err(|e| io::Error::other(e.to_string()))?;
@@ -444,12 +436,17 @@ impl Net {
                         }
                         NetCmd::SyncRequest { peer, data } => {
                             let target = peer.or_else(|| {
-                                let mut c: Vec<PeerId> = self
-                                    .committee
-                                    .iter()
-                                    .filter(|p| self.swarm.is_connected(p))
-                                    .copied()
-                                    .collect();
+                                // Validators hold every final block; anyone else may lag.
+                                let connected = |set: &HashSet<PeerId>| -> Vec<PeerId> {
+                                    set.iter()
+                                        .filter(|p| self.swarm.is_connected(p))
+                                        .copied()
+                                        .collect()
+                                };
+                                let mut c = connected(&self.validators);
+                                if c.is_empty() {
+                                    c = connected(&self.committee);
+                                }
                                 c.sort();
                                 rr = rr.wrapping_add(1);
                                 c.get(rr % c.len().max(1)).copied()
