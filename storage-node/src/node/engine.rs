@@ -256,6 +256,14 @@ pub struct EngineStats {
     pub batch_sizes: Vec<usize>,
 }
 
+/// A proposed block whose body applied cleanly: the state after it and its receipt.
+struct Checked {
+    block: Hash,
+    pre_root: Hash,
+    post: State,
+    receipt: chain::BlockReceipt,
+}
+
 /// The engine (see the module docs).
 pub struct Engine {
     /// Node config.
@@ -276,6 +284,7 @@ pub struct Engine {
     verifier: CpuBatchVerifier,
     verdicts: HashMap<Hash, bool>,
     keys: KeyCache,
+    checked: Option<Checked>,
     timers: BTreeMap<TimerKind, u64>,
     net: UnboundedSender<NetCmd>,
     /// Network counters.
@@ -403,6 +412,7 @@ impl Engine {
             verifier,
             verdicts: HashMap::new(),
             keys: KeyCache::default(),
+            checked: None,
             timers: BTreeMap::new(),
             net,
             net_stats,
@@ -794,6 +804,20 @@ impl Engine {
 
     /// Whether a proposed body's signatures verify and it applies on the current state.
     fn check_body(&mut self, block: &Block) -> bool {
+        let t = Instant::now();
+        let ok = self.check_body_inner(block);
+        if t.elapsed() > Duration::from_millis(100) {
+            tracing::info!(
+                "checked #{} ({} txs) in {:?}",
+                block.header.number,
+                block.txs.len(),
+                t.elapsed()
+            );
+        }
+        ok
+    }
+
+    fn check_body_inner(&mut self, block: &Block) -> bool {
         let mut batch = VerifyBatch::new();
         if State::push_signatures_cached(block, self.cfg.chain_id, &mut batch, &mut self.keys)
             .is_err()
@@ -819,17 +843,53 @@ impl Engine {
             return false;
         }
         let mut copy = self.state.clone();
-        copy.apply_block(&self.cfg, block).is_ok()
+        match copy.apply_block(&self.cfg, block) {
+            Ok(receipt) => {
+                // Kept so that executing this block once it is final costs nothing more.
+                self.checked = Some(Checked {
+                    block: block.hash(),
+                    pre_root: self.state.root(),
+                    post: copy,
+                    receipt,
+                });
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Applies a final block, records the next committee at a term's end, commits it
     /// durably and updates the mempool and indexes. Returns the post-state root.
     fn execute(&mut self, block: &Block, cert: &Certificate) -> Result<Hash> {
+        let t = Instant::now();
+        let r = self.execute_inner(block, cert);
+        if t.elapsed() > Duration::from_millis(100) {
+            tracing::info!(
+                "executed #{} ({} txs) in {:?}",
+                block.header.number,
+                block.txs.len(),
+                t.elapsed()
+            );
+        }
+        r
+    }
+
+    fn execute_inner(&mut self, block: &Block, cert: &Certificate) -> Result<Hash> {
         let hd = &block.header;
-        let receipt = self
-            .state
-            .apply_block(&self.cfg, block)
-            .context("applying")?;
+        let reuse = self
+            .checked
+            .take()
+            .filter(|c| c.block == block.hash() && c.pre_root == self.state.root());
+        let receipt = match reuse {
+            Some(c) => {
+                self.state = c.post;
+                c.receipt
+            }
+            None => self
+                .state
+                .apply_block(&self.cfg, block)
+                .context("applying")?,
+        };
         let next = hd.number + 1;
         let tl = self.cfg.term_len().max(1);
         if next.is_multiple_of(tl) {
@@ -910,6 +970,14 @@ impl Engine {
     }
 
     fn proposer_turn(&mut self, number: u64) {
+        let t = Instant::now();
+        self.proposer_turn_inner(number);
+        if t.elapsed() > Duration::from_millis(100) {
+            tracing::info!("proposer turn #{number} took {:?}", t.elapsed());
+        }
+    }
+
+    fn proposer_turn_inner(&mut self, number: u64) {
         if self.machine.height() != number {
             return;
         }
