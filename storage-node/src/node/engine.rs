@@ -606,9 +606,14 @@ impl Engine {
         if self.stats.batch_sizes.len() < 100_000 {
             self.stats.batch_sizes.push(txs.len());
         }
-        let results = self
-            .mempool
-            .add_batch(txs, &self.state, &self.cfg, &self.verifier);
+        // Submissions are verified now (the sender hears why a bad one is refused);
+        // relayed ones only when this node builds a block with them.
+        let results = if gossip {
+            self.mempool
+                .add_batch(txs, &self.state, &self.cfg, &self.verifier)
+        } else {
+            self.mempool.add_batch_deferred(txs, &self.state, &self.cfg)
+        };
         if gossip {
             let ok: Vec<SignedTx> = copies
                 .into_iter()
@@ -999,6 +1004,7 @@ impl Engine {
         let mut txs = self
             .mempool
             .select(self.node.mempool.max_block_txs, 16 << 20);
+        self.verify_selected(&mut txs);
         let ok = self.state.select_valid(&self.cfg, term, &txs);
         if ok.len() != txs.len() {
             let keep: std::collections::HashSet<usize> = ok.into_iter().collect();
@@ -1016,6 +1022,48 @@ impl Engine {
         self.sent_block = Some(b.clone());
         self.send_proposal(b);
         self.propose_at = Some((number, now_ms() + 500));
+    }
+
+    /// Verifies, in one batch, the selected transactions whose signatures were deferred;
+    /// drops (and forgets) the bad ones.
+    fn verify_selected(&mut self, txs: &mut Vec<SignedTx>) {
+        let mut batch = VerifyBatch::new();
+        let mut owners: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        let mut bad: std::collections::HashSet<usize> = std::collections::HashSet::new();
+        for (i, t) in txs.iter().enumerate() {
+            if self.mempool.is_verified(&Tx::Signed(t.clone()).hash()) {
+                continue;
+            }
+            let start = batch.len();
+            if State::push_tx_signatures_cached(t, self.cfg.chain_id, &mut batch, &mut self.keys)
+                .is_err()
+            {
+                bad.insert(i);
+                continue;
+            }
+            owners.push((i, start..batch.len()));
+        }
+        if !batch.is_empty() {
+            let report = self.verifier.verify(&batch);
+            for (i, r) in owners {
+                if !r.clone().all(|k| report.is_valid(k)) {
+                    bad.insert(i);
+                }
+            }
+        }
+        if bad.is_empty() {
+            return;
+        }
+        tracing::warn!("dropping {} relayed transactions with bad signatures", bad.len());
+        let mut i = 0;
+        txs.retain(|t| {
+            let keep = !bad.contains(&i);
+            if !keep {
+                self.mempool.remove(&Tx::Signed(t.clone()).hash());
+            }
+            i += 1;
+            keep
+        });
     }
 
     fn send_proposal(&mut self, b: Block) {

@@ -170,6 +170,8 @@ struct Entry {
     spend: Amount,
     /// Arrival order: ties in fee go to the earlier transaction.
     seq: u64,
+    /// Whether its signature was verified on arrival (see [`Mempool::add_batch_deferred`]).
+    verified: bool,
 }
 
 #[derive(Debug, Default)]
@@ -319,6 +321,47 @@ impl Mempool {
         cfg: &ChainConfig,
         verifier: &dyn BatchVerifier,
     ) -> Vec<Result<Hash, Rejected>> {
+        self.add_batch_with(txs, state, cfg, Some(verifier))
+    }
+
+    /// As [`Mempool::add_batch`] but without verifying signatures now: for transactions
+    /// relayed by peers to a block builder, which verifies the ones it selects
+    /// ([`Mempool::is_verified`]) only when it builds a block and drops bad ones with
+    /// [`Mempool::remove`]. Every other check runs as usual.
+    pub fn add_batch_deferred(
+        &mut self,
+        txs: Vec<SignedTx>,
+        state: &State,
+        cfg: &ChainConfig,
+    ) -> Vec<Result<Hash, Rejected>> {
+        self.add_batch_with(txs, state, cfg, None)
+    }
+
+    /// Whether the pending transaction `hash` had its signature verified.
+    pub fn is_verified(&self, hash: &Hash) -> bool {
+        self.by_hash
+            .get(hash)
+            .and_then(|(a, n)| self.accounts.get(a)?.txs.get(n))
+            .is_some_and(|e| e.verified)
+    }
+
+    /// Removes a pending transaction (e.g. one whose deferred signature check failed).
+    /// Later nonces of its sender stay pending until the gap is filled or they expire by
+    /// eviction.
+    pub fn remove(&mut self, hash: &Hash) -> bool {
+        let Some((addr, nonce)) = self.by_hash.get(hash).copied() else {
+            return false;
+        };
+        self.remove_entry(&addr, nonce).is_some()
+    }
+
+    fn add_batch_with(
+        &mut self,
+        txs: Vec<SignedTx>,
+        state: &State,
+        cfg: &ChainConfig,
+        verifier: Option<&dyn BatchVerifier>,
+    ) -> Vec<Result<Hash, Rejected>> {
         let mut out: Vec<Result<Hash, Rejected>> = Vec::with_capacity(txs.len());
         let mut cands: Vec<Candidate> = Vec::with_capacity(txs.len());
         let mut batch = VerifyBatch::with_capacity(txs.len(), txs.len().saturating_mul(160));
@@ -362,20 +405,22 @@ impl Mempool {
             });
         }
 
-        let report = if batch.is_empty() {
-            VerifyReport {
-                len: 0,
+        let report = match verifier {
+            Some(v) if !batch.is_empty() => v.verify(&batch),
+            _ => VerifyReport {
+                len: batch.len(),
                 invalid: Vec::new(),
-            }
-        } else {
-            verifier.verify(&batch)
+            },
         };
+        let verified = verifier.is_some();
 
         for c in cands {
             // A report shorter than the batch (a faulty backend) fails the missing items.
             let sig_ok = c.items.clone().all(|i| report.is_valid(i));
             let res = if sig_ok {
-                self.insert(c.entry, state)
+                let mut entry = c.entry;
+                entry.verified = verified;
+                self.insert(entry, state)
             } else {
                 Err(refuse(
                     RejectReason::BadSignature,
@@ -494,6 +539,7 @@ impl Mempool {
             bytes,
             spend,
             seq: 0,
+            verified: false,
         })
     }
 
