@@ -1054,7 +1054,10 @@ impl Engine {
         if bad.is_empty() {
             return;
         }
-        tracing::warn!("dropping {} relayed transactions with bad signatures", bad.len());
+        tracing::warn!(
+            "dropping {} relayed transactions with bad signatures",
+            bad.len()
+        );
         let mut i = 0;
         txs.retain(|t| {
             let keep = !bad.contains(&i);
