@@ -17,10 +17,18 @@ use storage_node::node::devnet::{
 
 const PERIOD_MS: u64 = 500;
 
+/// One devnet at a time: two of them (13 processes) on a 2-core machine starve each other's
+/// timers and the test would measure the machine, not the protocol.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Net {
     file: DevnetFile,
     children: Vec<Option<Child>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Net {
@@ -32,6 +40,11 @@ impl Drop for Net {
             .filter_map(|(c, n)| c.take().map(|c| (n.name.clone(), c)))
             .collect();
         stop_all(&mut live, Duration::from_secs(5));
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("node logs kept in {}", d.keep().display());
+            }
+        }
     }
 }
 
@@ -58,7 +71,7 @@ impl Net {
         Net {
             file,
             children,
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -173,6 +186,7 @@ fn tail(p: &Path) -> String {
 
 #[test]
 fn devnet_commits_impeaches_tolerates_f_halts_at_2f_and_catches_up() {
+    let _one = serial();
     let mut net = Net::start(4, 3, 1);
     let v: Vec<usize> = (0..4).map(|k| net.idx(&format!("validator-{k}"))).collect();
     let watcher = v[0];
@@ -295,6 +309,7 @@ fn explorer_page_shows_a_growing_height_in_headless_chromium() {
         eprintln!("skipped: no chromium (the CI installs Debian's `chromium`)");
         return;
     };
+    let _one = serial();
     let net = Net::start(4, 1, 0);
     net.wait_height(0, 2, Duration::from_secs(90), "devnet start");
     let read_height = || -> Option<u64> {

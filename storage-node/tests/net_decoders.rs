@@ -486,3 +486,72 @@ fn empty_and_minimal_inputs() {
         })
     ));
 }
+
+mod frames {
+    //! The length-prefixed frames of `/cpchain/consensus/1` and `/cpchain/sync/1`.
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+    use libp2p::request_response::Codec;
+    use libp2p::StreamProtocol;
+    use proptest::prelude::*;
+    use storage_node::node::net::FrameCodec;
+
+    fn proto() -> StreamProtocol {
+        StreamProtocol::new("/cpchain/test/1")
+    }
+
+    fn write_req(c: &mut FrameCodec, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let mut io = Cursor::new(Vec::new());
+        block_on(c.write_request(&proto(), &mut io, data))?;
+        Ok(io.into_inner())
+    }
+
+    fn read_req(c: &mut FrameCodec, bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let mut io = Cursor::new(bytes);
+        block_on(c.read_request(&proto(), &mut io))
+    }
+
+    fn read_resp(c: &mut FrameCodec, bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let mut io = Cursor::new(bytes);
+        block_on(c.read_response(&proto(), &mut io))
+    }
+
+    #[test]
+    fn a_length_prefix_over_the_bound_is_refused_before_allocating() {
+        let mut c = FrameCodec::new(1024, 64);
+        // Claims 4 GiB; only the 4-byte prefix is present.
+        let e = read_req(&mut c, u32::MAX.to_le_bytes().to_vec()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        let e = read_resp(&mut c, 65u32.to_le_bytes().to_vec()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        // Writing an oversized frame is refused too.
+        assert!(write_req(&mut c, vec![0; 1025]).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn frames_round_trip(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut c = FrameCodec::new(2048, 2048);
+            let wire = write_req(&mut c, data.clone()).unwrap();
+            prop_assert_eq!(wire.len(), data.len() + 4);
+            prop_assert_eq!(read_req(&mut c, wire).unwrap(), data);
+        }
+
+        #[test]
+        fn truncated_frames_error(data in proptest::collection::vec(any::<u8>(), 1..512), cut in any::<prop::sample::Index>()) {
+            let mut c = FrameCodec::new(1024, 1024);
+            let wire = write_req(&mut c, data).unwrap();
+            let keep = cut.index(wire.len() - 1);
+            prop_assert!(read_req(&mut c, wire[..keep].to_vec()).is_err());
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut c = FrameCodec::new(256, 256);
+            let _ = read_req(&mut c, bytes.clone());
+            let _ = read_resp(&mut c, bytes);
+        }
+    }
+}

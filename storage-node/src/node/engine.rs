@@ -119,7 +119,7 @@ impl Decode for SyncResp {
             0 => Ok(SyncResp::Head(r.u64()?)),
             1 => {
                 let n = r.len("sync blocks", SYNC_RANGE as usize)?;
-                let mut bs = Vec::with_capacity(n);
+                let mut bs = Vec::with_capacity(n.min(r.remaining() / 100));
                 for _ in 0..n {
                     bs.push((Block::decode(r)?, Certificate::decode(r)?));
                 }
@@ -172,7 +172,8 @@ pub fn encode_tx_batch(txs: &[SignedTx]) -> Vec<u8> {
 pub fn decode_tx_batch(bytes: &[u8]) -> crypto_accel::CodecResult<Vec<SignedTx>> {
     let mut r = Reader::new(bytes);
     let n = r.len("tx batch", MAX_GOSSIP_TXS)?;
-    let mut v = Vec::with_capacity(n);
+    // Reserve no more than the bytes left could hold (a signed tx takes ≥ 100 bytes).
+    let mut v = Vec::with_capacity(n.min(r.remaining() / 100));
     for _ in 0..n {
         match Tx::decode(&mut r)? {
             Tx::Signed(t) => v.push(t),

@@ -44,6 +44,17 @@ pub struct FrameCodec {
     max_response: usize,
 }
 
+impl FrameCodec {
+    /// A codec bounding request frames to `max_request` bytes and responses to
+    /// `max_response` bytes.
+    pub fn new(max_request: usize, max_response: usize) -> Self {
+        FrameCodec {
+            max_request,
+            max_response,
+        }
+    }
+}
+
 async fn read_frame<T>(io: &mut T, max: usize) -> io::Result<Vec<u8>>
 where
     T: futures::AsyncRead + Unpin + Send,
