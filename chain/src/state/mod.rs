@@ -205,6 +205,36 @@ impl State {
         Self::push_evidence_signatures(tx, chain_id, batch)
     }
 
+    /// Every signature of `block`'s body in one batch (as [`State::push_signatures_cached`])
+    /// with the verdict-cache id of each item ([`crate::verify_item_id`], in push order:
+    /// sender, then an evidence transaction's two votes), the same ids the LBFT machine
+    /// gives them, so a verdict cached from the proposal check is reused. `None` when a
+    /// sender's key does not decode.
+    pub fn body_signatures(
+        block: &Block,
+        chain_id: u32,
+        keys: &mut KeyCache,
+    ) -> Option<(VerifyBatch, Vec<Hash>)> {
+        let mut batch = VerifyBatch::new();
+        Self::push_signatures_cached(block, chain_id, &mut batch, keys).ok()?;
+        let mut ids = Vec::with_capacity(batch.len());
+        for tx in &block.txs {
+            let Tx::Signed(t) = tx else { continue };
+            let mut signers = vec![(t.from, t.sig)];
+            if let TxPayload::Evidence(dv) = &t.payload {
+                signers.push((dv.a.validator, dv.a.sig));
+                signers.push((dv.b.validator, dv.b.sig));
+            }
+            for (a, sig) in signers {
+                if ids.len() >= batch.len() {
+                    return None;
+                }
+                ids.push(crate::verify_item_id(&a.0, &sig, batch.message(ids.len())));
+            }
+        }
+        (ids.len() == batch.len()).then_some((batch, ids))
+    }
+
     /// As [`State::push_tx_signatures`], with the sender's key from `keys` (a mempool sees
     /// the same senders again and again).
     pub fn push_tx_signatures_cached(

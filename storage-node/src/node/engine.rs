@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chain::{
-    elect_committee, propose, term_of, term_seed, verify_item_id, Address, Block, BlockKind,
-    Certificate, ChainConfig, ChainStore, Input, KeyCache, LbftParams, Message, Output, Schedule,
-    SignedTx, State, StoreConfig, TimerKind, Tx, TxPayload, Validator,
+    elect_committee, propose, term_of, term_seed, Address, Block, BlockKind, Certificate,
+    ChainConfig, ChainStore, Input, KeyCache, LbftParams, Message, Output, Schedule, SignedTx,
+    State, StoreConfig, TimerKind, Tx, TxPayload, Validator,
 };
 use crypto_accel::{
     BatchVerifier, CpuBatchVerifier, CpuVerifierConfig, Decode, Encode, Hash, Keypair, Reader,
@@ -824,28 +824,11 @@ impl Engine {
     }
 
     fn check_body_inner(&mut self, block: &Block) -> bool {
-        let mut batch = VerifyBatch::new();
-        if State::push_signatures_cached(block, self.cfg.chain_id, &mut batch, &mut self.keys)
-            .is_err()
-        {
+        let Some((batch, ids)) = State::body_signatures(block, self.cfg.chain_id, &mut self.keys)
+        else {
             return false;
-        }
-        let mut ids = Vec::with_capacity(batch.len());
-        for tx in &block.txs {
-            let Tx::Signed(t) = tx else { continue };
-            let mut signers = vec![(t.from, t.sig)];
-            if let TxPayload::Evidence(dv) = &t.payload {
-                signers.push((dv.a.validator, dv.a.sig));
-                signers.push((dv.b.validator, dv.b.sig));
-            }
-            for (a, sig) in signers {
-                if ids.len() >= batch.len() {
-                    return false;
-                }
-                ids.push(verify_item_id(&a.0, &sig, batch.message(ids.len())));
-            }
-        }
-        if ids.len() != batch.len() || !self.verify(&batch, &ids).all_valid() {
+        };
+        if !self.verify(&batch, &ids).all_valid() {
             return false;
         }
         let mut copy = self.state.clone();

@@ -974,30 +974,12 @@ impl World {
 
     /// Every signature `State::push_signatures_cached` asks for, each verified once per run.
     fn body_sigs_ok(&mut self, block: &Block) -> bool {
-        let mut batch = VerifyBatch::new();
-        if State::push_signatures_cached(block, self.cfg.chain_id, &mut batch, &mut self.keys_cache)
-            .is_err()
-        {
+        let Some((batch, ids)) =
+            State::body_signatures(block, self.cfg.chain_id, &mut self.keys_cache)
+        else {
             return false;
-        }
-        // Item ids in push order (sender, then the two evidence votes), as the machine makes
-        // them, so verdicts already cached from the proposal's seal check are reused.
-        let mut ids = Vec::with_capacity(batch.len());
-        for tx in &block.txs {
-            let Tx::Signed(t) = tx else { continue };
-            let mut signers = vec![(t.from, t.sig)];
-            if let TxPayload::Evidence(dv) = &t.payload {
-                signers.push((dv.a.validator, dv.a.sig));
-                signers.push((dv.b.validator, dv.b.sig));
-            }
-            for (a, sig) in signers {
-                if ids.len() >= batch.len() {
-                    return false;
-                }
-                ids.push(verify_item_id(&a.0, &sig, batch.message(ids.len())));
-            }
-        }
-        ids.len() == batch.len() && self.verify(&batch, &ids).all_valid()
+        };
+        self.verify(&batch, &ids).all_valid()
     }
 
     /// `Output::Insert`: applies the final block to `node`'s state and returns the real
