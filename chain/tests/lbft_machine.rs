@@ -4,7 +4,6 @@
 use chain::{
     impeach_block, propose, Address, Block, BlockKind, Certificate, ChainConfig, Header, Input,
     LbftParams, Message, Output, Phase, Schedule, TimerKind, Tx, Validator, Vote, VoteKind,
-    PROTOCOL_VERSION,
 };
 use crypto_accel::{verify_each, Hash, Keypair};
 
@@ -34,19 +33,7 @@ fn setup(n: usize) -> Setup {
     cfg.period_ms = 1_000;
     cfg.impeach_timeout_ms = 2_000;
     cfg.max_clock_skew_ms = 200;
-    let genesis = Header {
-        version: PROTOCOL_VERSION,
-        chain_id: cfg.chain_id,
-        number: 0,
-        parent: Hash::ZERO,
-        timestamp_ms: T0,
-        term: 0,
-        proposer: Address::default(),
-        kind: BlockKind::Normal,
-        tx_root: Block::compute_tx_root(&[]),
-        state_root: Hash::ZERO,
-        seal: None,
-    };
+    let genesis = chain::genesis_header(&cfg, T0);
     Setup {
         cfg,
         keys,

@@ -506,6 +506,28 @@ impl State {
         }
     }
 
+    /// After `block` (just applied): if it ends its term, elect the next term's proposers
+    /// from `candidates` with the block's hash as seed ([`crate::elect_committee`],
+    /// [`crate::term_seed`]) and record them, so the committee is known before the next
+    /// term's first block (the writes commit with that block; the root is unchanged).
+    /// Every node does this with the same candidates, so all record the same committee.
+    pub fn record_next_committee(
+        &mut self,
+        cfg: &ChainConfig,
+        candidates: &[(Address, u64)],
+        block: &Block,
+    ) -> ChainResult<()> {
+        let next = block.header.number.saturating_add(1);
+        let tl = cfg.term_len().max(1);
+        if !next.is_multiple_of(tl) {
+            return Ok(());
+        }
+        let term = next / tl;
+        let committee =
+            crate::elect_committee(cfg, candidates, crate::term_seed(block.hash(), term));
+        self.set_committee(term, &committee)
+    }
+
     /// Records the proposers elected for `term` and locks their RNode deposits and
     /// candidacies through that term. Every node must call it at the same point (before
     /// the first block of `term`); the writes are committed with the next block.

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chain::{
-    elect_committee, propose, term_of, term_seed, Address, Block, BlockKind, Certificate,
-    ChainConfig, ChainStore, Input, KeyCache, LbftParams, Message, Output, Schedule, SignedTx,
-    State, StoreConfig, TimerKind, Tx, TxPayload, Validator,
+    propose, term_of, Address, Block, BlockKind, Certificate, ChainConfig, ChainStore, Input,
+    KeyCache, LbftParams, Message, Output, Schedule, SignedTx, State, StoreConfig, TimerKind, Tx,
+    TxPayload, Validator,
 };
 use crypto_accel::{
     BatchVerifier, CpuBatchVerifier, CpuVerifierConfig, Decode, Encode, Hash, Keypair, Reader,
@@ -879,16 +879,9 @@ impl Engine {
                 .apply_block(&self.cfg, block)
                 .context("applying")?,
         };
-        let next = hd.number + 1;
-        let tl = self.cfg.term_len().max(1);
-        if next.is_multiple_of(tl) {
-            let term = next / tl;
-            let committee =
-                elect_committee(&self.cfg, &self.candidates, term_seed(block.hash(), term));
-            self.state
-                .set_committee(term, &committee)
-                .context("recording the next committee")?;
-        }
+        self.state
+            .record_next_committee(&self.cfg, &self.candidates, block)
+            .context("recording the next committee")?;
         self.store
             .commit(block, cert, &receipt, &self.state)
             .context("committing to the chain store")?;

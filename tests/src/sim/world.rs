@@ -8,11 +8,11 @@ use std::num::NonZeroUsize;
 
 use chain::rewards::maintenance_reward;
 use chain::{
-    check_evidence, elect_committee, impeach_block, propose, proposer_of, term_of, term_seed,
-    verify_item_id, AccessPolicy, Address, Amount, Block, BlockKind, BlockReceipt, Certificate,
-    ChainConfig, DoubleVote, Header, Input, IntervalRange, KeyCache, LbftParams, Message, Output,
-    Schedule, SignedTx, State, TimerKind, Tx, TxOutcome, TxPayload, Validator, Vote, VoteKind, CPC,
-    PROTOCOL_VERSION,
+    check_evidence, elect_committee, genesis_header, impeach_block, propose, proposer_of, term_of,
+    term_seed, verify_item_id, AccessPolicy, Address, Amount, Block, BlockKind, BlockReceipt,
+    Certificate, ChainConfig, DoubleVote, Header, Input, IntervalRange, KeyCache, LbftParams,
+    Message, Output, Schedule, SignedTx, State, TimerKind, Tx, TxOutcome, TxPayload, Validator,
+    Vote, VoteKind, CPC,
 };
 use crypto_accel::{
     verify_each, BatchVerifier, CpuBatchVerifier, CpuVerifierConfig, DataId, Hash, Keypair,
@@ -230,19 +230,7 @@ impl World {
             .iter()
             .map(|a| (*a, rng.gen_range(50..53u64)))
             .collect();
-        let genesis = Header {
-            version: PROTOCOL_VERSION,
-            chain_id: cfg.chain_id,
-            number: 0,
-            parent: Hash::ZERO,
-            timestamp_ms: T0 - PERIOD_MS,
-            term: 0,
-            proposer: Address::default(),
-            kind: BlockKind::Normal,
-            tx_root: Block::compute_tx_root(&[]),
-            state_root: Hash::ZERO,
-            seal: None,
-        };
+        let genesis = genesis_header(&cfg, T0 - PERIOD_MS);
         let users: Vec<Keypair> = (0..USERS).map(|i| key_for(seed, "sim user", i)).collect();
         let mut balances: Vec<(Address, Amount)> = users
             .iter()
@@ -1012,16 +1000,11 @@ impl World {
         }
         // The committee of the next term is recorded before its first block (the writes
         // are committed with that block, so the root below is unchanged).
-        let next = hd.number + 1;
-        let tl = self.cfg.term_len().max(1);
-        if next.is_multiple_of(tl) {
-            let term = next / tl;
-            let committee =
-                elect_committee(&self.cfg, &self.candidates, term_seed(block.hash(), term));
-            if let Err(e) = st.set_committee(term, &committee) {
-                self.violations
-                    .push(format!("STATE: node {node} set_committee({term}): {e}"));
-            }
+        if let Err(e) = st.record_next_committee(&self.cfg, &self.candidates, block) {
+            self.violations.push(format!(
+                "STATE: node {node} set_committee after {}: {e}",
+                hd.number
+            ));
         }
         let root = st.root();
         self.nodes[node].state = Some(st);
