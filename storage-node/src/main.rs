@@ -266,27 +266,16 @@ fn key_path(home: &Path) -> PathBuf {
 
 fn load_key(home: &Path) -> Result<Keypair> {
     let path = key_path(home);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+    if !path.exists() {
+        bail!(
             "no key at {}: run `cpchain keys new` first (or pass --home)",
             path.display()
-        ),
-        Err(e) => return Err(e).with_context(|| format!("reading key {}", path.display())),
-    };
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| {
-        anyhow::anyhow!(
-            "key file {} is damaged (expected 64 hex characters)",
-            path.display()
-        )
-    })?;
-    Ok(Keypair::from_seed(seed))
+        );
+    }
+    node::config::load_key(&path)
 }
 
 fn write_key(home: &Path, kp: &Keypair, force: bool) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
     let path = key_path(home);
     if path.exists() && !force {
         bail!(
@@ -294,18 +283,11 @@ fn write_key(home: &Path, kp: &Keypair, force: bool) -> Result<()> {
             path.display()
         );
     }
-    let tmp = home.join(".key.tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    writeln!(f, "{}", hex::encode(kp.seed()))?;
-    f.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    Ok(())
+    node::config::write_atomic(
+        &path,
+        format!("{}\n", hex::encode(kp.seed())).as_bytes(),
+        0o600,
+    )
 }
 
 fn bytes_bar(len: Option<u64>, msg: &'static str) -> ProgressBar {
