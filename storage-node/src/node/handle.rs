@@ -137,6 +137,11 @@ fn block_view(b: &Block, signers: &[Address], with_txs: bool) -> BlockView {
     }
 }
 
+/// The view (proposer turn) within its term that height `number` falls in.
+fn view_of(cfg: &chain::ChainConfig, number: u64) -> u64 {
+    (number % cfg.term_len().max(1)) / cfg.view_len.max(1)
+}
+
 fn status_of(e: &Engine) -> StatusView {
     let tip = e.machine.tip();
     let next = e.machine.height();
@@ -155,7 +160,7 @@ fn status_of(e: &Engine) -> StatusView {
         head_hash: tip.hash().to_hex(),
         head_timestamp_ms: tip.timestamp_ms,
         term: chain::term_of(&e.cfg, next),
-        view: (next % e.cfg.term_len().max(1)) / e.cfg.view_len.max(1),
+        view: view_of(&e.cfg, next),
         next_proposer: e.machine.proposer_for(next).map(|a| a.to_hex()),
         phase: format!("{:?}", e.machine.phase()).to_lowercase(),
         round: e.machine.round(),
@@ -346,7 +351,7 @@ impl NodeApi for EngineHandle {
             let next = e.machine.height();
             CommitteeView {
                 term: chain::term_of(&e.cfg, next),
-                view: (next % e.cfg.term_len().max(1)) / e.cfg.view_len.max(1),
+                view: view_of(&e.cfg, next),
                 view_len: e.cfg.view_len,
                 proposers: e
                     .machine
