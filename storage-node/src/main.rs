@@ -53,7 +53,7 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         proposers: usize,
         /// Storage nodes.
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 12)]
         storage: usize,
         /// Block period in milliseconds.
         #[arg(long, default_value_t = 1_000)]
@@ -111,20 +111,32 @@ enum Command {
         #[command(subcommand)]
         cmd: KeysCmd,
     },
-    /// Seal FILE into the local store and print its data id.
+    /// Seal FILE, spread its shards over the network's storage nodes, register it on chain
+    /// and print its data id (`--local`: into this machine's store only).
     Put {
         /// The file to store ("-" for standard input).
         file: PathBuf,
         #[command(flatten)]
         seal: SealArgs,
+        #[command(flatten)]
+        net: NetArgs,
+        /// Who may read it (recorded on chain).
+        #[arg(long, value_enum, default_value = "grants")]
+        policy: node::client::PolicyArg,
     },
-    /// Open DATA_ID from the local store into a file.
+    /// Fetch DATA_ID from the network (`--local`: from this machine's store), verify,
+    /// decrypt and write it out.
     Get {
         /// The data id printed by `put`.
         data_id: String,
-        /// Where to write the plaintext ("-" for standard output).
+        /// Where to write the plaintext [default: standard output].
         #[arg(short, long)]
-        output: PathBuf,
+        output: Option<PathBuf>,
+        /// Only bytes A to B (exclusive), e.g. `--range 0-1048576`.
+        #[arg(long, value_parser = parse_range)]
+        range: Option<(u64, u64)>,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// List the data items stored here.
     Ls,
@@ -143,6 +155,50 @@ enum Command {
         #[command(flatten)]
         seal: SealArgs,
     },
+}
+
+/// How `put` and `get` reach the network.
+#[derive(Debug, clap::Args)]
+struct NetArgs {
+    /// Use this machine's chunk store (under --home) instead of the network.
+    #[arg(long)]
+    local: bool,
+    /// A node's API [default: the local devnet or node, else http://127.0.0.1:8645].
+    #[arg(long, env = "CPCHAIN_NODE", value_name = "URL")]
+    node: Option<String>,
+    /// Key file of the owner or reader [default: the key in --home].
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Seconds to wait for enough storage nodes to be found.
+    #[arg(long, default_value_t = 10)]
+    discover_s: u64,
+}
+
+impl NetArgs {
+    fn key(&self, home: &Path) -> Result<Keypair> {
+        match &self.key {
+            Some(k) => node::config::load_key(k),
+            None => load_key(home),
+        }
+    }
+
+    fn api(&self) -> String {
+        self.node
+            .clone()
+            .unwrap_or_else(node::devnet::local_node_api)
+    }
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("'{s}' is not a range: use A-B, e.g. 0-1048576"))?;
+    let a = parse_size(a)?;
+    let b = parse_size(b)?;
+    if b < a {
+        return Err(format!("range {s} ends before it starts"));
+    }
+    Ok((a, b))
 }
 
 #[derive(Debug, Subcommand)]
@@ -313,6 +369,66 @@ fn parse_data_id(s: &str) -> Result<DataId> {
     })
 }
 
+/// `cpchain get` against the network: to a temporary name then renamed, so a failed get
+/// never leaves a partial file that looks complete.
+fn net_get(
+    net: &NetArgs,
+    reader: Keypair,
+    id: &DataId,
+    output: Option<&Path>,
+    range: Option<(u64, u64)>,
+) -> Result<()> {
+    let dfs = node::dfs::Dfs::connect(
+        &net.api(),
+        reader,
+        1,
+        std::time::Duration::from_secs(net.discover_s.min(3)),
+    )?;
+    let bar = bytes_bar(None, "fetching");
+    let report = match output {
+        None => dfs.get(
+            id,
+            BufWriter::with_capacity(1 << 20, io::stdout()),
+            range,
+            &|n| bar.set_position(n),
+        )?,
+        Some(p) if p.as_os_str() == "-" => dfs.get(
+            id,
+            BufWriter::with_capacity(1 << 20, io::stdout()),
+            range,
+            &|n| bar.set_position(n),
+        )?,
+        Some(out) => {
+            let tmp = out.with_extension("cpchain-partial");
+            let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            match dfs.get(id, BufWriter::with_capacity(1 << 20, f), range, &|n| {
+                bar.set_position(n)
+            }) {
+                Ok(r) => {
+                    fs::rename(&tmp, out)
+                        .with_context(|| format!("renaming to {}", out.display()))?;
+                    r
+                }
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    eprintln!(
+        "fetched {} at {:.0} MiB/s, first byte after {:.0} ms ({} blocks rebuilt, {} shards missing, {} rejected)",
+        human(report.open.bytes),
+        mib_per_s(report.open.bytes, report.total_s),
+        report.first_byte_s * 1000.0,
+        report.open.blocks_reconstructed,
+        report.open.shards_missing,
+        report.open.shards_corrupt
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Command::Devnet {
@@ -387,11 +503,14 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("key written to {}", key_path(&home).display());
         }
         Command::Keys { cmd: KeysCmd::Show } => println!("{}", load_key(&home)?.public()),
-        Command::Put { file, seal: args } => {
+        Command::Put {
+            file,
+            seal: args,
+            net,
+            policy,
+        } => {
             let params = args.params()?;
-            let owner = load_key(&home)?;
-            let store = ChunkStore::open(home.join("store"), store_config(&cli))?;
-            let manifests = ManifestDir::open(home.join("manifests"))?;
+            let owner = net.key(&home)?;
             let (input, len): (Box<dyn Read + Send>, Option<u64>) = if file.as_os_str() == "-" {
                 (Box::new(io::stdin()), None)
             } else {
@@ -399,6 +518,32 @@ fn run(cli: Cli) -> Result<()> {
                 let len = f.metadata().map(|m| m.len()).ok();
                 (Box::new(BufReader::with_capacity(1 << 20, f)), len)
             };
+            if !net.local {
+                let need = usize::from(params.k) + usize::from(params.m);
+                let dfs = node::dfs::Dfs::connect(
+                    &net.api(),
+                    owner,
+                    need,
+                    std::time::Duration::from_secs(net.discover_s),
+                )?;
+                let bar = bytes_bar(len, "uploading");
+                let r = dfs.put(input, &params, (*policy).into(), &|n| bar.set_position(n))?;
+                bar.finish_and_clear();
+                eprintln!(
+                    "stored {} in {} blocks on {} storage nodes: sealed and uploaded at {:.0} MiB/s \
+                     ({} uploads moved to another node), registered and committed in {:.1} s",
+                    human(r.bytes),
+                    r.blocks,
+                    r.holders,
+                    mib_per_s(r.bytes, r.upload_s),
+                    r.retries,
+                    r.register_s
+                );
+                println!("{}", r.data);
+                return Ok(());
+            }
+            let store = ChunkStore::open(home.join("store"), store_config(&cli))?;
+            let manifests = ManifestDir::open(home.join("manifests"))?;
             let bar = bytes_bar(len, "sealing");
             let t = Instant::now();
             let manifest = seal(input, &owner, &params, &mut StoreSink::new(&store), &|n| {
@@ -418,9 +563,20 @@ fn run(cli: Cli) -> Result<()> {
             println!("{id}");
             store.close()?;
         }
-        Command::Get { data_id, output } => {
+        Command::Get {
+            data_id,
+            output,
+            range,
+            net,
+        } => {
             let id = parse_data_id(data_id)?;
-            let owner = load_key(&home)?;
+            let owner = net.key(&home)?;
+            if !net.local {
+                return net_get(net, owner, &id, output.as_deref(), *range);
+            }
+            let Some(output) = output else {
+                bail!("--local needs -o FILE (or -o - for standard output)");
+            };
             let manifests = ManifestDir::open(home.join("manifests"))?;
             let manifest = manifests.load(&id)?;
             let store = ChunkStore::open(home.join("store"), store_config(&cli))?;
@@ -432,7 +588,10 @@ fn run(cli: Cli) -> Result<()> {
                     &owner,
                     &store,
                     BufWriter::with_capacity(1 << 20, io::stdout()),
-                    &OpenParams::default(),
+                    &OpenParams {
+                        range: *range,
+                        ..OpenParams::default()
+                    },
                     &|n| bar.set_position(n),
                 )?
             } else {
@@ -446,7 +605,10 @@ fn run(cli: Cli) -> Result<()> {
                     &owner,
                     &store,
                     BufWriter::with_capacity(1 << 20, f),
-                    &OpenParams::default(),
+                    &OpenParams {
+                        range: *range,
+                        ..OpenParams::default()
+                    },
                     &|n| bar.set_position(n),
                 );
                 match r {

@@ -589,17 +589,31 @@ impl Collector<'_> {
 /// blocks as they arrive (`par_bridge`, no window barriers leaving a core idle), and a
 /// collector thread puts them into the sink in order. Memory is bounded by the queues.
 pub fn seal<R: Read + Send>(
-    mut input: R,
+    input: R,
     owner: &Keypair,
     params: &SealParams,
     sink: &mut (dyn ShardSink + Send),
     progress: &(dyn Fn(u64) + Sync),
 ) -> PipelineResult<Manifest> {
-    let erasure = params.check()?;
-    let window = params.window();
     let mut salt = [0u8; 32];
     rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut salt)
         .map_err(|_| CryptoError::Rng)?;
+    seal_with_salt(input, owner, params, salt, sink, progress)
+}
+
+/// [`seal`] with a caller-chosen upload salt (fresh and random for every upload: it salts
+/// the key-encryption key). The network client picks it first because shard placement is
+/// derived from it before the data id exists.
+pub fn seal_with_salt<R: Read + Send>(
+    mut input: R,
+    owner: &Keypair,
+    params: &SealParams,
+    salt: [u8; 32],
+    sink: &mut (dyn ShardSink + Send),
+    progress: &(dyn Fn(u64) + Sync),
+) -> PipelineResult<Manifest> {
+    let erasure = params.check()?;
+    let window = params.window();
     let mut keys = KeyRing {
         kek: kek_for_upload(&owner.derive_symmetric(OWNER_WRAP_CONTEXT), &salt),
         algo: params.algo,
@@ -844,11 +858,78 @@ fn open_block(
     Ok((parts, part_len, report))
 }
 
+/// Rebuilds shards `wanted` of block `b` of `m` from `have` (shard index → framed bytes;
+/// at least k of them, each checked against its id here). Returns the rebuilt shards, each
+/// checked against the id the manifest lists. Used by repair: nothing is decrypted.
+pub fn rebuild_shards(
+    m: &Manifest,
+    b: usize,
+    have: &[(u8, Vec<u8>)],
+    wanted: &[u8],
+) -> PipelineResult<Vec<(u8, Vec<u8>)>> {
+    let (k, n) = (usize::from(m.k), usize::from(m.k) + usize::from(m.m));
+    let entry = m.blocks.get(b).ok_or_else(|| PipelineError::ManifestInvalid {
+        reason: format!("no block {b}"),
+    })?;
+    let len = m.block_len(b);
+    let part_len = len.div_ceil(k).max(1);
+    let shard_len = SHARD_HEADER_LEN + part_len + TAG_LEN;
+    let mut bufs: Vec<(Vec<u8>, bool)> = (0..n).map(|_| (Vec::new(), false)).collect();
+    let mut good = 0;
+    for (i, s) in have {
+        let i = usize::from(*i);
+        if i < n && !bufs[i].1 && s.len() == shard_len && ChunkId::of(s) == entry.shards[i] {
+            bufs[i] = (s.clone(), true);
+            good += 1;
+        }
+    }
+    if good < k {
+        return Err(PipelineError::Unrecoverable {
+            block: b as u64,
+            have: good,
+            need: k,
+            corrupt: have.len().saturating_sub(good),
+        });
+    }
+    for (s, present) in bufs.iter_mut() {
+        if !*present {
+            *s = vec![0u8; shard_len];
+        }
+    }
+    let erasure = Erasure::new(k, n - k)?;
+    {
+        let mut views: Vec<(&mut [u8], bool)> = bufs
+            .iter_mut()
+            .map(|(s, p)| (&mut s[SHARD_HEADER_LEN..], *p))
+            .collect();
+        erasure.reconstruct(&mut views, false)?;
+    }
+    let mut out = Vec::with_capacity(wanted.len());
+    for &w in wanted {
+        let i = usize::from(w);
+        let Some((s, _)) = bufs.get_mut(i) else {
+            return Err(PipelineError::BadParams(format!("no shard {i} in a block of {n}")));
+        };
+        s[..SHARD_HEADER_LEN].copy_from_slice(&header(m, b as u64, len, part_len, i).to_array());
+        if ChunkId::of(s) != entry.shards[i] {
+            return Err(CryptoError::BadShard {
+                reason: format!("block {b}: rebuilt shard {i} does not match its id"),
+            }
+            .into());
+        }
+        out.push((w, s.clone()));
+    }
+    Ok(out)
+}
+
 /// Options for [`open`].
 #[derive(Debug, Clone, Default)]
 pub struct OpenParams {
     /// Blocks opened concurrently; 0 = two per rayon thread. Bounds memory.
     pub window: usize,
+    /// Only the plaintext bytes `[a, b)` (clamped to the data's length); `None` = all.
+    /// Only the blocks the range touches are fetched.
+    pub range: Option<(u64, u64)>,
 }
 
 /// Opens the data `m` describes with the owner's key, from any k shards per block, writing
@@ -870,8 +951,20 @@ pub fn open<W: Write + Send>(
         w => w,
     };
     let mut report = OpenReport::default();
+    let bs = u64::from(m.block_size);
+    let (a, b) = match params.range {
+        Some((a, b)) => (a.min(m.length), b.min(m.length).max(a.min(m.length))),
+        None => (0, m.length),
+    };
+    let (first, last) = if params.range.is_none() {
+        (0, m.blocks.len())
+    } else if a == b {
+        (0, 0)
+    } else {
+        ((a / bs) as usize, ((b - 1) / bs) as usize + 1)
+    };
     let open_window = |start: usize| {
-        let end = (start + window).min(m.blocks.len());
+        let end = (start + window).min(last);
         (start..end)
             .into_par_iter()
             .map(|b| {
@@ -880,21 +973,35 @@ pub fn open<W: Write + Send>(
             })
             .collect::<PipelineResult<Vec<_>>>()
     };
-    let mut start = 0;
-    let mut ready = open_window(0)?;
+    let mut start = first;
+    let mut ready = if first < last {
+        open_window(first)?
+    } else {
+        Vec::new()
+    };
     while !ready.is_empty() {
         let next_start = start + ready.len();
         let write_window = |ready: Vec<(Vec<Vec<u8>>, usize, OpenReport)>, out: &mut W| {
             let mut acc = OpenReport::default();
             for (j, (parts, part_len, r)) in ready.into_iter().enumerate() {
-                let mut left = m.block_len(start + j);
+                let block = start + j;
+                // The block's bytes are [off, off + len) of the plaintext; write the part
+                // inside [a, b).
+                let mut off = block as u64 * bs;
+                let mut left = m.block_len(block);
                 for p in &parts {
                     let take = part_len.min(left);
-                    out.write_all(&p[SHARD_HEADER_LEN..SHARD_HEADER_LEN + take])
-                        .map_err(PipelineError::Write)?;
+                    let lo = a.max(off).min(off + take as u64);
+                    let hi = b.min(off + take as u64).max(lo);
+                    if hi > lo {
+                        let s = SHARD_HEADER_LEN + (lo - off) as usize;
+                        out.write_all(&p[s..s + (hi - lo) as usize])
+                            .map_err(PipelineError::Write)?;
+                        acc.bytes += hi - lo;
+                    }
+                    off += take as u64;
                     left -= take;
                 }
-                acc.bytes += m.block_len(start + j) as u64;
                 acc.blocks_reconstructed += r.blocks_reconstructed;
                 acc.shards_missing += r.shards_missing;
                 acc.shards_corrupt += r.shards_corrupt;
@@ -904,7 +1011,7 @@ pub fn open<W: Write + Send>(
         let (written, following) = rayon::join(
             || write_window(ready, &mut out),
             || {
-                if next_start < m.blocks.len() {
+                if next_start < last {
                     open_window(next_start)
                 } else {
                     Ok(Vec::new())

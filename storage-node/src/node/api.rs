@@ -134,8 +134,32 @@ struct Metrics {
     impeachments: Counter,
     rejected: Counter,
     verify_batch: Histogram,
+    /// Storage role gauges by name (absent on nodes without the role: stay 0).
+    storage: Vec<(&'static str, Gauge)>,
     scrape: Mutex<ScrapeState>,
 }
+
+/// The storage gauges: name suffix, help, and how to read it from the view.
+type StorageGauge = (&'static str, &'static str, fn(&super::storage::StorageView) -> u64);
+
+const STORAGE_GAUGES: &[StorageGauge] = &[
+    ("shards", "Confirmed shards held", |v| v.shards),
+    ("pending_shards", "Uncommitted shards held", |v| v.pending),
+    ("data_items", "Data items with shards here", |v| v.data_items),
+    ("disk_used_bytes", "Bytes of the shard store's segment files", |v| v.disk_used),
+    ("disk_free_bytes", "Free bytes on the shard store's file system", |v| v.disk_free),
+    ("shards_served", "Shards served to readers and repairers", |v| v.served),
+    ("reads_refused", "Shard reads refused (no right on chain, bad signature)", |v| v.refused),
+    ("audits_answered", "Audit challenges answered with a proof", |v| v.audits_answered),
+    ("audits_missing", "Audit challenges for shards not held", |v| v.audits_missing),
+    ("coordinated_data_items", "Data items this node audits and repairs", |v| v.coordinated),
+    ("audits_sent", "Audits sent as coordinator", |v| v.audits_sent),
+    ("audits_passed", "Audits sent that passed", |v| v.audits_passed),
+    ("audits_failed", "Audits sent that failed (missing, bad proof, refused)", |v| v.audits_failed),
+    ("shards_repaired", "Shards rebuilt and placed on other nodes", |v| v.shards_repaired),
+    ("repair_bytes", "Bytes fetched and stored by repair", |v| v.repair_bytes),
+    ("unrecoverable_blocks", "Blocks found with fewer than k live shards", |v| v.unrecoverable_blocks),
+];
 
 /// What the previous scrapes saw: engine totals (counters advance by the difference) and
 /// the (time, committed) samples of the TPS window.
@@ -164,6 +188,10 @@ impl Metrics {
             impeachments: Counter::default(),
             rejected: Counter::default(),
             verify_batch: Histogram::new(BATCH_BUCKETS),
+            storage: STORAGE_GAUGES
+                .iter()
+                .map(|(n, _, _)| (*n, Gauge::default()))
+                .collect(),
             scrape: Mutex::new(ScrapeState::default()),
             registry: Registry::default(),
         };
@@ -209,6 +237,9 @@ impl Metrics {
             "Signatures per verified batch",
             m.verify_batch.clone(),
         );
+        for ((name, help, _), (_, g)) in STORAGE_GAUGES.iter().zip(&m.storage) {
+            registry.register(format!("cpchain_storage_{name}"), *help, g.clone());
+        }
         Metrics { registry, ..m }
     }
 
@@ -240,6 +271,11 @@ impl Metrics {
         }
         self.tps.set(tps(&mut st.window, now, view.committed_txs));
         drop(st);
+        if let Some(sv) = &view.storage {
+            for ((_, _, read), (_, g)) in STORAGE_GAUGES.iter().zip(&self.storage) {
+                g.set(gauge_value(read(sv)));
+            }
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -328,6 +364,7 @@ fn routes() -> Routes {
     .get("/txs/{hash}", tx)
     .get("/data/{id}", data)
     .get("/data/{id}/grants/{reader}", grant)
+    .get("/storage/held/{id}", held)
     .get("/candidates", candidates)
     .get("/rpt/{address}", rpt)
     .get("/committee", committee)
@@ -544,6 +581,17 @@ async fn data(
     match st.api.data(&id) {
         Some(d) => Ok(Json(d).into_response()),
         None => Err(ApiError::not_found(format!("no data {}", id.to_hex()))),
+    }
+}
+
+async fn held(
+    State(st): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let id = parse_data_id(&path_param(p)?)?;
+    match st.api.held(&id) {
+        Some(v) => Ok(Json(serde_json::json!({ "data": id.to_hex(), "shards": v })).into_response()),
+        None => Err(ApiError::not_found("this node has no storage role")),
     }
 }
 
@@ -1049,6 +1097,17 @@ pub fn openapi() -> Value {
                 "The grant of a data id to a reader",
                 vec![hex_param("id", "Data id"), hex_param("reader", "Reader address")],
                 json_response("Grant", schema_ref("Grant")), true) },
+            "/storage/held/{id}": { "get": get_op(
+                "The shards of a data id this storage node holds, as [block, index] pairs",
+                vec![hex_param("id", "Data id")],
+                json_response("Held shards", serde_json::json!({
+                    "type": "object",
+                    "properties": {
+                        "data": { "type": "string" },
+                        "shards": { "type": "array", "items": {
+                            "type": "array", "items": { "type": "integer" } } }
+                    }
+                })), true) },
             "/candidates": { "get": get_op(
                 "Current proposer candidates (RNodes) with their RPT",
                 vec![], json_response("Candidates", array_of("Candidate")), false) },

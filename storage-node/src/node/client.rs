@@ -576,6 +576,34 @@ pub fn run_status(api: &str) -> anyhow::Result<()> {
     println!("mempool     {}", s.mempool);
     println!("impeached   {}", s.impeachments);
     println!("period      {} ms", s.period_ms);
+    if let Some(st) = &s.storage {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        println!(
+            "storage     {} shards of {} data items ({} uncommitted); disk {:.2} GiB used, {:.1} GiB free",
+            st.shards,
+            st.data_items,
+            st.pending,
+            gib(st.disk_used),
+            gib(st.disk_free)
+        );
+        println!(
+            "served      {} shards, {} reads refused; audits answered {}, missing {}",
+            st.served, st.refused, st.audits_answered, st.audits_missing
+        );
+        println!(
+            "coordinate  {} data items: audits {} sent, {} passed, {} failed; {} shards repaired ({:.1} MiB), {} blocks unrecoverable",
+            st.coordinated,
+            st.audits_sent,
+            st.audits_passed,
+            st.audits_failed,
+            st.shards_repaired,
+            st.repair_bytes as f64 / (1u64 << 20) as f64,
+            st.unrecoverable_blocks
+        );
+        for f in st.recent_failures.iter().rev().take(5) {
+            println!("  failure   {f}");
+        }
+    }
     Ok(())
 }
 

@@ -68,6 +68,43 @@ pub struct NodeConfig {
     /// Mempool and block building.
     #[serde(default)]
     pub mempool: MempoolSection,
+    /// The storage role.
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Threads answering the shard protocol.
+    #[serde(default = "default_storage_workers")]
+    pub workers: usize,
+    /// Milliseconds between audit rounds of the data this node coordinates.
+    #[serde(default = "default_audit_period_ms")]
+    pub audit_period_ms: u64,
+    /// Deliberate misbehaviour for tests of audits and repair: "none", "delete" or
+    /// "bit-flip". Never set this on a real node.
+    #[serde(default)]
+    pub fault: super::storage::Fault,
+}
+
+fn default_storage_workers() -> usize {
+    4
+}
+
+fn default_audit_period_ms() -> u64 {
+    10_000
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            workers: default_storage_workers(),
+            audit_period_ms: default_audit_period_ms(),
+            fault: Default::default(),
+        }
+    }
 }
 
 /// `[network]`.
@@ -244,7 +281,22 @@ impl NodeConfig {
              max_txs = {max_txs}\n\
              max_bytes = {max_bytes}\n\
              # Most transactions per block this node proposes.\n\
-             max_block_txs = {block_txs}\n",
+             max_block_txs = {block_txs}\n\
+             \n\
+             [storage]\n\
+             # Threads answering the shard protocol (storage role).\n\
+             workers = {workers}\n\
+             # Milliseconds between audit rounds of the data this node coordinates.\n\
+             audit_period_ms = {audit}\n\
+             # Deliberate misbehaviour for tests only: \"none\", \"delete\", \"bit-flip\".\n\
+             fault = \"{fault}\"\n",
+            workers = self.storage.workers,
+            audit = self.storage.audit_period_ms,
+            fault = match self.storage.fault {
+                super::storage::Fault::None => "none",
+                super::storage::Fault::Delete => "delete",
+                super::storage::Fault::BitFlip => "bit-flip",
+            },
             name = self.name,
             data = self.data_dir.display(),
             key = self.key_file.display(),
@@ -270,6 +322,7 @@ impl Default for NodeConfig {
             network: NetworkConfig::default(),
             api: ApiConfig::default(),
             mempool: MempoolSection::default(),
+            storage: StorageSection::default(),
         }
     }
 }

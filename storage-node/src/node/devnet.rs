@@ -86,6 +86,33 @@ impl DevnetFile {
     }
 }
 
+/// Where a running devnet (or node) leaves its API URL for clients on this machine.
+pub fn local_node_file() -> PathBuf {
+    std::env::temp_dir().join("cpchain-local-node")
+}
+
+/// The API of the node clients on this machine use by default (like kubo finding its
+/// local daemon): the running devnet's, else `http://127.0.0.1:8645`.
+pub fn local_node_api() -> String {
+    fs::read_to_string(local_node_file())
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.starts_with("http"))
+        .unwrap_or_else(|| "http://127.0.0.1:8645".to_string())
+}
+
+/// Records (or with `None` removes) the local node's API URL.
+pub fn set_local_node(api: Option<&str>) {
+    let f = local_node_file();
+    let r = match api {
+        Some(a) => write_atomic(&f, format!("{a}\n").as_bytes(), 0o644),
+        None => fs::remove_file(&f).map_err(anyhow::Error::from),
+    };
+    if let Err(e) = r {
+        tracing::debug!("local node file {}: {e}", f.display());
+    }
+}
+
 fn free_tcp_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -189,6 +216,11 @@ pub fn prepare(p: &DevnetParams) -> Result<DevnetFile> {
         let mut roles = vec![n.role];
         if n.role == Role::Storage {
             roles.insert(0, Role::Civilian);
+        }
+        // Validators store shards too: with 12 storage nodes that makes 16 holders, enough
+        // for 10 + 4 shards on distinct nodes even after two nodes die.
+        if n.role == Role::Validator {
+            roles.push(Role::Storage);
         }
         let mut cfg = NodeConfig {
             name: n.name.clone(),
@@ -397,6 +429,12 @@ pub fn run(p: DevnetParams) -> Result<()> {
         file.faucet_key.display(),
         file.faucet_key.display()
     );
+    println!(
+        "data:      cpchain put FILE --key {}   then   cpchain get DATA_ID -o OUT --key {}",
+        file.faucet_key.display(),
+        file.faucet_key.display()
+    );
+    set_local_node(Some(&first));
     println!("Ctrl-C stops the network.");
     let mut last = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -407,6 +445,9 @@ pub fn run(p: DevnetParams) -> Result<()> {
                 println!("height {h}");
             }
         }
+    }
+    if local_node_api() == first {
+        set_local_node(None);
     }
     println!("stopping {} nodes…", children.len());
     stop_all(&mut children, Duration::from_secs(10));

@@ -10,7 +10,21 @@ use crypto_accel::{DataId, Hash};
 
 use super::config::Role;
 use super::engine::{BlockSummary, Engine, EngineEvent};
+use super::storage::{ChainView, StorageService};
 use super::view::*;
+
+impl ChainView for EngineHandle {
+    fn data(&self, id: &DataId) -> Option<chain::DataRecord> {
+        let id = *id;
+        self.query(move |e| e.state.data(&id)).flatten()
+    }
+
+    fn may_read(&self, reader: &Address, id: &DataId, interval: u64) -> bool {
+        let (r, id) = (*reader, *id);
+        self.query(move |e| e.state.may_read(&r, &id, interval, e.store.head().number))
+            .unwrap_or(false)
+    }
+}
 
 /// How long an API read waits for the engine.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,12 +33,19 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     tx: SyncSender<EngineEvent>,
+    storage: Option<std::sync::Arc<StorageService>>,
 }
 
 impl EngineHandle {
     /// A handle sending to the engine's queue.
     pub fn new(tx: SyncSender<EngineEvent>) -> Self {
-        EngineHandle { tx }
+        EngineHandle { tx, storage: None }
+    }
+
+    /// Adds the storage role's view to `/status` and `/metrics`.
+    pub fn with_storage(mut self, s: std::sync::Arc<StorageService>) -> Self {
+        self.storage = Some(s);
+        self
     }
 
     fn query<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> T + Send + 'static) -> Option<T> {
@@ -169,12 +190,21 @@ fn status_of(e: &Engine) -> StatusView {
         impeachments: e.stats.impeachments,
         period_ms: e.cfg.period_ms,
         syncing: e.best_peer_height > tip.number.saturating_add(1),
+        listen: e
+            .net_stats
+            .listen
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default(),
+        storage: None,
     }
 }
 
 impl NodeApi for EngineHandle {
     fn status(&self) -> StatusView {
-        self.query(status_of).unwrap_or_default()
+        let mut v = self.query(status_of).unwrap_or_default();
+        v.storage = self.storage.as_ref().map(|s| s.view());
+        v
     }
 
     fn account(&self, address: &Address) -> AccountView {
@@ -395,6 +425,10 @@ impl NodeApi for EngineHandle {
             .unwrap_or(Err(Rejected::Busy("no answer".into())))
     }
 
+    fn held(&self, data: &DataId) -> Option<Vec<(u64, u8)>> {
+        self.storage.as_ref().map(|s| s.held(data))
+    }
+
     fn metrics(&self) -> MetricsView {
         // Drains the samples: each scrape sees those taken since the previous one.
         self.query_mut(|e| MetricsView {
@@ -406,6 +440,11 @@ impl NodeApi for EngineHandle {
             rejected_txs: e.stats.rejected_txs,
             commit_latencies_s: std::mem::take(&mut e.stats.latencies),
             verify_batch_sizes: std::mem::take(&mut e.stats.batch_sizes),
+            storage: None,
+        })
+        .map(|mut m| {
+            m.storage = self.storage.as_ref().map(|s| s.view());
+            m
         })
         .unwrap_or_default()
     }

@@ -4,10 +4,13 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod coordinator;
 pub mod devnet;
+pub mod dfs;
 pub mod engine;
 pub mod handle;
 pub mod mempool;
 pub mod net;
 pub mod run;
+pub mod storage;
 pub mod view;

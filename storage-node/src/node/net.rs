@@ -142,6 +142,17 @@ pub struct Behaviour {
     gossip: gossipsub::Behaviour,
     consensus: request_response::Behaviour<FrameCodec>,
     sync: request_response::Behaviour<FrameCodec>,
+    shard: request_response::Behaviour<FrameCodec>,
+}
+
+/// A shard protocol request handed to the storage workers: answer with
+/// [`NetCmd::ShardRespond`] and the same `id`.
+#[derive(Debug)]
+pub struct ShardJob {
+    /// Correlation id.
+    pub id: u64,
+    /// The encoded [`dht::wire::ShardRequest`].
+    pub data: Vec<u8>,
 }
 
 /// What the network tells the engine.
@@ -210,6 +221,45 @@ pub enum NetCmd {
         /// Encoded response.
         data: Vec<u8>,
     },
+    /// Answer a shard protocol request.
+    ShardRespond {
+        /// The request's id.
+        id: u64,
+        /// Encoded response.
+        data: Vec<u8>,
+    },
+    /// Announce in the DHT that this node holds shards of a data item (a provider record
+    /// under the data's record key).
+    Provide(crypto_accel::DataId),
+    /// Send a shard protocol request to another storage node (audits, repair).
+    ShardRequest {
+        /// Target.
+        peer: PeerId,
+        /// Encoded [`dht::wire::ShardRequest`].
+        data: Vec<u8>,
+        /// The encoded response, or why none came.
+        reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    /// Put a DHT record (a [`dht::record::DataRecord`] page) into Kademlia.
+    PutRecord {
+        /// Record key.
+        key: [u8; 32],
+        /// Encoded page.
+        value: Vec<u8>,
+    },
+}
+
+/// A storage node this node knows of (from identify).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownStorage {
+    /// Its ed25519 key (node id).
+    pub node: [u8; 32],
+    /// Its subnet bucket, `None` on loopback.
+    pub subnet: Option<u64>,
+    /// Whether a connection is open now.
+    pub connected: bool,
+    /// When it was last connected (ms since the epoch).
+    pub seen_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -225,6 +275,126 @@ pub struct NetStats {
     pub peers: AtomicUsize,
     /// Inbound events dropped because the engine's queue was full.
     pub dropped: AtomicUsize,
+    /// Listen addresses with `/p2p/<peer id>`.
+    pub listen: std::sync::Mutex<Vec<String>>,
+    /// Storage nodes seen, by peer id.
+    pub storage: std::sync::Mutex<HashMap<PeerId, KnownStorage>>,
+}
+
+/// Most peers of one IP subnet (IPv4 /24, IPv6 /48) in one k-bucket: a single operator (or
+/// attacker) on one subnet cannot fill a bucket (S/Kademlia). Loopback is exempt, so a
+/// devnet on one machine works.
+pub const MAX_PEERS_PER_SUBNET_PER_BUCKET: usize = 2;
+
+/// The subnet bucket of a multiaddr's IP: `None` for loopback or no IP (exempt from the cap).
+pub fn subnet_of(a: &Multiaddr) -> Option<u64> {
+    use libp2p::multiaddr::Protocol;
+    a.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) if !ip.is_loopback() => {
+            let o = ip.octets();
+            Some(u64::from(u32::from_be_bytes([0, o[0], o[1], o[2]])))
+        }
+        Protocol::Ip6(ip) if !ip.is_loopback() => {
+            let s = ip.segments();
+            Some((1u64 << 63) | (u64::from(s[0]) << 32) | (u64::from(s[1]) << 16) | u64::from(s[2]))
+        }
+        _ => None,
+    })
+}
+
+/// Kademlia under `/cpchain/kad/1`, hardened: lookups over disjoint paths, records and
+/// provider announcements filtered by the node (only well-formed DHT records are kept,
+/// newest version wins), routing-table inserts made by the node (subject to the subnet
+/// cap), and a store sized for many data items.
+pub fn hardened_kad(peer: PeerId, mode: kad::Mode) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut cfg = kad::Config::new(StreamProtocol::new("/cpchain/kad/1"));
+    cfg.set_query_timeout(Duration::from_secs(30))
+        .disjoint_query_paths(true)
+        .set_record_filtering(kad::StoreInserts::FilterBoth)
+        .set_kbucket_inserts(kad::BucketInserts::Manual)
+        .set_record_ttl(None)
+        .set_provider_record_ttl(Some(Duration::from_secs(48 * 3600)));
+    let store = kad::store::MemoryStore::with_config(
+        peer,
+        kad::store::MemoryStoreConfig {
+            max_records: 1 << 16,
+            max_value_bytes: 64 << 10,
+            max_providers_per_key: 64,
+            max_provided_keys: 1 << 16,
+        },
+    );
+    let mut k = kad::Behaviour::with_config(peer, store, cfg);
+    k.set_mode(Some(mode));
+    k
+}
+
+/// The shard protocol behaviour (`/cpchain/shard/1`): `Full` on storage nodes, `Outbound`
+/// elsewhere (clients, validators auditing nothing).
+pub fn shard_behaviour(support: ProtocolSupport) -> request_response::Behaviour<FrameCodec> {
+    request_response::Behaviour::with_codec(
+        FrameCodec::new(
+            dht::wire::MAX_REQUEST_FRAME,
+            dht::wire::MAX_RESPONSE_FRAME,
+        ),
+        [(StreamProtocol::new(dht::wire::SHARD_PROTOCOL), support)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(60))
+            .with_max_concurrent_streams(256),
+    )
+}
+
+/// Routing-table admission with a per-bucket subnet cap.
+#[derive(Debug, Default)]
+pub struct SubnetGuard {
+    members: HashMap<(u32, u64), HashSet<PeerId>>,
+}
+
+impl SubnetGuard {
+    /// Whether `peer` at `addr` may enter the bucket it falls in relative to `local`;
+    /// records it when it may.
+    pub fn admit(&mut self, local: &PeerId, peer: &PeerId, addr: &Multiaddr) -> bool {
+        let Some(net) = subnet_of(addr) else {
+            return true;
+        };
+        let d = kad::KBucketKey::from(*local).distance(&kad::KBucketKey::from(*peer));
+        let bucket = d.ilog2().unwrap_or(0);
+        let set = self.members.entry((bucket, net)).or_default();
+        if set.contains(peer) {
+            return true;
+        }
+        if set.len() >= MAX_PEERS_PER_SUBNET_PER_BUCKET {
+            return false;
+        }
+        set.insert(*peer);
+        true
+    }
+}
+
+/// Validates an inbound DHT record: it must decode as a [`dht::record::DataRecord`] page
+/// stored under its own key; among versions the newest wins.
+pub fn accept_record(store: &mut kad::store::MemoryStore, record: kad::Record) {
+    use kad::store::RecordStore;
+    use crypto_accel::Decode;
+    let Ok(page) = dht::record::DataRecord::from_bytes(&record.value) else {
+        return;
+    };
+    if record.key.as_ref() != dht::record::DataRecord::key(&page.data, page.page).as_slice() {
+        return;
+    }
+    if let Some(old) = store.get(&record.key) {
+        if let Ok(o) = dht::record::DataRecord::from_bytes(&old.value) {
+            if o.version > page.version {
+                return;
+            }
+        }
+    }
+    if let Err(e) = store.put(record) {
+        tracing::debug!("keeping a DHT record: {e}");
+    }
+}
+
+fn known_storage(stats: &NetStats) -> std::sync::MutexGuard<'_, HashMap<PeerId, KnownStorage>> {
+    stats.storage.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The libp2p peer id of an address (the same ed25519 key), if the bytes are a valid key.
@@ -259,6 +429,7 @@ impl Net {
         committee: &[Address],
         validators: &[Address],
         subscribe_txs: bool,
+        storage: bool,
     ) -> Result<Net> {
         let mut seed = seed;
         let key = identity::Keypair::ed25519_from_bytes(&mut seed)
@@ -290,10 +461,7 @@ impl Net {
                     gossip_cfg,
                 )
                 .map_err(io::Error::other)?;
-                let mut kad_cfg = kad::Config::new(StreamProtocol::new("/cpchain/kad/1"));
-                kad_cfg.set_query_timeout(Duration::from_secs(30));
-                let kad =
-                    kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_cfg);
+                let kad = hardened_kad(peer, kad::Mode::Server);
                 let rr_cfg = request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(30))
                     .with_max_concurrent_streams(1024);
@@ -317,8 +485,13 @@ impl Net {
                         StreamProtocol::new("/cpchain/sync/1"),
                         ProtocolSupport::Full,
                     )],
-                    rr_cfg,
+                    rr_cfg.clone(),
                 );
+                let shard = shard_behaviour(if storage {
+                    ProtocolSupport::Full
+                } else {
+                    ProtocolSupport::Outbound
+                });
                 Ok(Behaviour {
                     identify: identify::Behaviour::new(identify::Config::new(
                         "/cpchain/id/1".into(),
@@ -329,6 +502,7 @@ impl Net {
                     gossip,
                     consensus,
                     sync,
+                    shard,
                 })
             })
             .map_err(|e| anyhow::anyhow!("building behaviours: {e}"))?
@@ -384,6 +558,13 @@ impl Net {
         *self.swarm.local_peer_id()
     }
 
+    fn provide(&mut self, d: crypto_accel::DataId) {
+        let key = kad::RecordKey::new(&dht::record::DataRecord::key(&d, 0));
+        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+            tracing::warn!("announcing data {d} in the DHT: {e}");
+        }
+    }
+
     /// Runs the swarm until `cmds` closes: forwards events to `events` (dropping, and
     /// counting, what does not fit), executes commands.
     pub async fn run<E: From<NetEvent> + Send>(
@@ -391,7 +572,19 @@ impl Net {
         mut cmds: UnboundedReceiver<NetCmd>,
         events: SyncSender<E>,
         stats: Arc<NetStats>,
+        shard_jobs: Option<SyncSender<ShardJob>>,
+        provide: Vec<crypto_accel::DataId>,
     ) {
+        for d in provide {
+            self.provide(d);
+        }
+        let local = *self.swarm.local_peer_id();
+        let mut guard = SubnetGuard::default();
+        let mut shard_pending: HashMap<u64, ResponseChannel<Vec<u8>>> = HashMap::new();
+        let mut shard_out: HashMap<
+            OutboundRequestId,
+            tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+        > = HashMap::new();
         for a in std::mem::take(&mut self.bootstrap) {
             if let Some(libp2p::multiaddr::Protocol::P2p(p)) = a.iter().last() {
                 self.swarm.behaviour_mut().kad.add_address(&p, a.clone());
@@ -472,6 +665,24 @@ impl Net {
                                 let _ = self.swarm.behaviour_mut().sync.send_response(ch, data);
                             }
                         }
+                        NetCmd::ShardRespond { id, data } => {
+                            if let Some(ch) = shard_pending.remove(&id) {
+                                let _ = self.swarm.behaviour_mut().shard.send_response(ch, data);
+                            }
+                        }
+                        NetCmd::Provide(d) => self.provide(d),
+                        NetCmd::ShardRequest { peer, data, reply } => {
+                            let id = self.swarm.behaviour_mut().shard.send_request(&peer, data);
+                            shard_out.insert(id, reply);
+                        }
+                        NetCmd::PutRecord { key, value } => {
+                            let rec = kad::Record::new(kad::RecordKey::new(&key), value);
+                            // Keep it locally too: this node is one of the record's holders.
+                            accept_record(self.swarm.behaviour_mut().kad.store_mut(), rec.clone());
+                            if let Err(e) = self.swarm.behaviour_mut().kad.put_record(rec, kad::Quorum::One) {
+                                tracing::warn!("putting a DHT record: {e}");
+                            }
+                        }
                     }
                 }
                 _ = redial.tick() => {
@@ -491,21 +702,94 @@ impl Net {
                 }
                 ev = self.swarm.select_next_some() => match ev {
                     SwarmEvent::NewListenAddr { address, .. } => {
-                        tracing::info!("listening on {address}/p2p/{}", self.swarm.local_peer_id());
+                        let full = format!("{address}/p2p/{}", self.swarm.local_peer_id());
+                        tracing::info!("listening on {full}");
+                        stats.listen.lock().unwrap_or_else(|p| p.into_inner()).push(full);
                     }
                     SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                         stats.peers.store(self.swarm.connected_peers().count(), Ordering::Relaxed);
                         if num_established.get() == 1 {
                             send(NetEvent::Connected(peer_id));
                         }
+                        if let Some(k) = known_storage(&stats).get_mut(&peer_id) {
+                            k.connected = true;
+                            k.seen_ms = super::config::now_ms();
+                        }
                     }
-                    SwarmEvent::ConnectionClosed { .. } => {
+                    SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
                         stats.peers.store(self.swarm.connected_peers().count(), Ordering::Relaxed);
+                        if num_established == 0 {
+                            if let Some(k) = known_storage(&stats).get_mut(&peer_id) {
+                                k.connected = false;
+                            }
+                        }
                     }
                     SwarmEvent::Behaviour(ev) => match ev {
                         BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                            let stores = info
+                                .protocols
+                                .iter()
+                                .any(|p| p.as_ref() == dht::wire::SHARD_PROTOCOL);
+                            if let (true, Ok(key)) = (stores, info.public_key.clone().try_into_ed25519()) {
+                                known_storage(&stats).insert(peer_id, KnownStorage {
+                                    node: key.to_bytes(),
+                                    subnet: info.listen_addrs.iter().find_map(subnet_of),
+                                    connected: true,
+                                    seen_ms: super::config::now_ms(),
+                                });
+                            }
                             for a in info.listen_addrs {
-                                self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                                if guard.admit(&local, &peer_id, &a) {
+                                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                                }
+                            }
+                        }
+                        BehaviourEvent::Kad(kad::Event::RoutablePeer { peer, address })
+                        | BehaviourEvent::Kad(kad::Event::PendingRoutablePeer { peer, address })
+                            if guard.admit(&local, &peer, &address) =>
+                        {
+                            self.swarm.behaviour_mut().kad.add_address(&peer, address);
+                        }
+                        BehaviourEvent::Kad(kad::Event::InboundRequest { request }) => match request {
+                            kad::InboundRequest::PutRecord { record: Some(r), .. } => {
+                                accept_record(self.swarm.behaviour_mut().kad.store_mut(), r);
+                            }
+                            kad::InboundRequest::AddProvider { record: Some(r) } => {
+                                use kad::store::RecordStore;
+                                let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(r);
+                            }
+                            _ => {}
+                        },
+                        BehaviourEvent::Shard(request_response::Event::Message {
+                            message: request_response::Message::Response { request_id, response },
+                            ..
+                        }) => {
+                            if let Some(r) = shard_out.remove(&request_id) {
+                                let _ = r.send(Ok(response));
+                            }
+                        }
+                        BehaviourEvent::Shard(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                            if let Some(r) = shard_out.remove(&request_id) {
+                                let _ = r.send(Err(error.to_string()));
+                            }
+                        }
+                        BehaviourEvent::Shard(request_response::Event::Message {
+                            message: request_response::Message::Request { request, channel, .. },
+                            ..
+                        }) => {
+                            let Some(jobs) = &shard_jobs else { continue };
+                            next_id = next_id.wrapping_add(1);
+                            match jobs.try_send(ShardJob { id: next_id, data: request }) {
+                                Ok(()) => {
+                                    shard_pending.insert(next_id, channel);
+                                }
+                                Err(_) => {
+                                    use crypto_accel::Encode;
+                                    let busy = dht::wire::ShardResponse::Failed(
+                                        "the storage node is busy; retry".into(),
+                                    );
+                                    let _ = self.swarm.behaviour_mut().shard.send_response(channel, busy.to_bytes());
+                                }
                             }
                         }
                         BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message, .. }) => {

@@ -11,6 +11,7 @@ use super::config::{load_key, Genesis, NodeConfig};
 use super::engine::{Engine, EngineEvent};
 use super::handle::EngineHandle;
 use super::net::{Net, NetStats};
+use super::storage::StorageService;
 use super::view::NodeApi;
 
 /// Engine queue length (network events and API calls); beyond it the network drops
@@ -56,9 +57,16 @@ pub fn run(path: &Path) -> Result<()> {
             &committee,
             &cfg.validators,
             node.has(super::config::Role::Proposer),
+            node.has(super::config::Role::Storage),
         )?
     };
     let peer_id = net.peer_id();
+    let storage_role = node.has(super::config::Role::Storage);
+    let storage_dir = node.data_dir.join("storage");
+    let storage_cfg = node.storage.clone();
+    let key_pub = *key.public().as_bytes();
+    let storage_key = key.clone();
+    let net_cmds = net_tx.clone();
     let api_listen = node.api.listen.clone();
     let name = node.name.clone();
     let engine = Engine::open(node, &genesis, key, net_tx, stats.clone(), peer_id)?;
@@ -72,7 +80,31 @@ pub fn run(path: &Path) -> Result<()> {
         .name("cpchain-engine".into())
         .spawn(move || engine.run(ev_rx))
         .context("starting the engine thread")?;
-    let api: Arc<dyn NodeApi> = Arc::new(EngineHandle::new(ev_tx.clone()));
+    let handle = EngineHandle::new(ev_tx.clone());
+    let (handle, shard_jobs, provide) = if storage_role {
+        let service = Arc::new(StorageService::open(
+            &storage_dir,
+            storage_key,
+            cfg.chain_id,
+            Arc::new(handle.clone()),
+            storage_cfg.fault,
+        )?);
+        service.set_peers(stats.clone());
+        let provide = service.held_data();
+        let jobs = super::storage::spawn_workers(&service, storage_cfg.workers, net_cmds.clone())?;
+        super::coordinator::spawn(
+            Arc::clone(&service),
+            key_pub,
+            net_cmds.clone(),
+            stats.clone(),
+            storage_cfg.audit_period_ms,
+            Arc::clone(&service.coord),
+        )?;
+        (handle.with_storage(service), Some(jobs), provide)
+    } else {
+        (handle, None, Vec::new())
+    };
+    let api: Arc<dyn NodeApi> = Arc::new(handle);
     let net_events = ev_tx.clone();
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&api_listen)
@@ -84,7 +116,7 @@ pub fn run(path: &Path) -> Result<()> {
         let server = tokio::spawn(super::api::serve(listener, api, async move {
             let _ = stop_rx.await;
         }));
-        let net_task = tokio::spawn(net.run(net_rx, net_events, stats));
+        let net_task = tokio::spawn(net.run(net_rx, net_events, stats, shard_jobs, provide));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),

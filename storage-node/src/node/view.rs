@@ -45,6 +45,12 @@ pub struct StatusView {
     pub period_ms: u64,
     /// True while the node is catching up with peers.
     pub syncing: bool,
+    /// libp2p listen addresses, each ending in `/p2p/<peer id>` (what clients dial).
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// The storage role's view (storage nodes only).
+    #[serde(default)]
+    pub storage: Option<super::storage::StorageView>,
 }
 
 /// An account: `GET /accounts/{address}`.
@@ -268,6 +274,8 @@ pub struct MetricsView {
     pub commit_latencies_s: Vec<f64>,
     /// Signature-batch sizes verified since the previous scrape.
     pub verify_batch_sizes: Vec<usize>,
+    /// The storage role's counters (storage nodes only).
+    pub storage: Option<super::storage::StorageView>,
 }
 
 /// Read access to a node and transaction submission: implemented by the engine, used by
@@ -308,4 +316,10 @@ pub trait NodeApi: Send + Sync + 'static {
     }
     /// Metrics snapshot (drains the latency and batch-size samples).
     fn metrics(&self) -> MetricsView;
+    /// The (block, index) of every shard of `data` held here; `None` without the storage
+    /// role.
+    fn held(&self, data: &crypto_accel::DataId) -> Option<Vec<(u64, u8)>> {
+        let _ = data;
+        None
+    }
 }

@@ -100,6 +100,8 @@ impl NodeApi for FakeNode {
             impeachments: 1,
             period_ms: 1000,
             syncing: false,
+            listen: vec!["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWfake".into()],
+            storage: None,
         }
     }
     fn account(&self, address: &Address) -> AccountView {
@@ -219,6 +221,11 @@ impl NodeApi for FakeNode {
             rejected_txs: 2 * n,
             commit_latencies_s: vec![0.3, 1.2, f64::NAN],
             verify_batch_sizes: vec![64],
+            storage: Some(crate::node::storage::StorageView {
+                shards: 1400,
+                audits_failed: 3,
+                ..Default::default()
+            }),
         }
     }
 }
@@ -772,6 +779,9 @@ fn metrics_text_parses_and_has_every_metric() {
         value(&samples, name);
     }
     assert_eq!(value(&samples, "cpchain_height"), HEIGHT as f64);
+    assert_eq!(value(&samples, "cpchain_storage_shards"), 1400.0);
+    assert_eq!(value(&samples, "cpchain_storage_audits_failed"), 3.0);
+    assert_eq!(value(&samples, "cpchain_storage_repair_bytes"), 0.0);
     assert_eq!(value(&samples, "cpchain_committed_txs_total"), 100.0);
     // NaN latency samples are dropped.
     assert_eq!(value(&samples, "cpchain_commit_latency_seconds_count"), 2.0);

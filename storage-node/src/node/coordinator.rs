@@ -1,0 +1,485 @@
+//! Audits and repair of the data a storage node coordinates.
+//!
+//! Every data item has one coordinator: the live storage node whose key is XOR-closest to
+//! the data id (every holder keeps the manifest, so when the coordinator dies the next
+//! closest takes over). The coordinator learns the shard map by asking every storage node
+//! what it holds, feeds it to the pure [`Planner`], and carries out what `poll` decides:
+//! audit challenges (a random 1 KiB segment with its BLAKE3 path, checked against the
+//! shard's content id), and repairs (fetch k surviving shards, rebuild the lost ones,
+//! store and commit them on new nodes chosen by XOR distance, publish a new version of the
+//! DHT record). Results are kept for `/storage` and `/metrics`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crypto_accel::{ChunkId, DataId, Decode, Encode};
+use dht::planner::{Action, AuditFailure, AuditOutcome, Candidate, Planner, PlannerConfig};
+use dht::record::{DataRecord, NodeId, Subnet};
+use dht::wire::{ShardRequest, ShardResponse};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::config::now_ms;
+use super::net::{NetCmd, NetStats};
+use super::storage::StorageService;
+use crate::manifest::Manifest;
+
+/// How often the coordinator re-reads which data it coordinates and who holds what.
+const RESCAN: Duration = Duration::from_secs(15);
+/// How long a request to another storage node may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One holder as the coordinator sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HolderView {
+    /// Node id (hex key).
+    pub node: String,
+    /// Audits passed.
+    pub passed: u64,
+    /// Audits failed (bad proof, missing shard, refusal).
+    pub failed: u64,
+    /// Audits unanswered.
+    pub unreachable: u64,
+    /// The last failure's reason.
+    pub last_failure: Option<String>,
+    /// Declared dead (every shard it held is being repaired).
+    pub dead: bool,
+}
+
+/// The coordinator's counters and holder table.
+#[derive(Debug, Default)]
+pub struct CoordinatorStats {
+    /// Data items coordinated here.
+    pub data_items: AtomicU64,
+    /// Audits sent.
+    pub audits: AtomicU64,
+    /// Audits passed.
+    pub audits_passed: AtomicU64,
+    /// Audits failed.
+    pub audits_failed: AtomicU64,
+    /// Shards rebuilt and stored elsewhere.
+    pub shards_repaired: AtomicU64,
+    /// Bytes fetched and stored by repair.
+    pub repair_bytes: AtomicU64,
+    /// Blocks found unrecoverable.
+    pub unrecoverable: AtomicU64,
+    /// Per holder.
+    pub holders: Mutex<Vec<HolderView>>,
+    /// The most recent failures, newest last (bounded).
+    pub failures: Mutex<Vec<String>>,
+}
+
+/// Runs the coordinator on its own thread until the network command channel closes.
+pub fn spawn(
+    service: Arc<StorageService>,
+    me: [u8; 32],
+    net: UnboundedSender<NetCmd>,
+    net_stats: Arc<NetStats>,
+    audit_period_ms: u64,
+    stats: Arc<CoordinatorStats>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("cpchain-coord".into())
+        .spawn(move || {
+            let mut c = Coordinator {
+                planner: Planner::new(
+                    PlannerConfig {
+                        audit_period_ms,
+                        ..PlannerConfig::default()
+                    },
+                    u64::from_le_bytes([me[0], me[1], me[2], me[3], me[4], me[5], me[6], me[7]])
+                        ^ now_ms(),
+                ),
+                service,
+                me: NodeId(me),
+                net,
+                net_stats,
+                stats,
+                manifests: HashMap::new(),
+                versions: HashMap::new(),
+                last_scan: None,
+            };
+            c.run();
+        })?;
+    Ok(())
+}
+
+struct Coordinator {
+    planner: Planner,
+    service: Arc<StorageService>,
+    me: NodeId,
+    net: UnboundedSender<NetCmd>,
+    net_stats: Arc<NetStats>,
+    stats: Arc<CoordinatorStats>,
+    manifests: HashMap<DataId, Manifest>,
+    versions: HashMap<DataId, u64>,
+    last_scan: Option<Instant>,
+}
+
+impl Coordinator {
+    fn run(&mut self) {
+        loop {
+            if self.net.is_closed() {
+                return;
+            }
+            if self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN) {
+                self.scan();
+                self.last_scan = Some(Instant::now());
+            }
+            let actions = self.planner.poll(now_ms());
+            let mut changed: HashSet<DataId> = HashSet::new();
+            for a in actions {
+                match a {
+                    Action::Audit {
+                        data,
+                        block,
+                        index,
+                        holder,
+                        nonce,
+                    } => self.audit(data, block, index, holder, nonce),
+                    Action::Repair {
+                        data,
+                        block,
+                        targets,
+                        sources,
+                    } => {
+                        if self.repair(data, block, &targets, &sources) {
+                            changed.insert(data);
+                        }
+                    }
+                    Action::Unrecoverable { data, block, live } => {
+                        self.stats.unrecoverable.fetch_add(1, Ordering::Relaxed);
+                        self.note(format!(
+                            "data {data} block {block}: unrecoverable, {live} shards live"
+                        ));
+                    }
+                }
+            }
+            for d in changed {
+                self.publish(&d);
+            }
+            self.refresh_view();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn note(&self, s: String) {
+        tracing::warn!("{s}");
+        let mut f = self.stats.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.push(s);
+        let n = f.len();
+        if n > 100 {
+            f.drain(..n - 100);
+        }
+    }
+
+    /// Live storage nodes (this one included), by node id.
+    fn candidates(&self) -> (Vec<Candidate>, HashMap<NodeId, PeerId>) {
+        let now = now_ms();
+        let known = self
+            .net_stats
+            .storage
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default();
+        let mut peers = HashMap::new();
+        let mut c = vec![Candidate {
+            node: self.me,
+            subnet: None,
+        }];
+        for (p, k) in known {
+            // A peer not seen for ten minutes is no longer offered new shards.
+            if !k.connected && now.saturating_sub(k.seen_ms) > 600_000 {
+                continue;
+            }
+            peers.insert(NodeId(k.node), p);
+            c.push(Candidate {
+                node: NodeId(k.node),
+                subnet: k.subnet.map(Subnet),
+            });
+        }
+        (c, peers)
+    }
+
+    fn request(&self, node: NodeId, req: ShardRequest) -> Result<ShardResponse, String> {
+        if node == self.me {
+            return Ok(self.service.handle(req, now_ms()));
+        }
+        let (_, peers) = self.candidates();
+        let peer = *peers.get(&node).ok_or("unknown storage node")?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.net
+            .send(NetCmd::ShardRequest {
+                peer,
+                data: req.to_bytes(),
+                reply: tx,
+            })
+            .map_err(|_| "the network stopped".to_string())?;
+        let t = Instant::now();
+        let mut rx = rx;
+        loop {
+            match rx.try_recv() {
+                Ok(r) => {
+                    let bytes = r?;
+                    return ShardResponse::from_bytes(&bytes).map_err(|e| e.to_string());
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                Err(_) => return Err("the network dropped the request".into()),
+            }
+            if t.elapsed() > REQUEST_TIMEOUT {
+                return Err("no answer in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Finds the data this node coordinates and asks every storage node what it holds.
+    fn scan(&mut self) {
+        let (cands, _) = self.candidates();
+        self.planner.set_candidates(cands.clone());
+        let mine: Vec<DataId> = self
+            .service
+            .manifest_ids()
+            .into_iter()
+            .filter(|d| {
+                cands
+                    .iter()
+                    .min_by_key(|c| dht::planner::distance(&c.node.0, d.as_bytes()))
+                    .is_some_and(|c| c.node == self.me)
+            })
+            .collect();
+        self.stats
+            .data_items
+            .store(mine.len() as u64, Ordering::Relaxed);
+        for d in mine {
+            if self.manifests.contains_key(&d) {
+                continue;
+            }
+            let Some(m) = self.service.manifest(&d) else {
+                continue;
+            };
+            let n = usize::from(m.k) + usize::from(m.m);
+            let mut map: Vec<Vec<Option<NodeId>>> = vec![vec![None; n]; m.blocks.len()];
+            for c in &cands {
+                if let Ok(ShardResponse::Held(list)) =
+                    self.request(c.node, ShardRequest::Held { data: d })
+                {
+                    for (b, i) in list {
+                        if let Some(slot) = map
+                            .get_mut(b as usize)
+                            .and_then(|r| r.get_mut(usize::from(i)))
+                        {
+                            slot.get_or_insert(c.node);
+                        }
+                    }
+                }
+            }
+            // Shards nobody reports are lost: track them as held by no one.
+            let full: Vec<Vec<NodeId>> = map
+                .iter()
+                .map(|r| r.iter().map(|x| x.unwrap_or(NodeId([0; 32]))).collect())
+                .collect();
+            self.planner.track(d, m.k, m.m, full);
+            for (b, r) in map.iter().enumerate() {
+                for (i, x) in r.iter().enumerate() {
+                    if x.is_none() {
+                        self.planner.on_audit(
+                            &d,
+                            b as u64,
+                            i as u8,
+                            NodeId([0; 32]),
+                            AuditOutcome::Failed(AuditFailure::Missing),
+                            now_ms(),
+                        );
+                    }
+                }
+            }
+            tracing::info!(
+                "coordinating data {d}: {} blocks, {} shards located",
+                m.blocks.len(),
+                map.iter().flatten().filter(|x| x.is_some()).count()
+            );
+            self.manifests.insert(d, m);
+        }
+    }
+
+    fn shard_id(&self, data: &DataId, block: u64, index: u8) -> Option<ChunkId> {
+        self.manifests
+            .get(data)?
+            .blocks
+            .get(block as usize)?
+            .shards
+            .get(usize::from(index))
+            .copied()
+    }
+
+    fn audit(&mut self, data: DataId, block: u64, index: u8, holder: NodeId, nonce: u64) {
+        let Some(id) = self.shard_id(&data, block, index) else {
+            return;
+        };
+        self.stats.audits.fetch_add(1, Ordering::Relaxed);
+        let outcome = match self.request(holder, ShardRequest::Audit { id, nonce }) {
+            Ok(ShardResponse::Proof(b)) => match dht::proof::AuditProof::from_bytes(&b)
+                .map_err(|e| e.to_string())
+                .and_then(|p| dht::proof::verify(&id, nonce, &p).map_err(|e| e.to_string()))
+            {
+                Ok(()) => AuditOutcome::Passed,
+                Err(e) => AuditOutcome::Failed(AuditFailure::BadProof(e)),
+            },
+            Ok(ShardResponse::NotFound) => AuditOutcome::Failed(AuditFailure::Missing),
+            Ok(ShardResponse::Refused(r)) => AuditOutcome::Failed(AuditFailure::Refused(r)),
+            Ok(ShardResponse::Failed(_)) | Err(_) => AuditOutcome::Unreachable,
+            Ok(_) => AuditOutcome::Failed(AuditFailure::Refused("unexpected answer".into())),
+        };
+        match &outcome {
+            AuditOutcome::Passed => {
+                self.stats.audits_passed.fetch_add(1, Ordering::Relaxed);
+            }
+            AuditOutcome::Failed(f) => {
+                self.stats.audits_failed.fetch_add(1, Ordering::Relaxed);
+                self.note(format!(
+                    "audit of {} on shard {index} of block {block} of {data}: {f}",
+                    hex::encode(&holder.0[..8])
+                ));
+            }
+            AuditOutcome::Unreachable => {}
+        }
+        self.planner
+            .on_audit(&data, block, index, holder, outcome, now_ms());
+    }
+
+    fn repair(
+        &mut self,
+        data: DataId,
+        block: u64,
+        targets: &[(u8, NodeId)],
+        sources: &[(u8, NodeId)],
+    ) -> bool {
+        let Some(m) = self.manifests.get(&data).cloned() else {
+            return false;
+        };
+        let k = usize::from(m.k);
+        let mut have: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut fetched = 0u64;
+        for (i, node) in sources {
+            if have.len() >= k {
+                break;
+            }
+            let Some(id) = self.shard_id(&data, block, *i) else {
+                continue;
+            };
+            let auth = self.service.node_auth(data, block, node.0, &id);
+            if let Ok(ShardResponse::Shard(b)) = self.request(*node, ShardRequest::Get { id, auth })
+            {
+                if ChunkId::of(&b) == id {
+                    fetched += b.len() as u64;
+                    have.push((*i, b));
+                }
+            }
+        }
+        let wanted: Vec<u8> = targets.iter().map(|t| t.0).collect();
+        let rebuilt = match crate::pipeline::rebuild_shards(&m, block as usize, &have, &wanted) {
+            Ok(r) => r,
+            Err(e) => {
+                for (i, _) in targets {
+                    self.planner
+                        .on_repair_failed(&data, block, *i, &e.to_string(), now_ms());
+                }
+                self.note(format!("repair of block {block} of {data}: {e}"));
+                return false;
+            }
+        };
+        let manifest = m.to_bytes();
+        let mut any = false;
+        for ((i, bytes), (_, target)) in rebuilt.into_iter().zip(targets) {
+            let len = bytes.len() as u64;
+            let put = self.request(*target, ShardRequest::Put { bytes });
+            let ok = matches!(put, Ok(ShardResponse::Stored))
+                && matches!(
+                    self.request(
+                        *target,
+                        ShardRequest::Commit {
+                            manifest: manifest.clone(),
+                            keep_manifest: false,
+                        },
+                    ),
+                    Ok(ShardResponse::Committed { .. })
+                );
+            if ok {
+                self.planner.on_repaired(&data, block, i, *target);
+                self.stats.shards_repaired.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .repair_bytes
+                    .fetch_add(len, Ordering::Relaxed);
+                any = true;
+            } else {
+                self.planner
+                    .on_repair_failed(&data, block, i, "the target did not store it", now_ms());
+            }
+        }
+        self.stats
+            .repair_bytes
+            .fetch_add(fetched, Ordering::Relaxed);
+        any
+    }
+
+    /// Publishes a new version of the data's DHT record from the planner's map.
+    fn publish(&mut self, data: &DataId) {
+        let (Some(m), Some(map)) = (self.manifests.get(data), self.planner.shard_map(data)) else {
+            return;
+        };
+        let full: Vec<Vec<NodeId>> = map
+            .iter()
+            .map(|r| r.iter().map(|x| x.unwrap_or(NodeId([0; 32]))).collect())
+            .collect();
+        let v = self.versions.entry(*data).or_insert(1);
+        *v += 1;
+        let built = DataRecord::pages_from_map(*data, *v, m.k, m.m, m.interval_blocks, &full, &[self.me])
+            .and_then(|mut pages| {
+                // Lost shards are recorded as held by no one.
+                for (b, row) in map.iter().enumerate() {
+                    for (i, x) in row.iter().enumerate() {
+                        if x.is_none() {
+                            let page = (b as u64 / dht::record::BLOCKS_PER_PAGE) as usize;
+                            if let Some(p) = pages.get_mut(page) {
+                                p.set_holder(b as u64, i as u8, None)?;
+                            }
+                        }
+                    }
+                }
+                Ok(pages)
+            });
+        match built {
+            Ok(pages) => {
+                for p in pages {
+                    let _ = self.net.send(NetCmd::PutRecord {
+                        key: DataRecord::key(&p.data, p.page),
+                        value: p.to_bytes(),
+                    });
+                }
+            }
+            Err(e) => self.note(format!("record of {data}: {e}")),
+        }
+    }
+
+    fn refresh_view(&self) {
+        let v: Vec<HolderView> = self
+            .planner
+            .holder_stats()
+            .into_iter()
+            .filter(|(n, _)| n.0 != [0; 32])
+            .map(|(n, s)| HolderView {
+                node: hex::encode(n.0),
+                passed: s.passed,
+                failed: s.failed,
+                unreachable: s.unreachable,
+                last_failure: s.last_failure.clone(),
+                dead: s.dead,
+            })
+            .collect();
+        *self.stats.holders.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}

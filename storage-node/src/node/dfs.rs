@@ -1,0 +1,1248 @@
+//! The network data client behind `cpchain put` and `cpchain get`.
+//!
+//! The client runs its own short-lived libp2p peer (Kademlia in client mode, identify, the
+//! shard protocol) bootstrapped from a local node, and talks to the chain through that node's
+//! HTTP API.
+//!
+//! Put: seal locally (the foundation pipeline) while uploading: each block's k + m shards
+//! are placed on distinct storage nodes by XOR distance to hash(placement id, block, i)
+//! ([`dht::planner::place`]; the placement id is derived from the upload's random salt
+//! because the data id, which commits to every shard, exists only after the last block);
+//! uploads run in parallel with a bounded number in flight, and a refused or failed upload
+//! moves to the next-closest node. Then the data id, root and policy are registered on
+//! chain, every holder gets a `Commit` with the manifest, and the DHT record pages
+//! ([`dht::record::DataRecord`]) are put into Kademlia.
+//!
+//! Get: read the record (falling back to provider records), fetch the manifest from a
+//! holder, then stream blocks: for each block ask k + 1 holders at once (hedged) and use the
+//! first k good shards; a failure moves on to the next untried shard. Every shard is checked
+//! against its content id and every block authenticated before a byte is written.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chain::{AccessPolicy, Address, IntervalRange, Tx, TxPayload};
+use crypto_accel::{ChunkId, DataId, Decode, Encode, Hash, Keypair, ShardHeader};
+use dht::planner::{place, Candidate};
+use dht::record::{DataRecord, NodeId, Subnet};
+use dht::wire::{ReadAuth, ShardRequest, ShardResponse};
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, kad, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::client::ApiClient;
+use super::config::now_ms;
+use super::net::{hardened_kad, shard_behaviour, subnet_of, FrameCodec};
+use crate::manifest::Manifest;
+use crate::pipeline::{
+    open, seal_with_salt, OpenParams, OpenReport, PipelineError, PipelineResult, SealParams,
+    Shard, ShardSink, ShardSource,
+};
+
+/// Uploads in flight at once.
+const PUT_CONCURRENCY: usize = 64;
+/// Blocks fetched ahead of the one being written.
+const GET_WINDOW: usize = 24;
+/// Nodes that keep the manifest besides the shard holders (closest to the data id).
+const MANIFEST_HOLDERS: usize = 3;
+/// Other nodes a failed upload tries before giving up on the shard.
+const PUT_RETRIES: usize = 4;
+
+#[derive(NetworkBehaviour)]
+#[allow(missing_debug_implementations)] // the derive's generated event enum has none
+struct ClientBehaviour {
+    identify: identify::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    shard: request_response::Behaviour<FrameCodec>,
+}
+
+/// A storage node the client found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoragePeer {
+    /// libp2p peer id.
+    pub peer: PeerId,
+    /// Its ed25519 key: its node id in DHT records.
+    pub node: NodeId,
+    /// Its subnet, when not loopback.
+    pub subnet: Option<Subnet>,
+}
+
+enum Cmd {
+    Request {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    Peers(oneshot::Sender<Vec<StoragePeer>>),
+    PutRecord {
+        key: [u8; 32],
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    GetRecord {
+        key: [u8; 32],
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
+    GetProviders {
+        key: [u8; 32],
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+}
+
+type RecordsReply = oneshot::Sender<Vec<Vec<u8>>>;
+
+/// Who may hold each shard: `[block][index]` → peers to ask, in order.
+type Holders = Vec<Vec<Vec<PeerId>>>;
+
+struct SwarmTask {
+    swarm: Swarm<ClientBehaviour>,
+    storage: HashMap<PeerId, StoragePeer>,
+    requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
+    puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
+    gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordsReply)>,
+    providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+}
+
+impl SwarmTask {
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+        let mut dial = tokio::time::interval(Duration::from_millis(300));
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    self.command(cmd);
+                }
+                _ = dial.tick() => self.dial_known(),
+                ev = self.swarm.select_next_some() => self.event(ev),
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            Cmd::Request { peer, data, reply } => {
+                let id = b.shard.send_request(&peer, data);
+                self.requests.insert(id, reply);
+            }
+            Cmd::Peers(reply) => {
+                let _ = reply.send(self.storage.values().copied().collect());
+            }
+            Cmd::PutRecord { key, value, reply } => {
+                let rec = kad::Record::new(kad::RecordKey::new(&key), value);
+                match b.kad.put_record(rec, kad::Quorum::One) {
+                    Ok(q) => {
+                        self.puts.insert(q, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Cmd::GetRecord { key, reply } => {
+                let q = b.kad.get_record(kad::RecordKey::new(&key));
+                self.gets.insert(q, (Vec::new(), reply));
+            }
+            Cmd::GetProviders { key, reply } => {
+                let q = b.kad.get_providers(kad::RecordKey::new(&key));
+                self.providers.insert(q, (HashSet::new(), reply));
+            }
+        }
+    }
+
+    /// Small networks: connect to every peer the routing table knows, so identify tells
+    /// which of them store shards. (Bounded: at most 256 connections.)
+    fn dial_known(&mut self) {
+        let mut known = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for e in bucket.iter() {
+                known.push(*e.node.key.preimage());
+            }
+        }
+        let connected = self.swarm.connected_peers().count();
+        for p in known.into_iter().take(256usize.saturating_sub(connected)) {
+            if !self.swarm.is_connected(&p) {
+                let _ = self.swarm.dial(p);
+            }
+        }
+    }
+
+    fn event(&mut self, ev: SwarmEvent<ClientBehaviourEvent>) {
+        let SwarmEvent::Behaviour(ev) = ev else {
+            return;
+        };
+        match ev {
+            ClientBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for a in &info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, a.clone());
+                }
+                let stores = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == dht::wire::SHARD_PROTOCOL);
+                let key = info.public_key.clone().try_into_ed25519().ok();
+                if let (true, Some(key)) = (stores, key) {
+                    let subnet = info.listen_addrs.iter().find_map(subnet_of).map(Subnet);
+                    self.storage.insert(
+                        peer_id,
+                        StoragePeer {
+                            peer: peer_id,
+                            node: NodeId(key.to_bytes()),
+                            subnet,
+                        },
+                    );
+                }
+            }
+            ClientBehaviourEvent::Kad(kad::Event::RoutablePeer { peer, address })
+            | ClientBehaviourEvent::Kad(kad::Event::PendingRoutablePeer { peer, address }) => {
+                self.swarm.behaviour_mut().kad.add_address(&peer, address);
+            }
+            ClientBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => match result {
+                kad::QueryResult::PutRecord(r) => {
+                    if let Some(reply) = self.puts.remove(&id) {
+                        let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                    }
+                }
+                kad::QueryResult::GetRecord(r) => {
+                    if let Ok(kad::GetRecordOk::FoundRecord(p)) = r {
+                        if let Some((v, _)) = self.gets.get_mut(&id) {
+                            v.push(p.record.value);
+                        }
+                    }
+                    if step.last {
+                        if let Some((v, reply)) = self.gets.remove(&id) {
+                            let _ = reply.send(v);
+                        }
+                    }
+                }
+                kad::QueryResult::GetProviders(r) => {
+                    if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
+                        if let Some((v, _)) = self.providers.get_mut(&id) {
+                            v.extend(providers);
+                        }
+                    }
+                    if step.last {
+                        if let Some((v, reply)) = self.providers.remove(&id) {
+                            let _ = reply.send(v.into_iter().collect());
+                        }
+                    }
+                }
+                _ => {}
+            },
+            ClientBehaviourEvent::Shard(request_response::Event::Message {
+                message: request_response::Message::Response { request_id, response },
+                ..
+            }) => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            ClientBehaviourEvent::Shard(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A connection to a cpchain network for data: the client's own peer plus a node's API.
+pub struct Dfs {
+    rt: tokio::runtime::Runtime,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    key: Keypair,
+    chain_id: u32,
+    api: ApiClient,
+}
+
+impl std::fmt::Debug for Dfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dfs").field("api", &self.api.base()).finish()
+    }
+}
+
+/// What a put did.
+#[derive(Debug, Clone)]
+pub struct PutReport {
+    /// The registered data id.
+    pub data: DataId,
+    /// Plaintext bytes.
+    pub bytes: u64,
+    /// Blocks.
+    pub blocks: usize,
+    /// Distinct storage nodes holding shards.
+    pub holders: usize,
+    /// Uploads that had to move to another node.
+    pub retries: u64,
+    /// Seconds sealing and uploading.
+    pub upload_s: f64,
+    /// Seconds registering, committing and publishing the record.
+    pub register_s: f64,
+}
+
+/// What a get did.
+#[derive(Debug, Clone)]
+pub struct GetReport {
+    /// The pipeline's account (bytes, rebuilt blocks, missing and rejected shards).
+    pub open: OpenReport,
+    /// Seconds until the first plaintext byte was written.
+    pub first_byte_s: f64,
+    /// Seconds in all.
+    pub total_s: f64,
+}
+
+fn node_of(p: &StoragePeer) -> Candidate {
+    Candidate {
+        node: p.node,
+        subnet: p.subnet,
+    }
+}
+
+impl Dfs {
+    /// Connects through the node whose API is at `api`: reads its status (chain id, p2p
+    /// addresses), starts a client peer, and waits until `min_storage` storage nodes are
+    /// known (or `wait` passes).
+    pub fn connect(api: &str, key: Keypair, min_storage: usize, wait: Duration) -> Result<Dfs> {
+        let api = ApiClient::new(api);
+        let status = api
+            .status()
+            .with_context(|| format!("reaching the node at {}", api.base()))?;
+        if status.listen.is_empty() {
+            bail!(
+                "the node at {} reports no p2p addresses (is it an older build?)",
+                api.base()
+            );
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("cpchain-client")
+            .build()
+            .context("starting the async runtime")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let kp = libp2p::identity::Keypair::generate_ed25519();
+        let swarm = {
+            let _g = rt.enter();
+            libp2p::SwarmBuilder::with_existing_identity(kp)
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .context("TCP transport")?
+                .with_behaviour(|key| {
+                    let peer = key.public().to_peer_id();
+                    ClientBehaviour {
+                        identify: identify::Behaviour::new(identify::Config::new(
+                            "/cpchain/id/1".into(),
+                            key.public(),
+                        )),
+                        kad: hardened_kad(peer, kad::Mode::Client),
+                        shard: shard_behaviour(ProtocolSupport::Outbound),
+                    }
+                })
+                .map_err(|e| anyhow!("building behaviours: {e}"))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build()
+        };
+        let mut task = SwarmTask {
+            swarm,
+            storage: HashMap::new(),
+            requests: HashMap::new(),
+            puts: HashMap::new(),
+            gets: HashMap::new(),
+            providers: HashMap::new(),
+        };
+        for a in &status.listen {
+            let Ok(addr) = a.parse::<Multiaddr>() else {
+                continue;
+            };
+            if addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)) {
+                continue;
+            }
+            if let Some(libp2p::multiaddr::Protocol::P2p(p)) = addr.iter().last() {
+                task.swarm.behaviour_mut().kad.add_address(&p, addr.clone());
+            }
+            let _ = task.swarm.dial(addr);
+        }
+        let _ = task.swarm.behaviour_mut().kad.bootstrap();
+        rt.spawn(task.run(rx));
+        let dfs = Dfs {
+            rt,
+            cmds: tx,
+            key,
+            chain_id: status.chain_id,
+            api,
+        };
+        let t = Instant::now();
+        loop {
+            let n = dfs.peers()?.len();
+            if n >= min_storage || t.elapsed() > wait {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(dfs)
+    }
+
+    /// The storage nodes found so far.
+    pub fn peers(&self) -> Result<Vec<StoragePeer>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Peers(tx))
+            .map_err(|_| anyhow!("the client's network task stopped"))?;
+        let mut v = rx
+            .blocking_recv()
+            .map_err(|_| anyhow!("the client's network task stopped"))?;
+        v.sort_by_key(|p| p.node);
+        Ok(v)
+    }
+
+    fn request_blocking(&self, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
+        let cmds = self.cmds.clone();
+        let data = req.to_bytes();
+        self.rt.block_on(request(&cmds, peer, data))
+    }
+
+    /// Seals `input` and stores it on the network under `policy`; `progress` gets the
+    /// plaintext bytes uploaded so far.
+    pub fn put<R: Read + Send>(
+        &self,
+        input: R,
+        params: &SealParams,
+        policy: AccessPolicy,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<PutReport> {
+        let peers = self.peers()?;
+        let n = usize::from(params.k) + usize::from(params.m);
+        if peers.len() < n {
+            bail!(
+                "{} storage nodes reachable, {n} needed to place {}+{} shards on distinct nodes",
+                peers.len(),
+                params.k,
+                params.m
+            );
+        }
+        let mut salt = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+        let placement = DataId::from_bytes(*Hash::domain("cpchain placement v1", &salt).as_bytes());
+        let t = Instant::now();
+        let mut sink = NetSink {
+            rt: self.rt.handle().clone(),
+            cmds: self.cmds.clone(),
+            placement,
+            peers: Arc::new(peers.clone()),
+            permits: Arc::new(Semaphore::new(PUT_CONCURRENCY)),
+            shared: Arc::new(Mutex::new(PutShared::default())),
+        };
+        let manifest = seal_with_salt(input, &self.key, params, salt, &mut sink, progress)?;
+        let upload_s = t.elapsed().as_secs_f64();
+        let shared = lock(&sink.shared);
+        if let Some(e) = shared.errors.first() {
+            bail!("uploading failed: {e} ({} shards failed)", shared.errors.len());
+        }
+        let by_node: HashMap<NodeId, PeerId> = peers.iter().map(|p| (p.node, p.peer)).collect();
+        let mut map: Vec<Vec<NodeId>> = Vec::with_capacity(manifest.blocks.len());
+        for (b, e) in manifest.blocks.iter().enumerate() {
+            let mut row = Vec::with_capacity(n);
+            for (i, c) in e.shards.iter().enumerate() {
+                match shared.placed.get(c) {
+                    Some(node) => row.push(*node),
+                    None => bail!("shard {i} of block {b} was never stored"),
+                }
+            }
+            map.push(row);
+        }
+        let retries = shared.retries;
+        drop(shared);
+        let t2 = Instant::now();
+        let data = manifest.data_id();
+        self.register(&manifest, policy)?;
+        // Manifest holders: the nodes closest to the data id, besides the shard holders.
+        let mut by_dist: Vec<&StoragePeer> = peers.iter().collect();
+        by_dist.sort_by_key(|p| dht::planner::distance(&p.node.0, data.as_bytes()));
+        let keepers: Vec<NodeId> = by_dist
+            .iter()
+            .take(MANIFEST_HOLDERS)
+            .map(|p| p.node)
+            .collect();
+        let mut targets: HashSet<NodeId> = map.iter().flatten().copied().collect();
+        targets.extend(keepers.iter().copied());
+        let holders = map.iter().flatten().copied().collect::<HashSet<_>>().len();
+        let manifest_bytes = manifest.to_bytes();
+        let commits: Vec<(NodeId, PeerId)> = targets
+            .iter()
+            .filter_map(|n| by_node.get(n).map(|p| (*n, *p)))
+            .collect();
+        let cmds = self.cmds.clone();
+        let results = self.rt.block_on(async {
+            let futs = commits.iter().map(|(node, peer)| {
+                let req = ShardRequest::Commit {
+                    manifest: manifest_bytes.clone(),
+                    keep_manifest: keepers.contains(node),
+                }
+                .to_bytes();
+                commit_with_retry(&cmds, *peer, req)
+            });
+            futures::future::join_all(futs).await
+        });
+        for r in results {
+            r?;
+        }
+        let pages = DataRecord::pages_from_map(
+            data,
+            1,
+            manifest.k,
+            manifest.m,
+            manifest.interval_blocks,
+            &map,
+            &keepers,
+        )
+        .context("building the DHT record")?;
+        for p in &pages {
+            self.put_record(DataRecord::key(&p.data, p.page), p.to_bytes())?;
+        }
+        Ok(PutReport {
+            data,
+            bytes: manifest.length,
+            blocks: manifest.blocks.len(),
+            holders,
+            retries,
+            upload_s,
+            register_s: t2.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn register(&self, m: &Manifest, policy: AccessPolicy) -> Result<()> {
+        let from = Address::of(&self.key.public());
+        let nonce = self.api.account(&from)?.pending_nonce;
+        let payload = TxPayload::RegisterData {
+            id: m.data_id(),
+            merkle_root: m.root,
+            size: m.length,
+            k: u16::from(m.k),
+            m: u16::from(m.m),
+            intervals: IntervalRange {
+                start: 0,
+                end: m.interval_count() as u64,
+            },
+            policy,
+        };
+        let fee = super::client::parse_cpc(super::client::DEFAULT_FEE)
+            .map_err(|e| anyhow!("default fee: {e}"))?;
+        let tx = chain::SignedTx::sign(&self.key, self.chain_id, nonce, fee, payload);
+        let hash = self
+            .api
+            .submit(&Tx::Signed(tx).to_bytes())
+            .context("registering the data on chain")?;
+        let t = Instant::now();
+        loop {
+            if let Ok(v) = self
+                .api
+                .get_json::<super::view::TxView>(&format!("/txs/{}", hash.to_hex()))
+            {
+                if v.block.is_some() {
+                    return Ok(());
+                }
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "the registration {} was not final within 60 s",
+                    hash.to_hex()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn put_record(&self, key: [u8; 32], value: Vec<u8>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::PutRecord {
+                key,
+                value,
+                reply: tx,
+            })
+            .map_err(|_| anyhow!("the client's network task stopped"))?;
+        rx.blocking_recv()
+            .map_err(|_| anyhow!("the client's network task stopped"))?
+            .map_err(|e| anyhow!("publishing the DHT record: {e}"))
+    }
+
+    fn get_records(&self, key: [u8; 32]) -> Result<Vec<Vec<u8>>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::GetRecord { key, reply: tx })
+            .map_err(|_| anyhow!("the client's network task stopped"))?;
+        rx.blocking_recv()
+            .map_err(|_| anyhow!("the client's network task stopped"))
+    }
+
+    fn get_providers(&self, key: [u8; 32]) -> Result<Vec<PeerId>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::GetProviders { key, reply: tx })
+            .map_err(|_| anyhow!("the client's network task stopped"))?;
+        rx.blocking_recv()
+            .map_err(|_| anyhow!("the client's network task stopped"))
+    }
+
+    /// The newest record pages of `data`, if the DHT has them.
+    pub fn record(&self, data: &DataId) -> Result<Option<Vec<DataRecord>>> {
+        let newest = |key: [u8; 32]| -> Result<Option<DataRecord>> {
+            Ok(self
+                .get_records(key)?
+                .iter()
+                .filter_map(|v| DataRecord::from_bytes(v).ok())
+                .filter(|r| r.data == *data)
+                .max_by_key(|r| r.version))
+        };
+        let Some(first) = newest(DataRecord::key(data, 0))? else {
+            return Ok(None);
+        };
+        let pages = DataRecord::pages(first.total_blocks);
+        let mut out = vec![first];
+        for p in 1..pages {
+            match newest(DataRecord::key(data, p))? {
+                Some(r) => out.push(r),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Where the shards of `data` are: from the DHT record, or else from the providers'
+    /// own lists. `holders[b][i]` lists who may hold shard i of block b.
+    fn locate(&self, data: &DataId) -> Result<(Vec<PeerId>, Holders)> {
+        let peers = self.peers()?;
+        let by_node: HashMap<NodeId, PeerId> = peers.iter().map(|p| (p.node, p.peer)).collect();
+        if let Some(pages) = self.record(data)? {
+            let mut manifest_peers = Vec::new();
+            let mut holders = Vec::new();
+            for page in &pages {
+                for i in &page.manifest_holders {
+                    if let Some(p) = page.nodes.get(usize::from(*i)).and_then(|n| by_node.get(n)) {
+                        manifest_peers.push(*p);
+                    }
+                }
+                for row in &page.holders {
+                    holders.push(
+                        row.iter()
+                            .map(|i| {
+                                page.nodes
+                                    .get(usize::from(*i))
+                                    .and_then(|n| by_node.get(n))
+                                    .map(|p| vec![*p])
+                                    .unwrap_or_default()
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            // Every holder keeps the manifest too.
+            let mut all: Vec<PeerId> = holders.iter().flatten().flatten().copied().collect();
+            all.sort();
+            all.dedup();
+            manifest_peers.extend(all);
+            return Ok((manifest_peers, holders));
+        }
+        let providers = self.get_providers(DataRecord::key(data, 0))?;
+        if providers.is_empty() {
+            bail!("data {data} is not in the DHT (no record and no provider)");
+        }
+        let mut holders: Holders = Vec::new();
+        for p in &providers {
+            if let Ok(ShardResponse::Held(list)) =
+                self.request_blocking(*p, &ShardRequest::Held { data: *data })
+            {
+                for (b, i) in list {
+                    let (b, i) = (b as usize, usize::from(i));
+                    if b >= holders.len() {
+                        holders.resize(b + 1, Vec::new());
+                    }
+                    if i >= holders[b].len() {
+                        holders[b].resize(i + 1, Vec::new());
+                    }
+                    holders[b][i].push(*p);
+                }
+            }
+        }
+        Ok((providers, holders))
+    }
+
+    fn fetch_manifest(&self, data: &DataId, from: &[PeerId]) -> Result<Manifest> {
+        let peers = self.peers()?;
+        let node: HashMap<PeerId, NodeId> = peers.iter().map(|p| (p.peer, p.node)).collect();
+        let mut why = Vec::new();
+        for p in from {
+            let Some(n) = node.get(p) else { continue };
+            let auth = ReadAuth::sign(
+                &self.key,
+                self.chain_id,
+                *data,
+                0,
+                n.0,
+                now_ms(),
+                &ChunkId::from_bytes([0; 32]),
+            );
+            match self.request_blocking(*p, &ShardRequest::GetManifest { auth }) {
+                Ok(ShardResponse::Manifest(b)) => match Manifest::from_bytes(&b) {
+                    Ok(m) if m.data_id() == *data && m.check().is_ok() => return Ok(m),
+                    _ => why.push(format!("{p}: sent a manifest that does not match {data}")),
+                },
+                Ok(ShardResponse::Refused(r)) => {
+                    bail!("refused by storage node {p}: {r}")
+                }
+                Ok(other) => why.push(format!("{p}: {}", describe(&other))),
+                Err(e) => why.push(format!("{p}: {e}")),
+            }
+        }
+        bail!(
+            "no storage node sent the manifest of {data}: {}",
+            if why.is_empty() {
+                "no holder is reachable".to_string()
+            } else {
+                why.join("; ")
+            }
+        )
+    }
+
+    /// Fetches, verifies, decrypts and writes `data` (or the byte range `range`) to `out`.
+    pub fn get<W: Write + Send>(
+        &self,
+        data: &DataId,
+        out: W,
+        range: Option<(u64, u64)>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<GetReport> {
+        let t = Instant::now();
+        let (manifest_peers, holders) = self.locate(data)?;
+        let m = self.fetch_manifest(data, &manifest_peers)?;
+        let peers = self.peers()?;
+        let node: HashMap<PeerId, NodeId> = peers.iter().map(|p| (p.peer, p.node)).collect();
+        let source = NetSource::start(
+            self,
+            &m,
+            holders,
+            node,
+            range.map(|(a, b)| block_span(&m, a, b)),
+        );
+        let first = Arc::new(Mutex::new(None::<f64>));
+        let first2 = Arc::clone(&first);
+        let writer = FirstByte {
+            inner: out,
+            start: t,
+            first: first2,
+        };
+        let params = OpenParams {
+            range,
+            ..Default::default()
+        };
+        let r = open(&m, &self.key, &source, writer, &params, progress);
+        source.stop();
+        let report = r.map_err(|e| match e {
+            PipelineError::Unrecoverable {
+                block, have, need, ..
+            } => anyhow!(
+                "unrecoverable: {have} of {need} shards reachable for block {block} \
+                 ({} placed, {need} needed)",
+                usize::from(m.k) + usize::from(m.m)
+            ),
+            e => anyhow::Error::from(e),
+        })?;
+        let first_byte_s = lock(&first).unwrap_or_else(|| t.elapsed().as_secs_f64());
+        Ok(GetReport {
+            open: report,
+            first_byte_s,
+            total_s: t.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+fn block_span(m: &Manifest, a: u64, b: u64) -> (u64, u64) {
+    let bs = u64::from(m.block_size.max(1));
+    (a / bs, b.saturating_sub(1) / bs + 1)
+}
+
+struct FirstByte<W> {
+    inner: W,
+    start: Instant,
+    first: Arc<Mutex<Option<f64>>>,
+}
+
+impl<W: Write> Write for FirstByte<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() {
+            let mut f = lock(&self.first);
+            if f.is_none() {
+                *f = Some(self.start.elapsed().as_secs_f64());
+            }
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn describe(r: &ShardResponse) -> String {
+    match r {
+        ShardResponse::Refused(s) => format!("refused: {s}"),
+        ShardResponse::Failed(s) => format!("failed: {s}"),
+        ShardResponse::NotFound => "not held there".into(),
+        _ => "unexpected answer".into(),
+    }
+}
+
+async fn request(
+    cmds: &mpsc::UnboundedSender<Cmd>,
+    peer: PeerId,
+    data: Vec<u8>,
+) -> Result<ShardResponse> {
+    let (tx, rx) = oneshot::channel();
+    cmds.send(Cmd::Request {
+        peer,
+        data,
+        reply: tx,
+    })
+    .map_err(|_| anyhow!("the client's network task stopped"))?;
+    let bytes = rx
+        .await
+        .map_err(|_| anyhow!("the client's network task stopped"))?
+        .map_err(|e| anyhow!("{peer}: {e}"))?;
+    ShardResponse::from_bytes(&bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
+}
+
+async fn commit_with_retry(
+    cmds: &mpsc::UnboundedSender<Cmd>,
+    peer: PeerId,
+    req: Vec<u8>,
+) -> Result<()> {
+    // A node may be a block behind the registration: retry for a while.
+    let t = Instant::now();
+    loop {
+        match request(cmds, peer, req.clone()).await {
+            Ok(ShardResponse::Committed { .. }) => return Ok(()),
+            Ok(ShardResponse::Refused(r)) if r.contains("not registered") => {}
+            Ok(other) => bail!("committing on {peer}: {}", describe(&other)),
+            Err(e) => bail!("committing on {peer}: {e}"),
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("committing on {peer}: the node did not see the registration within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[derive(Default)]
+struct PutShared {
+    placed: HashMap<ChunkId, NodeId>,
+    errors: Vec<String>,
+    retries: u64,
+}
+
+struct NetSink {
+    rt: tokio::runtime::Handle,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    placement: DataId,
+    peers: Arc<Vec<StoragePeer>>,
+    permits: Arc<Semaphore>,
+    shared: Arc<Mutex<PutShared>>,
+}
+
+impl ShardSink for NetSink {
+    fn put(&mut self, shards: &mut Vec<Shard>) -> PipelineResult<()> {
+        let mut blocks: HashMap<u64, Vec<(u8, ChunkId, Vec<u8>)>> = HashMap::new();
+        for (id, bytes) in shards.drain(..) {
+            let (h, _) = ShardHeader::parse(&bytes)?;
+            blocks
+                .entry(h.block)
+                .or_default()
+                .push((h.index, id, bytes));
+        }
+        let candidates: Vec<Candidate> = self.peers.iter().map(node_of).collect();
+        for (block, items) in blocks {
+            let indices: Vec<u8> = items.iter().map(|x| x.0).collect();
+            let targets = place(&self.placement, block, &indices, &candidates, &[])
+                .map_err(|e| PipelineError::BadParams(format!("placing block {block}: {e}")))?;
+            let taken: Arc<Mutex<Vec<NodeId>>> = Arc::new(Mutex::new(targets.clone()));
+            for ((index, id, bytes), target) in items.into_iter().zip(targets) {
+                let permit = self
+                    .rt
+                    .block_on(Arc::clone(&self.permits).acquire_owned())
+                    .map_err(|_| PipelineError::BadParams("upload queue closed".into()))?;
+                let (cmds, shared, peers, taken) = (
+                    self.cmds.clone(),
+                    Arc::clone(&self.shared),
+                    Arc::clone(&self.peers),
+                    Arc::clone(&taken),
+                );
+                let placement = self.placement;
+                self.rt.spawn(async move {
+                    let _permit = permit;
+                    let req = ShardRequest::Put { bytes }.to_bytes();
+                    let mut target = target;
+                    let mut tried = vec![target];
+                    for attempt in 0..=PUT_RETRIES {
+                        let peer = peers.iter().find(|p| p.node == target).map(|p| p.peer);
+                        let outcome = match peer {
+                            Some(p) => request(&cmds, p, req.clone()).await,
+                            None => Err(anyhow!("unknown node")),
+                        };
+                        match outcome {
+                            Ok(ShardResponse::Stored) => {
+                                lock(&shared).placed.insert(id, target);
+                                return;
+                            }
+                            Ok(other) => tracing::debug!("put on {target:?}: {}", describe(&other)),
+                            Err(e) => tracing::debug!("put on {target:?}: {e}"),
+                        }
+                        if attempt == PUT_RETRIES {
+                            break;
+                        }
+                        // Move to the next-closest node that holds nothing of this block.
+                        let cands: Vec<Candidate> = peers
+                            .iter()
+                            .filter(|p| !tried.contains(&p.node))
+                            .map(node_of)
+                            .collect();
+                        let busy: Vec<NodeId> = lock(&taken).clone();
+                        match place(&placement, block, &[index], &cands, &busy) {
+                            Ok(v) if !v.is_empty() => {
+                                target = v[0];
+                                tried.push(target);
+                                lock(&taken).push(target);
+                                lock(&shared).retries += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    lock(&shared)
+                        .errors
+                        .push(format!("shard {index} of block {block}: no node stored it"));
+                });
+            }
+        }
+        if let Some(e) = lock(&self.shared).errors.first() {
+            return Err(PipelineError::BadParams(format!("upload failed: {e}")));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> PipelineResult<()> {
+        let all = self
+            .rt
+            .block_on(Arc::clone(&self.permits).acquire_many_owned(PUT_CONCURRENCY as u32))
+            .map_err(|_| PipelineError::BadParams("upload queue closed".into()))?;
+        drop(all);
+        if let Some(e) = lock(&self.shared).errors.first() {
+            return Err(PipelineError::BadParams(format!("upload failed: {e}")));
+        }
+        Ok(())
+    }
+}
+
+enum Slot {
+    Pending,
+    Ready(Vec<u8>),
+    Failed,
+}
+
+#[derive(Default)]
+struct BlockState {
+    /// Per shard index: arrived and verified.
+    ready: Vec<bool>,
+    /// Shards handed to the pipeline.
+    taken: usize,
+    /// Requests in flight.
+    outstanding: usize,
+    /// Indices not asked yet (next to ask last).
+    untried: Vec<u8>,
+    /// Nothing more will arrive.
+    done: bool,
+}
+
+#[derive(Default)]
+struct SourceState {
+    slots: HashMap<ChunkId, Slot>,
+    blocks: HashMap<u64, BlockState>,
+    stopped: bool,
+}
+
+/// Shards prefetched from the network for [`open`]: the fetcher keeps a window of blocks in
+/// flight, k + 1 shards each; `fetch` waits for a shard, or answers "missing" once its block
+/// has k good shards without it or every holder failed.
+struct NetSource {
+    state: Arc<(Mutex<SourceState>, Condvar)>,
+    where_: HashMap<ChunkId, (u64, u8)>,
+    ids: Vec<Vec<ChunkId>>,
+    k: usize,
+    window: Arc<Semaphore>,
+}
+
+impl NetSource {
+    fn start(
+        dfs: &Dfs,
+        m: &Manifest,
+        holders: Vec<Vec<Vec<PeerId>>>,
+        node: HashMap<PeerId, NodeId>,
+        span: Option<(u64, u64)>,
+    ) -> NetSource {
+        let k = usize::from(m.k);
+        let n = k + usize::from(m.m);
+        let state = Arc::new((Mutex::new(SourceState::default()), Condvar::new()));
+        let mut where_ = HashMap::new();
+        for (b, e) in m.blocks.iter().enumerate() {
+            for (i, c) in e.shards.iter().enumerate() {
+                where_.insert(*c, (b as u64, i as u8));
+            }
+        }
+        let window = Arc::new(Semaphore::new(GET_WINDOW));
+        let (lo, hi) = span.unwrap_or((0, m.blocks.len() as u64));
+        let blocks: Vec<(u64, Vec<ChunkId>)> = (lo..hi.min(m.blocks.len() as u64))
+            .map(|b| (b, m.blocks[b as usize].shards.clone()))
+            .collect();
+        let holders = Arc::new(holders);
+        let (cmds, key, chain_id, data) = (dfs.cmds.clone(), dfs.key.clone(), dfs.chain_id, m.data_id());
+        let (st, win) = (Arc::clone(&state), Arc::clone(&window));
+        dfs.rt.spawn(async move {
+            for (b, ids) in blocks {
+                let Ok(permit) = Arc::clone(&win).acquire_owned().await else {
+                    return;
+                };
+                permit.forget();
+                {
+                    let mut s = lock(&st.0);
+                    if s.stopped {
+                        return;
+                    }
+                    // Data shards first (no decoding), then parity; k + 1 at once.
+                    let order: Vec<u8> = (0..n as u8).collect();
+                    s.blocks.insert(
+                        b,
+                        BlockState {
+                            ready: vec![false; n],
+                            untried: order.into_iter().rev().collect(),
+                            ..Default::default()
+                        },
+                    );
+                    for c in &ids {
+                        s.slots.insert(*c, Slot::Pending);
+                    }
+                }
+                for _ in 0..=k {
+                    spawn_fetch(&st, &cmds, &key, chain_id, data, b, &ids, &holders, &node);
+                }
+            }
+        });
+        NetSource {
+            state,
+            where_,
+            ids: m.blocks.iter().map(|e| e.shards.clone()).collect(),
+            k,
+            window,
+        }
+    }
+
+    fn stop(&self) {
+        let (m, cv) = &*self.state;
+        lock(m).stopped = true;
+        self.window.close();
+        cv.notify_all();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_fetch(
+    st: &Arc<(Mutex<SourceState>, Condvar)>,
+    cmds: &mpsc::UnboundedSender<Cmd>,
+    key: &Keypair,
+    chain_id: u32,
+    data: DataId,
+    block: u64,
+    ids: &[ChunkId],
+    holders: &Arc<Vec<Vec<Vec<PeerId>>>>,
+    node: &HashMap<PeerId, NodeId>,
+) {
+    let index = {
+        let mut s = lock(&st.0);
+        let Some(bs) = s.blocks.get_mut(&block) else {
+            return;
+        };
+        if bs.done {
+            return;
+        }
+        match bs.untried.pop() {
+            Some(i) => {
+                bs.outstanding += 1;
+                i
+            }
+            None => {
+                if bs.outstanding == 0 {
+                    bs.done = true;
+                    st.1.notify_all();
+                }
+                return;
+            }
+        }
+    };
+    let Some(id) = ids.get(usize::from(index)).copied() else {
+        return;
+    };
+    let who: Vec<(PeerId, NodeId)> = holders
+        .get(block as usize)
+        .and_then(|r| r.get(usize::from(index)))
+        .map(|v| {
+            v.iter()
+                .filter_map(|p| node.get(p).map(|n| (*p, *n)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (st, cmds, key, ids, holders, node) = (
+        Arc::clone(st),
+        cmds.clone(),
+        key.clone(),
+        ids.to_vec(),
+        Arc::clone(holders),
+        node.clone(),
+    );
+    tokio::spawn(async move {
+        let mut got = None;
+        for (peer, n) in who {
+            let auth = ReadAuth::sign(&key, chain_id, data, block, n.0, now_ms(), &id);
+            let req = ShardRequest::Get { id, auth }.to_bytes();
+            match request(&cmds, peer, req).await {
+                Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
+                    got = Some(b);
+                    break;
+                }
+                Ok(ShardResponse::Refused(r)) => tracing::warn!("{peer} refused: {r}"),
+                Ok(other) => tracing::debug!("shard {index} of block {block}: {}", describe(&other)),
+                Err(e) => tracing::debug!("shard {index} of block {block}: {e}"),
+            }
+        }
+        let again = {
+            let mut s = lock(&st.0);
+            let ok = got.is_some();
+            if let Some(slot) = s.slots.get_mut(&id) {
+                *slot = match got {
+                    Some(b) => Slot::Ready(b),
+                    None => Slot::Failed,
+                };
+            }
+            if let Some(bs) = s.blocks.get_mut(&block) {
+                bs.outstanding = bs.outstanding.saturating_sub(1);
+                if ok {
+                    if let Some(r) = bs.ready.get_mut(usize::from(index)) {
+                        *r = true;
+                    }
+                }
+                if !ok && bs.untried.is_empty() && bs.outstanding == 0 {
+                    bs.done = true;
+                }
+            }
+            st.1.notify_all();
+            !ok
+        };
+        if again {
+            spawn_fetch(&st, &cmds, &key, chain_id, data, block, &ids, &holders, &node);
+        }
+    });
+}
+
+impl ShardSource for NetSource {
+    fn fetch(&self, id: &ChunkId) -> PipelineResult<Option<Vec<u8>>> {
+        let Some(&(block, index)) = self.where_.get(id) else {
+            return Ok(None);
+        };
+        let (m, cv) = &*self.state;
+        let mut s = lock(m);
+        loop {
+            if s.stopped {
+                return Ok(None);
+            }
+            match s.slots.get(id) {
+                Some(Slot::Ready(_)) => {
+                    let Some(Slot::Ready(b)) = s.slots.insert(*id, Slot::Failed) else {
+                        return Ok(None);
+                    };
+                    let mut finished = false;
+                    if let Some(bs) = s.blocks.get_mut(&block) {
+                        bs.taken += 1;
+                        finished = bs.taken == self.k;
+                    }
+                    if finished {
+                        self.finish_block(&mut s, block);
+                    }
+                    return Ok(Some(b));
+                }
+                Some(Slot::Failed) => return Ok(None),
+                Some(Slot::Pending) => {
+                    if let Some(bs) = s.blocks.get(&block) {
+                        if bs.done {
+                            return Ok(None);
+                        }
+                        // The pipeline asks in index order: if enough later shards are
+                        // already here to finish the block, do not wait for this one
+                        // (the hedge).
+                        let later = bs
+                            .ready
+                            .iter()
+                            .skip(usize::from(index) + 1)
+                            .filter(|r| **r)
+                            .count();
+                        if later >= self.k.saturating_sub(bs.taken) {
+                            return Ok(None);
+                        }
+                    }
+                }
+                // Not scheduled yet (beyond the window): wait for the fetcher.
+                None => {}
+            }
+            s = cv
+                .wait_timeout(s, Duration::from_millis(200))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+impl NetSource {
+    fn finish_block(&self, s: &mut SourceState, block: u64) {
+        if let Some(bs) = s.blocks.get_mut(&block) {
+            if !bs.done {
+                bs.done = true;
+                bs.untried.clear();
+            }
+        }
+        // Drop whatever else of the block arrived; free a window slot.
+        if let Some(ids) = self.ids.get(block as usize) {
+            for c in ids {
+                if let Some(Slot::Ready(_)) = s.slots.get(c) {
+                    s.slots.insert(*c, Slot::Failed);
+                }
+            }
+        }
+        self.window.add_permits(1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,404 @@
+//! The data layer with real processes on loopback: 4 validators (which also store), 1
+//! proposer and 12 storage nodes. Put 100 MiB through `cpchain put`; kill -9 four holders →
+//! `cpchain get` returns identical bytes; restarted nodes serve their shards again; after
+//! two nodes die, repair brings every block back to 14 live shards; a node that starts
+//! flipping bits is caught by audits; a reader without a grant is refused; five holders of
+//! one block killed → a clear "unrecoverable" error and no output file.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use storage_node::node::config::Role;
+use storage_node::node::devnet::{height_of, prepare, start_node, stop_all, DevnetFile, DevnetParams};
+
+/// Seconds between audit rounds on every node in this test.
+const AUDIT_PERIOD_MS: u64 = 2_000;
+const SIZE: usize = 100 << 20;
+
+struct Net {
+    file: DevnetFile,
+    children: Vec<Option<Child>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let mut live: Vec<(String, Child)> = self
+            .children
+            .iter_mut()
+            .zip(&self.file.nodes)
+            .filter_map(|(c, n)| c.take().map(|c| (n.name.clone(), c)))
+            .collect();
+        stop_all(&mut live, Duration::from_secs(5));
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("node logs kept in {}", d.keep().display());
+            }
+        }
+    }
+}
+
+impl Net {
+    fn start() -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let file = prepare(&DevnetParams {
+            validators: 4,
+            proposers: 1,
+            storage: 12,
+            period_ms: 500,
+            impeach_timeout_ms: 1_500,
+            data_dir: dir.path().join("devnet"),
+            view_len: 3,
+            max_block_txs: 1_000,
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_cpchain")),
+        })
+        .unwrap();
+        for n in &file.nodes {
+            set_toml(&n.config, "audit_period_ms", &AUDIT_PERIOD_MS.to_string());
+        }
+        let children = file
+            .nodes
+            .iter()
+            .map(|n| Some(start_node(&file.binary, n).unwrap()))
+            .collect();
+        Net {
+            file,
+            children,
+            dir: Some(dir),
+        }
+    }
+
+    fn api(&self, i: usize) -> &str {
+        &self.file.nodes[i].api
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        assert!(self.children[i].is_none());
+        self.children[i] = Some(start_node(&self.file.binary, &self.file.nodes[i]).unwrap());
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.children.len())
+            .filter(|i| self.children[*i].is_some())
+            .collect()
+    }
+
+    fn storage_nodes(&self) -> Vec<usize> {
+        (0..self.file.nodes.len())
+            .filter(|i| self.file.nodes[*i].role == Role::Storage)
+            .collect()
+    }
+
+    fn validator0(&self) -> usize {
+        self.file
+            .nodes
+            .iter()
+            .position(|n| n.role == Role::Validator)
+            .unwrap()
+    }
+
+    fn wait_height(&self, i: usize, h: u64, within: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if height_of(self.api(i)).is_some_and(|x| x >= h) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("node {i} did not reach height {h} in {within:?}");
+    }
+
+    /// (block, index) → node indices holding it, over live nodes.
+    fn holdings(&self, data: &str) -> BTreeMap<(u64, u64), Vec<usize>> {
+        let mut m: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+        for i in self.live() {
+            let Ok(r) = ureq::get(&format!("{}/storage/held/{data}", self.api(i)))
+                .timeout(Duration::from_secs(5))
+                .call()
+            else {
+                continue;
+            };
+            let v: serde_json::Value = r.into_json().unwrap();
+            for p in v["shards"].as_array().unwrap() {
+                let b = p[0].as_u64().unwrap();
+                let x = p[1].as_u64().unwrap();
+                m.entry((b, x)).or_default().push(i);
+            }
+        }
+        m
+    }
+
+    /// Per block: the distinct live nodes holding one of its shards, and its distinct shard
+    /// indices held.
+    fn live_shards_per_block(&self, data: &str, blocks: u64) -> Vec<(usize, usize)> {
+        let h = self.holdings(data);
+        (0..blocks)
+            .map(|b| {
+                let idx: BTreeSet<u64> = h
+                    .keys()
+                    .filter(|(bb, _)| *bb == b)
+                    .map(|(_, i)| *i)
+                    .collect();
+                let nodes: BTreeSet<usize> = h
+                    .iter()
+                    .filter(|((bb, _), _)| *bb == b)
+                    .flat_map(|(_, v)| v.iter().copied())
+                    .collect();
+                (idx.len(), nodes.len())
+            })
+            .collect()
+    }
+
+    fn status(&self, i: usize) -> serde_json::Value {
+        ureq::get(&format!("{}/status", self.api(i)))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    }
+}
+
+fn set_toml(path: &Path, key: &str, value: &str) {
+    let t = std::fs::read_to_string(path).unwrap();
+    let out: Vec<String> = t
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with(&format!("{key} =")) {
+                format!("{key} = {value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(path, out.join("\n") + "\n").unwrap();
+}
+
+fn cpchain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cpchain"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn sample(n: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+fn get(api: &str, key: &Path, data: &str, out: &Path) -> Output {
+    let _ = std::fs::remove_file(out);
+    cpchain(&[
+        "get",
+        data,
+        "-o",
+        out.to_str().unwrap(),
+        "--node",
+        api,
+        "--key",
+        key.to_str().unwrap(),
+    ])
+}
+
+fn assert_get_identical(api: &str, key: &Path, data: &str, out: &Path, want: &[u8], what: &str) {
+    let t = Instant::now();
+    let o = get(api, key, data, out);
+    assert!(o.status.success(), "{what}: get failed: {}", stderr(&o));
+    let got = std::fs::read(out).unwrap();
+    assert!(got == want, "{what}: get returned different bytes");
+    eprintln!("{what}: identical bytes in {:.1} s", t.elapsed().as_secs_f64());
+}
+
+#[test]
+fn put_get_survive_kills_repair_audits_and_access_checks() {
+    let mut net = Net::start();
+    let v0 = net.validator0();
+    net.wait_height(v0, 3, Duration::from_secs(120));
+    let api = net.api(v0).to_string();
+    let work = net.dir.as_ref().unwrap().path().to_path_buf();
+    let key = net.file.faucet_key.clone();
+    let input = work.join("in.bin");
+    let data = sample(SIZE);
+    std::fs::write(&input, &data).unwrap();
+
+    // Put: 100 MiB, 10 + 4, over the network. Storage nodes need a moment to be found.
+    let t = Instant::now();
+    let o = cpchain(&[
+        "put",
+        input.to_str().unwrap(),
+        "--node",
+        &api,
+        "--key",
+        key.to_str().unwrap(),
+        "--discover-s",
+        "60",
+    ]);
+    assert!(o.status.success(), "put failed: {}", stderr(&o));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 64, "put printed {id:?}");
+    eprintln!("put 100 MiB in {:.1} s: {}", t.elapsed().as_secs_f64(), stderr(&o).trim());
+    let blocks = (SIZE as u64).div_ceil(1 << 20);
+    let per_block = net.live_shards_per_block(&id, blocks);
+    assert!(
+        per_block.iter().all(|&(s, n)| s == 14 && n == 14),
+        "every block must have 14 shards on 14 distinct nodes: {per_block:?}"
+    );
+    let out = work.join("out.bin");
+    assert_get_identical(&api, &key, &id, &out, &data, "all nodes up");
+
+    // kill -9 four holders (storage nodes holding shards) → identical bytes.
+    let holders: Vec<usize> = {
+        let h = net.holdings(&id);
+        let mut s: BTreeSet<usize> = h.values().flatten().copied().collect();
+        s.retain(|i| net.file.nodes[*i].role == Role::Storage);
+        s.into_iter().collect()
+    };
+    assert!(holders.len() >= 12, "holders: {holders:?}");
+    let first4: Vec<usize> = holders[..4].to_vec();
+    for &i in &first4 {
+        net.kill9(i);
+    }
+    assert_get_identical(&api, &key, &id, &out, &data, "4 holders killed");
+
+    // Restarted nodes serve their shards again: bring them back, kill four others.
+    for &i in &first4 {
+        net.restart(i);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let next4: Vec<usize> = holders[4..8].to_vec();
+    for &i in &next4 {
+        net.kill9(i);
+    }
+    assert_get_identical(&api, &key, &id, &out, &data, "restarted nodes serve again");
+    for &i in &next4 {
+        net.restart(i);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+
+    // A reader without a grant is refused, with the reason, and gets no file.
+    let stranger = work.join("stranger.key");
+    std::fs::write(&stranger, format!("{}\n", "42".repeat(32))).unwrap();
+    let o = get(&api, &stranger, &id, &out);
+    assert!(!o.status.success(), "a stranger must be refused");
+    assert!(
+        stderr(&o).contains("no right on chain"),
+        "refusal must say why: {}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+
+    // Two nodes die → repair brings every block back to 14 live shards on 14 nodes.
+    let dead2 = [holders[8], holders[9]];
+    for &i in &dead2 {
+        net.kill9(i);
+    }
+    let t = Instant::now();
+    loop {
+        let per_block = net.live_shards_per_block(&id, blocks);
+        if per_block.iter().all(|&(s, n)| s == 14 && n == 14) {
+            eprintln!("repair restored 14 live shards per block in {:.1} s", t.elapsed().as_secs_f64());
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "repair did not restore every block: {:?}",
+            per_block
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.0 < 14 || x.1 < 14)
+                .take(10)
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let repaired: u64 = net
+        .live()
+        .iter()
+        .filter_map(|i| net.status(*i)["storage"]["shards_repaired"].as_u64())
+        .sum();
+    assert!(repaired > 0, "repair must be counted");
+    assert_get_identical(&api, &key, &id, &out, &data, "after repair");
+
+    // A node that starts flipping bits is caught by audits: within 5 rounds.
+    let liar = *net
+        .storage_nodes()
+        .iter()
+        .find(|i| net.children[**i].is_some())
+        .unwrap();
+    net.kill9(liar);
+    set_toml(&net.file.nodes[liar].config, "fault", "\"bit-flip\"");
+    net.restart(liar);
+    let liar_key = net.file.nodes[liar].address.clone();
+    let t = Instant::now();
+    let rounds = 5;
+    loop {
+        let caught = net.live().iter().any(|i| {
+            let st = net.status(*i);
+            st["storage"]["holders"].as_array().is_some_and(|hs| {
+                hs.iter().any(|h| {
+                    h["node"].as_str() == Some(liar_key.as_str())
+                        && h["failed"].as_u64().unwrap_or(0) > 0
+                        && h["last_failure"]
+                            .as_str()
+                            .is_some_and(|r| r.contains("bad proof"))
+                })
+            })
+        });
+        if caught {
+            eprintln!("bit-flipping node caught after {:.1} s", t.elapsed().as_secs_f64());
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(rounds * AUDIT_PERIOD_MS + 30_000),
+            "the bit-flipping node was not caught within {rounds} audit rounds"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Five holders of one block die → a clear error, never wrong bytes, no file.
+    let h = net.holdings(&id);
+    let mut of_block0: Vec<usize> = h
+        .iter()
+        .filter(|((b, _), _)| *b == 0)
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|i| net.file.nodes[*i].role == Role::Storage && *i != liar)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    of_block0.truncate(5);
+    assert_eq!(of_block0.len(), 5, "five storage holders of block 0");
+    for &i in &of_block0 {
+        net.kill9(i);
+    }
+    let o = get(&api, &key, &id, &out);
+    assert!(!o.status.success(), "get must fail with 5 holders of a block gone");
+    let e = stderr(&o);
+    assert!(
+        e.contains("unrecoverable:") && e.contains("shards reachable"),
+        "the error must say the block is unrecoverable: {e}"
+    );
+    assert!(!out.exists(), "no partial output may be left");
+}
