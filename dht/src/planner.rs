@@ -1504,6 +1504,33 @@ mod tests {
     }
 
     #[test]
+    fn fewer_spare_nodes_than_lost_shards_repairs_what_fits() {
+        let d = did("tight");
+        let mut p = Planner::new(cfg(), 9);
+        p.set_candidates(candidates(5, |_| None));
+        p.track(d, 2, 2, vec![(0..4).map(node).collect()]);
+        p.on_node_down(node(2), 0);
+        p.on_node_down(node(3), 0);
+        // Two shards lost, one spare node (4): rebuild one now.
+        let a = p.poll(0);
+        let r = repairs(&a);
+        let [Action::Repair {
+            targets, sources, ..
+        }] = r.as_slice()
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(targets.as_slice(), [(2, node(4))]);
+        assert_eq!(sources.as_slice(), [(0, node(0)), (1, node(1))]);
+        p.on_repaired(&d, 0, 2, node(4));
+        // No node left for shard 3: nothing is issued and the block waits a period.
+        assert!(repairs(&p.poll(1)).is_empty());
+        assert_eq!(p.damaged()[0].lost, [3]);
+        assert_eq!(p.damaged()[0].retry_at_ms, 10_001);
+        check_invariants(&p);
+    }
+
+    #[test]
     fn track_replaces_and_untrack_forgets() {
         let d = did("track");
         let mut p = Planner::new(cfg(), 7);
