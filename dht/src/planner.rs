@@ -32,7 +32,9 @@
 //!
 //! A block with lost shards gets one [`Action::Repair`] for all of them, at most
 //! `repair_batch` blocks per poll. Targets come from [`place`], excluding the block's current
-//! holders, dead nodes and nodes that lost a shard of this block. A block is not repaired
+//! holders, dead nodes and nodes that lost a shard of this block, and preferring nodes that
+//! never failed an audit nor a repair of this block (they are used only when too few others
+//! are left). A block is not repaired
 //! again while a repair of it is in flight; a failed repair retries after a back-off that
 //! doubles from `audit_period_ms` up to 64 times that. A block with fewer than `k` live shards
 //! is reported once as [`Action::Unrecoverable`].
@@ -758,16 +760,26 @@ impl Planner {
                     && !repair.lost_from.contains(&c.node)
                     && !taken.contains(&c.node)
             };
-            let mut eligible: Vec<Candidate> = self
-                .candidates
-                .iter()
-                .filter(alive)
-                .filter(|c| !repair.refused.contains(&c.node))
-                .copied()
-                .collect();
-            if eligible.is_empty() {
-                // Only nodes that failed a repair of this block are left: try them again.
-                eligible = self.candidates.iter().filter(alive).copied().collect();
+            // Prefer nodes that never failed an audit nor a repair of this block; fall back
+            // to them only when too few others are left.
+            let flaky = |c: &Candidate| nodes.get(&c.node).is_some_and(|s| s.stats.failed > 0);
+            let mut eligible = Vec::new();
+            for tier in 0..3 {
+                eligible = self
+                    .candidates
+                    .iter()
+                    .filter(alive)
+                    .filter(|c| match tier {
+                        0 => !repair.refused.contains(&c.node) && !flaky(c),
+                        1 => !repair.refused.contains(&c.node),
+                        _ => true,
+                    })
+                    .copied()
+                    .collect::<Vec<Candidate>>();
+                let distinct: BTreeSet<NodeId> = eligible.iter().map(|c| c.node).collect();
+                if distinct.len() >= lost.len() {
+                    break;
+                }
             }
             let distinct: BTreeSet<NodeId> = eligible.iter().map(|c| c.node).collect();
             let want = lost.len().min(distinct.len());
@@ -1266,6 +1278,19 @@ mod tests {
             .iter()
             .flatten()
             .all(Option::is_some));
+        // A caught liar gets no shards of other blocks while honest nodes are left.
+        let victim = node(7);
+        assert!(w.holds(&d, victim) > 0);
+        w.p.on_node_down(victim, w.now);
+        let r = w.step();
+        assert!(!repairs(&r).is_empty());
+        for a in repairs(&r) {
+            let Action::Repair { targets, .. } = a else {
+                unreachable!()
+            };
+            assert!(targets.iter().all(|(_, t)| *t != liar && *t != victim));
+        }
+        assert_eq!(w.holds(&d, liar), 0);
     }
 
     /// A holder of 100 shards that corrupted 10 of them.
@@ -1501,6 +1526,70 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), lost);
+    }
+
+    #[test]
+    fn fewer_spare_nodes_than_lost_shards_repairs_what_fits() {
+        let d = did("tight");
+        let mut p = Planner::new(cfg(), 9);
+        p.set_candidates(candidates(5, |_| None));
+        p.track(d, 2, 2, vec![(0..4).map(node).collect()]);
+        p.on_node_down(node(2), 0);
+        p.on_node_down(node(3), 0);
+        // Two shards lost, one spare node (4): rebuild one now.
+        let a = p.poll(0);
+        let r = repairs(&a);
+        let [Action::Repair {
+            targets, sources, ..
+        }] = r.as_slice()
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(targets.as_slice(), [(2, node(4))]);
+        assert_eq!(sources.as_slice(), [(0, node(0)), (1, node(1))]);
+        p.on_repaired(&d, 0, 2, node(4));
+        // No node left for shard 3: nothing is issued and the block waits a period.
+        assert!(repairs(&p.poll(1)).is_empty());
+        assert_eq!(p.damaged()[0].lost, [3]);
+        assert_eq!(p.damaged()[0].retry_at_ms, 10_001);
+        check_invariants(&p);
+    }
+
+    #[test]
+    fn nodes_that_failed_audits_receive_shards_only_as_a_last_resort() {
+        let (d1, d2) = (did("first"), did("second"));
+        let (a, b, c) = (node(0), node(1), node(2));
+        let cands = candidates(6, |_| None);
+        let spare: Vec<Candidate> = cands.iter().filter(|x| x.node != c).copied().collect();
+        // The node the repair of shard 2 would pick if nothing held it back.
+        let liar = place(&d1, 0, &[2], &spare, &[a, b]).unwrap()[0];
+        let others: Vec<NodeId> = (3..6).map(node).filter(|n| *n != liar).collect();
+        for only_liar_left in [false, true] {
+            let mut p = Planner::new(cfg(), 10);
+            p.set_candidates(if only_liar_left {
+                cands
+                    .iter()
+                    .filter(|x| [a, b, c, liar].contains(&x.node))
+                    .copied()
+                    .collect()
+            } else {
+                cands.clone()
+            });
+            p.track(d1, 2, 1, vec![vec![a, b, c]]);
+            p.track(d2, 2, 1, vec![vec![liar, others[0], others[1]]]);
+            let failed = AuditOutcome::Failed(AuditFailure::Missing);
+            p.on_audit(&d2, 0, 0, liar, failed, 0);
+            p.on_node_down(c, 0);
+            let a1 = p.poll(0);
+            let r: Vec<&Action> = repairs(&a1)
+                .into_iter()
+                .filter(|x| matches!(x, Action::Repair { data, .. } if *data == d1))
+                .collect();
+            let [Action::Repair { targets, .. }] = r.as_slice() else {
+                panic!("{a1:?}")
+            };
+            assert_eq!(targets[0].1 == liar, only_liar_left, "{targets:?}");
+        }
     }
 
     #[test]
