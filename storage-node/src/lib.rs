@@ -13,8 +13,8 @@ pub mod torture;
 
 pub use manifest::{BlockEntry, Manifest, ManifestDir, MAX_BLOCKS, MAX_BLOCK_SIZE};
 pub use pipeline::{
-    open, rebuild_shards, seal, seal_with_salt, CountingSink, MemoryShards, OpenParams, OpenReport, PipelineError, PipelineResult,
-    SealParams, Shard, ShardSink, ShardSource, StoreSink,
+    open, rebuild_shards, seal, seal_with_salt, CountingSink, MemoryShards, OpenParams, OpenReport,
+    PipelineError, PipelineResult, SealParams, Shard, ShardSink, ShardSource, StoreSink,
 };
 pub use store::{
     Backend, BackendChoice, ChunkStore, CompactReport, PutTicket, RecoveryReport, StoreConfig,

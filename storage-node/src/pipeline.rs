@@ -868,9 +868,12 @@ pub fn rebuild_shards(
     wanted: &[u8],
 ) -> PipelineResult<Vec<(u8, Vec<u8>)>> {
     let (k, n) = (usize::from(m.k), usize::from(m.k) + usize::from(m.m));
-    let entry = m.blocks.get(b).ok_or_else(|| PipelineError::ManifestInvalid {
-        reason: format!("no block {b}"),
-    })?;
+    let entry = m
+        .blocks
+        .get(b)
+        .ok_or_else(|| PipelineError::ManifestInvalid {
+            reason: format!("no block {b}"),
+        })?;
     let len = m.block_len(b);
     let part_len = len.div_ceil(k).max(1);
     let shard_len = SHARD_HEADER_LEN + part_len + TAG_LEN;
@@ -908,7 +911,9 @@ pub fn rebuild_shards(
     for &w in wanted {
         let i = usize::from(w);
         let Some((s, _)) = bufs.get_mut(i) else {
-            return Err(PipelineError::BadParams(format!("no shard {i} in a block of {n}")));
+            return Err(PipelineError::BadParams(format!(
+                "no shard {i} in a block of {n}"
+            )));
         };
         s[..SHARD_HEADER_LEN].copy_from_slice(&header(m, b as u64, len, part_len, i).to_array());
         if ChunkId::of(s) != entry.shards[i] {

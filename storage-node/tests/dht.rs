@@ -12,7 +12,9 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use storage_node::node::config::Role;
-use storage_node::node::devnet::{height_of, prepare, start_node, stop_all, DevnetFile, DevnetParams};
+use storage_node::node::devnet::{
+    height_of, prepare, start_node, stop_all, DevnetFile, DevnetParams,
+};
 
 /// Seconds between audit rounds on every node in this test.
 const AUDIT_PERIOD_MS: u64 = 2_000;
@@ -229,7 +231,10 @@ fn assert_get_identical(api: &str, key: &Path, data: &str, out: &Path, want: &[u
     assert!(o.status.success(), "{what}: get failed: {}", stderr(&o));
     let got = std::fs::read(out).unwrap();
     assert!(got == want, "{what}: get returned different bytes");
-    eprintln!("{what}: identical bytes in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "{what}: identical bytes in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 #[test]
@@ -257,9 +262,13 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
         "60",
     ]);
     assert!(o.status.success(), "put failed: {}", stderr(&o));
-    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
     assert_eq!(id.len(), 64, "put printed {id:?}");
-    eprintln!("put 100 MiB in {:.1} s: {}", t.elapsed().as_secs_f64(), stderr(&o).trim());
+    eprintln!(
+        "put 100 MiB in {:.1} s: {}",
+        t.elapsed().as_secs_f64(),
+        stderr(&o).trim()
+    );
     let blocks = (SIZE as u64).div_ceil(1 << 20);
     let per_block = net.live_shards_per_block(&id, blocks);
     assert!(
@@ -319,7 +328,10 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     loop {
         let per_block = net.live_shards_per_block(&id, blocks);
         if per_block.iter().all(|&(s, n)| s == 14 && n == 14) {
-            eprintln!("repair restored 14 live shards per block in {:.1} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "repair restored 14 live shards per block in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
             break;
         }
         assert!(
@@ -368,7 +380,10 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
             })
         });
         if caught {
-            eprintln!("bit-flipping node caught after {:.1} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "bit-flipping node caught after {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
             break;
         }
         assert!(
@@ -394,7 +409,10 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
         net.kill9(i);
     }
     let o = get(&api, &key, &id, &out);
-    assert!(!o.status.success(), "get must fail with 5 holders of a block gone");
+    assert!(
+        !o.status.success(),
+        "get must fail with 5 holders of a block gone"
+    );
     let e = stderr(&o);
     assert!(
         e.contains("unrecoverable:") && e.contains("shards reachable"),

@@ -140,25 +140,77 @@ struct Metrics {
 }
 
 /// The storage gauges: name suffix, help, and how to read it from the view.
-type StorageGauge = (&'static str, &'static str, fn(&super::storage::StorageView) -> u64);
+type StorageGauge = (
+    &'static str,
+    &'static str,
+    fn(&super::storage::StorageView) -> u64,
+);
 
 const STORAGE_GAUGES: &[StorageGauge] = &[
     ("shards", "Confirmed shards held", |v| v.shards),
     ("pending_shards", "Uncommitted shards held", |v| v.pending),
-    ("data_items", "Data items with shards here", |v| v.data_items),
-    ("disk_used_bytes", "Bytes of the shard store's segment files", |v| v.disk_used),
-    ("disk_free_bytes", "Free bytes on the shard store's file system", |v| v.disk_free),
-    ("shards_served", "Shards served to readers and repairers", |v| v.served),
-    ("reads_refused", "Shard reads refused (no right on chain, bad signature)", |v| v.refused),
-    ("audits_answered", "Audit challenges answered with a proof", |v| v.audits_answered),
-    ("audits_missing", "Audit challenges for shards not held", |v| v.audits_missing),
-    ("coordinated_data_items", "Data items this node audits and repairs", |v| v.coordinated),
-    ("audits_sent", "Audits sent as coordinator", |v| v.audits_sent),
-    ("audits_passed", "Audits sent that passed", |v| v.audits_passed),
-    ("audits_failed", "Audits sent that failed (missing, bad proof, refused)", |v| v.audits_failed),
-    ("shards_repaired", "Shards rebuilt and placed on other nodes", |v| v.shards_repaired),
-    ("repair_bytes", "Bytes fetched and stored by repair", |v| v.repair_bytes),
-    ("unrecoverable_blocks", "Blocks found with fewer than k live shards", |v| v.unrecoverable_blocks),
+    ("data_items", "Data items with shards here", |v| {
+        v.data_items
+    }),
+    (
+        "disk_used_bytes",
+        "Bytes of the shard store's segment files",
+        |v| v.disk_used,
+    ),
+    (
+        "disk_free_bytes",
+        "Free bytes on the shard store's file system",
+        |v| v.disk_free,
+    ),
+    (
+        "shards_served",
+        "Shards served to readers and repairers",
+        |v| v.served,
+    ),
+    (
+        "reads_refused",
+        "Shard reads refused (no right on chain, bad signature)",
+        |v| v.refused,
+    ),
+    (
+        "audits_answered",
+        "Audit challenges answered with a proof",
+        |v| v.audits_answered,
+    ),
+    (
+        "audits_missing",
+        "Audit challenges for shards not held",
+        |v| v.audits_missing,
+    ),
+    (
+        "coordinated_data_items",
+        "Data items this node audits and repairs",
+        |v| v.coordinated,
+    ),
+    ("audits_sent", "Audits sent as coordinator", |v| {
+        v.audits_sent
+    }),
+    ("audits_passed", "Audits sent that passed", |v| {
+        v.audits_passed
+    }),
+    (
+        "audits_failed",
+        "Audits sent that failed (missing, bad proof, refused)",
+        |v| v.audits_failed,
+    ),
+    (
+        "shards_repaired",
+        "Shards rebuilt and placed on other nodes",
+        |v| v.shards_repaired,
+    ),
+    ("repair_bytes", "Bytes fetched and stored by repair", |v| {
+        v.repair_bytes
+    }),
+    (
+        "unrecoverable_blocks",
+        "Blocks found with fewer than k live shards",
+        |v| v.unrecoverable_blocks,
+    ),
 ];
 
 /// What the previous scrapes saw: engine totals (counters advance by the difference) and
@@ -590,7 +642,9 @@ async fn held(
 ) -> ApiResult<Response> {
     let id = parse_data_id(&path_param(p)?)?;
     match st.api.held(&id) {
-        Some(v) => Ok(Json(serde_json::json!({ "data": id.to_hex(), "shards": v })).into_response()),
+        Some(v) => {
+            Ok(Json(serde_json::json!({ "data": id.to_hex(), "shards": v })).into_response())
+        }
         None => Err(ApiError::not_found("this node has no storage role")),
     }
 }

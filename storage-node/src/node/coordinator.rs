@@ -168,7 +168,11 @@ impl Coordinator {
 
     fn note(&self, s: String) {
         tracing::warn!("{s}");
-        let mut f = self.stats.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self
+            .stats
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         f.push(s);
         let n = f.len();
         if n > 100 {
@@ -411,13 +415,16 @@ impl Coordinator {
             if ok {
                 self.planner.on_repaired(&data, block, i, *target);
                 self.stats.shards_repaired.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .repair_bytes
-                    .fetch_add(len, Ordering::Relaxed);
+                self.stats.repair_bytes.fetch_add(len, Ordering::Relaxed);
                 any = true;
             } else {
-                self.planner
-                    .on_repair_failed(&data, block, i, "the target did not store it", now_ms());
+                self.planner.on_repair_failed(
+                    &data,
+                    block,
+                    i,
+                    "the target did not store it",
+                    now_ms(),
+                );
             }
         }
         self.stats
@@ -437,21 +444,22 @@ impl Coordinator {
             .collect();
         let v = self.versions.entry(*data).or_insert(1);
         *v += 1;
-        let built = DataRecord::pages_from_map(*data, *v, m.k, m.m, m.interval_blocks, &full, &[self.me])
-            .and_then(|mut pages| {
-                // Lost shards are recorded as held by no one.
-                for (b, row) in map.iter().enumerate() {
-                    for (i, x) in row.iter().enumerate() {
-                        if x.is_none() {
-                            let page = (b as u64 / dht::record::BLOCKS_PER_PAGE) as usize;
-                            if let Some(p) = pages.get_mut(page) {
-                                p.set_holder(b as u64, i as u8, None)?;
+        let built =
+            DataRecord::pages_from_map(*data, *v, m.k, m.m, m.interval_blocks, &full, &[self.me])
+                .and_then(|mut pages| {
+                    // Lost shards are recorded as held by no one.
+                    for (b, row) in map.iter().enumerate() {
+                        for (i, x) in row.iter().enumerate() {
+                            if x.is_none() {
+                                let page = (b as u64 / dht::record::BLOCKS_PER_PAGE) as usize;
+                                if let Some(p) = pages.get_mut(page) {
+                                    p.set_holder(b as u64, i as u8, None)?;
+                                }
                             }
                         }
                     }
-                }
-                Ok(pages)
-            });
+                    Ok(pages)
+                });
         match built {
             Ok(pages) => {
                 for p in pages {

@@ -40,8 +40,8 @@ use super::config::now_ms;
 use super::net::{hardened_kad, shard_behaviour, subnet_of, FrameCodec};
 use crate::manifest::Manifest;
 use crate::pipeline::{
-    open, seal_with_salt, OpenParams, OpenReport, PipelineError, PipelineResult, SealParams,
-    Shard, ShardSink, ShardSource,
+    open, seal_with_salt, OpenParams, OpenReport, PipelineError, PipelineResult, SealParams, Shard,
+    ShardSink, ShardSource,
 };
 
 /// Uploads in flight at once.
@@ -206,7 +206,10 @@ impl SwarmTask {
                 self.swarm.behaviour_mut().kad.add_address(&peer, address);
             }
             ClientBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                ..
             }) => match result {
                 kad::QueryResult::PutRecord(r) => {
                     if let Some(reply) = self.puts.remove(&id) {
@@ -240,7 +243,11 @@ impl SwarmTask {
                 _ => {}
             },
             ClientBehaviourEvent::Shard(request_response::Event::Message {
-                message: request_response::Message::Response { request_id, response },
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
             }) => {
                 if let Some(reply) = self.requests.remove(&request_id) {
@@ -272,7 +279,9 @@ pub struct Dfs {
 
 impl std::fmt::Debug for Dfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dfs").field("api", &self.api.base()).finish()
+        f.debug_struct("Dfs")
+            .field("api", &self.api.base())
+            .finish()
     }
 }
 
@@ -336,8 +345,9 @@ impl Dfs {
             .context("starting the async runtime")?;
         let (tx, rx) = mpsc::unbounded_channel();
         let kp = libp2p::identity::Keypair::generate_ed25519();
+        // The swarm spawns its connection tasks on the runtime it is built and dialled in.
+        let _runtime = rt.enter();
         let swarm = {
-            let _g = rt.enter();
             libp2p::SwarmBuilder::with_existing_identity(kp)
                 .with_tokio()
                 .with_tcp(
@@ -373,7 +383,10 @@ impl Dfs {
             let Ok(addr) = a.parse::<Multiaddr>() else {
                 continue;
             };
-            if addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)) {
+            if addr
+                .iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+            {
                 continue;
             }
             if let Some(libp2p::multiaddr::Protocol::P2p(p)) = addr.iter().last() {
@@ -383,6 +396,7 @@ impl Dfs {
         }
         let _ = task.swarm.behaviour_mut().kad.bootstrap();
         rt.spawn(task.run(rx));
+        drop(_runtime);
         let dfs = Dfs {
             rt,
             cmds: tx,
@@ -455,7 +469,10 @@ impl Dfs {
         let upload_s = t.elapsed().as_secs_f64();
         let shared = lock(&sink.shared);
         if let Some(e) = shared.errors.first() {
-            bail!("uploading failed: {e} ({} shards failed)", shared.errors.len());
+            bail!(
+                "uploading failed: {e} ({} shards failed)",
+                shared.errors.len()
+            );
         }
         let by_node: HashMap<NodeId, PeerId> = peers.iter().map(|p| (p.node, p.peer)).collect();
         let mut map: Vec<Vec<NodeId>> = Vec::with_capacity(manifest.blocks.len());
@@ -1019,7 +1036,8 @@ impl NetSource {
             .map(|b| (b, m.blocks[b as usize].shards.clone()))
             .collect();
         let holders = Arc::new(holders);
-        let (cmds, key, chain_id, data) = (dfs.cmds.clone(), dfs.key.clone(), dfs.chain_id, m.data_id());
+        let (cmds, key, chain_id, data) =
+            (dfs.cmds.clone(), dfs.key.clone(), dfs.chain_id, m.data_id());
         let (st, win) = (Arc::clone(&state), Arc::clone(&window));
         dfs.rt.spawn(async move {
             for (b, ids) in blocks {
@@ -1133,7 +1151,9 @@ fn spawn_fetch(
                     break;
                 }
                 Ok(ShardResponse::Refused(r)) => tracing::warn!("{peer} refused: {r}"),
-                Ok(other) => tracing::debug!("shard {index} of block {block}: {}", describe(&other)),
+                Ok(other) => {
+                    tracing::debug!("shard {index} of block {block}: {}", describe(&other))
+                }
                 Err(e) => tracing::debug!("shard {index} of block {block}: {e}"),
             }
         }
@@ -1161,7 +1181,9 @@ fn spawn_fetch(
             !ok
         };
         if again {
-            spawn_fetch(&st, &cmds, &key, chain_id, data, block, &ids, &holders, &node);
+            spawn_fetch(
+                &st, &cmds, &key, chain_id, data, block, &ids, &holders, &node,
+            );
         }
     });
 }

@@ -332,10 +332,7 @@ pub fn hardened_kad(peer: PeerId, mode: kad::Mode) -> kad::Behaviour<kad::store:
 /// elsewhere (clients, validators auditing nothing).
 pub fn shard_behaviour(support: ProtocolSupport) -> request_response::Behaviour<FrameCodec> {
     request_response::Behaviour::with_codec(
-        FrameCodec::new(
-            dht::wire::MAX_REQUEST_FRAME,
-            dht::wire::MAX_RESPONSE_FRAME,
-        ),
+        FrameCodec::new(dht::wire::MAX_REQUEST_FRAME, dht::wire::MAX_RESPONSE_FRAME),
         [(StreamProtocol::new(dht::wire::SHARD_PROTOCOL), support)],
         request_response::Config::default()
             .with_request_timeout(Duration::from_secs(60))
@@ -373,8 +370,8 @@ impl SubnetGuard {
 /// Validates an inbound DHT record: it must decode as a [`dht::record::DataRecord`] page
 /// stored under its own key; among versions the newest wins.
 pub fn accept_record(store: &mut kad::store::MemoryStore, record: kad::Record) {
-    use kad::store::RecordStore;
     use crypto_accel::Decode;
+    use kad::store::RecordStore;
     let Ok(page) = dht::record::DataRecord::from_bytes(&record.value) else {
         return;
     };

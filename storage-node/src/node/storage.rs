@@ -216,7 +216,8 @@ impl StorageService {
     fn rebuild_index(&self) -> Result<()> {
         let dir = self.store.dir().with_file_name("manifests");
         let mut n = 0u64;
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
         {
             let name = entry?.file_name();
             let Some(id) = name
@@ -359,7 +360,11 @@ impl StorageService {
                 "this node already keeps {PENDING_QUOTA} bytes of uncommitted shards"
             ));
         }
-        if let Err(e) = self.store.submit_unsynced(vec![(id, bytes)]).and_then(|t| t.wait()) {
+        if let Err(e) = self
+            .store
+            .submit_unsynced(vec![(id, bytes)])
+            .and_then(|t| t.wait())
+        {
             return ShardResponse::Failed(format!("storing the shard: {e}"));
         }
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
@@ -396,7 +401,11 @@ impl StorageService {
         if let Err(e) = self.manifests.save(&m) {
             return ShardResponse::Failed(format!("saving the manifest: {e}"));
         }
-        let listed: Vec<ChunkId> = m.blocks.iter().flat_map(|b| b.shards.iter().copied()).collect();
+        let listed: Vec<ChunkId> = m
+            .blocks
+            .iter()
+            .flat_map(|b| b.shards.iter().copied())
+            .collect();
         {
             let mut p = lock(&self.pending);
             for c in &listed {
@@ -518,7 +527,9 @@ impl StorageService {
         match self.read_shard(&id) {
             Ok(Some(b)) => match dht::proof::prove(&b, nonce) {
                 Ok(p) => {
-                    self.counters.audits_answered.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .audits_answered
+                        .fetch_add(1, Ordering::Relaxed);
                     ShardResponse::Proof(p.to_bytes())
                 }
                 Err(e) => ShardResponse::Failed(format!("proving shard {id}: {e}")),
@@ -619,7 +630,10 @@ pub fn spawn_workers(
                 };
                 let now = super::config::now_ms();
                 let (resp, committed) = match ShardRequest::from_bytes(&job.data) {
-                    Ok(ShardRequest::Commit { manifest, keep_manifest }) => {
+                    Ok(ShardRequest::Commit {
+                        manifest,
+                        keep_manifest,
+                    }) => {
                         let r = service.handle(
                             ShardRequest::Commit {
                                 manifest: manifest.clone(),
@@ -636,7 +650,10 @@ pub fn spawn_workers(
                         (r, id)
                     }
                     Ok(req) => (service.handle(req, now), None),
-                    Err(e) => (ShardResponse::Refused(format!("malformed request: {e}")), None),
+                    Err(e) => (
+                        ShardResponse::Refused(format!("malformed request: {e}")),
+                        None,
+                    ),
                 };
                 if net
                     .send(super::net::NetCmd::ShardRespond {
