@@ -8,6 +8,8 @@
 //! date; `--out FILE` appends it to a results file.
 
 mod chain;
+#[cfg(feature = "store")]
+mod dht;
 mod kernels;
 #[cfg(feature = "store")]
 mod load;
@@ -48,6 +50,10 @@ enum Cmd {
     /// End to end: a devnet of node processes under a target transaction rate.
     #[cfg(feature = "store")]
     Load(load::LoadArgs),
+    /// Data layer end to end: put and get through a loopback cluster against the local
+    /// pipeline, and time to first byte.
+    #[cfg(feature = "store")]
+    Dht(dht::DhtArgs),
     /// A fixed amount of verification work, for callgrind.
     #[command(hide = true)]
     ProfileVerify(verify::ProfileArgs),
@@ -64,6 +70,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::ProfileVerify(a) => ("bench profile-verify", verify::profile(a)?),
         #[cfg(feature = "store")]
         Cmd::Load(a) => ("bench load", load::run(a)?),
+        #[cfg(feature = "store")]
+        Cmd::Dht(a) => ("bench dht", dht::run(a)?),
     };
     let report = format!("{}{body}", machine::header(title));
     println!("{report}");

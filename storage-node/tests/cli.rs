@@ -27,7 +27,7 @@ fn put_get_round_trip_and_errors() {
     let input = h.join("in.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
     std::fs::write(&input, &data).unwrap();
-    let o = cpchain(h, &["put", input.to_str().unwrap()]);
+    let o = cpchain(h, &["put", "--local", input.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("cpchain keys new"), "{}", stderr(&o));
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
@@ -41,6 +41,7 @@ fn put_get_round_trip_and_errors() {
         h,
         &[
             "put",
+            "--local",
             input.to_str().unwrap(),
             "--block-size",
             "64KiB",
@@ -55,7 +56,7 @@ fn put_get_round_trip_and_errors() {
     assert_eq!(id.len(), 64);
 
     let out = h.join("out.bin");
-    let o = cpchain(h, &["get", &id, "-o", out.to_str().unwrap()]);
+    let o = cpchain(h, &["get", "--local", &id, "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&out).unwrap(), data);
 
@@ -65,18 +66,21 @@ fn put_get_round_trip_and_errors() {
     // Unknown and malformed ids: one-line errors, non-zero exit, no output file left.
     let missing = "ab".repeat(32);
     let out2 = h.join("out2.bin");
-    let o = cpchain(h, &["get", &missing, "-o", out2.to_str().unwrap()]);
+    let o = cpchain(
+        h,
+        &["get", "--local", &missing, "-o", out2.to_str().unwrap()],
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no data with id"), "{}", stderr(&o));
     assert!(!out2.exists());
-    let o = cpchain(h, &["get", "xyz", "-o", out2.to_str().unwrap()]);
+    let o = cpchain(h, &["get", "--local", "xyz", "-o", out2.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not a data id"), "{}", stderr(&o));
 
     // rm deletes shards and manifest.
     let o = cpchain(h, &["rm", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = cpchain(h, &["get", &id, "-o", out2.to_str().unwrap()]);
+    let o = cpchain(h, &["get", "--local", &id, "-o", out2.to_str().unwrap()]);
     assert!(!o.status.success());
 }
 

@@ -29,6 +29,11 @@ use crate::manifest::Manifest;
 
 /// How often the coordinator re-reads which data it coordinates and who holds what.
 const RESCAN: Duration = Duration::from_secs(15);
+/// How long a node runs before it coordinates anything (it learns its peers first).
+const STARTUP_GRACE: Duration = Duration::from_secs(20);
+/// The placeholder holder of a shard nobody reports (never a real key: not a curve point
+/// anyone holds the secret of).
+const NOBODY: NodeId = NodeId([0; 32]);
 /// How long a request to another storage node may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -101,6 +106,7 @@ pub fn spawn(
                 manifests: HashMap::new(),
                 versions: HashMap::new(),
                 last_scan: None,
+                started: Instant::now(),
             };
             c.run();
         })?;
@@ -117,6 +123,7 @@ struct Coordinator {
     manifests: HashMap<DataId, Manifest>,
     versions: HashMap<DataId, u64>,
     last_scan: Option<Instant>,
+    started: Instant,
 }
 
 impl Coordinator {
@@ -240,51 +247,122 @@ impl Coordinator {
         }
     }
 
-    /// Finds the data this node coordinates and asks every storage node what it holds.
+    /// Finds the data this node coordinates and asks every storage node what it holds:
+    /// new data is tracked; shards found again (a node came back) count as held; data now
+    /// closer to another live node is handed over (no longer audited or repaired here).
     fn scan(&mut self) {
         let (cands, _) = self.candidates();
         self.planner.set_candidates(cands.clone());
-        let mine: Vec<DataId> = self
-            .service
-            .manifest_ids()
-            .into_iter()
-            .filter(|d| {
-                cands
-                    .iter()
-                    .min_by_key(|c| dht::planner::distance(&c.node.0, d.as_bytes()))
-                    .is_some_and(|c| c.node == self.me)
-            })
+        // The coordinator of a data item is the XOR-closest storage node that answers: a
+        // dead coordinator is passed over at the next scan.
+        let mut reachable: HashMap<NodeId, bool> = HashMap::new();
+        let mut mine: HashSet<DataId> = HashSet::new();
+        for d in self.service.manifest_ids() {
+            let mut order: Vec<NodeId> = cands.iter().map(|c| c.node).collect();
+            order.sort_by_key(|n| dht::planner::distance(&n.0, d.as_bytes()));
+            for n in order {
+                if n == self.me {
+                    mine.insert(d);
+                    break;
+                }
+                let up = match reachable.get(&n) {
+                    Some(up) => *up,
+                    None => {
+                        let probe = ShardRequest::Held {
+                            data: DataId::from_bytes([0; 32]),
+                        };
+                        let up = self.request(n, probe).is_ok();
+                        reachable.insert(n, up);
+                        up
+                    }
+                };
+                if up {
+                    break;
+                }
+            }
+        }
+        let gone: Vec<DataId> = self
+            .manifests
+            .keys()
+            .filter(|d| !mine.contains(d))
+            .copied()
             .collect();
+        for d in gone {
+            tracing::info!("data {d}: another node is closer now; no longer coordinating it");
+            self.planner.untrack(&d);
+            self.manifests.remove(&d);
+        }
         self.stats
             .data_items
             .store(mine.len() as u64, Ordering::Relaxed);
+        // A node that just started does not know its peers yet: coordinating now would
+        // mistake shards it cannot see for lost ones.
+        if self.started.elapsed() < STARTUP_GRACE {
+            return;
+        }
+        let failed: HashSet<NodeId> = self
+            .planner
+            .holder_stats()
+            .into_iter()
+            .filter(|(_, s)| s.failed > 0)
+            .map(|(n, _)| n)
+            .collect();
         for d in mine {
-            if self.manifests.contains_key(&d) {
-                continue;
-            }
-            let Some(m) = self.service.manifest(&d) else {
+            let Some(m) = self
+                .manifests
+                .get(&d)
+                .cloned()
+                .or_else(|| self.service.manifest(&d))
+            else {
                 continue;
             };
             let n = usize::from(m.k) + usize::from(m.m);
             let mut map: Vec<Vec<Option<NodeId>>> = vec![vec![None; n]; m.blocks.len()];
+            let mut answered = 0usize;
             for c in &cands {
-                if let Ok(ShardResponse::Held(list)) =
+                let Ok(ShardResponse::Held(list)) =
                     self.request(c.node, ShardRequest::Held { data: d })
-                {
-                    for (b, i) in list {
-                        if let Some(slot) = map
-                            .get_mut(b as usize)
-                            .and_then(|r| r.get_mut(usize::from(i)))
-                        {
+                else {
+                    continue;
+                };
+                answered += 1;
+                self.planner.on_node_up(c.node);
+                if failed.contains(&c.node) {
+                    continue;
+                }
+                for (b, i) in list {
+                    let row = map.get_mut(b as usize);
+                    if let Some(row) = row {
+                        if row.contains(&Some(c.node)) {
+                            continue;
+                        }
+                        if let Some(slot) = row.get_mut(usize::from(i)) {
                             slot.get_or_insert(c.node);
                         }
                     }
                 }
             }
+            if answered * 2 < cands.len() {
+                tracing::debug!(
+                    "data {d}: only {answered} of {} nodes answered",
+                    cands.len()
+                );
+                continue;
+            }
+            if self.manifests.contains_key(&d) {
+                for (b, row) in map.iter().enumerate() {
+                    for (i, x) in row.iter().enumerate() {
+                        if let Some(node) = x {
+                            self.planner.on_repaired(&d, b as u64, i as u8, *node);
+                        }
+                    }
+                }
+                continue;
+            }
             // Shards nobody reports are lost: track them as held by no one.
             let full: Vec<Vec<NodeId>> = map
                 .iter()
-                .map(|r| r.iter().map(|x| x.unwrap_or(NodeId([0; 32]))).collect())
+                .map(|r| r.iter().map(|x| x.unwrap_or(NOBODY)).collect())
                 .collect();
             self.planner.track(d, m.k, m.m, full);
             for (b, r) in map.iter().enumerate() {
@@ -294,7 +372,7 @@ impl Coordinator {
                             &d,
                             b as u64,
                             i as u8,
-                            NodeId([0; 32]),
+                            NOBODY,
                             AuditOutcome::Failed(AuditFailure::Missing),
                             now_ms(),
                         );
@@ -302,7 +380,7 @@ impl Coordinator {
                 }
             }
             tracing::info!(
-                "coordinating data {d}: {} blocks, {} shards located",
+                "coordinating data {d}: {} blocks, {} shards located on {answered} nodes",
                 m.blocks.len(),
                 map.iter().flatten().filter(|x| x.is_some()).count()
             );
@@ -368,6 +446,7 @@ impl Coordinator {
         let k = usize::from(m.k);
         let mut have: Vec<(u8, Vec<u8>)> = Vec::new();
         let mut fetched = 0u64;
+        let mut why = Vec::new();
         for (i, node) in sources {
             if have.len() >= k {
                 break;
@@ -375,14 +454,44 @@ impl Coordinator {
             let Some(id) = self.shard_id(&data, block, *i) else {
                 continue;
             };
-            let auth = self.service.node_auth(data, block, node.0, &id);
-            if let Ok(ShardResponse::Shard(b)) = self.request(*node, ShardRequest::Get { id, auth })
-            {
-                if ChunkId::of(&b) == id {
-                    fetched += b.len() as u64;
-                    have.push((*i, b));
+            let mut got = None;
+            for attempt in 0..2 {
+                let auth = self.service.node_auth(data, block, node.0, &id);
+                match self.request(*node, ShardRequest::Get { id, auth }) {
+                    Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
+                        got = Some(b);
+                        break;
+                    }
+                    Ok(ShardResponse::Shard(_)) => {
+                        why.push(format!("shard {i} from {node}: wrong bytes"));
+                        break;
+                    }
+                    // A fresh connection may not have exchanged identify yet.
+                    Ok(ShardResponse::Refused(r)) if attempt == 0 => {
+                        tracing::debug!("repair read refused by {node}: {r}; retrying");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Ok(other) => {
+                        why.push(format!("shard {i} from {node}: {other:?}"));
+                        break;
+                    }
+                    Err(e) => {
+                        why.push(format!("shard {i} from {node}: {e}"));
+                        break;
+                    }
                 }
             }
+            if let Some(b) = got {
+                fetched += b.len() as u64;
+                have.push((*i, b));
+            }
+        }
+        if have.len() < k {
+            tracing::warn!(
+                "repair of block {block} of {data}: {} of {k} sources answered: {}",
+                have.len(),
+                why.join("; ")
+            );
         }
         let wanted: Vec<u8> = targets.iter().map(|t| t.0).collect();
         let rebuilt = match crate::pipeline::rebuild_shards(&m, block as usize, &have, &wanted) {
@@ -440,7 +549,7 @@ impl Coordinator {
         };
         let full: Vec<Vec<NodeId>> = map
             .iter()
-            .map(|r| r.iter().map(|x| x.unwrap_or(NodeId([0; 32]))).collect())
+            .map(|r| r.iter().map(|x| x.unwrap_or(NOBODY)).collect())
             .collect();
         let v = self.versions.entry(*data).or_insert(1);
         *v += 1;
@@ -478,7 +587,7 @@ impl Coordinator {
             .planner
             .holder_stats()
             .into_iter()
-            .filter(|(n, _)| n.0 != [0; 32])
+            .filter(|(n, _)| *n != NOBODY)
             .map(|(n, s)| HolderView {
                 node: hex::encode(n.0),
                 passed: s.passed,

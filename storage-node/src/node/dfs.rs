@@ -79,6 +79,7 @@ enum Cmd {
         reply: oneshot::Sender<Result<Vec<u8>, String>>,
     },
     Peers(oneshot::Sender<Vec<StoragePeer>>),
+    Routing(oneshot::Sender<usize>),
     PutRecord {
         key: [u8; 32],
         value: Vec<u8>,
@@ -132,6 +133,10 @@ impl SwarmTask {
             }
             Cmd::Peers(reply) => {
                 let _ = reply.send(self.storage.values().copied().collect());
+            }
+            Cmd::Routing(reply) => {
+                let n = b.kad.kbuckets().map(|k| k.num_entries()).sum();
+                let _ = reply.send(n);
             }
             Cmd::PutRecord { key, value, reply } => {
                 let rec = kad::Record::new(kad::RecordKey::new(&key), value);
@@ -315,6 +320,18 @@ pub struct GetReport {
     pub total_s: f64,
 }
 
+/// The libp2p peer id of a node id (the same ed25519 key).
+fn peer_of(n: &NodeId) -> Option<PeerId> {
+    super::net::peer_id_of(&Address(n.0))
+}
+
+/// The node id (ed25519 key) inside a peer id, if it is an ed25519 peer id.
+fn node_of_peer(p: &PeerId) -> Option<NodeId> {
+    let mh: &libp2p::multihash::Multihash<64> = p.as_ref();
+    let pk = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(NodeId(pk.try_into_ed25519().ok()?.to_bytes()))
+}
+
 fn node_of(p: &StoragePeer) -> Candidate {
     Candidate {
         node: p.node,
@@ -404,15 +421,30 @@ impl Dfs {
             chain_id: status.chain_id,
             api,
         };
+        // Wait for enough storage nodes and a routing table that stopped growing (the
+        // Kademlia bootstrap has run), or `wait`.
         let t = Instant::now();
+        let (mut last, mut stable) = (0usize, 0u32);
         loop {
             let n = dfs.peers()?.len();
-            if n >= min_storage || t.elapsed() > wait {
+            let r = dfs.routing()?;
+            stable = if r == last && r > 0 { stable + 1 } else { 0 };
+            last = r;
+            if (n >= min_storage && stable >= 3) || t.elapsed() > wait {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(dfs)
+    }
+
+    fn routing(&self) -> Result<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Routing(tx))
+            .map_err(|_| anyhow!("the client's network task stopped"))?;
+        rx.blocking_recv()
+            .map_err(|_| anyhow!("the client's network task stopped"))
     }
 
     /// The storage nodes found so far.
@@ -474,7 +506,6 @@ impl Dfs {
                 shared.errors.len()
             );
         }
-        let by_node: HashMap<NodeId, PeerId> = peers.iter().map(|p| (p.node, p.peer)).collect();
         let mut map: Vec<Vec<NodeId>> = Vec::with_capacity(manifest.blocks.len());
         for (b, e) in manifest.blocks.iter().enumerate() {
             let mut row = Vec::with_capacity(n);
@@ -505,7 +536,7 @@ impl Dfs {
         let manifest_bytes = manifest.to_bytes();
         let commits: Vec<(NodeId, PeerId)> = targets
             .iter()
-            .filter_map(|n| by_node.get(n).map(|p| (*n, *p)))
+            .filter_map(|n| peer_of(n).map(|p| (*n, p)))
             .collect();
         let cmds = self.cmds.clone();
         let results = self.rt.block_on(async {
@@ -647,15 +678,13 @@ impl Dfs {
     /// Where the shards of `data` are: from the DHT record, or else from the providers'
     /// own lists. `holders[b][i]` lists who may hold shard i of block b.
     fn locate(&self, data: &DataId) -> Result<(Vec<PeerId>, Holders)> {
-        let peers = self.peers()?;
-        let by_node: HashMap<NodeId, PeerId> = peers.iter().map(|p| (p.node, p.peer)).collect();
         if let Some(pages) = self.record(data)? {
             let mut manifest_peers = Vec::new();
             let mut holders = Vec::new();
             for page in &pages {
                 for i in &page.manifest_holders {
-                    if let Some(p) = page.nodes.get(usize::from(*i)).and_then(|n| by_node.get(n)) {
-                        manifest_peers.push(*p);
+                    if let Some(p) = page.nodes.get(usize::from(*i)).and_then(peer_of) {
+                        manifest_peers.push(p);
                     }
                 }
                 for row in &page.holders {
@@ -664,8 +693,8 @@ impl Dfs {
                             .map(|i| {
                                 page.nodes
                                     .get(usize::from(*i))
-                                    .and_then(|n| by_node.get(n))
-                                    .map(|p| vec![*p])
+                                    .and_then(peer_of)
+                                    .map(|p| vec![p])
                                     .unwrap_or_default()
                             })
                             .collect(),
@@ -704,11 +733,9 @@ impl Dfs {
     }
 
     fn fetch_manifest(&self, data: &DataId, from: &[PeerId]) -> Result<Manifest> {
-        let peers = self.peers()?;
-        let node: HashMap<PeerId, NodeId> = peers.iter().map(|p| (p.peer, p.node)).collect();
         let mut why = Vec::new();
         for p in from {
-            let Some(n) = node.get(p) else { continue };
+            let Some(n) = node_of_peer(p) else { continue };
             let auth = ReadAuth::sign(
                 &self.key,
                 self.chain_id,
@@ -751,15 +778,7 @@ impl Dfs {
         let t = Instant::now();
         let (manifest_peers, holders) = self.locate(data)?;
         let m = self.fetch_manifest(data, &manifest_peers)?;
-        let peers = self.peers()?;
-        let node: HashMap<PeerId, NodeId> = peers.iter().map(|p| (p.peer, p.node)).collect();
-        let source = NetSource::start(
-            self,
-            &m,
-            holders,
-            node,
-            range.map(|(a, b)| block_span(&m, a, b)),
-        );
+        let source = NetSource::start(self, &m, holders, range.map(|(a, b)| block_span(&m, a, b)));
         let first = Arc::new(Mutex::new(None::<f64>));
         let first2 = Arc::clone(&first);
         let writer = FirstByte {
@@ -1014,13 +1033,7 @@ struct NetSource {
 }
 
 impl NetSource {
-    fn start(
-        dfs: &Dfs,
-        m: &Manifest,
-        holders: Vec<Vec<Vec<PeerId>>>,
-        node: HashMap<PeerId, NodeId>,
-        span: Option<(u64, u64)>,
-    ) -> NetSource {
+    fn start(dfs: &Dfs, m: &Manifest, holders: Holders, span: Option<(u64, u64)>) -> NetSource {
         let k = usize::from(m.k);
         let n = k + usize::from(m.m);
         let state = Arc::new((Mutex::new(SourceState::default()), Condvar::new()));
@@ -1065,7 +1078,7 @@ impl NetSource {
                     }
                 }
                 for _ in 0..=k {
-                    spawn_fetch(&st, &cmds, &key, chain_id, data, b, &ids, &holders, &node);
+                    spawn_fetch(&st, &cmds, &key, chain_id, data, b, &ids, &holders);
                 }
             }
         });
@@ -1095,8 +1108,7 @@ fn spawn_fetch(
     data: DataId,
     block: u64,
     ids: &[ChunkId],
-    holders: &Arc<Vec<Vec<Vec<PeerId>>>>,
-    node: &HashMap<PeerId, NodeId>,
+    holders: &Arc<Holders>,
 ) {
     let index = {
         let mut s = lock(&st.0);
@@ -1128,17 +1140,16 @@ fn spawn_fetch(
         .and_then(|r| r.get(usize::from(index)))
         .map(|v| {
             v.iter()
-                .filter_map(|p| node.get(p).map(|n| (*p, *n)))
+                .filter_map(|p| node_of_peer(p).map(|n| (*p, n)))
                 .collect()
         })
         .unwrap_or_default();
-    let (st, cmds, key, ids, holders, node) = (
+    let (st, cmds, key, ids, holders) = (
         Arc::clone(st),
         cmds.clone(),
         key.clone(),
         ids.to_vec(),
         Arc::clone(holders),
-        node.clone(),
     );
     tokio::spawn(async move {
         let mut got = None;
@@ -1181,9 +1192,7 @@ fn spawn_fetch(
             !ok
         };
         if again {
-            spawn_fetch(
-                &st, &cmds, &key, chain_id, data, block, &ids, &holders, &node,
-            );
+            spawn_fetch(&st, &cmds, &key, chain_id, data, block, &ids, &holders);
         }
     });
 }
