@@ -15,6 +15,7 @@ mod kernels;
 mod load;
 mod machine;
 mod measure;
+mod routing;
 mod storage;
 mod verify;
 
@@ -47,6 +48,8 @@ enum Cmd {
     Seal(storage::SealArgs),
     /// Main-chain block execution: batch verification, state transition, durable commit.
     Chain(chain::ChainArgs),
+    /// Lookup success against adversarial routing answers, with and without disjoint paths.
+    Routing(routing::RoutingArgs),
     /// End to end: a devnet of node processes under a target transaction rate.
     #[cfg(feature = "store")]
     Load(load::LoadArgs),
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Store(a) => ("bench store", storage::run_store(a)?),
         Cmd::Seal(a) => ("bench seal", storage::run_seal(a)?),
         Cmd::Chain(a) => ("bench chain", chain::run(a)?),
+        Cmd::Routing(a) => ("bench routing", routing::run(a)?),
         Cmd::ProfileVerify(a) => ("bench profile-verify", verify::profile(a)?),
         #[cfg(feature = "store")]
         Cmd::Load(a) => ("bench load", load::run(a)?),
