@@ -102,12 +102,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 /// Runs the benchmark; returns the report body (markdown).
 pub fn run(a: &DhtArgs) -> Result<String> {
-    let exe = std::env::current_exe().context("locating bench")?;
-    let binary = exe
-        .parent()
-        .map(|d| d.join("cpchain"))
-        .filter(|p| p.exists())
-        .context("no cpchain binary next to bench: run `cargo build --release --bin cpchain`")?;
+    let binary = crate::load::cpchain_binary()?;
     let want = expected_hash(a.size)?;
     let owner = Keypair::generate();
 

@@ -75,14 +75,18 @@ fn encode(t: SignedTx) -> Vec<u8> {
     Tx::Signed(t).to_bytes()
 }
 
-/// Runs the benchmark; returns the report body (markdown).
-pub fn run(a: &LoadArgs) -> Result<String> {
+/// The release `cpchain` binary next to this one (end-to-end benchmarks run node processes).
+pub(crate) fn cpchain_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating bench")?;
-    let binary = exe
-        .parent()
+    exe.parent()
         .map(|d| d.join("cpchain"))
         .filter(|p| p.exists())
-        .context("no cpchain binary next to bench: run `cargo build --release --bin cpchain`")?;
+        .context("no cpchain binary next to bench: run `cargo build --release --bin cpchain`")
+}
+
+/// Runs the benchmark; returns the report body (markdown).
+pub fn run(a: &LoadArgs) -> Result<String> {
+    let binary = cpchain_binary()?;
     let dir = tempfile::tempdir()?;
     let data_dir = a
         .data_dir

@@ -829,24 +829,7 @@ fn open_block(
                 None => (vec![0u8; shard_len], false),
             })
             .collect();
-        {
-            let mut views: Vec<(&mut [u8], bool)> = bufs
-                .iter_mut()
-                .map(|(s, p)| (&mut s[SHARD_HEADER_LEN..], *p))
-                .collect();
-            erasure.reconstruct(&mut views, true)?;
-        }
-        for &i in &missing_data {
-            let s = &mut bufs[i].0;
-            s[..SHARD_HEADER_LEN]
-                .copy_from_slice(&header(m, b as u64, len, part_len, i).to_array());
-            if ChunkId::of(s) != entry.shards[i] {
-                return Err(CryptoError::BadShard {
-                    reason: format!("block {b}: rebuilt shard {i} does not match its id"),
-                }
-                .into());
-            }
-        }
+        reconstruct_checked(m, b, erasure, &mut bufs, &missing_data, true)?;
         slots = bufs.into_iter().map(|(s, _)| Some(s)).collect();
     }
     let mut parts: Vec<Vec<u8>> = slots.into_iter().take(k).flatten().collect();
@@ -900,31 +883,50 @@ pub fn rebuild_shards(
         }
     }
     let erasure = Erasure::new(k, n - k)?;
+    let wanted_idx: Vec<usize> = wanted.iter().map(|w| usize::from(*w)).collect();
+    if let Some(i) = wanted_idx.iter().find(|i| **i >= n) {
+        return Err(PipelineError::BadParams(format!(
+            "no shard {i} in a block of {n}"
+        )));
+    }
+    reconstruct_checked(m, b, &erasure, &mut bufs, &wanted_idx, false)?;
+    Ok(wanted
+        .iter()
+        .map(|w| (*w, bufs[usize::from(*w)].0.clone()))
+        .collect())
+}
+
+/// Rebuilds the absent shards of block `b` in `bufs` (each `(framed bytes, present)`, all
+/// of the block's shard length) by Reed–Solomon over the payloads, restores the headers of
+/// the shards in `rebuilt` and checks each against the id the manifest lists.
+fn reconstruct_checked(
+    m: &Manifest,
+    b: usize,
+    erasure: &Erasure,
+    bufs: &mut [(Vec<u8>, bool)],
+    rebuilt: &[usize],
+    data_only: bool,
+) -> PipelineResult<()> {
+    let len = m.block_len(b);
+    let part_len = len.div_ceil(usize::from(m.k)).max(1);
     {
         let mut views: Vec<(&mut [u8], bool)> = bufs
             .iter_mut()
             .map(|(s, p)| (&mut s[SHARD_HEADER_LEN..], *p))
             .collect();
-        erasure.reconstruct(&mut views, false)?;
+        erasure.reconstruct(&mut views, data_only)?;
     }
-    let mut out = Vec::with_capacity(wanted.len());
-    for &w in wanted {
-        let i = usize::from(w);
-        let Some((s, _)) = bufs.get_mut(i) else {
-            return Err(PipelineError::BadParams(format!(
-                "no shard {i} in a block of {n}"
-            )));
-        };
+    for &i in rebuilt {
+        let s = &mut bufs[i].0;
         s[..SHARD_HEADER_LEN].copy_from_slice(&header(m, b as u64, len, part_len, i).to_array());
-        if ChunkId::of(s) != entry.shards[i] {
+        if Some(&ChunkId::of(s)) != m.blocks.get(b).and_then(|e| e.shards.get(i)) {
             return Err(CryptoError::BadShard {
                 reason: format!("block {b}: rebuilt shard {i} does not match its id"),
             }
             .into());
         }
-        out.push((w, s.clone()));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Options for [`open`].

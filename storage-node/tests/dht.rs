@@ -161,13 +161,14 @@ impl Net {
             .collect()
     }
 
+    /// A node's status; `Null` while it is (re)starting.
     fn status(&self, i: usize) -> serde_json::Value {
         ureq::get(&format!("{}/status", self.api(i)))
             .timeout(Duration::from_secs(5))
             .call()
-            .unwrap()
-            .into_json()
-            .unwrap()
+            .ok()
+            .and_then(|r| r.into_json().ok())
+            .unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use storage_node::{
-    open, seal, BlockEntry, ChunkStore, Manifest, MemoryShards, OpenParams, OpenReport,
-    PipelineError, SealParams, ShardSource, StoreConfig, StoreSink,
+    open, rebuild_shards, seal, BlockEntry, ChunkStore, Manifest, MemoryShards, OpenParams,
+    OpenReport, PipelineError, SealParams, ShardSource, StoreConfig, StoreSink,
 };
 
 fn params(k: u8, m: u8, block_size: u32, interval_blocks: u32) -> SealParams {
@@ -450,5 +450,40 @@ fn failures_in_any_stage_are_reported_without_hanging() {
                 );
             }
         });
+    }
+}
+
+#[test]
+fn rebuild_restores_exact_shards_from_any_k_and_refuses_fewer() {
+    let owner = Keypair::generate();
+    // 3 blocks, the last one short.
+    let data = sample(2 * 65_536 + 10_001, 21);
+    let (m, shards) = seal_mem(&data, &owner, &params(4, 3, 65_536, 2));
+    for (b, e) in m.blocks.iter().enumerate() {
+        // Keep shards 1, 3, 5, 6 (any k = 4); rebuild 0, 2 and 4.
+        let have: Vec<(u8, Vec<u8>)> = [1u8, 3, 5, 6]
+            .iter()
+            .map(|i| (*i, shards.shards[&e.shards[usize::from(*i)]].clone()))
+            .collect();
+        let rebuilt = rebuild_shards(&m, b, &have, &[0, 2, 4]).unwrap();
+        for (i, bytes) in rebuilt {
+            assert_eq!(
+                ChunkId::of(&bytes),
+                e.shards[usize::from(i)],
+                "block {b} shard {i}"
+            );
+        }
+        // A wrong shard among the inputs does not count; three good ones are not enough.
+        let mut bad = have.clone();
+        bad[0].1[40] ^= 1;
+        assert!(matches!(
+            rebuild_shards(&m, b, &bad, &[0]),
+            Err(PipelineError::Unrecoverable {
+                have: 3,
+                need: 4,
+                ..
+            })
+        ));
+        assert!(rebuild_shards(&m, b, &have, &[7]).is_err());
     }
 }

@@ -34,8 +34,10 @@ const STARTUP_GRACE: Duration = Duration::from_secs(20);
 /// The placeholder holder of a shard nobody reports (never a real key: not a curve point
 /// anyone holds the secret of).
 const NOBODY: NodeId = NodeId([0; 32]);
-/// How long a request to another storage node may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an audit, probe or holdings query may take.
+const QUICK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a repair transfer may take.
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One holder as the coordinator sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -113,6 +115,11 @@ pub fn spawn(
     Ok(())
 }
 
+enum Pending {
+    Wait(tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>),
+    Done(Result<ShardResponse, String>),
+}
+
 struct Coordinator {
     planner: Planner,
     service: Arc<StorageService>,
@@ -138,15 +145,13 @@ impl Coordinator {
             }
             let actions = self.planner.poll(now_ms());
             let mut changed: HashSet<DataId> = HashSet::new();
-            for a in actions {
+            let (audits, rest): (Vec<Action>, Vec<Action>) = actions
+                .into_iter()
+                .partition(|a| matches!(a, Action::Audit { .. }));
+            self.audits(audits);
+            for a in rest {
                 match a {
-                    Action::Audit {
-                        data,
-                        block,
-                        index,
-                        holder,
-                        nonce,
-                    } => self.audit(data, block, index, holder, nonce),
+                    Action::Audit { .. } => {}
                     Action::Repair {
                         data,
                         block,
@@ -215,36 +220,63 @@ impl Coordinator {
         (c, peers)
     }
 
-    fn request(&self, node: NodeId, req: ShardRequest) -> Result<ShardResponse, String> {
-        if node == self.me {
-            return Ok(self.service.handle(req, now_ms()));
-        }
+    /// Sends every request at once and waits for all answers (each `Err` after `timeout`):
+    /// one unreachable node costs one timeout, not one per request.
+    fn request_many(
+        &self,
+        reqs: Vec<(NodeId, ShardRequest)>,
+        timeout: Duration,
+    ) -> Vec<Result<ShardResponse, String>> {
         let (_, peers) = self.candidates();
-        let peer = *peers.get(&node).ok_or("unknown storage node")?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.net
-            .send(NetCmd::ShardRequest {
+        let mut waiting = Vec::with_capacity(reqs.len());
+        for (node, req) in reqs {
+            if node == self.me {
+                waiting.push(Pending::Done(Ok(self.service.handle(req, now_ms()))));
+                continue;
+            }
+            let Some(peer) = peers.get(&node).copied() else {
+                waiting.push(Pending::Done(Err("unknown storage node".into())));
+                continue;
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sent = self.net.send(NetCmd::ShardRequest {
                 peer,
                 data: req.to_bytes(),
                 reply: tx,
-            })
-            .map_err(|_| "the network stopped".to_string())?;
+            });
+            waiting.push(match sent {
+                Ok(()) => Pending::Wait(rx),
+                Err(_) => Pending::Done(Err("the network stopped".into())),
+            });
+        }
         let t = Instant::now();
-        let mut rx = rx;
         loop {
-            match rx.try_recv() {
-                Ok(r) => {
-                    let bytes = r?;
-                    return ShardResponse::from_bytes(&bytes).map_err(|e| e.to_string());
+            let mut open = 0;
+            for w in waiting.iter_mut() {
+                if let Pending::Wait(rx) = w {
+                    match rx.try_recv() {
+                        Ok(r) => {
+                            *w = Pending::Done(r.and_then(|b| {
+                                ShardResponse::from_bytes(&b).map_err(|e| e.to_string())
+                            }))
+                        }
+                        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => open += 1,
+                        Err(_) => *w = Pending::Done(Err("the network dropped the request".into())),
+                    }
                 }
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-                Err(_) => return Err("the network dropped the request".into()),
             }
-            if t.elapsed() > REQUEST_TIMEOUT {
-                return Err("no answer in time".into());
+            if open == 0 || t.elapsed() > timeout {
+                break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        waiting
+            .into_iter()
+            .map(|w| match w {
+                Pending::Done(r) => r,
+                Pending::Wait(_) => Err("no answer in time".into()),
+            })
+            .collect()
     }
 
     /// Finds the data this node coordinates and asks every storage node what it holds:
@@ -255,30 +287,34 @@ impl Coordinator {
         self.planner.set_candidates(cands.clone());
         // The coordinator of a data item is the XOR-closest storage node that answers: a
         // dead coordinator is passed over at the next scan.
-        let mut reachable: HashMap<NodeId, bool> = HashMap::new();
+        let others: Vec<NodeId> = cands
+            .iter()
+            .map(|c| c.node)
+            .filter(|n| *n != self.me)
+            .collect();
+        let probe = || ShardRequest::Held {
+            data: DataId::from_bytes([0; 32]),
+        };
+        let answers = self.request_many(
+            others.iter().map(|n| (*n, probe())).collect(),
+            QUICK_TIMEOUT,
+        );
+        let reachable: HashSet<NodeId> = others
+            .iter()
+            .zip(&answers)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(n, _)| *n)
+            .collect();
         let mut mine: HashSet<DataId> = HashSet::new();
         for d in self.service.manifest_ids() {
             let mut order: Vec<NodeId> = cands.iter().map(|c| c.node).collect();
             order.sort_by_key(|n| dht::planner::distance(&n.0, d.as_bytes()));
-            for n in order {
-                if n == self.me {
-                    mine.insert(d);
-                    break;
-                }
-                let up = match reachable.get(&n) {
-                    Some(up) => *up,
-                    None => {
-                        let probe = ShardRequest::Held {
-                            data: DataId::from_bytes([0; 32]),
-                        };
-                        let up = self.request(n, probe).is_ok();
-                        reachable.insert(n, up);
-                        up
-                    }
-                };
-                if up {
-                    break;
-                }
+            if order
+                .into_iter()
+                .find(|n| *n == self.me || reachable.contains(n))
+                .is_some_and(|n| n == self.me)
+            {
+                mine.insert(d);
             }
         }
         let gone: Vec<DataId> = self
@@ -319,10 +355,19 @@ impl Coordinator {
             let n = usize::from(m.k) + usize::from(m.m);
             let mut map: Vec<Vec<Option<NodeId>>> = vec![vec![None; n]; m.blocks.len()];
             let mut answered = 0usize;
-            for c in &cands {
-                let Ok(ShardResponse::Held(list)) =
-                    self.request(c.node, ShardRequest::Held { data: d })
-                else {
+            let asked: Vec<&Candidate> = cands
+                .iter()
+                .filter(|c| c.node == self.me || reachable.contains(&c.node))
+                .collect();
+            let lists = self.request_many(
+                asked
+                    .iter()
+                    .map(|c| (c.node, ShardRequest::Held { data: d }))
+                    .collect(),
+                QUICK_TIMEOUT,
+            );
+            for (c, r) in asked.iter().zip(lists) {
+                let Ok(ShardResponse::Held(list)) = r else {
                     continue;
                 };
                 answered += 1;
@@ -398,39 +443,62 @@ impl Coordinator {
             .copied()
     }
 
-    fn audit(&mut self, data: DataId, block: u64, index: u8, holder: NodeId, nonce: u64) {
-        let Some(id) = self.shard_id(&data, block, index) else {
-            return;
-        };
-        self.stats.audits.fetch_add(1, Ordering::Relaxed);
-        let outcome = match self.request(holder, ShardRequest::Audit { id, nonce }) {
-            Ok(ShardResponse::Proof(b)) => match dht::proof::AuditProof::from_bytes(&b)
-                .map_err(|e| e.to_string())
-                .and_then(|p| dht::proof::verify(&id, nonce, &p).map_err(|e| e.to_string()))
-            {
-                Ok(()) => AuditOutcome::Passed,
-                Err(e) => AuditOutcome::Failed(AuditFailure::BadProof(e)),
-            },
-            Ok(ShardResponse::NotFound) => AuditOutcome::Failed(AuditFailure::Missing),
-            Ok(ShardResponse::Refused(r)) => AuditOutcome::Failed(AuditFailure::Refused(r)),
-            Ok(ShardResponse::Failed(_)) | Err(_) => AuditOutcome::Unreachable,
-            Ok(_) => AuditOutcome::Failed(AuditFailure::Refused("unexpected answer".into())),
-        };
-        match &outcome {
-            AuditOutcome::Passed => {
-                self.stats.audits_passed.fetch_add(1, Ordering::Relaxed);
-            }
-            AuditOutcome::Failed(f) => {
-                self.stats.audits_failed.fetch_add(1, Ordering::Relaxed);
-                self.note(format!(
-                    "audit of {} on shard {index} of block {block} of {data}: {f}",
-                    hex::encode(&holder.0[..8])
-                ));
-            }
-            AuditOutcome::Unreachable => {}
+    /// Sends a round's challenges at once and feeds the verdicts to the planner.
+    fn audits(&mut self, actions: Vec<Action>) {
+        let mut sent = Vec::new();
+        let mut reqs = Vec::new();
+        for a in actions {
+            let Action::Audit {
+                data,
+                block,
+                index,
+                holder,
+                nonce,
+            } = a
+            else {
+                continue;
+            };
+            let Some(id) = self.shard_id(&data, block, index) else {
+                continue;
+            };
+            reqs.push((holder, ShardRequest::Audit { id, nonce }));
+            sent.push((data, block, index, holder, nonce, id));
         }
-        self.planner
-            .on_audit(&data, block, index, holder, outcome, now_ms());
+        if reqs.is_empty() {
+            return;
+        }
+        let answers = self.request_many(reqs, QUICK_TIMEOUT);
+        for ((data, block, index, holder, nonce, id), r) in sent.into_iter().zip(answers) {
+            self.stats.audits.fetch_add(1, Ordering::Relaxed);
+            let outcome = match r {
+                Ok(ShardResponse::Proof(b)) => match dht::proof::AuditProof::from_bytes(&b)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| dht::proof::verify(&id, nonce, &p).map_err(|e| e.to_string()))
+                {
+                    Ok(()) => AuditOutcome::Passed,
+                    Err(e) => AuditOutcome::Failed(AuditFailure::BadProof(e)),
+                },
+                Ok(ShardResponse::NotFound) => AuditOutcome::Failed(AuditFailure::Missing),
+                Ok(ShardResponse::Refused(r)) => AuditOutcome::Failed(AuditFailure::Refused(r)),
+                Ok(ShardResponse::Failed(_)) | Err(_) => AuditOutcome::Unreachable,
+                Ok(_) => AuditOutcome::Failed(AuditFailure::Refused("unexpected answer".into())),
+            };
+            match &outcome {
+                AuditOutcome::Passed => {
+                    self.stats.audits_passed.fetch_add(1, Ordering::Relaxed);
+                }
+                AuditOutcome::Failed(f) => {
+                    self.stats.audits_failed.fetch_add(1, Ordering::Relaxed);
+                    self.note(format!(
+                        "audit of {} on shard {index} of block {block} of {data}: {f}",
+                        hex::encode(holder.0)
+                    ));
+                }
+                AuditOutcome::Unreachable => {}
+            }
+            self.planner
+                .on_audit(&data, block, index, holder, outcome, now_ms());
+        }
     }
 
     fn repair(
@@ -447,43 +515,41 @@ impl Coordinator {
         let mut have: Vec<(u8, Vec<u8>)> = Vec::new();
         let mut fetched = 0u64;
         let mut why = Vec::new();
-        for (i, node) in sources {
-            if have.len() >= k {
+        // First wave: k sources; then the rest if some did not deliver.
+        let (first, rest) = sources.split_at(k.min(sources.len()));
+        for wave in [first, rest] {
+            if have.len() >= k || wave.is_empty() {
                 break;
             }
-            let Some(id) = self.shard_id(&data, block, *i) else {
-                continue;
-            };
-            let mut got = None;
-            for attempt in 0..2 {
+            let mut asked = Vec::new();
+            let mut reqs = Vec::new();
+            for (i, node) in wave {
+                let Some(id) = self.shard_id(&data, block, *i) else {
+                    continue;
+                };
                 let auth = self.service.node_auth(data, block, node.0, &id);
-                match self.request(*node, ShardRequest::Get { id, auth }) {
+                reqs.push((*node, ShardRequest::Get { id, auth }));
+                asked.push((*i, *node, id));
+            }
+            let answers = self.request_many(reqs, REPAIR_TIMEOUT);
+            for ((i, node, id), r) in asked.into_iter().zip(answers) {
+                match r {
                     Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
-                        got = Some(b);
-                        break;
+                        fetched += b.len() as u64;
+                        have.push((i, b));
                     }
                     Ok(ShardResponse::Shard(_)) => {
-                        why.push(format!("shard {i} from {node}: wrong bytes"));
-                        break;
+                        why.push(format!("shard {i} from {node}: wrong bytes"))
                     }
-                    // A fresh connection may not have exchanged identify yet.
-                    Ok(ShardResponse::Refused(r)) if attempt == 0 => {
-                        tracing::debug!("repair read refused by {node}: {r}; retrying");
-                        std::thread::sleep(Duration::from_millis(500));
+                    Ok(ShardResponse::Refused(r)) => {
+                        why.push(format!("shard {i} from {node}: refused: {r}"))
                     }
-                    Ok(other) => {
-                        why.push(format!("shard {i} from {node}: {other:?}"));
-                        break;
+                    Ok(ShardResponse::NotFound) => {
+                        why.push(format!("shard {i} from {node}: not held"))
                     }
-                    Err(e) => {
-                        why.push(format!("shard {i} from {node}: {e}"));
-                        break;
-                    }
+                    Ok(_) => why.push(format!("shard {i} from {node}: unexpected answer")),
+                    Err(e) => why.push(format!("shard {i} from {node}: {e}")),
                 }
-            }
-            if let Some(b) = got {
-                fetched += b.len() as u64;
-                have.push((*i, b));
             }
         }
         if have.len() < k {
@@ -509,17 +575,23 @@ impl Coordinator {
         let mut any = false;
         for ((i, bytes), (_, target)) in rebuilt.into_iter().zip(targets) {
             let len = bytes.len() as u64;
-            let put = self.request(*target, ShardRequest::Put { bytes });
-            let ok = matches!(put, Ok(ShardResponse::Stored))
+            let put = self
+                .request_many(vec![(*target, ShardRequest::Put { bytes })], REPAIR_TIMEOUT)
+                .pop();
+            let ok = matches!(put, Some(Ok(ShardResponse::Stored)))
                 && matches!(
-                    self.request(
-                        *target,
-                        ShardRequest::Commit {
-                            manifest: manifest.clone(),
-                            keep_manifest: false,
-                        },
-                    ),
-                    Ok(ShardResponse::Committed { .. })
+                    self.request_many(
+                        vec![(
+                            *target,
+                            ShardRequest::Commit {
+                                manifest: manifest.clone(),
+                                keep_manifest: false,
+                            },
+                        )],
+                        REPAIR_TIMEOUT,
+                    )
+                    .pop(),
+                    Some(Ok(ShardResponse::Committed { .. }))
                 );
             if ok {
                 self.planner.on_repaired(&data, block, i, *target);

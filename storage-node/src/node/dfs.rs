@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::client::ApiClient;
 use super::config::now_ms;
-use super::net::{hardened_kad, shard_behaviour, subnet_of, FrameCodec};
+use super::net::{hardened_kad, identify_behaviour, shard_behaviour, subnet_of, FrameCodec};
 use crate::manifest::Manifest;
 use crate::pipeline::{
     open, seal_with_salt, OpenParams, OpenReport, PipelineError, PipelineResult, SealParams, Shard,
@@ -376,10 +376,7 @@ impl Dfs {
                 .with_behaviour(|key| {
                     let peer = key.public().to_peer_id();
                     ClientBehaviour {
-                        identify: identify::Behaviour::new(identify::Config::new(
-                            "/cpchain/id/1".into(),
-                            key.public(),
-                        )),
+                        identify: identify_behaviour(key),
                         kad: hardened_kad(peer, kad::Mode::Client),
                         shard: shard_behaviour(ProtocolSupport::Outbound),
                     }

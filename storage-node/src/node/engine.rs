@@ -265,6 +265,56 @@ struct Checked {
     receipt: chain::BlockReceipt,
 }
 
+const PENDING_COMMITTEE: &str = "next_committee";
+
+/// Writes the committee elected after block `number` (durably, before the block is
+/// committed).
+fn save_pending_committee(
+    dir: &std::path::Path,
+    number: u64,
+    hash: &Hash,
+    term: u64,
+    members: &[Address],
+) -> Result<()> {
+    let mut text = format!("{number} {} {term}", hash.to_hex());
+    for m in members {
+        text.push(' ');
+        text.push_str(&m.to_hex());
+    }
+    text.push('\n');
+    super::config::write_atomic(&dir.join(PENDING_COMMITTEE), text.as_bytes(), 0o644)
+}
+
+/// The committee elected after the head block, if the head is a term's last block and
+/// the election was saved for it (the chain store only gets it with the next block).
+fn load_pending_committee(
+    dir: &std::path::Path,
+    head: u64,
+    head_hash: &Hash,
+) -> Result<Option<(u64, Vec<Address>)>> {
+    let path = dir.join(PENDING_COMMITTEE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let bad = || anyhow::anyhow!("{} is damaged", path.display());
+    let mut it = text.split_whitespace();
+    let number: u64 = it.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+    let hash = it
+        .next()
+        .and_then(|x| Hash::from_hex(x).ok())
+        .ok_or_else(bad)?;
+    let term: u64 = it.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+    if number != head || hash != *head_hash {
+        return Ok(None);
+    }
+    let members = it
+        .map(|a| Address::from_hex(a).ok_or_else(bad))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some((term, members)))
+}
+
 /// The engine (see the module docs).
 pub struct Engine {
     /// Node config.
@@ -349,6 +399,14 @@ impl Engine {
                 .context("the head block is missing from the store")?
                 .header
         };
+        let mut state = state;
+        if let Some((term, members)) =
+            load_pending_committee(&node.data_dir, head.number, &head.hash)?
+        {
+            state
+                .set_committee(term, &members)
+                .context("restoring the elected committee")?;
+        }
         let candidates = Self::candidates_from(&cfg, &state);
         let term = term_of(&cfg, head.number.saturating_add(1));
         let committee = if term == 0 {
@@ -882,6 +940,19 @@ impl Engine {
         self.state
             .record_next_committee(&self.cfg, &self.candidates, block)
             .context("recording the next committee")?;
+        let next = hd.number.saturating_add(1);
+        if next.is_multiple_of(self.cfg.term_len().max(1)) {
+            // The election's writes reach the chain store only with the next block: keep
+            // them beside it, so a node killed in between restarts with the same state.
+            let term = next / self.cfg.term_len().max(1);
+            save_pending_committee(
+                &self.node.data_dir,
+                hd.number,
+                &block.hash(),
+                term,
+                &self.state.committee(term),
+            )?;
+        }
         self.store
             .commit(block, cert, &receipt, &self.state)
             .context("committing to the chain store")?;
@@ -1064,5 +1135,39 @@ impl Engine {
     /// Peers connected now.
     pub fn peers(&self) -> usize {
         self.net_stats.peers.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_committee_is_restored_only_for_the_block_it_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Hash([7; 32]);
+        let members = vec![Address([1; 32]), Address([2; 32])];
+        assert!(load_pending_committee(dir.path(), 9, &h).unwrap().is_none());
+        save_pending_committee(dir.path(), 9, &h, 4, &members).unwrap();
+        assert_eq!(
+            load_pending_committee(dir.path(), 9, &h).unwrap(),
+            Some((4, members.clone()))
+        );
+        // Another head (the next block was committed, or a different block 9): not applied.
+        assert!(load_pending_committee(dir.path(), 10, &h)
+            .unwrap()
+            .is_none());
+        assert!(load_pending_committee(dir.path(), 9, &Hash([8; 32]))
+            .unwrap()
+            .is_none());
+        // An empty committee round-trips; a damaged file is an error, not a guess.
+        save_pending_committee(dir.path(), 9, &h, 4, &[]).unwrap();
+        assert_eq!(
+            load_pending_committee(dir.path(), 9, &h).unwrap(),
+            Some((4, Vec::new()))
+        );
+        std::fs::write(dir.path().join(PENDING_COMMITTEE), "9 zz 4\n").unwrap();
+        assert!(load_pending_committee(dir.path(), 9, &h).is_err());
     }
 }

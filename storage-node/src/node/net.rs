@@ -340,6 +340,12 @@ pub fn shard_behaviour(support: ProtocolSupport) -> request_response::Behaviour<
     )
 }
 
+/// Identify under `/cpchain/id/1`: peers learn each other's listen addresses, key and
+/// protocols (a storage node is one that serves the shard protocol).
+pub fn identify_behaviour(key: &identity::Keypair) -> identify::Behaviour {
+    identify::Behaviour::new(identify::Config::new("/cpchain/id/1".into(), key.public()))
+}
+
 /// Routing-table admission with a per-bucket subnet cap.
 #[derive(Debug, Default)]
 pub struct SubnetGuard {
@@ -490,10 +496,7 @@ impl Net {
                     ProtocolSupport::Outbound
                 });
                 Ok(Behaviour {
-                    identify: identify::Behaviour::new(identify::Config::new(
-                        "/cpchain/id/1".into(),
-                        key.public(),
-                    )),
+                    identify: identify_behaviour(key),
                     ping: ping::Behaviour::default(),
                     kad,
                     gossip,
