@@ -99,6 +99,9 @@ pub enum ChainError {
         /// Where.
         what: &'static str,
     },
+    /// An audit report about the reporter itself.
+    #[error("a storage node may not report audits of itself")]
+    SelfReport,
     /// A zero amount where a positive one is required.
     #[error("{what} must be positive")]
     ZeroAmount {

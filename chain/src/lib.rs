@@ -36,7 +36,7 @@ pub use keycache::KeyCache;
 pub use state::{
     check_evidence, Account, Activity, BlockReceipt, Candidate, DataRecord, DiffEntry,
     Equivocation, GrantRecord, Listing, Order, OrderState, State, StateDiff, TxOutcome,
-    EQUIVOCATION_RNODE_DIVISOR, IMPEACH_PENALTY_DIVISOR, MAX_DIFF_BYTES,
+    EQUIVOCATION_RNODE_DIVISOR, IMPEACH_PENALTY_DIVISOR, MAX_AUDITS_PER_REPORT, MAX_DIFF_BYTES,
 };
 pub use store::{ChainStore, Head, StoreConfig, STORE_FILE, STORE_FORMAT};
 pub use tx::{

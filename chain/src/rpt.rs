@@ -6,8 +6,9 @@
 //!   a log2 scale: 1 CPC → 5, 1,024 CPC → 55, ≥ 524,288 CPC → 100.
 //! * **TX** (transactions) = `min(100, 2 · txs sent in the window)`.
 //! * **PR** (proxy reputation) = `min(100, 10 · PDash trades settled as agent in the window)`.
-//! * **DC** (data contribution) = `min(100, 10 · data registered in the window)` (register
-//!   contract uploads).
+//! * **DC** (data contribution) = `max(0, min(100, 10 · data registered + ⌊audits passed /
+//!   20⌋) − 10 · audits failed)` over the window: uploads (register contract) and storage
+//!   (audits of the node's shards reported on chain by data coordinators).
 //! * **BM** (blockchain maintenance) = `max(0, min(100, 10 · normal blocks proposed) −
 //!   50 · faults)`, faults being impeachments and punished double votes in the window.
 //!
@@ -60,9 +61,11 @@ pub fn pr_score(proxy: u32) -> u64 {
     (10 * u64::from(proxy)).min(100)
 }
 
-/// DC from uploads in the window.
-pub fn dc_score(uploads: u32) -> u64 {
-    (10 * u64::from(uploads)).min(100)
+/// DC from uploads and storage audits in the window.
+pub fn dc_score(uploads: u32, audits_passed: u32, audits_failed: u32) -> u64 {
+    (10 * u64::from(uploads) + u64::from(audits_passed) / 20)
+        .min(100)
+        .saturating_sub(10 * u64::from(audits_failed))
 }
 
 /// BM from blocks proposed and faults in the window.
@@ -77,7 +80,11 @@ pub fn score(holdings: Amount, activity: &Activity, weights: &[u32; 5]) -> Rpt {
     let ab = ab_score(holdings);
     let tx = tx_score(activity.txs);
     let pr = pr_score(activity.proxy);
-    let dc = dc_score(activity.uploads);
+    let dc = dc_score(
+        activity.uploads,
+        activity.audits_passed,
+        activity.audits_failed,
+    );
     let bm = bm_score(activity.proposed, activity.faults);
     let total = [ab, tx, pr, dc, bm]
         .iter()
@@ -118,7 +125,26 @@ mod tests {
         }
         for (n, want) in [(0, 0), (1, 10), (9, 90), (10, 100), (u32::MAX, 100)] {
             assert_eq!(pr_score(n), want);
-            assert_eq!(dc_score(n), want);
+            assert_eq!(dc_score(n, 0, 0), want);
+        }
+        // Storage: 20 passed audits are worth one upload; each failure costs as much as an
+        // upload earns, and the score never goes below zero.
+        for (u, p, f, want) in [
+            (0, 0, 0, 0),
+            (0, 19, 0, 0),
+            (0, 200, 0, 10),
+            (2, 200, 0, 30),
+            (2, 200, 1, 20),
+            (2, 200, 4, 0),
+            (0, u32::MAX, 0, 100),
+            (10, u32::MAX, 3, 70),
+            (0, 0, u32::MAX, 0),
+        ] {
+            assert_eq!(
+                dc_score(u, p, f),
+                want,
+                "{u} uploads, {p} passed, {f} failed"
+            );
         }
         for (p, f, want) in [
             (0, 0, 0),
@@ -142,6 +168,7 @@ mod tests {
             proxy: 10,
             proposed: 10,
             faults: 0,
+            ..Activity::default()
         };
         let r = score(524_288 * CPC, &a, &DEFAULT_WEIGHTS);
         assert_eq!(r.total, 10_000);
@@ -155,5 +182,13 @@ mod tests {
         assert_eq!((r.dc, r.total), (50, 50 * 15));
         let r = score(0, &only_dc, &[0, 0, 0, 100, 0]);
         assert_eq!(r.total, 5_000);
+        // A storage node failing audits loses Data Contribution.
+        let failing = Activity {
+            uploads: 5,
+            audits_passed: 100,
+            audits_failed: 2,
+            ..Activity::default()
+        };
+        assert_eq!(score(0, &failing, &DEFAULT_WEIGHTS).dc, 35);
     }
 }

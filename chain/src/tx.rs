@@ -332,6 +332,17 @@ pub enum TxPayload {
     },
     /// Proof that a validator signed two conflicting votes; anyone may submit it.
     Evidence(Box<DoubleVote>),
+    /// Storage audits (the storage part of Data Contribution): the sender, coordinator of
+    /// some data, ran `passed + failed` audits on `holder`'s shards since its last report.
+    /// Failed audits lower the holder's RPT.
+    AuditReport {
+        /// The audited storage node.
+        holder: Address,
+        /// Audits it passed.
+        passed: u32,
+        /// Audits it failed (shard missing, bad proof, refusal).
+        failed: u32,
+    },
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -512,6 +523,16 @@ impl Encode for TxPayload {
                 out.push(29);
                 dv.encode(out);
             }
+            TxPayload::AuditReport {
+                holder,
+                passed,
+                failed,
+            } => {
+                out.push(30);
+                holder.encode(out);
+                passed.encode(out);
+                failed.encode(out);
+            }
         }
     }
 }
@@ -627,6 +648,11 @@ fn decode_payload(r: &mut Reader<'_>) -> CodecResult<TxPayload> {
                 refund: r.bool()?,
             },
             29 => TxPayload::Evidence(Box::new(DoubleVote::decode(r)?)),
+            30 => TxPayload::AuditReport {
+                holder: Address::decode(r)?,
+                passed: r.u32()?,
+                failed: r.u32()?,
+            },
             t => {
                 return Err(CodecError::BadTag {
                     what: "transaction payload",

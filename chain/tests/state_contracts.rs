@@ -1036,3 +1036,53 @@ impl SignedTxHelper {
         c.sign(k, nonce, p)
     }
 }
+
+#[test]
+fn audit_reports_raise_and_lower_the_holders_data_contribution() {
+    let mut c = Chain::new(2, 1_000);
+    let (reporter, holder) = (c.users[0].clone(), c.u(1));
+    assert_eq!(c.state.get_rpt(&holder).dc, 0);
+    c.ok(
+        &reporter,
+        TxPayload::AuditReport {
+            holder,
+            passed: 200,
+            failed: 0,
+        },
+    );
+    assert_eq!(c.state.get_rpt(&holder).dc, 10);
+    c.ok(
+        &reporter,
+        TxPayload::AuditReport {
+            holder,
+            passed: 0,
+            failed: 1,
+        },
+    );
+    assert_eq!(c.state.get_rpt(&holder).dc, 0);
+    // The reporter's own DC is untouched; nobody reports on itself; reports are bounded.
+    assert_eq!(c.state.get_rpt(&c.u(0)).dc, 0);
+    let me = c.u(0);
+    c.rejects(
+        &reporter,
+        TxPayload::AuditReport {
+            holder: me,
+            passed: 1,
+            failed: 0,
+        },
+        ChainError::SelfReport,
+    );
+    c.rejects(
+        &reporter,
+        TxPayload::AuditReport {
+            holder,
+            passed: 0,
+            failed: 0,
+        },
+        ChainError::ParamOutOfBounds {
+            what: "audits in one report",
+            value: 0,
+            max: 100_000,
+        },
+    );
+}

@@ -234,6 +234,13 @@ fn arb_payload() -> impl Strategy<Value = TxPayload> {
             .prop_map(|(order, refund)| TxPayload::AgentResolve { order, refund }),
         (arb_vote(), arb_vote())
             .prop_map(|(a, b)| TxPayload::Evidence(Box::new(DoubleVote { a, b }))),
+        (any::<[u8; 32]>(), any::<u32>(), any::<u32>()).prop_map(|(h, passed, failed)| {
+            TxPayload::AuditReport {
+                holder: Address(h),
+                passed,
+                failed,
+            }
+        }),
     ]
 }
 
@@ -300,7 +307,7 @@ fn bounded_fields_are_rejected_before_allocation() {
         Err(crypto_accel::CodecError::BadTag { .. })
     ));
     assert!(matches!(
-        TxPayload::from_bytes(&[30]),
+        TxPayload::from_bytes(&[31]),
         Err(crypto_accel::CodecError::BadTag { .. })
     ));
 }

@@ -456,6 +456,32 @@ impl DataRecord {
         map: &[Vec<NodeId>],
         manifest_holders: &[NodeId],
     ) -> Result<Vec<DataRecord>, RecordError> {
+        let partial: Vec<Vec<Option<NodeId>>> = map
+            .iter()
+            .map(|r| r.iter().copied().map(Some).collect())
+            .collect();
+        Self::pages_from_partial_map(
+            data,
+            version,
+            k,
+            m,
+            interval_blocks,
+            &partial,
+            manifest_holders,
+        )
+    }
+
+    /// [`DataRecord::pages_from_map`] where `None` marks a lost shard (recorded as
+    /// [`NO_HOLDER`], e.g. awaiting repair).
+    pub fn pages_from_partial_map(
+        data: DataId,
+        version: u64,
+        k: u8,
+        m: u8,
+        interval_blocks: u32,
+        map: &[Vec<Option<NodeId>>],
+        manifest_holders: &[NodeId],
+    ) -> Result<Vec<DataRecord>, RecordError> {
         check_coding(k, m)?;
         if interval_blocks == 0 {
             return Err(RecordError::ZeroInterval);
@@ -472,7 +498,8 @@ impl DataRecord {
             });
         }
         // No blocks still makes one (empty) page, which carries the manifest holders.
-        let mut chunks: Vec<&[Vec<NodeId>]> = map.chunks(BLOCKS_PER_PAGE as usize).collect();
+        let mut chunks: Vec<&[Vec<Option<NodeId>>]> =
+            map.chunks(BLOCKS_PER_PAGE as usize).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
         }
@@ -512,7 +539,11 @@ impl DataRecord {
                 }
                 let mut out = Vec::with_capacity(row.len());
                 for (j, node) in row.iter().enumerate() {
-                    if row.get(..j).unwrap_or_default().contains(node) {
+                    let Some(node) = node else {
+                        out.push(NO_HOLDER);
+                        continue;
+                    };
+                    if row.get(..j).unwrap_or_default().contains(&Some(*node)) {
                         return Err(RecordError::DuplicateHolder {
                             block: b,
                             node: *node,
@@ -830,6 +861,30 @@ mod tests {
         (0..blocks)
             .map(|b| (0..shards).map(|i| node((b + i) as u32 % nodes)).collect())
             .collect()
+    }
+
+    #[test]
+    fn partial_maps_record_lost_shards_as_no_holder() {
+        let n = |b: u8| NodeId([b; 32]);
+        let map = vec![vec![Some(n(1)), None, Some(n(2)), None], vec![None; 4]];
+        let pages = DataRecord::pages_from_partial_map(
+            DataId::from_bytes([5; 32]),
+            2,
+            2,
+            2,
+            1,
+            &map,
+            &[n(1)],
+        )
+        .unwrap();
+        assert_eq!(pages.len(), 1);
+        let p = &pages[0];
+        assert_eq!(p.holder(0, 0), Some(n(1)));
+        assert_eq!(p.holder(0, 1), None);
+        assert_eq!(p.holder(0, 2), Some(n(2)));
+        assert_eq!(p.holder(1, 3), None);
+        let back = DataRecord::from_bytes(&p.to_bytes()).unwrap();
+        assert_eq!(&back, p);
     }
 
     #[test]

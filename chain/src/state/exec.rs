@@ -78,6 +78,9 @@ pub(crate) fn credit<S: Store>(s: &mut S, addr: Address, amount: Amount) -> Chai
 }
 
 /// Adds to `addr`'s activity at `height` (the RPT inputs).
+/// Most audits one `AuditReport` may carry.
+pub const MAX_AUDITS_PER_REPORT: u64 = 100_000;
+
 pub(crate) fn bump<S: Store>(s: &mut S, addr: Address, height: u64, f: impl FnOnce(&mut Activity)) {
     let key = ActivityKey { addr, height };
     let mut a = match s.get::<ActivityTable>(&key) {
@@ -364,6 +367,27 @@ fn exec_payload<S: Store>(
             pdash::agent_resolve(s, cx, from, *order, *refund)?
         }
         TxPayload::Evidence(dv) => return evidence(s, cx, from, dv),
+        TxPayload::AuditReport {
+            holder,
+            passed,
+            failed,
+        } => {
+            if *holder == from {
+                return Err(ChainError::SelfReport);
+            }
+            let n = u64::from(*passed) + u64::from(*failed);
+            if n == 0 || n > MAX_AUDITS_PER_REPORT {
+                return Err(ChainError::ParamOutOfBounds {
+                    what: "audits in one report",
+                    value: n,
+                    max: MAX_AUDITS_PER_REPORT,
+                });
+            }
+            bump(s, *holder, cx.height, |a| {
+                a.audits_passed = a.audits_passed.saturating_add(*passed);
+                a.audits_failed = a.audits_failed.saturating_add(*failed);
+            });
+        }
     }
     Ok(TxOutcome::Applied)
 }

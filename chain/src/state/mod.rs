@@ -36,7 +36,9 @@ use crate::tx::{Block, SignedTx, Tx, TxPayload};
 use crate::types::{Address, Amount, BlockKind, MAX_VALIDATORS, PROTOCOL_VERSION};
 
 use exec::{bump, credit, exec_signed, meta, penalize, set_meta, Ctx};
-pub use exec::{check_evidence, EQUIVOCATION_RNODE_DIVISOR, IMPEACH_PENALTY_DIVISOR};
+pub use exec::{
+    check_evidence, EQUIVOCATION_RNODE_DIVISOR, IMPEACH_PENALTY_DIVISOR, MAX_AUDITS_PER_REPORT,
+};
 pub use records::{
     Account, Activity, Candidate, DataRecord, Equivocation, GrantRecord, Listing, Order, OrderState,
 };

@@ -170,13 +170,19 @@ pub struct Activity {
     pub proposed: u32,
     /// Impeachments and punished double votes.
     pub faults: u32,
+    /// Storage audits passed (reported by data coordinators).
+    pub audits_passed: u32,
+    /// Storage audits failed.
+    pub audits_failed: u32,
 }
 record!(Activity {
     txs: v,
     uploads: v,
     proxy: v,
     proposed: v,
-    faults: v
+    faults: v,
+    audits_passed: v,
+    audits_failed: v
 });
 
 impl Activity {
@@ -184,6 +190,8 @@ impl Activity {
     pub fn add(&mut self, o: &Activity) {
         self.txs = self.txs.saturating_add(o.txs);
         self.uploads = self.uploads.saturating_add(o.uploads);
+        self.audits_passed = self.audits_passed.saturating_add(o.audits_passed);
+        self.audits_failed = self.audits_failed.saturating_add(o.audits_failed);
         self.proxy = self.proxy.saturating_add(o.proxy);
         self.proposed = self.proposed.saturating_add(o.proposed);
         self.faults = self.faults.saturating_add(o.faults);

@@ -36,6 +36,8 @@ const STARTUP_GRACE: Duration = Duration::from_secs(20);
 const NOBODY: NodeId = NodeId([0; 32]);
 /// How long an audit, probe or holdings query may take.
 const QUICK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often audit results go on chain (they count in the holders' RPT).
+const REPORT_EVERY: Duration = Duration::from_secs(30);
 /// How long a repair transfer may take.
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,12 +84,15 @@ pub struct CoordinatorStats {
 /// Runs the coordinator on its own thread until the network command channel closes.
 pub fn spawn(
     service: Arc<StorageService>,
-    me: [u8; 32],
+    chain: super::handle::EngineHandle,
+    key: crypto_accel::Keypair,
+    chain_id: u32,
     net: UnboundedSender<NetCmd>,
     net_stats: Arc<NetStats>,
     audit_period_ms: u64,
-    stats: Arc<CoordinatorStats>,
 ) -> anyhow::Result<()> {
+    let me = *key.public().as_bytes();
+    let stats = Arc::clone(&service.coord);
     std::thread::Builder::new()
         .name("cpchain-coord".into())
         .spawn(move || {
@@ -109,6 +114,11 @@ pub fn spawn(
                 versions: HashMap::new(),
                 last_scan: None,
                 started: Instant::now(),
+                chain,
+                key,
+                chain_id,
+                reported: HashMap::new(),
+                last_report: Instant::now(),
             };
             c.run();
         })?;
@@ -131,6 +141,12 @@ struct Coordinator {
     versions: HashMap<DataId, u64>,
     last_scan: Option<Instant>,
     started: Instant,
+    chain: super::handle::EngineHandle,
+    key: crypto_accel::Keypair,
+    chain_id: u32,
+    /// (passed, failed) per holder already reported on chain.
+    reported: HashMap<NodeId, (u64, u64)>,
+    last_report: Instant,
 }
 
 impl Coordinator {
@@ -149,19 +165,11 @@ impl Coordinator {
                 .into_iter()
                 .partition(|a| matches!(a, Action::Audit { .. }));
             self.audits(audits);
+            let mut repairs = Vec::new();
             for a in rest {
                 match a {
                     Action::Audit { .. } => {}
-                    Action::Repair {
-                        data,
-                        block,
-                        targets,
-                        sources,
-                    } => {
-                        if self.repair(data, block, &targets, &sources) {
-                            changed.insert(data);
-                        }
-                    }
+                    Action::Repair { .. } => repairs.push(a),
                     Action::Unrecoverable { data, block, live } => {
                         self.stats.unrecoverable.fetch_add(1, Ordering::Relaxed);
                         self.note(format!(
@@ -170,8 +178,13 @@ impl Coordinator {
                     }
                 }
             }
+            changed.extend(self.repairs(repairs));
             for d in changed {
                 self.publish(&d);
+            }
+            if self.last_report.elapsed() >= REPORT_EVERY {
+                self.report();
+                self.last_report = Instant::now();
             }
             self.refresh_view();
             std::thread::sleep(Duration::from_millis(250));
@@ -501,103 +514,163 @@ impl Coordinator {
         }
     }
 
-    fn repair(
-        &mut self,
-        data: DataId,
-        block: u64,
-        targets: &[(u8, NodeId)],
-        sources: &[(u8, NodeId)],
-    ) -> bool {
-        let Some(m) = self.manifests.get(&data).cloned() else {
-            return false;
-        };
-        let k = usize::from(m.k);
-        let mut have: Vec<(u8, Vec<u8>)> = Vec::new();
+    /// Carries out a poll's repairs together: every block's survivors are fetched at once
+    /// (k per block, then the others where some failed), the lost shards rebuilt, all of
+    /// them stored at once, and each target committed once. Returns the data whose map
+    /// changed.
+    fn repairs(&mut self, actions: Vec<Action>) -> HashSet<DataId> {
+        struct Job {
+            data: DataId,
+            block: u64,
+            targets: Vec<(u8, NodeId)>,
+            sources: Vec<(u8, NodeId)>,
+            have: Vec<(u8, Vec<u8>)>,
+            why: Vec<String>,
+        }
+        let mut jobs: Vec<Job> = actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Repair {
+                    data,
+                    block,
+                    targets,
+                    sources,
+                } if self.manifests.contains_key(&data) => Some(Job {
+                    data,
+                    block,
+                    targets,
+                    sources,
+                    have: Vec::new(),
+                    why: Vec::new(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let mut changed = HashSet::new();
+        if jobs.is_empty() {
+            return changed;
+        }
         let mut fetched = 0u64;
-        let mut why = Vec::new();
-        // First wave: k sources; then the rest if some did not deliver.
-        let (first, rest) = sources.split_at(k.min(sources.len()));
-        for wave in [first, rest] {
-            if have.len() >= k || wave.is_empty() {
-                break;
-            }
+        for wave in 0..2 {
             let mut asked = Vec::new();
             let mut reqs = Vec::new();
-            for (i, node) in wave {
-                let Some(id) = self.shard_id(&data, block, *i) else {
+            for (j, job) in jobs.iter().enumerate() {
+                let k = self
+                    .manifests
+                    .get(&job.data)
+                    .map_or(0, |m| usize::from(m.k));
+                if job.have.len() >= k {
                     continue;
+                }
+                let wanted = if wave == 0 {
+                    &job.sources[..k.min(job.sources.len())]
+                } else {
+                    &job.sources[k.min(job.sources.len())..]
                 };
-                let auth = self.service.node_auth(data, block, node.0, &id);
-                reqs.push((*node, ShardRequest::Get { id, auth }));
-                asked.push((*i, *node, id));
+                for (i, node) in wanted {
+                    let Some(id) = self.shard_id(&job.data, job.block, *i) else {
+                        continue;
+                    };
+                    let auth = self.service.node_auth(job.data, job.block, node.0, &id);
+                    reqs.push((*node, ShardRequest::Get { id, auth }));
+                    asked.push((j, *i, *node, id));
+                }
+            }
+            if reqs.is_empty() {
+                break;
             }
             let answers = self.request_many(reqs, REPAIR_TIMEOUT);
-            for ((i, node, id), r) in asked.into_iter().zip(answers) {
+            for ((j, i, node, id), r) in asked.into_iter().zip(answers) {
+                let job = &mut jobs[j];
                 match r {
                     Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
                         fetched += b.len() as u64;
-                        have.push((i, b));
+                        job.have.push((i, b));
                     }
                     Ok(ShardResponse::Shard(_)) => {
-                        why.push(format!("shard {i} from {node}: wrong bytes"))
+                        job.why.push(format!("shard {i} from {node}: wrong bytes"))
                     }
                     Ok(ShardResponse::Refused(r)) => {
-                        why.push(format!("shard {i} from {node}: refused: {r}"))
+                        job.why.push(format!("shard {i} from {node}: refused: {r}"))
                     }
                     Ok(ShardResponse::NotFound) => {
-                        why.push(format!("shard {i} from {node}: not held"))
+                        job.why.push(format!("shard {i} from {node}: not held"))
                     }
-                    Ok(_) => why.push(format!("shard {i} from {node}: unexpected answer")),
-                    Err(e) => why.push(format!("shard {i} from {node}: {e}")),
+                    Ok(_) => job
+                        .why
+                        .push(format!("shard {i} from {node}: unexpected answer")),
+                    Err(e) => job.why.push(format!("shard {i} from {node}: {e}")),
                 }
             }
         }
-        if have.len() < k {
-            tracing::warn!(
-                "repair of block {block} of {data}: {} of {k} sources answered: {}",
-                have.len(),
-                why.join("; ")
-            );
-        }
-        let wanted: Vec<u8> = targets.iter().map(|t| t.0).collect();
-        let rebuilt = match crate::pipeline::rebuild_shards(&m, block as usize, &have, &wanted) {
-            Ok(r) => r,
-            Err(e) => {
-                for (i, _) in targets {
-                    self.planner
-                        .on_repair_failed(&data, block, *i, &e.to_string(), now_ms());
+        self.stats
+            .repair_bytes
+            .fetch_add(fetched, Ordering::Relaxed);
+        // Rebuild, then store everything at once.
+        let mut puts = Vec::new();
+        let mut placed = Vec::new();
+        for job in &jobs {
+            let Some(m) = self.manifests.get(&job.data) else {
+                continue;
+            };
+            let wanted: Vec<u8> = job.targets.iter().map(|t| t.0).collect();
+            match crate::pipeline::rebuild_shards(m, job.block as usize, &job.have, &wanted) {
+                Ok(rebuilt) => {
+                    for ((i, bytes), (_, target)) in rebuilt.into_iter().zip(&job.targets) {
+                        placed.push((job.data, job.block, i, *target, bytes.len() as u64));
+                        puts.push((*target, ShardRequest::Put { bytes }));
+                    }
                 }
-                self.note(format!("repair of block {block} of {data}: {e}"));
-                return false;
+                Err(e) => {
+                    let msg = format!(
+                        "repair of block {} of {}: {e}; {}",
+                        job.block,
+                        job.data,
+                        job.why.join("; ")
+                    );
+                    for (i, _) in &job.targets {
+                        self.planner
+                            .on_repair_failed(&job.data, job.block, *i, &msg, now_ms());
+                    }
+                    self.note(msg);
+                }
             }
-        };
-        let manifest = m.to_bytes();
-        let mut any = false;
-        for ((i, bytes), (_, target)) in rebuilt.into_iter().zip(targets) {
-            let len = bytes.len() as u64;
-            let put = self
-                .request_many(vec![(*target, ShardRequest::Put { bytes })], REPAIR_TIMEOUT)
-                .pop();
-            let ok = matches!(put, Some(Ok(ShardResponse::Stored)))
-                && matches!(
-                    self.request_many(
-                        vec![(
-                            *target,
-                            ShardRequest::Commit {
-                                manifest: manifest.clone(),
-                                keep_manifest: false,
-                            },
-                        )],
-                        REPAIR_TIMEOUT,
-                    )
-                    .pop(),
-                    Some(Ok(ShardResponse::Committed { .. }))
-                );
+        }
+        let stored = self.request_many(puts, REPAIR_TIMEOUT);
+        let mut commits: HashMap<(NodeId, DataId), bool> = HashMap::new();
+        for (p, r) in placed.iter().zip(&stored) {
+            if matches!(r, Ok(ShardResponse::Stored)) {
+                commits.insert((p.3, p.0), false);
+            }
+        }
+        let keys: Vec<(NodeId, DataId)> = commits.keys().copied().collect();
+        let reqs: Vec<(NodeId, ShardRequest)> = keys
+            .iter()
+            .filter_map(|(node, data)| {
+                let m = self.manifests.get(data)?;
+                Some((
+                    *node,
+                    ShardRequest::Commit {
+                        manifest: m.to_bytes(),
+                        keep_manifest: false,
+                    },
+                ))
+            })
+            .collect();
+        let answers = self.request_many(reqs, REPAIR_TIMEOUT);
+        for (key, r) in keys.iter().zip(answers) {
+            if matches!(r, Ok(ShardResponse::Committed { .. })) {
+                commits.insert(*key, true);
+            }
+        }
+        for ((data, block, i, target, len), r) in placed.into_iter().zip(stored) {
+            let ok = matches!(r, Ok(ShardResponse::Stored))
+                && commits.get(&(target, data)).copied().unwrap_or(false);
             if ok {
-                self.planner.on_repaired(&data, block, i, *target);
+                self.planner.on_repaired(&data, block, i, target);
                 self.stats.shards_repaired.fetch_add(1, Ordering::Relaxed);
                 self.stats.repair_bytes.fetch_add(len, Ordering::Relaxed);
-                any = true;
+                changed.insert(data);
             } else {
                 self.planner.on_repair_failed(
                     &data,
@@ -608,10 +681,54 @@ impl Coordinator {
                 );
             }
         }
-        self.stats
-            .repair_bytes
-            .fetch_add(fetched, Ordering::Relaxed);
-        any
+        changed
+    }
+
+    /// Puts the audits run since the last report on chain, one `AuditReport` per holder:
+    /// failures lower the holder's Data Contribution (RPT).
+    fn report(&mut self) {
+        use super::view::NodeApi;
+        let me = chain::Address(self.me.0);
+        let mut nonce = self.chain.account(&me).pending_nonce;
+        let fee = match super::client::parse_cpc(super::client::DEFAULT_FEE) {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        let mut txs = Vec::new();
+        let mut sent = Vec::new();
+        for (node, st) in self.planner.holder_stats() {
+            if node == NOBODY || node == self.me {
+                continue;
+            }
+            let (p0, f0) = self.reported.get(&node).copied().unwrap_or((0, 0));
+            let (dp, df) = (st.passed.saturating_sub(p0), st.failed.saturating_sub(f0));
+            if dp + df == 0 {
+                continue;
+            }
+            let clamp =
+                |x: u64| u32::try_from(x.min(chain::MAX_AUDITS_PER_REPORT / 2)).unwrap_or(0);
+            let payload = chain::TxPayload::AuditReport {
+                holder: chain::Address(node.0),
+                passed: clamp(dp),
+                failed: clamp(df),
+            };
+            let tx = chain::SignedTx::sign(&self.key, self.chain_id, nonce, fee, payload);
+            nonce += 1;
+            txs.push(chain::Tx::Signed(tx).to_bytes());
+            sent.push((node, (st.passed, st.failed)));
+        }
+        if txs.is_empty() {
+            return;
+        }
+        let results = self.chain.submit_batch(txs);
+        for ((node, counts), r) in sent.into_iter().zip(results) {
+            match r {
+                Ok(_) => {
+                    self.reported.insert(node, counts);
+                }
+                Err(e) => tracing::warn!("reporting audits of {node} on chain: {e:?}"),
+            }
+        }
     }
 
     /// Publishes a new version of the data's DHT record from the planner's map.
@@ -619,28 +736,17 @@ impl Coordinator {
         let (Some(m), Some(map)) = (self.manifests.get(data), self.planner.shard_map(data)) else {
             return;
         };
-        let full: Vec<Vec<NodeId>> = map
-            .iter()
-            .map(|r| r.iter().map(|x| x.unwrap_or(NOBODY)).collect())
-            .collect();
         let v = self.versions.entry(*data).or_insert(1);
         *v += 1;
-        let built =
-            DataRecord::pages_from_map(*data, *v, m.k, m.m, m.interval_blocks, &full, &[self.me])
-                .and_then(|mut pages| {
-                    // Lost shards are recorded as held by no one.
-                    for (b, row) in map.iter().enumerate() {
-                        for (i, x) in row.iter().enumerate() {
-                            if x.is_none() {
-                                let page = (b as u64 / dht::record::BLOCKS_PER_PAGE) as usize;
-                                if let Some(p) = pages.get_mut(page) {
-                                    p.set_holder(b as u64, i as u8, None)?;
-                                }
-                            }
-                        }
-                    }
-                    Ok(pages)
-                });
+        let built = DataRecord::pages_from_partial_map(
+            *data,
+            *v,
+            m.k,
+            m.m,
+            m.interval_blocks,
+            map,
+            &[self.me],
+        );
         match built {
             Ok(pages) => {
                 for p in pages {

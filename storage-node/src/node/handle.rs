@@ -93,6 +93,14 @@ fn call_name(p: &TxPayload) -> (&'static str, String) {
         TxPayload::Revoke { id, reader } => ("revoke", format!("{} from {}", id, reader)),
         TxPayload::ClaimCampaign { .. } => ("claim_campaign", String::new()),
         TxPayload::Evidence(dv) => ("evidence", format!("double vote by {}", dv.a.validator)),
+        TxPayload::AuditReport {
+            holder,
+            passed,
+            failed,
+        } => (
+            "audit_report",
+            format!("{holder}: {passed} audits passed, {failed} failed"),
+        ),
         other => {
             let dbg = format!("{other:?}");
             let name = dbg

@@ -64,8 +64,8 @@ pub fn run(path: &Path) -> Result<()> {
     let storage_role = node.has(super::config::Role::Storage);
     let storage_dir = node.data_dir.join("storage");
     let storage_cfg = node.storage.clone();
-    let key_pub = *key.public().as_bytes();
     let storage_key = key.clone();
+    let coord_key = key.clone();
     let net_cmds = net_tx.clone();
     let api_listen = node.api.listen.clone();
     let name = node.name.clone();
@@ -94,11 +94,12 @@ pub fn run(path: &Path) -> Result<()> {
         let jobs = super::storage::spawn_workers(&service, storage_cfg.workers, net_cmds.clone())?;
         super::coordinator::spawn(
             Arc::clone(&service),
-            key_pub,
+            handle.clone(),
+            coord_key,
+            cfg.chain_id,
             net_cmds.clone(),
             stats.clone(),
             storage_cfg.audit_period_ms,
-            Arc::clone(&service.coord),
         )?;
         (handle.with_storage(service), Some(jobs), provide)
     } else {
