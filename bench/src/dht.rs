@@ -33,32 +33,34 @@ pub struct DhtArgs {
     ttfb_gets: usize,
 }
 
-/// Deterministic pseudo-random bytes (xorshift), `len` of them.
+/// Deterministic pseudo-random bytes, `len` of them: byte `i` comes from splitmix64 of
+/// `i / 8`, so the stream is the same whatever sizes it is read in.
 struct Gen {
-    x: u64,
-    left: u64,
+    pos: u64,
+    len: u64,
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Read for Gen {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.left) as usize;
-        for c in buf[..n].chunks_mut(8) {
-            self.x ^= self.x << 13;
-            self.x ^= self.x >> 7;
-            self.x ^= self.x << 17;
-            let b = self.x.to_le_bytes();
-            c.copy_from_slice(&b[..c.len()]);
+        let n = (buf.len() as u64).min(self.len - self.pos) as usize;
+        for (j, b) in buf[..n].iter_mut().enumerate() {
+            let i = self.pos + j as u64;
+            *b = splitmix(i / 8).to_le_bytes()[(i % 8) as usize];
         }
-        self.left -= n as u64;
+        self.pos += n as u64;
         Ok(n)
     }
 }
 
 fn gen(len: u64) -> Gen {
-    Gen {
-        x: 0x9e37_79b9_7f4a_7c15,
-        left: len,
-    }
+    Gen { pos: 0, len }
 }
 
 /// Hashes what is written.
