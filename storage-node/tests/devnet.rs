@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use storage_node::node::config::Role;
-use storage_node::node::devnet::{
-    height_of, prepare, send_signal, start_node, stop_all, DevnetFile, DevnetParams,
-};
+use storage_node::node::devnet::send_signal;
+
+mod common;
+use common::Net;
 
 const PERIOD_MS: u64 = 500;
 
@@ -25,88 +25,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Net {
-    file: DevnetFile,
-    children: Vec<Option<Child>>,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let mut live: Vec<(String, Child)> = self
-            .children
-            .iter_mut()
-            .zip(&self.file.nodes)
-            .filter_map(|(c, n)| c.take().map(|c| (n.name.clone(), c)))
-            .collect();
-        stop_all(&mut live, Duration::from_secs(5));
-        if std::thread::panicking() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("node logs kept in {}", d.keep().display());
-            }
-        }
-    }
-}
-
 impl Net {
     fn start(validators: usize, proposers: usize, storage: usize) -> Net {
-        let dir = tempfile::tempdir().unwrap();
-        let file = prepare(&DevnetParams {
-            validators,
-            proposers,
-            storage,
-            period_ms: PERIOD_MS,
-            impeach_timeout_ms: 1_500,
-            data_dir: dir.path().join("devnet"),
-            view_len: 1,
-            max_block_txs: 1_000,
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_cpchain")),
-        })
-        .unwrap();
-        let children = file
-            .nodes
-            .iter()
-            .map(|n| Some(start_node(&file.binary, n).unwrap()))
-            .collect();
-        Net {
-            file,
-            children,
-            dir: Some(dir),
-        }
-    }
-
-    fn idx(&self, name: &str) -> usize {
-        self.file.nodes.iter().position(|n| n.name == name).unwrap()
-    }
-
-    fn api(&self, i: usize) -> &str {
-        &self.file.nodes[i].api
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn restart(&mut self, i: usize) {
-        assert!(self.children[i].is_none());
-        self.children[i] = Some(start_node(&self.file.binary, &self.file.nodes[i]).unwrap());
-    }
-
-    fn pid(&self, i: usize) -> u32 {
-        self.children[i].as_ref().unwrap().id()
-    }
-
-    fn live(&self) -> Vec<usize> {
-        (0..self.children.len())
-            .filter(|i| self.children[*i].is_some())
-            .collect()
-    }
-
-    fn height(&self, i: usize) -> Option<u64> {
-        height_of(self.api(i))
+        Net::start_with(validators, proposers, storage, PERIOD_MS, 1, |_| {})
     }
 
     /// Highest height among live nodes.
@@ -116,22 +37,6 @@ impl Net {
             .filter_map(|i| self.height(i))
             .max()
             .unwrap_or(0)
-    }
-
-    fn wait_height(&self, i: usize, h: u64, within: Duration, what: &str) {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if self.height(i).is_some_and(|x| x >= h) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "{what}: node {} did not reach height {h} in {within:?} (at {:?}); logs in {}",
-            self.file.nodes[i].name,
-            self.height(i),
-            self.file.nodes[i].config.parent().unwrap().display()
-        );
     }
 
     fn json(&self, i: usize, path: &str) -> serde_json::Value {

@@ -7,92 +7,33 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use storage_node::node::config::Role;
-use storage_node::node::devnet::{
-    height_of, prepare, start_node, stop_all, DevnetFile, DevnetParams,
-};
 
-/// Seconds between audit rounds on every node in this test.
+mod common;
+use common::Net;
+
+/// Milliseconds between audit rounds on every node in this test.
 const AUDIT_PERIOD_MS: u64 = 2_000;
 const SIZE: usize = 100 << 20;
 
-struct Net {
-    file: DevnetFile,
-    children: Vec<Option<Child>>,
-    dir: Option<tempfile::TempDir>,
+trait DhtNet {
+    fn start_dht() -> Net;
+    fn storage_nodes(&self) -> Vec<usize>;
+    fn validator0(&self) -> usize;
+    fn holdings(&self, data: &str) -> BTreeMap<(u64, u64), Vec<usize>>;
+    fn live_shards_per_block(&self, data: &str, blocks: u64) -> Vec<(usize, usize)>;
+    fn status(&self, i: usize) -> serde_json::Value;
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        let mut live: Vec<(String, Child)> = self
-            .children
-            .iter_mut()
-            .zip(&self.file.nodes)
-            .filter_map(|(c, n)| c.take().map(|c| (n.name.clone(), c)))
-            .collect();
-        stop_all(&mut live, Duration::from_secs(5));
-        if std::thread::panicking() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("node logs kept in {}", d.keep().display());
-            }
-        }
-    }
-}
-
-impl Net {
-    fn start() -> Net {
-        let dir = tempfile::tempdir().unwrap();
-        let file = prepare(&DevnetParams {
-            validators: 4,
-            proposers: 1,
-            storage: 12,
-            period_ms: 500,
-            impeach_timeout_ms: 1_500,
-            data_dir: dir.path().join("devnet"),
-            view_len: 3,
-            max_block_txs: 1_000,
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_cpchain")),
+impl DhtNet for Net {
+    fn start_dht() -> Net {
+        Net::start_with(4, 1, 12, 500, 3, |cfg| {
+            set_toml(cfg, "audit_period_ms", &AUDIT_PERIOD_MS.to_string())
         })
-        .unwrap();
-        for n in &file.nodes {
-            set_toml(&n.config, "audit_period_ms", &AUDIT_PERIOD_MS.to_string());
-        }
-        let children = file
-            .nodes
-            .iter()
-            .map(|n| Some(start_node(&file.binary, n).unwrap()))
-            .collect();
-        Net {
-            file,
-            children,
-            dir: Some(dir),
-        }
-    }
-
-    fn api(&self, i: usize) -> &str {
-        &self.file.nodes[i].api
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn restart(&mut self, i: usize) {
-        assert!(self.children[i].is_none());
-        self.children[i] = Some(start_node(&self.file.binary, &self.file.nodes[i]).unwrap());
-    }
-
-    fn live(&self) -> Vec<usize> {
-        (0..self.children.len())
-            .filter(|i| self.children[*i].is_some())
-            .collect()
     }
 
     fn storage_nodes(&self) -> Vec<usize> {
@@ -107,17 +48,6 @@ impl Net {
             .iter()
             .position(|n| n.role == Role::Validator)
             .unwrap()
-    }
-
-    fn wait_height(&self, i: usize, h: u64, within: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if height_of(self.api(i)).is_some_and(|x| x >= h) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("node {i} did not reach height {h} in {within:?}");
     }
 
     /// (block, index) → node indices holding it, over live nodes.
@@ -240,9 +170,9 @@ fn assert_get_identical(api: &str, key: &Path, data: &str, out: &Path, want: &[u
 
 #[test]
 fn put_get_survive_kills_repair_audits_and_access_checks() {
-    let mut net = Net::start();
+    let mut net = Net::start_dht();
     let v0 = net.validator0();
-    net.wait_height(v0, 3, Duration::from_secs(120));
+    net.wait_height(v0, 3, Duration::from_secs(120), "devnet start");
     let api = net.api(v0).to_string();
     let work = net.dir.as_ref().unwrap().path().to_path_buf();
     let key = net.file.faucet_key.clone();
