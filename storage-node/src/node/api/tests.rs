@@ -210,6 +210,9 @@ impl NodeApi for FakeNode {
             }
         }
     }
+    fn held(&self, data: &DataId) -> Option<Vec<(u64, u8)>> {
+        (*data == data_id()).then(|| vec![(0, 3), (1, 3)])
+    }
     fn metrics(&self) -> MetricsView {
         let n = self.scrapes.fetch_add(1, Ordering::SeqCst) + 1;
         MetricsView {
