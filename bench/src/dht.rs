@@ -15,7 +15,7 @@ use chain::AccessPolicy;
 use crypto_accel::Keypair;
 use storage_node::node::client::ApiClient;
 use storage_node::node::config::{load_key, Role};
-use storage_node::node::devnet::{prepare, start_node, stop_all, DevnetParams};
+use storage_node::node::devnet::{prepare, start_all, stop_all, DevnetParams};
 use storage_node::node::dfs::Dfs;
 use storage_node::{open, seal, ChunkStore, OpenParams, SealParams, StoreConfig, StoreSink};
 
@@ -157,12 +157,7 @@ pub fn run(a: &DhtArgs) -> Result<String> {
         max_block_txs: 1_000,
         binary,
     })?;
-    let mut children = Vec::new();
-    for n in file.nodes.iter_mut() {
-        let c = start_node(&file.binary, n)?;
-        n.pid = c.id();
-        children.push((n.name.clone(), c));
-    }
+    let mut children = start_all(&mut file)?;
     let result = (|| -> Result<String> {
         let api = file
             .nodes

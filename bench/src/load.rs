@@ -15,7 +15,7 @@ use crypto_accel::{Encode, Keypair};
 use rayon::prelude::*;
 use storage_node::node::client::ApiClient;
 use storage_node::node::config::{load_key, Role};
-use storage_node::node::devnet::{prepare, start_node, stop_all, DevnetParams};
+use storage_node::node::devnet::{prepare, start_all, stop_all, DevnetParams};
 
 /// Arguments of `bench load`.
 #[derive(Debug, clap::Args)]
@@ -103,12 +103,7 @@ pub fn run(a: &LoadArgs) -> Result<String> {
         max_block_txs: a.max_block_txs,
         binary,
     })?;
-    let mut children = Vec::new();
-    for n in file.nodes.iter_mut() {
-        let c = start_node(&file.binary, n)?;
-        n.pid = c.id();
-        children.push((n.name.clone(), c));
-    }
+    let mut children = start_all(&mut file)?;
     let result = drive(a, &file);
     stop_all(&mut children, Duration::from_secs(10));
     result

@@ -38,6 +38,8 @@ const NOBODY: NodeId = NodeId([0; 32]);
 const QUICK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often audit results go on chain (they count in the holders' RPT).
 const REPORT_EVERY: Duration = Duration::from_secs(30);
+/// Blocks repaired together (each needs k reads from its survivors).
+const REPAIR_BATCH: usize = 8;
 /// How long a repair transfer may take.
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -100,6 +102,9 @@ pub fn spawn(
                 planner: Planner::new(
                     PlannerConfig {
                         audit_period_ms,
+                        // Blocks repaired per poll: each costs k concurrent reads, and a
+                        // holder serves a bounded number of streams at once.
+                        repair_batch: REPAIR_BATCH,
                         ..PlannerConfig::default()
                     },
                     u64::from_le_bytes([me[0], me[1], me[2], me[3], me[4], me[5], me[6], me[7]])

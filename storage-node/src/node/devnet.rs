@@ -86,6 +86,25 @@ impl DevnetFile {
     }
 }
 
+/// Starts every node of `file` (recording their pids in it); returns (name, process) pairs
+/// for [`stop_all`]. On an error the nodes already started are stopped.
+pub fn start_all(file: &mut DevnetFile) -> Result<Vec<(String, Child)>> {
+    let mut children = Vec::new();
+    for n in file.nodes.iter_mut() {
+        match start_node(&file.binary, n) {
+            Ok(c) => {
+                n.pid = c.id();
+                children.push((n.name.clone(), c));
+            }
+            Err(e) => {
+                stop_all(&mut children, Duration::from_secs(3));
+                return Err(e);
+            }
+        }
+    }
+    Ok(children)
+}
+
 /// Where a running devnet (or node) leaves its API URL for clients on this machine.
 pub fn local_node_file() -> PathBuf {
     std::env::temp_dir().join("cpchain-local-node")
@@ -362,12 +381,7 @@ pub fn run(p: DevnetParams) -> Result<()> {
         });
     }
     let mut file = file;
-    let mut children: Vec<(String, Child)> = Vec::new();
-    for n in file.nodes.iter_mut() {
-        let c = start_node(&file.binary, n)?;
-        n.pid = c.id();
-        children.push((n.name.clone(), c));
-    }
+    let mut children = start_all(&mut file)?;
     save(&p.data_dir, &file)?;
     let first = file
         .nodes

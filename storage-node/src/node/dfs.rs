@@ -47,7 +47,7 @@ use crate::pipeline::{
 /// Uploads in flight at once.
 const PUT_CONCURRENCY: usize = 64;
 /// Blocks fetched ahead of the one being written.
-const GET_WINDOW: usize = 24;
+const GET_WINDOW: usize = 64;
 /// Nodes that keep the manifest besides the shard holders (closest to the data id).
 const MANIFEST_HOLDERS: usize = 3;
 /// Other nodes a failed upload tries before giving up on the shard.
