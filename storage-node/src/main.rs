@@ -634,17 +634,9 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Ls => {
-            let dir = home.join("manifests");
-            let manifests = ManifestDir::open(&dir)?;
+            let manifests = ManifestDir::open(home.join("manifests"))?;
             let mut n = 0;
-            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-                let name = entry?.file_name();
-                let Some(id) = name.to_str().and_then(|s| s.strip_suffix(".manifest")) else {
-                    continue;
-                };
-                let Ok(id) = DataId::from_hex(id) else {
-                    continue;
-                };
+            for id in manifests.ids()? {
                 match manifests.load(&id) {
                     Ok(m) => println!(
                         "{id}  {:>10}  {} blocks  {}+{}",

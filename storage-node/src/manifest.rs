@@ -237,6 +237,27 @@ impl ManifestDir {
         self.dir.join(format!("{id}.manifest"))
     }
 
+    /// The data ids of every manifest in the directory (names that are not a manifest are
+    /// skipped), sorted.
+    pub fn ids(&self) -> PipelineResult<Vec<DataId>> {
+        let mut ids = Vec::new();
+        let rd = fs::read_dir(&self.dir)
+            .map_err(|e| PipelineError::io("list manifests", &self.dir, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| PipelineError::io("list manifests", &self.dir, e))?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.strip_suffix(".manifest"))
+                .and_then(|s| DataId::from_hex(s).ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Stores `m` durably under its data id.
     pub fn save(&self, m: &Manifest) -> PipelineResult<DataId> {
         let id = m.data_id();

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::config::now_ms;
+use super::lock;
 use super::net::{NetCmd, NetStats};
 use super::storage::StorageService;
 use crate::manifest::Manifest;
@@ -161,6 +162,7 @@ impl Coordinator {
                 return;
             }
             if self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN) {
+                self.service.expire_pending(now_ms());
                 self.scan();
                 self.last_scan = Some(Instant::now());
             }
@@ -198,11 +200,7 @@ impl Coordinator {
 
     fn note(&self, s: String) {
         tracing::warn!("{s}");
-        let mut f = self
-            .stats
-            .failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut f = lock(&self.stats.failures);
         f.push(s);
         let n = f.len();
         if n > 100 {
@@ -780,6 +778,6 @@ impl Coordinator {
                 dead: s.dead,
             })
             .collect();
-        *self.stats.holders.lock().unwrap_or_else(|p| p.into_inner()) = v;
+        *lock(&self.stats.holders) = v;
     }
 }

@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::client::ApiClient;
 use super::config::now_ms;
+use super::lock;
 use super::net::{hardened_kad, identify_behaviour, shard_behaviour, subnet_of, FrameCodec};
 use crate::manifest::Manifest;
 use crate::pipeline::{
@@ -435,24 +436,22 @@ impl Dfs {
         Ok(dfs)
     }
 
-    fn routing(&self) -> Result<usize> {
+    /// Sends the network task the command `make` builds around a reply channel and waits
+    /// for the reply.
+    fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T> {
+        let stopped = || anyhow!("the client's network task stopped");
         let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Routing(tx))
-            .map_err(|_| anyhow!("the client's network task stopped"))?;
-        rx.blocking_recv()
-            .map_err(|_| anyhow!("the client's network task stopped"))
+        self.cmds.send(make(tx)).map_err(|_| stopped())?;
+        rx.blocking_recv().map_err(|_| stopped())
+    }
+
+    fn routing(&self) -> Result<usize> {
+        self.ask(Cmd::Routing)
     }
 
     /// The storage nodes found so far.
     pub fn peers(&self) -> Result<Vec<StoragePeer>> {
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Peers(tx))
-            .map_err(|_| anyhow!("the client's network task stopped"))?;
-        let mut v = rx
-            .blocking_recv()
-            .map_err(|_| anyhow!("the client's network task stopped"))?;
+        let mut v = self.ask(Cmd::Peers)?;
         v.sort_by_key(|p| p.node);
         Ok(v)
     }
@@ -617,35 +616,16 @@ impl Dfs {
     }
 
     fn put_record(&self, key: [u8; 32], value: Vec<u8>) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::PutRecord {
-                key,
-                value,
-                reply: tx,
-            })
-            .map_err(|_| anyhow!("the client's network task stopped"))?;
-        rx.blocking_recv()
-            .map_err(|_| anyhow!("the client's network task stopped"))?
+        self.ask(|reply| Cmd::PutRecord { key, value, reply })?
             .map_err(|e| anyhow!("publishing the DHT record: {e}"))
     }
 
     fn get_records(&self, key: [u8; 32]) -> Result<Vec<Vec<u8>>> {
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::GetRecord { key, reply: tx })
-            .map_err(|_| anyhow!("the client's network task stopped"))?;
-        rx.blocking_recv()
-            .map_err(|_| anyhow!("the client's network task stopped"))
+        self.ask(|reply| Cmd::GetRecord { key, reply })
     }
 
     fn get_providers(&self, key: [u8; 32]) -> Result<Vec<PeerId>> {
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::GetProviders { key, reply: tx })
-            .map_err(|_| anyhow!("the client's network task stopped"))?;
-        rx.blocking_recv()
-            .map_err(|_| anyhow!("the client's network task stopped"))
+        self.ask(|reply| Cmd::GetProviders { key, reply })
     }
 
     /// The newest record pages of `data`, if the DHT has them.
@@ -1269,8 +1249,4 @@ impl NetSource {
         }
         self.window.add_permits(1);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -14,3 +14,9 @@ pub mod net;
 pub mod run;
 pub mod storage;
 pub mod view;
+
+/// Locks `m`; a poisoned lock only means another thread panicked mid-update, and the data
+/// behind every lock here stays usable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

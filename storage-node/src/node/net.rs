@@ -397,7 +397,7 @@ pub fn accept_record(store: &mut kad::store::MemoryStore, record: kad::Record) {
 }
 
 fn known_storage(stats: &NetStats) -> std::sync::MutexGuard<'_, HashMap<PeerId, KnownStorage>> {
-    stats.storage.lock().unwrap_or_else(|p| p.into_inner())
+    super::lock(&stats.storage)
 }
 
 /// The libp2p peer id of an address (the same ed25519 key), if the bytes are a valid key.
@@ -704,7 +704,7 @@ impl Net {
                     SwarmEvent::NewListenAddr { address, .. } => {
                         let full = format!("{address}/p2p/{}", self.swarm.local_peer_id());
                         tracing::info!("listening on {full}");
-                        stats.listen.lock().unwrap_or_else(|p| p.into_inner()).push(full);
+                        super::lock(&stats.listen).push(full);
                     }
                     SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                         stats.peers.store(self.swarm.connected_peers().count(), Ordering::Relaxed);

@@ -22,6 +22,7 @@ use crypto_accel::{ChunkId, DataId, Decode, Encode};
 use dht::wire::{ReadAuth, ShardRequest, ShardResponse};
 use serde::{Deserialize, Serialize};
 
+use super::lock;
 use crate::manifest::{Manifest, ManifestDir};
 use crate::store::{ChunkStore, StoreConfig, StoreError};
 
@@ -147,6 +148,7 @@ pub struct StorageService {
     pending: Mutex<HashMap<ChunkId, Pending>>,
     pending_bytes: AtomicU64,
     access: Mutex<HashMap<AccessKey, (bool, Instant)>>,
+    disk_free: Mutex<Option<(Instant, u64)>>,
     /// Counters.
     pub counters: StorageCounters,
     /// The coordinator's counters (audits sent, repairs).
@@ -161,12 +163,11 @@ impl std::fmt::Debug for StorageService {
     }
 }
 
-fn statvfs_free(path: &Path) -> u64 {
-    // `df`-style free space without unsafe code: the store's own capacity accounting is the
-    // authoritative limit; this is informational.
-    fs_free(path).unwrap_or(0)
-}
+/// How long a free-space reading is reused (reading it runs `df`).
+const DISK_FREE_TTL: Duration = Duration::from_secs(10);
 
+/// Free bytes on the file system of `path`, as `df` reports them (no unsafe `statvfs`): the
+/// store's own capacity accounting is the authoritative limit; this is informational.
 fn fs_free(path: &Path) -> Option<u64> {
     let out = std::process::Command::new("df")
         .arg("-Pk")
@@ -206,6 +207,7 @@ impl StorageService {
             pending: Mutex::new(HashMap::new()),
             pending_bytes: AtomicU64::new(0),
             access: Mutex::new(HashMap::new()),
+            disk_free: Mutex::new(None),
             counters: StorageCounters::default(),
             coord: Arc::default(),
         };
@@ -214,19 +216,8 @@ impl StorageService {
     }
 
     fn rebuild_index(&self) -> Result<()> {
-        let dir = self.store.dir().with_file_name("manifests");
         let mut n = 0u64;
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
-        {
-            let name = entry?.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|s| s.strip_suffix(".manifest"))
-                .and_then(|s| DataId::from_hex(s).ok())
-            else {
-                continue;
-            };
+        for id in self.manifests.ids()? {
             match self.manifests.load(&id) {
                 Ok(m) => n += self.index_manifest(&m),
                 Err(e) => tracing::warn!("skipping manifest {id}: {e}"),
@@ -294,18 +285,10 @@ impl StorageService {
 
     /// Every data id whose manifest this node keeps.
     pub fn manifest_ids(&self) -> Vec<DataId> {
-        let dir = self.store.dir().with_file_name("manifests");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        rd.filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|s| s.strip_suffix(".manifest"))
-                    .and_then(|s| DataId::from_hex(s).ok())
-            })
-            .collect()
+        self.manifests.ids().unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            Vec::new()
+        })
     }
 
     /// The manifest of `id`, if kept here.
@@ -335,9 +318,22 @@ impl StorageService {
 
     /// Answers one request from the network.
     pub fn handle(&self, req: ShardRequest, now_ms: u64) -> ShardResponse {
-        match req {
+        self.serve(req, now_ms).0
+    }
+
+    /// Answers one request; also returns the data id a successful `Commit` confirmed (to be
+    /// announced in the DHT).
+    pub fn serve(&self, req: ShardRequest, now_ms: u64) -> (ShardResponse, Option<DataId>) {
+        let resp = match req {
+            ShardRequest::Commit { manifest, .. } => match Manifest::from_bytes(&manifest) {
+                Ok(m) => {
+                    let r = self.commit(&m);
+                    let id = matches!(r, ShardResponse::Committed { .. }).then(|| m.data_id());
+                    return (r, id);
+                }
+                Err(e) => ShardResponse::Refused(format!("the manifest does not decode: {e}")),
+            },
             ShardRequest::Put { bytes } => self.put(bytes, now_ms),
-            ShardRequest::Commit { manifest, .. } => self.commit(&manifest),
             ShardRequest::Get { id, auth } => self.get(id, &auth, now_ms),
             ShardRequest::GetManifest { auth } => self.get_manifest(&auth, now_ms),
             ShardRequest::Audit { id, nonce } => self.audit(id, nonce),
@@ -346,7 +342,8 @@ impl StorageService {
                 v.truncate(dht::wire::MAX_HELD);
                 ShardResponse::Held(v)
             }
-        }
+        };
+        (resp, None)
     }
 
     fn put(&self, bytes: Vec<u8>, now_ms: u64) -> ShardResponse {
@@ -375,11 +372,7 @@ impl StorageService {
         ShardResponse::Stored
     }
 
-    fn commit(&self, bytes: &[u8]) -> ShardResponse {
-        let m = match Manifest::from_bytes(bytes) {
-            Ok(m) => m,
-            Err(e) => return ShardResponse::Refused(format!("the manifest does not decode: {e}")),
-        };
+    fn commit(&self, m: &Manifest) -> ShardResponse {
         if let Err(e) = m.check() {
             return ShardResponse::Refused(format!("the manifest is inconsistent: {e}"));
         }
@@ -398,7 +391,7 @@ impl StorageService {
         if let Err(e) = self.store.sync() {
             return ShardResponse::Failed(format!("syncing the shard store: {e}"));
         }
-        if let Err(e) = self.manifests.save(&m) {
+        if let Err(e) = self.manifests.save(m) {
             return ShardResponse::Failed(format!("saving the manifest: {e}"));
         }
         let listed: Vec<ChunkId> = m
@@ -414,7 +407,7 @@ impl StorageService {
                 }
             }
         }
-        let n = self.index_manifest(&m);
+        let n = self.index_manifest(m);
         ShardResponse::Committed {
             confirmed: u32::try_from(n).unwrap_or(u32::MAX),
         }
@@ -564,6 +557,18 @@ impl StorageService {
         old.len()
     }
 
+    fn disk_free(&self) -> u64 {
+        let mut c = lock(&self.disk_free);
+        match *c {
+            Some((at, v)) if at.elapsed() < DISK_FREE_TTL => v,
+            _ => {
+                let v = fs_free(self.store.dir()).unwrap_or(0);
+                *c = Some((Instant::now(), v));
+                v
+            }
+        }
+    }
+
     /// The operator's view.
     pub fn view(&self) -> StorageView {
         let st = self.store.stats();
@@ -572,7 +577,7 @@ impl StorageService {
             data_items: lock(&self.by_data).len() as u64,
             pending: lock(&self.pending).len() as u64,
             disk_used: st.disk_bytes,
-            disk_free: statvfs_free(self.store.dir()),
+            disk_free: self.disk_free(),
             served: self.counters.served.load(Ordering::Relaxed),
             refused: self.counters.refused.load(Ordering::Relaxed),
             audits_answered: self.counters.audits_answered.load(Ordering::Relaxed),
@@ -597,19 +602,6 @@ fn refusal(reader: &Address, data: &DataId, interval: u64) -> String {
     )
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Decodes a request frame and answers it, encoding the response.
-pub fn answer(service: &StorageService, frame: &[u8], now_ms: u64) -> Vec<u8> {
-    let resp = match ShardRequest::from_bytes(frame) {
-        Ok(req) => service.handle(req, now_ms),
-        Err(e) => ShardResponse::Refused(format!("malformed request: {e}")),
-    };
-    resp.to_bytes()
-}
-
 /// Starts `n` threads answering shard requests; returns the queue the network feeds. A
 /// committed data item is announced in the DHT (provider record).
 pub fn spawn_workers(
@@ -628,28 +620,8 @@ pub fn spawn_workers(
                     Ok(j) => j,
                     Err(_) => return,
                 };
-                let now = super::config::now_ms();
                 let (resp, committed) = match ShardRequest::from_bytes(&job.data) {
-                    Ok(ShardRequest::Commit {
-                        manifest,
-                        keep_manifest,
-                    }) => {
-                        let r = service.handle(
-                            ShardRequest::Commit {
-                                manifest: manifest.clone(),
-                                keep_manifest,
-                            },
-                            now,
-                        );
-                        let id = match &r {
-                            ShardResponse::Committed { .. } => {
-                                Manifest::from_bytes(&manifest).ok().map(|m| m.data_id())
-                            }
-                            _ => None,
-                        };
-                        (r, id)
-                    }
-                    Ok(req) => (service.handle(req, now), None),
+                    Ok(req) => service.serve(req, super::config::now_ms()),
                     Err(e) => (
                         ShardResponse::Refused(format!("malformed request: {e}")),
                         None,
@@ -666,9 +638,6 @@ pub fn spawn_workers(
                 }
                 if let Some(d) = committed {
                     let _ = net.send(super::net::NetCmd::Provide(d));
-                }
-                if job.id % 4096 == 0 {
-                    service.expire_pending(now);
                 }
             })
             .context("starting a shard worker")?;
