@@ -550,6 +550,16 @@ impl Planner {
         for (data, block, index) in held {
             self.lose(&data, block, index, node, now_ms);
         }
+        // Repairs that failed while this node was dying (it was their target or one of the
+        // k sources they read) failed for a reason that is now known and excluded from the
+        // next plan: retry them at once instead of waiting out a back-off that can have
+        // grown to minutes while the node was still counted alive.
+        for repair in self.damaged.values_mut() {
+            if repair.in_flight.is_empty() && repair.failures > 0 {
+                repair.failures = 0;
+                repair.retry_at = now_ms;
+            }
+        }
     }
 
     /// Takes the outcome of an [`Action::Audit`].
@@ -1490,6 +1500,38 @@ mod tests {
         w.p.on_repaired(&d, 0, i, n);
         assert!(w.p.damaged().is_empty());
         assert_eq!(w.p.shard_map(&d).unwrap()[0][4], Some(n));
+        check_invariants(&w.p);
+    }
+
+    #[test]
+    fn a_death_cuts_short_the_back_off_of_repairs_it_made_fail() {
+        let d = did("dying");
+        let mut w = world(7, 10, &d, 1, 3, 2);
+        w.repair = false;
+        let victim = w.p.shard_map(&d).unwrap()[0][0].unwrap();
+        w.p.on_node_down(victim, w.now);
+        let first = w.step();
+        let [Action::Repair { targets, .. }] = repairs(&first).as_slice() else {
+            panic!("{first:?}")
+        };
+        let (index, target) = targets[0];
+        // The target is dying too: its repairs time out, and the back-off grows.
+        let t = w.now;
+        w.p.on_repair_failed(&d, 0, index, "timed out", t);
+        let again = w.p.poll(t + 10_000);
+        let [Action::Repair { targets, .. }] = repairs(&again).as_slice() else {
+            panic!("{again:?}")
+        };
+        w.p.on_repair_failed(&d, 0, targets[0].0, "timed out", t + 10_000);
+        assert_eq!(w.p.damaged()[0].retry_at_ms, t + 30_000);
+        // Once the target is known dead, the block is retried at once, elsewhere.
+        w.p.on_node_down(target, t + 11_000);
+        assert_eq!(w.p.damaged()[0].retry_at_ms, t + 11_000);
+        let now = w.p.poll(t + 11_000);
+        let [Action::Repair { targets, .. }] = repairs(&now).as_slice() else {
+            panic!("{now:?}")
+        };
+        assert!(targets.iter().all(|(_, n)| *n != target && *n != victim));
         check_invariants(&w.p);
     }
 

@@ -39,8 +39,13 @@ const NOBODY: NodeId = NodeId([0; 32]);
 const QUICK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often audit results go on chain (they count in the holders' RPT).
 const REPORT_EVERY: Duration = Duration::from_secs(30);
-/// Blocks repaired together (each needs k reads from its survivors).
-const REPAIR_BATCH: usize = 8;
+/// Blocks a poll may hand out for repair at once. Each round trip of a repair (fetch k
+/// survivors, store, commit) costs about the same whether it carries one block or many, so
+/// rounds are wide; [`REPAIR_WAVE_BYTES`] bounds what one wave holds in memory.
+const REPAIR_BATCH: usize = 32;
+/// Most shard bytes one repair wave fetches (k survivors per block): 32 blocks of 1 MiB
+/// fit in one wave; blocks of 64 MiB go one at a time.
+const REPAIR_WAVE_BYTES: u64 = 64 << 20;
 /// How long a repair transfer may take.
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,6 +89,16 @@ pub struct CoordinatorStats {
     pub failures: Mutex<Vec<String>>,
 }
 
+/// One block's repair: where its lost shards go, where its survivors are, what came back.
+struct RepairJob {
+    data: DataId,
+    block: u64,
+    targets: Vec<(u8, NodeId)>,
+    sources: Vec<(u8, NodeId)>,
+    have: Vec<(u8, Vec<u8>)>,
+    why: Vec<String>,
+}
+
 /// Runs the coordinator on its own thread until the network command channel closes.
 pub fn spawn(
     service: Arc<StorageService>,
@@ -119,6 +134,7 @@ pub fn spawn(
                 manifests: HashMap::new(),
                 versions: HashMap::new(),
                 last_scan: None,
+                scans: 0,
                 started: Instant::now(),
                 chain,
                 key,
@@ -146,6 +162,8 @@ struct Coordinator {
     manifests: HashMap<DataId, Manifest>,
     versions: HashMap<DataId, u64>,
     last_scan: Option<Instant>,
+    /// Scans run so far (dead, disconnected nodes are probed only every few scans).
+    scans: u64,
     started: Instant,
     chain: super::handle::EngineHandle,
     key: crypto_accel::Keypair,
@@ -303,10 +321,35 @@ impl Coordinator {
         self.planner.set_candidates(cands.clone());
         // The coordinator of a data item is the XOR-closest storage node that answers: a
         // dead coordinator is passed over at the next scan.
+        // A node the planner declared dead and that no connection leads to costs a full
+        // timeout per probe (its QUIC address never answers): look for it every fourth scan
+        // only, so repairs are not held up by the nodes whose loss they are repairing.
+        self.scans += 1;
+        let dead: HashSet<NodeId> = if self.scans % 4 == 1 {
+            HashSet::new()
+        } else {
+            let connected: HashSet<NodeId> = self
+                .net_stats
+                .storage
+                .lock()
+                .map(|k| {
+                    k.values()
+                        .filter(|s| s.connected)
+                        .map(|s| NodeId(s.node))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.planner
+                .holder_stats()
+                .into_iter()
+                .filter(|(n, s)| s.dead && !connected.contains(n))
+                .map(|(n, _)| n)
+                .collect()
+        };
         let others: Vec<NodeId> = cands
             .iter()
             .map(|c| c.node)
-            .filter(|n| *n != self.me)
+            .filter(|n| *n != self.me && !dead.contains(n))
             .collect();
         let probe = || ShardRequest::Held {
             data: DataId::from_bytes([0; 32]),
@@ -517,20 +560,10 @@ impl Coordinator {
         }
     }
 
-    /// Carries out a poll's repairs together: every block's survivors are fetched at once
-    /// (k per block, then the others where some failed), the lost shards rebuilt, all of
-    /// them stored at once, and each target committed once. Returns the data whose map
-    /// changed.
+    /// Carries out a poll's repairs in waves of at most [`REPAIR_WAVE_BYTES`] fetched.
+    /// Returns the data whose map changed.
     fn repairs(&mut self, actions: Vec<Action>) -> HashSet<DataId> {
-        struct Job {
-            data: DataId,
-            block: u64,
-            targets: Vec<(u8, NodeId)>,
-            sources: Vec<(u8, NodeId)>,
-            have: Vec<(u8, Vec<u8>)>,
-            why: Vec<String>,
-        }
-        let mut jobs: Vec<Job> = actions
+        let jobs: Vec<RepairJob> = actions
             .into_iter()
             .filter_map(|a| match a {
                 Action::Repair {
@@ -538,7 +571,7 @@ impl Coordinator {
                     block,
                     targets,
                     sources,
-                } if self.manifests.contains_key(&data) => Some(Job {
+                } if self.manifests.contains_key(&data) => Some(RepairJob {
                     data,
                     block,
                     targets,
@@ -550,9 +583,31 @@ impl Coordinator {
             })
             .collect();
         let mut changed = HashSet::new();
-        if jobs.is_empty() {
-            return changed;
+        let mut wave = Vec::new();
+        let mut wave_bytes = 0u64;
+        for job in jobs {
+            let fetch = self.manifests.get(&job.data).map_or(0, |m| {
+                u64::from(m.block_size).div_ceil(u64::from(m.k.max(1))) * u64::from(m.k)
+            });
+            if !wave.is_empty() && wave_bytes + fetch > REPAIR_WAVE_BYTES {
+                changed.extend(self.repair_wave(std::mem::take(&mut wave)));
+                wave_bytes = 0;
+            }
+            wave_bytes += fetch;
+            wave.push(job);
         }
+        if !wave.is_empty() {
+            changed.extend(self.repair_wave(wave));
+        }
+        changed
+    }
+
+    /// One wave: every block's survivors are fetched at once (k per block, then the others
+    /// where some failed), the lost shards rebuilt, all of them stored at once, and each
+    /// target committed once.
+    fn repair_wave(&mut self, mut jobs: Vec<RepairJob>) -> HashSet<DataId> {
+        let mut changed = HashSet::new();
+        let started = Instant::now();
         let mut fetched = 0u64;
         for wave in 0..2 {
             let mut asked = Vec::new();
@@ -609,6 +664,7 @@ impl Coordinator {
         self.stats
             .repair_bytes
             .fetch_add(fetched, Ordering::Relaxed);
+        let fetch_s = started.elapsed().as_secs_f64();
         // Rebuild, then store everything at once.
         let mut puts = Vec::new();
         let mut placed = Vec::new();
@@ -639,7 +695,9 @@ impl Coordinator {
                 }
             }
         }
+        let rebuild_s = started.elapsed().as_secs_f64() - fetch_s;
         let stored = self.request_many(puts, REPAIR_TIMEOUT);
+        let store_s = started.elapsed().as_secs_f64() - fetch_s - rebuild_s;
         let mut commits: HashMap<(NodeId, DataId), bool> = HashMap::new();
         for (p, r) in placed.iter().zip(&stored) {
             if matches!(r, Ok(ShardResponse::Stored)) {
@@ -666,6 +724,14 @@ impl Coordinator {
                 commits.insert(*key, true);
             }
         }
+        tracing::info!(
+            "repair round: {} blocks, {} shards placed, {:.1} MiB fetched in {fetch_s:.2} s, \
+             rebuilt in {rebuild_s:.2} s, stored in {store_s:.2} s, committed in {:.2} s",
+            jobs.len(),
+            placed.len(),
+            fetched as f64 / f64::from(1u32 << 20),
+            started.elapsed().as_secs_f64() - fetch_s - rebuild_s - store_s,
+        );
         for ((data, block, i, target, len), r) in placed.into_iter().zip(stored) {
             let ok = matches!(r, Ok(ShardResponse::Stored))
                 && commits.get(&(target, data)).copied().unwrap_or(false);

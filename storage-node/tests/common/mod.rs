@@ -45,7 +45,12 @@ impl Net {
         view_len: u64,
         tweak: impl Fn(&std::path::Path),
     ) -> Net {
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        // CPCHAIN_TEST_KEEP=1 keeps the devnet (configs, stores, node logs) for a post-mortem.
+        if std::env::var_os("CPCHAIN_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping the devnet in {}", dir.path().display());
+        }
         let file = prepare(&DevnetParams {
             validators,
             proposers,
