@@ -1031,6 +1031,14 @@ mod tests {
             .collect()
     }
 
+    /// The targets of the one repair among `actions`.
+    fn only_repair(actions: &[Action]) -> Vec<(u8, NodeId)> {
+        match repairs(actions).as_slice() {
+            [Action::Repair { targets, .. }] => targets.clone(),
+            other => panic!("expected one repair: {other:?}"),
+        }
+    }
+
     #[test]
     fn keys_and_distance() {
         let d = did("x");
@@ -1462,10 +1470,7 @@ mod tests {
         w.repair = false;
         let victim = w.p.shard_map(&d).unwrap()[0][4].unwrap();
         w.p.on_node_down(victim, w.now);
-        let first = repairs(&w.step()).into_iter().cloned().collect::<Vec<_>>();
-        let [Action::Repair { targets, .. }] = first.as_slice() else {
-            panic!("{first:?}")
-        };
+        let targets = only_repair(&w.step());
         assert_eq!(targets.len(), 1);
         let (index, target) = targets[0];
         assert_eq!(index, 4);
@@ -1482,21 +1487,13 @@ mod tests {
             Some("target refused the shard")
         );
         assert!(repairs(&w.p.poll(t + 9_999)).is_empty());
-        let again = w.p.poll(t + 10_000);
-        let again = repairs(&again);
-        let [Action::Repair { targets, .. }] = again.as_slice() else {
-            panic!("{again:?}")
-        };
+        let targets = only_repair(&w.p.poll(t + 10_000));
         assert_ne!(targets[0].1, target, "the failed target is avoided");
         // A second failure doubles the wait.
         w.p.on_repair_failed(&d, 0, 4, "again", t + 10_000);
         assert_eq!(w.p.damaged()[0].retry_at_ms, t + 30_000);
         assert!(repairs(&w.p.poll(t + 29_999)).is_empty());
-        let third = w.p.poll(t + 30_000);
-        let [Action::Repair { targets, .. }] = repairs(&third).as_slice() else {
-            panic!()
-        };
-        let (i, n) = targets[0];
+        let (i, n) = only_repair(&w.p.poll(t + 30_000))[0];
         w.p.on_repaired(&d, 0, i, n);
         assert!(w.p.damaged().is_empty());
         assert_eq!(w.p.shard_map(&d).unwrap()[0][4], Some(n));
@@ -1510,27 +1507,17 @@ mod tests {
         w.repair = false;
         let victim = w.p.shard_map(&d).unwrap()[0][0].unwrap();
         w.p.on_node_down(victim, w.now);
-        let first = w.step();
-        let [Action::Repair { targets, .. }] = repairs(&first).as_slice() else {
-            panic!("{first:?}")
-        };
-        let (index, target) = targets[0];
+        let (index, target) = only_repair(&w.step())[0];
         // The target is dying too: its repairs time out, and the back-off grows.
         let t = w.now;
         w.p.on_repair_failed(&d, 0, index, "timed out", t);
-        let again = w.p.poll(t + 10_000);
-        let [Action::Repair { targets, .. }] = repairs(&again).as_slice() else {
-            panic!("{again:?}")
-        };
-        w.p.on_repair_failed(&d, 0, targets[0].0, "timed out", t + 10_000);
+        let (again, _) = only_repair(&w.p.poll(t + 10_000))[0];
+        w.p.on_repair_failed(&d, 0, again, "timed out", t + 10_000);
         assert_eq!(w.p.damaged()[0].retry_at_ms, t + 30_000);
         // Once the target is known dead, the block is retried at once, elsewhere.
         w.p.on_node_down(target, t + 11_000);
         assert_eq!(w.p.damaged()[0].retry_at_ms, t + 11_000);
-        let now = w.p.poll(t + 11_000);
-        let [Action::Repair { targets, .. }] = repairs(&now).as_slice() else {
-            panic!("{now:?}")
-        };
+        let targets = only_repair(&w.p.poll(t + 11_000));
         assert!(targets.iter().all(|(_, n)| *n != target && *n != victim));
         check_invariants(&w.p);
     }
