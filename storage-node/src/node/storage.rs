@@ -10,7 +10,7 @@
 //! signed the request for this node and holds a right on chain (owner or live grant);
 //! refusals say why.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -144,7 +144,9 @@ pub struct StorageService {
     chain: Arc<dyn ChainView>,
     fault: Fault,
     index: Mutex<HashMap<ChunkId, Held>>,
-    by_data: Mutex<HashMap<DataId, u64>>,
+    /// (block, index) of the confirmed shards held here, by data item: what `Held` answers
+    /// without scanning every shard of every item.
+    by_data: Mutex<HashMap<DataId, BTreeSet<(u64, u8)>>>,
     pending: Mutex<HashMap<ChunkId, Pending>>,
     pending_bytes: AtomicU64,
     access: Mutex<HashMap<AccessKey, (bool, Instant)>>,
@@ -163,21 +165,16 @@ impl std::fmt::Debug for StorageService {
     }
 }
 
-/// How long a free-space reading is reused (reading it runs `df`).
+/// How long a free-space reading is reused.
 const DISK_FREE_TTL: Duration = Duration::from_secs(10);
 
-/// Free bytes on the file system of `path`, as `df` reports them (no unsafe `statvfs`): the
-/// store's own capacity accounting is the authoritative limit; this is informational.
+/// Free bytes for unprivileged writers on the file system of `path` (`statvfs`). The
+/// store's own capacity accounting is the authoritative limit; this is informational. (It
+/// used to run `df`: a child process forked while the store was being dropped briefly held
+/// a copy of the store's lock, and a reopen in that window failed with "locked".)
 fn fs_free(path: &Path) -> Option<u64> {
-    let out = std::process::Command::new("df")
-        .arg("-Pk")
-        .arg(path)
-        .output()
-        .ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    let line = text.lines().nth(1)?;
-    let avail: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
-    Some(avail * 1024)
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 impl StorageService {
@@ -223,7 +220,33 @@ impl StorageService {
                 Err(e) => tracing::warn!("skipping manifest {id}: {e}"),
             }
         }
-        tracing::info!("storage: {n} shards held");
+        // Shards no saved manifest claims were uploaded and never committed before the
+        // restart: pending again from now, so they expire (and free their space) unless a
+        // commit still comes.
+        let now = super::config::now_ms();
+        let orphans: Vec<(ChunkId, u64)> = {
+            let index = lock(&self.index);
+            self.store
+                .chunks()
+                .into_iter()
+                .filter(|(c, _)| !index.contains_key(c))
+                .collect()
+        };
+        let mut pending = lock(&self.pending);
+        for (c, len) in &orphans {
+            pending.insert(
+                *c,
+                Pending {
+                    at_ms: now,
+                    len: *len,
+                },
+            );
+            self.pending_bytes.fetch_add(*len, Ordering::Relaxed);
+        }
+        tracing::info!(
+            "storage: {n} shards held, {} uncommitted (expire unless committed)",
+            orphans.len()
+        );
         Ok(())
     }
 
@@ -231,7 +254,7 @@ impl StorageService {
     fn index_manifest(&self, m: &Manifest) -> u64 {
         let id = m.data_id();
         let mut index = lock(&self.index);
-        let mut n = 0;
+        let mut held = BTreeSet::new();
         for (b, e) in m.blocks.iter().enumerate() {
             for (i, c) in e.shards.iter().enumerate() {
                 if self.store.contains(c) {
@@ -244,13 +267,14 @@ impl StorageService {
                             interval: b as u64 / u64::from(m.interval_blocks.max(1)),
                         },
                     );
-                    n += 1;
+                    held.insert((b as u64, i as u8));
                 }
             }
         }
         drop(index);
+        let n = held.len() as u64;
         if n > 0 {
-            lock(&self.by_data).insert(id, n);
+            lock(&self.by_data).insert(id, held);
         }
         n
     }
@@ -307,13 +331,10 @@ impl StorageService {
         if self.fault == Fault::Delete {
             return Vec::new();
         }
-        let mut v: Vec<(u64, u8)> = lock(&self.index)
-            .values()
-            .filter(|h| h.data == *data)
-            .map(|h| (h.block, h.index))
-            .collect();
-        v.sort_unstable();
-        v
+        lock(&self.by_data)
+            .get(data)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Answers one request from the network.
@@ -352,7 +373,11 @@ impl StorageService {
             return ShardResponse::Stored;
         }
         let len = bytes.len() as u64;
-        if self.pending_bytes.load(Ordering::Relaxed) + len > PENDING_QUOTA {
+        // Reserve the bytes before writing, so concurrent puts cannot overshoot the quota
+        // between a check and an update.
+        let before = self.pending_bytes.fetch_add(len, Ordering::Relaxed);
+        if before.saturating_add(len) > PENDING_QUOTA {
+            self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
             return ShardResponse::Refused(format!(
                 "this node already keeps {PENDING_QUOTA} bytes of uncommitted shards"
             ));
@@ -362,12 +387,14 @@ impl StorageService {
             .submit_unsynced(vec![(id, bytes)])
             .and_then(|t| t.wait())
         {
+            self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
             return ShardResponse::Failed(format!("storing the shard: {e}"));
         }
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
         let mut p = lock(&self.pending);
-        if p.insert(id, Pending { at_ms: now_ms, len }).is_none() {
-            self.pending_bytes.fetch_add(len, Ordering::Relaxed);
+        if p.insert(id, Pending { at_ms: now_ms, len }).is_some() {
+            // Put twice while pending: counted once.
+            self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
         }
         ShardResponse::Stored
     }
@@ -468,10 +495,11 @@ impl StorageService {
             return ShardResponse::NotFound;
         };
         if h.data != auth.data || h.block != auth.block {
+            // Say no more than the requester claimed: not where the shard really belongs.
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             return ShardResponse::Refused(format!(
-                "shard {id} belongs to block {} of data {}, not to the block signed for",
-                h.block, h.data
+                "shard {id} is not part of block {} of data {}",
+                auth.block, auth.data
             ));
         }
         if let Err(why) = self.allowed(auth, h.interval) {
@@ -643,4 +671,712 @@ pub fn spawn_workers(
             .context("starting a shard worker")?;
     }
     Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::net::{KnownStorage, NetStats};
+    use crate::pipeline::{seal, MemoryShards, SealParams};
+    use chain::{AccessPolicy, DataRecord, IntervalRange};
+    use crypto_accel::{Hash, Keypair};
+    use dht::proof::AuditProof;
+    use dht::wire::AUTH_SKEW_MS;
+    use std::ops::Range;
+
+    const CHAIN_ID: u32 = 7;
+    const NOW: u64 = 1_700_000_000_000;
+    const BLOCK: u32 = 4096;
+
+    /// The chain as the storage role sees it: registrations, and grants by interval range.
+    #[derive(Default)]
+    struct FakeChain {
+        data: Mutex<HashMap<DataId, DataRecord>>,
+        grants: Mutex<HashMap<(Address, DataId), Range<u64>>>,
+    }
+
+    impl FakeChain {
+        fn register(&self, m: &Manifest) {
+            self.register_as(m, m.root, Address::of(&m.owner));
+        }
+
+        fn register_as(&self, m: &Manifest, root: Hash, owner: Address) {
+            let rec = DataRecord {
+                owner,
+                merkle_root: root,
+                size: m.length,
+                k: u16::from(m.k),
+                m: u16::from(m.m),
+                intervals: IntervalRange {
+                    start: 0,
+                    end: m.interval_count() as u64,
+                },
+                policy: AccessPolicy::GrantBased,
+                registered_at: 1,
+            };
+            lock(&self.data).insert(m.data_id(), rec);
+        }
+
+        fn grant(&self, reader: &Keypair, id: DataId, intervals: Range<u64>) {
+            lock(&self.grants).insert((Address::of(&reader.public()), id), intervals);
+        }
+    }
+
+    impl ChainView for FakeChain {
+        fn data(&self, id: &DataId) -> Option<DataRecord> {
+            lock(&self.data).get(id).copied()
+        }
+
+        fn may_read(&self, reader: &Address, id: &DataId, interval: u64) -> bool {
+            let owner = lock(&self.data).get(id).map(|r| r.owner);
+            owner == Some(*reader)
+                || lock(&self.grants)
+                    .get(&(*reader, *id))
+                    .is_some_and(|r| r.contains(&interval))
+        }
+    }
+
+    /// Three blocks (the last one short) sealed at 4+2, one block per interval.
+    struct Sealed {
+        owner: Keypair,
+        manifest: Manifest,
+        shards: HashMap<ChunkId, Vec<u8>>,
+    }
+
+    fn sealed() -> Sealed {
+        sealed_with_seed(1)
+    }
+
+    /// [`sealed`] for another owner (so other shards).
+    fn sealed_with_seed(seed: u8) -> Sealed {
+        let owner = Keypair::from_seed([seed; 32]);
+        let params = SealParams {
+            k: 4,
+            m: 2,
+            block_size: BLOCK,
+            interval_blocks: 1,
+            window: 1,
+            ..SealParams::default()
+        };
+        let data: Vec<u8> = (0..2 * BLOCK as usize + 1000)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let mut sink = MemoryShards::default();
+        let manifest = seal(&data[..], &owner, &params, &mut sink, &|_| {}).unwrap();
+        assert_eq!(manifest.blocks.len(), 3);
+        assert_eq!(sink.shards.len(), 3 * 6);
+        Sealed {
+            owner,
+            manifest,
+            shards: sink.shards,
+        }
+    }
+
+    impl Sealed {
+        fn id(&self) -> DataId {
+            self.manifest.data_id()
+        }
+
+        fn shard_id(&self, block: u64, index: u8) -> ChunkId {
+            self.manifest.blocks[block as usize].shards[usize::from(index)]
+        }
+
+        fn bytes(&self, block: u64, index: u8) -> Vec<u8> {
+            self.shards[&self.shard_id(block, index)].clone()
+        }
+
+        fn put(&self, s: &StorageService, pairs: &[(u64, u8)]) {
+            for &(b, i) in pairs {
+                let r = s.handle(
+                    ShardRequest::Put {
+                        bytes: self.bytes(b, i),
+                    },
+                    NOW,
+                );
+                assert_eq!(r, ShardResponse::Stored, "put of shard ({b}, {i})");
+            }
+        }
+
+        fn commit(&self, s: &StorageService) -> (ShardResponse, Option<DataId>) {
+            commit_manifest(s, &self.manifest)
+        }
+    }
+
+    fn commit_manifest(s: &StorageService, m: &Manifest) -> (ShardResponse, Option<DataId>) {
+        s.serve(
+            ShardRequest::Commit {
+                manifest: m.to_bytes(),
+                keep_manifest: true,
+            },
+            NOW,
+        )
+    }
+
+    /// Uncommitted shards.
+    fn pending(s: &StorageService) -> u64 {
+        lock(&s.pending).len() as u64
+    }
+
+    fn node_key() -> Keypair {
+        Keypair::from_seed([9; 32])
+    }
+
+    /// Opens the service on `dir` (a reopen right after a drop must work at once: nothing
+    /// may keep the store's lock alive past the drop).
+    fn open(dir: &Path, chain: &Arc<FakeChain>, fault: Fault) -> StorageService {
+        let chain: Arc<dyn ChainView> = Arc::clone(chain) as Arc<dyn ChainView>;
+        StorageService::open(dir, node_key(), CHAIN_ID, chain, fault)
+            .unwrap_or_else(|e| panic!("opening {}: {e:#}", dir.display()))
+    }
+
+    /// A `Get` of shard (block, index) of `d`, signed by `reader` at `at_ms`, for this node.
+    fn get_as(
+        s: &StorageService,
+        d: &Sealed,
+        reader: &Keypair,
+        b: u64,
+        i: u8,
+        at_ms: u64,
+    ) -> ShardResponse {
+        let id = d.shard_id(b, i);
+        let auth = ReadAuth::sign(reader, CHAIN_ID, d.id(), b, s.holder, at_ms, &id);
+        s.handle(ShardRequest::Get { id, auth }, NOW)
+    }
+
+    fn get_manifest_as(s: &StorageService, data: DataId, reader: &Keypair) -> ShardResponse {
+        let zero = ChunkId::from_bytes([0; 32]);
+        let auth = ReadAuth::sign(reader, CHAIN_ID, data, 0, s.holder, NOW, &zero);
+        s.handle(ShardRequest::GetManifest { auth }, NOW)
+    }
+
+    fn refusal_text(r: &ShardResponse) -> &str {
+        match r {
+            ShardResponse::Refused(why) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn audit(s: &StorageService, id: ChunkId, nonce: u64) -> ShardResponse {
+        s.handle(ShardRequest::Audit { id, nonce }, NOW)
+    }
+
+    fn proof_of(r: ShardResponse) -> AuditProof {
+        match r {
+            ShardResponse::Proof(p) => AuditProof::from_bytes(&p).unwrap(),
+            other => panic!("expected a proof, got {other:?}"),
+        }
+    }
+
+    /// Every (block, index) of the sealed data.
+    fn all_pairs() -> Vec<(u64, u8)> {
+        (0..3u64)
+            .flat_map(|b| (0..6u8).map(move |i| (b, i)))
+            .collect()
+    }
+
+    /// A subset in no particular order: two blocks partly, one fully.
+    const SOME: [(u64, u8); 10] = [
+        (2, 5),
+        (0, 5),
+        (1, 3),
+        (2, 0),
+        (0, 0),
+        (2, 3),
+        (1, 1),
+        (2, 1),
+        (2, 4),
+        (2, 2),
+    ];
+
+    fn sorted(pairs: &[(u64, u8)]) -> Vec<(u64, u8)> {
+        let mut v = pairs.to_vec();
+        v.sort_unstable();
+        v
+    }
+
+    /// A node holding `pairs` of freshly sealed data, committed.
+    fn committed(dir: &Path, pairs: &[(u64, u8)]) -> (Arc<FakeChain>, StorageService, Sealed) {
+        let chain = Arc::new(FakeChain::default());
+        let s = open(dir, &chain, Fault::None);
+        let d = sealed();
+        d.put(&s, pairs);
+        chain.register(&d.manifest);
+        let confirmed = u32::try_from(pairs.len()).unwrap();
+        assert_eq!(
+            d.commit(&s),
+            (ShardResponse::Committed { confirmed }, Some(d.id()))
+        );
+        (chain, s, d)
+    }
+
+    #[test]
+    fn commit_waits_for_registration_then_confirms_the_shards_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Arc::new(FakeChain::default());
+        let s = open(dir.path(), &chain, Fault::None);
+        let d = sealed();
+        d.put(&s, &SOME);
+        assert_eq!(pending(&s), SOME.len() as u64);
+        assert!(s.held(&d.id()).is_empty(), "pending shards are not held");
+        assert_eq!(
+            audit(&s, d.shard_id(0, 0), 1),
+            ShardResponse::NotFound,
+            "a pending shard is not audited"
+        );
+
+        let (r, committed) = d.commit(&s);
+        assert!(
+            refusal_text(&r).contains("not registered"),
+            "unexpected refusal: {r:?}"
+        );
+        assert_eq!(committed, None);
+        assert!(s.held(&d.id()).is_empty());
+        assert!(
+            s.manifest_ids().is_empty(),
+            "a refused manifest is not kept"
+        );
+
+        chain.register(&d.manifest);
+        assert_eq!(
+            d.commit(&s),
+            (
+                ShardResponse::Committed {
+                    confirmed: SOME.len() as u32
+                },
+                Some(d.id())
+            )
+        );
+        assert_eq!(s.held(&d.id()), sorted(&SOME));
+        assert_eq!(
+            s.handle(ShardRequest::Held { data: d.id() }, NOW),
+            ShardResponse::Held(sorted(&SOME))
+        );
+        assert_eq!(s.held_data(), vec![d.id()]);
+        assert_eq!(s.manifest_ids(), vec![d.id()]);
+        assert_eq!(
+            (
+                lock(&s.index).len() as u64,
+                lock(&s.by_data).len(),
+                pending(&s)
+            ),
+            (SOME.len() as u64, 1, 0)
+        );
+
+        // A shard put again once confirmed is not pending again.
+        d.put(&s, &SOME[..1]);
+        assert_eq!(pending(&s), 0);
+        // Another item's data is unknown.
+        assert!(s.held(&DataId::from_bytes([5; 32])).is_empty());
+    }
+
+    #[test]
+    fn commit_confirms_only_listed_shards_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Arc::new(FakeChain::default());
+        let s = open(dir.path(), &chain, Fault::None);
+        let d = sealed();
+        let other = sealed(); // same owner and bytes, fresh salt: a different item
+        assert_ne!(d.id(), other.id());
+        d.put(&s, &[(0, 0), (1, 1)]);
+        other.put(&s, &[(2, 2)]);
+        chain.register(&d.manifest);
+        assert_eq!(d.commit(&s).0, ShardResponse::Committed { confirmed: 2 });
+        assert_eq!(s.held(&d.id()), vec![(0, 0), (1, 1)]);
+        assert!(s.held(&other.id()).is_empty());
+        assert_eq!(pending(&s), 1, "the other item's shard stays pending");
+
+        // A repair puts one more shard and commits again: all three are confirmed.
+        d.put(&s, &[(2, 5)]);
+        assert_eq!(d.commit(&s).0, ShardResponse::Committed { confirmed: 3 });
+        assert_eq!(s.held(&d.id()), vec![(0, 0), (1, 1), (2, 5)]);
+    }
+
+    #[test]
+    fn restart_rebuilds_the_index_from_saved_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, s, d) = committed(dir.path(), &SOME);
+        let before = s.held(&d.id());
+        drop(s);
+
+        let s = open(dir.path(), &chain, Fault::None);
+        assert_eq!(s.held(&d.id()), before);
+        assert_eq!(s.held_data(), vec![d.id()]);
+        assert_eq!(lock(&s.index).len() as u64, SOME.len() as u64);
+        for &(b, i) in &SOME {
+            match get_as(&s, &d, &d.owner, b, i, NOW) {
+                ShardResponse::Shard(bytes) => {
+                    assert_eq!(ChunkId::of(&bytes), d.shard_id(b, i));
+                    assert_eq!(bytes, d.bytes(b, i));
+                }
+                other => panic!("shard ({b}, {i}): {other:?}"),
+            }
+        }
+        assert_eq!(
+            get_as(&s, &d, &d.owner, 1, 0, NOW),
+            ShardResponse::NotFound,
+            "a shard never put is not found"
+        );
+        assert_eq!(
+            get_manifest_as(&s, d.id(), &d.owner),
+            ShardResponse::Manifest(d.manifest.to_bytes())
+        );
+        assert_eq!(s.counters.served.load(Ordering::Relaxed), SOME.len() as u64);
+    }
+
+    #[test]
+    fn reads_need_a_fresh_signature_for_this_node_and_a_right_on_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, s, d) = committed(dir.path(), &all_pairs());
+        let stranger = Keypair::from_seed([2; 32]);
+        let reader = Keypair::from_seed([3; 32]);
+        chain.grant(&reader, d.id(), 0..2);
+
+        // The owner and a reader with a grant covering the block's interval read.
+        assert_eq!(
+            get_as(&s, &d, &d.owner, 2, 4, NOW),
+            ShardResponse::Shard(d.bytes(2, 4))
+        );
+        assert_eq!(
+            get_as(&s, &d, &reader, 1, 0, NOW),
+            ShardResponse::Shard(d.bytes(1, 0))
+        );
+
+        // A stranger is told it has no right on chain.
+        let r = get_as(&s, &d, &stranger, 0, 0, NOW);
+        let why = refusal_text(&r);
+        assert!(why.contains("no right on chain"), "{why}");
+        assert!(
+            why.contains(&Address::of(&stranger.public()).to_string()),
+            "{why}"
+        );
+        // The grant covers intervals 0 and 1, not block 2's.
+        let r = get_as(&s, &d, &reader, 2, 0, NOW);
+        assert!(refusal_text(&r).contains("interval 2"), "{r:?}");
+
+        // Signed for another storage node.
+        let id = d.shard_id(0, 1);
+        let auth = ReadAuth::sign(&d.owner, CHAIN_ID, d.id(), 0, [8; 32], NOW, &id);
+        let r = s.handle(ShardRequest::Get { id, auth }, NOW);
+        assert!(refusal_text(&r).contains("another storage node"), "{r:?}");
+
+        // Freshness: exactly AUTH_SKEW_MS away is accepted, one ms more is not, either side.
+        assert!(matches!(
+            get_as(&s, &d, &d.owner, 0, 1, NOW - AUTH_SKEW_MS),
+            ShardResponse::Shard(_)
+        ));
+        for at in [NOW - AUTH_SKEW_MS - 1, NOW + AUTH_SKEW_MS + 1] {
+            let r = get_as(&s, &d, &d.owner, 0, 1, at);
+            assert!(refusal_text(&r).contains("timestamp"), "{r:?}");
+        }
+
+        // Tampered signature, another target, another chain, another block field.
+        let mut auth = ReadAuth::sign(&d.owner, CHAIN_ID, d.id(), 0, s.holder, NOW, &id);
+        auth.sig.0[10] ^= 1;
+        let r = s.handle(ShardRequest::Get { id, auth }, NOW);
+        assert!(refusal_text(&r).contains("bad signature"), "{r:?}");
+        let auth = ReadAuth::sign(
+            &d.owner,
+            CHAIN_ID,
+            d.id(),
+            0,
+            s.holder,
+            NOW,
+            &d.shard_id(0, 2),
+        );
+        let r = s.handle(ShardRequest::Get { id, auth }, NOW);
+        assert!(refusal_text(&r).contains("bad signature"), "{r:?}");
+        let auth = ReadAuth::sign(&d.owner, CHAIN_ID + 1, d.id(), 0, s.holder, NOW, &id);
+        let r = s.handle(ShardRequest::Get { id, auth }, NOW);
+        assert!(refusal_text(&r).contains("bad signature"), "{r:?}");
+        let mut auth = ReadAuth::sign(&d.owner, CHAIN_ID, d.id(), 0, s.holder, NOW, &id);
+        auth.block = 1;
+        let r = s.handle(ShardRequest::Get { id, auth }, NOW);
+        assert!(refusal_text(&r).contains("bad signature"), "{r:?}");
+
+        // A valid signature for the wrong block (a reader granted block 1 asking for block 2's
+        // shard under block 1's name).
+        let id = d.shard_id(2, 0);
+        let auth = ReadAuth::sign(&reader, CHAIN_ID, d.id(), 1, s.holder, NOW, &id);
+        let r = s.handle(ShardRequest::Get { id, auth }, NOW);
+        let why = refusal_text(&r);
+        assert!(why.contains("is not part of block 1"), "{r:?}");
+        assert!(
+            !why.contains("block 2"),
+            "the refusal must not say where the shard belongs: {r:?}"
+        );
+        // And for the wrong data.
+        let id = d.shard_id(0, 0);
+        let other = DataId::from_bytes([4; 32]);
+        let auth = ReadAuth::sign(&d.owner, CHAIN_ID, other, 0, s.holder, NOW, &id);
+        let r = s.handle(ShardRequest::Get { id, auth }, NOW);
+        let why = refusal_text(&r);
+        assert!(why.contains(&format!("of data {other}")), "{r:?}");
+        assert!(!why.contains(&d.id().to_string()), "{r:?}");
+
+        assert_eq!(s.counters.refused.load(Ordering::Relaxed), 11);
+        assert_eq!(s.counters.served.load(Ordering::Relaxed), 3);
+
+        // Manifests: the owner and the grantee read it, a stranger does not.
+        let want = ShardResponse::Manifest(d.manifest.to_bytes());
+        assert_eq!(get_manifest_as(&s, d.id(), &d.owner), want);
+        assert_eq!(get_manifest_as(&s, d.id(), &reader), want);
+        let r = get_manifest_as(&s, d.id(), &stranger);
+        assert!(refusal_text(&r).contains("no right on chain"), "{r:?}");
+        let zero = ChunkId::from_bytes([0; 32]);
+        let mut auth = ReadAuth::sign(&d.owner, CHAIN_ID, d.id(), 0, s.holder, NOW, &zero);
+        auth.sig.0[0] ^= 0x80;
+        let r = s.handle(ShardRequest::GetManifest { auth }, NOW);
+        assert!(refusal_text(&r).contains("bad signature"), "{r:?}");
+        let auth = ReadAuth::sign(&d.owner, CHAIN_ID, d.id(), 0, s.holder, NOW, &id);
+        let r = s.handle(ShardRequest::GetManifest { auth }, NOW);
+        assert!(
+            refusal_text(&r).contains("bad signature"),
+            "a manifest read must be signed for the zero target: {r:?}"
+        );
+        assert_eq!(
+            get_manifest_as(&s, DataId::from_bytes([4; 32]), &d.owner),
+            ShardResponse::NotFound
+        );
+    }
+
+    #[test]
+    fn unknown_shards_are_not_found_whoever_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_chain, s, d) = committed(dir.path(), &[(0, 0)]);
+        assert_eq!(get_as(&s, &d, &d.owner, 0, 1, NOW), ShardResponse::NotFound);
+        assert_eq!(audit(&s, d.shard_id(0, 1), 3), ShardResponse::NotFound);
+    }
+
+    #[test]
+    fn storage_nodes_read_without_a_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_chain, s, d) = committed(dir.path(), &[(1, 2)]);
+        let peer_dir = tempfile::tempdir().unwrap();
+        let peer = StorageService::open(
+            peer_dir.path(),
+            Keypair::from_seed([6; 32]),
+            CHAIN_ID,
+            Arc::new(FakeChain::default()),
+            Fault::None,
+        )
+        .unwrap();
+        let id = d.shard_id(1, 2);
+        let ask = || {
+            let auth = peer.node_auth(d.id(), 1, s.holder, &id);
+            s.handle(
+                ShardRequest::Get { id, auth },
+                super::super::config::now_ms(),
+            )
+        };
+        let r = ask();
+        assert!(refusal_text(&r).contains("no right on chain"), "{r:?}");
+
+        let stats = Arc::new(NetStats::default());
+        lock(&stats.storage).insert(
+            libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id(),
+            KnownStorage {
+                node: peer.holder,
+                subnet: None,
+                connected: true,
+                seen_ms: 0,
+            },
+        );
+        s.set_peers(stats);
+        assert_eq!(ask(), ShardResponse::Shard(d.bytes(1, 2)));
+    }
+
+    #[test]
+    fn audits_prove_held_shards_and_catch_faults() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, s, d) = committed(dir.path(), &SOME);
+        let nonces = [0, 1, 2, 7, 12_345, u64::MAX];
+        for &(b, i) in &SOME {
+            let id = d.shard_id(b, i);
+            for nonce in nonces {
+                let p = proof_of(audit(&s, id, nonce));
+                dht::proof::verify(&id, nonce, &p).unwrap();
+                // Negative control: the proof does not pass for another shard.
+                assert!(dht::proof::verify(&d.shard_id(1, 0), nonce, &p).is_err());
+            }
+        }
+        assert_eq!(
+            s.counters.audits_answered.load(Ordering::Relaxed),
+            (SOME.len() * nonces.len()) as u64
+        );
+        assert_eq!(
+            audit(&s, ChunkId::of(b"not a shard"), 5),
+            ShardResponse::NotFound
+        );
+        assert_eq!(s.counters.audits_missing.load(Ordering::Relaxed), 1);
+        drop(s);
+
+        // A node that flips bits answers with proofs that do not verify.
+        let s = open(dir.path(), &chain, Fault::BitFlip);
+        assert_eq!(s.held(&d.id()), sorted(&SOME));
+        for &(b, i) in &SOME {
+            let id = d.shard_id(b, i);
+            for nonce in nonces {
+                let p = proof_of(audit(&s, id, nonce));
+                assert!(
+                    dht::proof::verify(&id, nonce, &p).is_err(),
+                    "a flipped shard ({b}, {i}) passed audit {nonce}"
+                );
+            }
+        }
+        match get_as(&s, &d, &d.owner, 2, 0, NOW) {
+            ShardResponse::Shard(bytes) => assert_ne!(ChunkId::of(&bytes), d.shard_id(2, 0)),
+            other => panic!("{other:?}"),
+        }
+        drop(s);
+
+        // A node that deletes holds nothing and answers nothing.
+        let s = open(dir.path(), &chain, Fault::Delete);
+        assert!(s.held(&d.id()).is_empty());
+        assert_eq!(
+            s.handle(ShardRequest::Held { data: d.id() }, NOW),
+            ShardResponse::Held(Vec::new())
+        );
+        assert_eq!(audit(&s, d.shard_id(0, 0), 1), ShardResponse::NotFound);
+        assert_eq!(get_as(&s, &d, &d.owner, 0, 0, NOW), ShardResponse::NotFound);
+        drop(s);
+
+        // The faults were in the answers only: an honest restart still holds everything.
+        let s = open(dir.path(), &chain, Fault::None);
+        let id = d.shard_id(0, 5);
+        dht::proof::verify(&id, 9, &proof_of(audit(&s, id, 9))).unwrap();
+    }
+
+    #[test]
+    fn commit_refuses_a_manifest_that_differs_from_the_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Arc::new(FakeChain::default());
+        let s = open(dir.path(), &chain, Fault::None);
+        let d = sealed();
+        d.put(&s, &SOME);
+        let stranger = Keypair::from_seed([2; 32]);
+
+        // Registered with another root.
+        chain.register_as(
+            &d.manifest,
+            Hash::of(b"another root"),
+            Address::of(&d.owner.public()),
+        );
+        let (r, id) = d.commit(&s);
+        assert!(refusal_text(&r).contains("root or owner differs"), "{r:?}");
+        assert_eq!(id, None);
+        // Registered by another owner.
+        chain.register_as(
+            &d.manifest,
+            d.manifest.root,
+            Address::of(&stranger.public()),
+        );
+        let (r, id) = d.commit(&s);
+        assert!(refusal_text(&r).contains("root or owner differs"), "{r:?}");
+        assert_eq!(id, None);
+        assert!(s.held(&d.id()).is_empty());
+        assert!(s.manifest_ids().is_empty());
+        assert_eq!(pending(&s), SOME.len() as u64);
+
+        chain.register(&d.manifest);
+        // A manifest whose shard list does not hash to its root.
+        let mut m = d.manifest.clone();
+        m.blocks[1].shards.swap(0, 1);
+        let r = commit_manifest(&s, &m).0;
+        assert!(refusal_text(&r).contains("inconsistent"), "{r:?}");
+        // One whose root was changed (and with it the data id, so nothing is registered).
+        let mut m = d.manifest.clone();
+        m.root = Hash::of(b"another root");
+        let r = commit_manifest(&s, &m).0;
+        assert!(refusal_text(&r).contains("inconsistent"), "{r:?}");
+        // Bytes that are no manifest.
+        let (r, id) = s.serve(
+            ShardRequest::Commit {
+                manifest: vec![1, 2, 3],
+                keep_manifest: true,
+            },
+            NOW,
+        );
+        assert!(refusal_text(&r).contains("does not decode"), "{r:?}");
+        assert_eq!(id, None);
+        assert!(s.held(&d.id()).is_empty());
+
+        // The registration matches: committed.
+        assert_eq!(
+            d.commit(&s),
+            (
+                ShardResponse::Committed {
+                    confirmed: SOME.len() as u32
+                },
+                Some(d.id())
+            )
+        );
+    }
+
+    #[test]
+    fn uncommitted_shards_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Arc::new(FakeChain::default());
+        let s = open(dir.path(), &chain, Fault::None);
+        let d = sealed();
+        d.put(&s, &[(0, 0), (0, 1)]);
+        assert_eq!(s.expire_pending(NOW + PENDING_TTL_MS), 0);
+        assert_eq!(s.expire_pending(NOW + PENDING_TTL_MS + 1), 2);
+        assert_eq!(pending(&s), 0);
+        assert_eq!(s.pending_bytes.load(Ordering::Relaxed), 0);
+        assert!(!s.store.contains(&d.shard_id(0, 0)));
+        chain.register(&d.manifest);
+        assert_eq!(
+            d.commit(&s).0,
+            ShardResponse::Committed { confirmed: 0 },
+            "expired shards are gone"
+        );
+        assert!(s.held(&d.id()).is_empty());
+        // A committed shard does not expire.
+        d.put(&s, &[(1, 1)]);
+        assert_eq!(d.commit(&s).0, ShardResponse::Committed { confirmed: 1 });
+        assert_eq!(s.expire_pending(u64::MAX), 0);
+        assert_eq!(s.held(&d.id()), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn shards_left_uncommitted_by_a_restart_expire_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Arc::new(FakeChain::default());
+        let d = sealed();
+        let s = open(dir.path(), &chain, Fault::None);
+        d.put(&s, &[(0, 0), (0, 1), (2, 3)]);
+        chain.register(&d.manifest);
+        drop(s);
+        // Restarted before the commit: the shards are pending again, from the restart on.
+        let s = open(dir.path(), &chain, Fault::None);
+        assert_eq!(pending(&s), 3);
+        let put_bytes: u64 = [(0, 0), (0, 1), (2, 3)]
+            .iter()
+            .map(|&(b, i)| d.bytes(b, i).len() as u64)
+            .sum();
+        assert!(s.pending_bytes.load(Ordering::Relaxed) >= put_bytes);
+        let restarted = now_ms_for_tests();
+        assert_eq!(s.expire_pending(restarted), 0, "not before their time");
+        // A commit that still comes confirms them.
+        assert_eq!(d.commit(&s).0, ShardResponse::Committed { confirmed: 3 });
+        assert_eq!(pending(&s), 0);
+        drop(s);
+        // Committed shards are not pending after a restart; unclaimed ones expire.
+        let s = open(dir.path(), &chain, Fault::None);
+        assert_eq!(pending(&s), 0);
+        let other = sealed_with_seed(2);
+        other.put(&s, &[(1, 0)]);
+        drop(s);
+        let s = open(dir.path(), &chain, Fault::None);
+        assert_eq!(pending(&s), 1);
+        assert_eq!(s.expire_pending(u64::MAX), 1);
+        assert!(!s.store.contains(&other.shard_id(1, 0)));
+        assert_eq!(s.held(&d.id()), vec![(0, 0), (0, 1), (2, 3)]);
+    }
+
+    fn now_ms_for_tests() -> u64 {
+        super::super::config::now_ms()
+    }
 }

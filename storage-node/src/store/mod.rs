@@ -377,6 +377,18 @@ impl ChunkStore {
             .contains_key(id)
     }
 
+    /// Every stored chunk with the length of its record on disk (a snapshot).
+    pub fn chunks(&self) -> Vec<(ChunkId, u64)> {
+        self.inner
+            .shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, loc)| (*id, u64::from(loc.len)))
+            .collect()
+    }
+
     /// Deletes a chunk durably (a group-committed tombstone); `false` if it was absent.
     pub fn delete(&self, id: &ChunkId) -> StoreResult<bool> {
         let (reply, rx) = oneshot::channel();
