@@ -170,7 +170,10 @@ pub enum ShardRequest {
     Commit {
         /// The encoded manifest.
         manifest: Vec<u8>,
-        /// Whether this node should also keep the manifest and serve it.
+        /// Whether the DHT record names this node as a manifest holder. Informational for
+        /// the holder: every node that accepts a commit keeps the manifest and serves it to
+        /// readers (a shard holder rebuilds its index from it at start), so a node named
+        /// here keeps it even when it holds no shard of the data.
         keep_manifest: bool,
     },
     /// Read a shard.
