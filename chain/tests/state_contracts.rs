@@ -125,6 +125,12 @@ fn data_registry_and_grants() {
     assert!(c.state.may_read(&oa, &id, 9, 10_000));
     assert!(!c.state.may_read(&oa, &id, 10, 0));
     assert!(!c.state.may_read(&oa, &data_id(77), 0, 0));
+    // Some interval (what the manifest needs): the owner, a live grantee, nobody else.
+    assert!(c.state.may_read_some(&oa, &id, 10_000));
+    assert!(c.state.may_read_some(&ra, &id, 49));
+    assert!(!c.state.may_read_some(&ra, &id, 50), "expired");
+    assert!(!c.state.may_read_some(&other, &id, 10));
+    assert!(!c.state.may_read_some(&oa, &data_id(77), 0));
 
     // Revocation.
     c.rejects(
@@ -139,6 +145,7 @@ fn data_registry_and_grants() {
     );
     c.ok(&o, TxPayload::Revoke { id, reader: ra });
     assert!(!c.state.may_read(&ra, &id, 2, 10));
+    assert!(!c.state.may_read_some(&ra, &id, 10), "revoked");
     assert_eq!(
         c.state.grant(&id, &ra).unwrap().revoked_at,
         Some(c.state.height())

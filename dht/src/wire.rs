@@ -1,4 +1,4 @@
-//! The shard transfer protocol `/cpchain/shard/1`: one request, one response, each a
+//! The shard transfer protocol `/cpchain/shard/2`: one request, one response, each a
 //! length-prefixed frame of the canonical encoding. Shard bytes travel here, never through
 //! Kademlia records (whose store is synchronous and capped at 64 KiB).
 //!
@@ -6,17 +6,17 @@
 //! registers the data on chain, then sends every holder a `Commit` with the manifest. The
 //! holder checks the manifest against the chain (registered, same root and owner) and
 //! confirms the pending shards the manifest lists; pending shards that no commit claims are
-//! deleted after a grace period. Reads (`Get`, `GetManifest`) carry a [`ReadAuth`] signed by
-//! the reader and are served only when the chain gives the reader a right to the data.
-//! `Audit` asks for a proof of possession (see [`crate::proof`]).
+//! deleted after a grace period. Reads (`Get`, `GetManifest`) are served only when the chain
+//! gives the reader a right to the data. The reader is the peer that sends the request: a
+//! peer's libp2p identity is its ed25519 chain key, and noise authenticates that key on every
+//! connection, so a read needs no signature of its own and cannot be replayed (protocol 1
+//! carried a signed, timestamped authorisation per request). `Audit` asks for a proof of
+//! possession (see [`crate::proof`]).
 
-use crypto_accel::{
-    put_bytes, ChunkId, CodecError, CodecResult, DataId, Decode, Encode, Keypair, MessageKind,
-    PublicKey, Reader, SigDomain, Signature,
-};
+use crypto_accel::{put_bytes, ChunkId, CodecError, CodecResult, DataId, Decode, Encode, Reader};
 
 /// Protocol name.
-pub const SHARD_PROTOCOL: &str = "/cpchain/shard/1";
+pub const SHARD_PROTOCOL: &str = "/cpchain/shard/2";
 /// Largest shard accepted (a 256 MiB block over k = 10 is 25.6 MiB).
 pub const MAX_SHARD_BYTES: usize = 32 << 20;
 /// Largest encoded manifest accepted.
@@ -29,134 +29,8 @@ pub const MAX_HELD: usize = 1 << 20;
 pub const MAX_REQUEST_FRAME: usize = MAX_MANIFEST_BYTES + 4096;
 /// Largest response frame.
 pub const MAX_RESPONSE_FRAME: usize = MAX_MANIFEST_BYTES + 4096;
-/// How far a read authorisation's timestamp may be from the holder's clock.
-pub const AUTH_SKEW_MS: u64 = 120_000;
 
 const VERSION: u8 = 1;
-
-/// A reader's signed request to read from one holder: binds the reader's key, the data, the
-/// block, the holder, the time and the target shard (zero for the manifest).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadAuth {
-    /// The reader's public key (its chain address).
-    pub reader: PublicKey,
-    /// The data read.
-    pub data: DataId,
-    /// The block read (its interval is what the chain must grant).
-    pub block: u64,
-    /// The holder asked (its node key), so the request cannot be replayed elsewhere.
-    pub holder: [u8; 32],
-    /// The reader's clock, ms since the Unix epoch.
-    pub at_ms: u64,
-    /// Signature over everything above and the target.
-    pub sig: Signature,
-}
-
-impl ReadAuth {
-    fn signed_fields(
-        reader: &PublicKey,
-        data: &DataId,
-        block: u64,
-        holder: &[u8; 32],
-        at_ms: u64,
-        target: &ChunkId,
-    ) -> Vec<u8> {
-        let mut b = Vec::with_capacity(32 * 4 + 16);
-        reader.encode(&mut b);
-        data.encode(&mut b);
-        block.encode(&mut b);
-        b.extend_from_slice(holder);
-        at_ms.encode(&mut b);
-        target.encode(&mut b);
-        b
-    }
-
-    /// Signs a read of `target` (a shard id, or [`ChunkId`] of zeros for the manifest).
-    pub fn sign(
-        key: &Keypair,
-        chain_id: u32,
-        data: DataId,
-        block: u64,
-        holder: [u8; 32],
-        at_ms: u64,
-        target: &ChunkId,
-    ) -> ReadAuth {
-        let reader = key.public();
-        let msg = Self::signed_fields(&reader, &data, block, &holder, at_ms, target);
-        let sig = key.sign(domain(chain_id), &msg);
-        ReadAuth {
-            reader,
-            data,
-            block,
-            holder,
-            at_ms,
-            sig,
-        }
-    }
-
-    /// Checks the signature, that the request is for `holder`, and that it is fresh at
-    /// `now_ms`. The chain check (may the reader read?) is the caller's.
-    pub fn check(
-        &self,
-        chain_id: u32,
-        holder: &[u8; 32],
-        now_ms: u64,
-        target: &ChunkId,
-    ) -> Result<(), String> {
-        if &self.holder != holder {
-            return Err("the request is signed for another storage node".into());
-        }
-        if self.at_ms.abs_diff(now_ms) > AUTH_SKEW_MS {
-            return Err(format!(
-                "the request's timestamp is {} s from this node's clock (limit {} s)",
-                self.at_ms.abs_diff(now_ms) / 1000,
-                AUTH_SKEW_MS / 1000
-            ));
-        }
-        let msg = Self::signed_fields(
-            &self.reader,
-            &self.data,
-            self.block,
-            &self.holder,
-            self.at_ms,
-            target,
-        );
-        self.reader
-            .verify(domain(chain_id), &msg, &self.sig)
-            .map_err(|_| "bad signature on the read request".to_string())
-    }
-}
-
-fn domain(chain_id: u32) -> SigDomain {
-    SigDomain {
-        chain_id,
-        kind: MessageKind::SHARD_REQUEST,
-    }
-}
-
-impl Encode for ReadAuth {
-    fn encode(&self, out: &mut Vec<u8>) {
-        self.reader.encode(out);
-        self.data.encode(out);
-        self.block.encode(out);
-        out.extend_from_slice(&self.holder);
-        self.at_ms.encode(out);
-        self.sig.encode(out);
-    }
-}
-
-impl Decode for ReadAuth {
-    fn decode(r: &mut Reader<'_>) -> CodecResult<Self> {
-        Ok(ReadAuth {
-            reader: PublicKey::decode(r)?,
-            data: DataId::decode(r)?,
-            block: r.u64()?,
-            holder: r.array()?,
-            at_ms: r.u64()?,
-            sig: Signature::decode(r)?,
-        })
-    }
-}
 
 /// A request to a storage node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,17 +50,21 @@ pub enum ShardRequest {
         /// here keeps it even when it holds no shard of the data.
         keep_manifest: bool,
     },
-    /// Read a shard.
+    /// Read shard `id`, which the reader says is part of block `block` of `data` (the
+    /// block's interval is what the chain must grant the reader).
     Get {
         /// The shard.
         id: ChunkId,
-        /// The reader's authorisation.
-        auth: ReadAuth,
+        /// The data it belongs to.
+        data: DataId,
+        /// The block it belongs to.
+        block: u64,
     },
-    /// Read the manifest of `auth.data`.
+    /// Read the manifest of `data` (the chain must give the reader a right to some part of
+    /// it: owner, public data, or a live grant).
     GetManifest {
-        /// The reader's authorisation (target: zero id, block 0).
-        auth: ReadAuth,
+        /// The data.
+        data: DataId,
     },
     /// Prove possession of shard `id`: answer segment `nonce % segments`.
     Audit {
@@ -244,14 +122,15 @@ impl Encode for ShardRequest {
                 put_bytes(out, manifest);
                 keep_manifest.encode(out);
             }
-            ShardRequest::Get { id, auth } => {
+            ShardRequest::Get { id, data, block } => {
                 out.push(2);
                 id.encode(out);
-                auth.encode(out);
+                data.encode(out);
+                block.encode(out);
             }
-            ShardRequest::GetManifest { auth } => {
+            ShardRequest::GetManifest { data } => {
                 out.push(3);
-                auth.encode(out);
+                data.encode(out);
             }
             ShardRequest::Audit { id, nonce } => {
                 out.push(4);
@@ -279,10 +158,11 @@ impl Decode for ShardRequest {
             },
             2 => ShardRequest::Get {
                 id: ChunkId::decode(r)?,
-                auth: ReadAuth::decode(r)?,
+                data: DataId::decode(r)?,
+                block: r.u64()?,
             },
             3 => ShardRequest::GetManifest {
-                auth: ReadAuth::decode(r)?,
+                data: DataId::decode(r)?,
             },
             4 => ShardRequest::Audit {
                 id: ChunkId::decode(r)?,
@@ -387,31 +267,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn auth(key: &Keypair, at: u64, target: &ChunkId) -> ReadAuth {
-        ReadAuth::sign(key, 7, DataId::from_bytes([3; 32]), 5, [9; 32], at, target)
-    }
-
-    #[test]
-    fn read_auth_binds_holder_time_target_and_chain() {
-        let key = Keypair::generate();
-        let t = ChunkId::of(b"shard");
-        let a = auth(&key, 1_000_000, &t);
-        assert!(a.check(7, &[9; 32], 1_000_000, &t).is_ok());
-        assert!(a.check(7, &[8; 32], 1_000_000, &t).is_err());
-        assert!(a.check(8, &[9; 32], 1_000_000, &t).is_err());
-        assert!(a
-            .check(7, &[9; 32], 1_000_000 + AUTH_SKEW_MS + 1, &t)
-            .is_err());
-        assert!(a
-            .check(7, &[9; 32], 1_000_000, &ChunkId::of(b"other"))
-            .is_err());
-        let mut b = a.clone();
-        b.block = 6;
-        assert!(b.check(7, &[9; 32], 1_000_000, &t).is_err());
-    }
-
     fn requests() -> Vec<ShardRequest> {
-        let key = Keypair::generate();
         let t = ChunkId::of(b"x");
         vec![
             ShardRequest::Put {
@@ -423,10 +279,11 @@ mod tests {
             },
             ShardRequest::Get {
                 id: t,
-                auth: auth(&key, 5, &t),
+                data: DataId::from_bytes([3; 32]),
+                block: 5,
             },
             ShardRequest::GetManifest {
-                auth: auth(&key, 5, &ChunkId::from_bytes([0; 32])),
+                data: DataId::from_bytes([3; 32]),
             },
             ShardRequest::Audit { id: t, nonce: 77 },
             ShardRequest::Held {

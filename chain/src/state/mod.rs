@@ -618,6 +618,25 @@ impl State {
         }
     }
 
+    /// Whether `reader` may read some interval of `id` at `height` (what reading the data's
+    /// manifest needs): the owner, anyone under a public policy, or a reader with an
+    /// unrevoked, unexpired grant under a grant-based policy.
+    pub fn may_read_some(&self, reader: &Address, id: &DataId, height: u64) -> bool {
+        let Some(d) = self.tables.data.get(id) else {
+            return false;
+        };
+        if d.owner == *reader {
+            return true;
+        }
+        match d.policy {
+            crate::tx::AccessPolicy::Public => true,
+            crate::tx::AccessPolicy::OwnerOnly => false,
+            crate::tx::AccessPolicy::GrantBased => self
+                .grant(id, reader)
+                .is_some_and(|g| g.revoked_at.is_none() && height < g.expiry),
+        }
+    }
+
     /// Register contract: the data `addr` registered, with heights.
     pub fn upload_history(&self, addr: &Address) -> Vec<(DataId, u64)> {
         let lo = UploadKey {

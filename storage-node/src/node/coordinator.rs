@@ -263,9 +263,11 @@ impl Coordinator {
     ) -> Vec<Result<ShardResponse, String>> {
         let (_, peers) = self.candidates();
         let mut waiting = Vec::with_capacity(reqs.len());
+        let me = crypto_accel::PublicKey::from_bytes(self.me.0).ok();
         for (node, req) in reqs {
             if node == self.me {
-                waiting.push(Pending::Done(Ok(self.service.handle(req, now_ms()))));
+                let r = self.service.handle(req, me.as_ref(), now_ms());
+                waiting.push(Pending::Done(Ok(r)));
                 continue;
             }
             let Some(peer) = peers.get(&node).copied() else {
@@ -318,7 +320,6 @@ impl Coordinator {
     /// closer to another live node is handed over (no longer audited or repaired here).
     fn scan(&mut self) {
         let (cands, _) = self.candidates();
-        self.planner.set_candidates(cands.clone());
         // The coordinator of a data item is the XOR-closest storage node that answers: a
         // dead coordinator is passed over at the next scan.
         // A node the planner declared dead and that no connection leads to costs a full
@@ -364,6 +365,16 @@ impl Coordinator {
             .filter(|(_, r)| r.is_ok())
             .map(|(n, _)| *n)
             .collect();
+        // Repairs go only to nodes that answered just now: a node that died before this
+        // coordinator ever audited it is not known dead to its planner, and every shard
+        // placed on it would cost a timeout and a retry.
+        self.planner.set_candidates(
+            cands
+                .iter()
+                .filter(|c| c.node == self.me || reachable.contains(&c.node))
+                .copied()
+                .collect(),
+        );
         let mut mine: HashSet<DataId> = HashSet::new();
         for d in self.service.manifest_ids() {
             let mut order: Vec<NodeId> = cands.iter().map(|c| c.node).collect();
@@ -629,8 +640,15 @@ impl Coordinator {
                     let Some(id) = self.shard_id(&job.data, job.block, *i) else {
                         continue;
                     };
-                    let auth = self.service.node_auth(job.data, job.block, node.0, &id);
-                    reqs.push((*node, ShardRequest::Get { id, auth }));
+                    // The holder checks the read against this node's peer identity.
+                    reqs.push((
+                        *node,
+                        ShardRequest::Get {
+                            id,
+                            data: job.data,
+                            block: job.block,
+                        },
+                    ));
                     asked.push((j, *i, *node, id));
                 }
             }

@@ -28,7 +28,7 @@ use chain::{AccessPolicy, Address, IntervalRange, Tx, TxPayload};
 use crypto_accel::{ChunkId, DataId, Decode, Encode, Hash, Keypair, ShardHeader};
 use dht::planner::{place, Candidate};
 use dht::record::{DataRecord, NodeId, Subnet};
-use dht::wire::{ReadAuth, ShardRequest, ShardResponse};
+use dht::wire::{ShardRequest, ShardResponse};
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -36,7 +36,6 @@ use libp2p::{identify, kad, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::client::ApiClient;
-use super::config::now_ms;
 use super::lock;
 use super::net::{hardened_kad, identify_behaviour, shard_behaviour, subnet_of, FrameCodec};
 use crate::manifest::Manifest;
@@ -326,13 +325,6 @@ fn peer_of(n: &NodeId) -> Option<PeerId> {
     super::net::peer_id_of(&Address(n.0))
 }
 
-/// The node id (ed25519 key) inside a peer id, if it is an ed25519 peer id.
-fn node_of_peer(p: &PeerId) -> Option<NodeId> {
-    let mh: &libp2p::multihash::Multihash<64> = p.as_ref();
-    let pk = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
-    Some(NodeId(pk.try_into_ed25519().ok()?.to_bytes()))
-}
-
 fn node_of(p: &StoragePeer) -> Candidate {
     Candidate {
         node: p.node,
@@ -362,7 +354,11 @@ impl Dfs {
             .build()
             .context("starting the async runtime")?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let kp = libp2p::identity::Keypair::generate_ed25519();
+        // The client's peer identity is the user's chain key: storage nodes check reads
+        // against the key noise authenticated, so no read carries a signature of its own.
+        let mut seed = key.seed();
+        let kp = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
+            .context("deriving the libp2p identity from the key")?;
         // The swarm spawns its connection tasks on the runtime it is built and dialled in.
         let _runtime = rt.enter();
         let swarm = {
@@ -712,17 +708,7 @@ impl Dfs {
     fn fetch_manifest(&self, data: &DataId, from: &[PeerId]) -> Result<Manifest> {
         let mut why = Vec::new();
         for p in from {
-            let Some(n) = node_of_peer(p) else { continue };
-            let auth = ReadAuth::sign(
-                &self.key,
-                self.chain_id,
-                *data,
-                0,
-                n.0,
-                now_ms(),
-                &ChunkId::from_bytes([0; 32]),
-            );
-            match self.request_blocking(*p, &ShardRequest::GetManifest { auth }) {
+            match self.request_blocking(*p, &ShardRequest::GetManifest { data: *data }) {
                 Ok(ShardResponse::Manifest(b)) => match Manifest::from_bytes(&b) {
                     Ok(m) if m.data_id() == *data && m.check().is_ok() => return Ok(m),
                     _ => why.push(format!("{p}: sent a manifest that does not match {data}")),
@@ -1026,8 +1012,7 @@ impl NetSource {
             .map(|b| (b, m.blocks[b as usize].shards.clone()))
             .collect();
         let holders = Arc::new(holders);
-        let (cmds, key, chain_id, data) =
-            (dfs.cmds.clone(), dfs.key.clone(), dfs.chain_id, m.data_id());
+        let (cmds, data) = (dfs.cmds.clone(), m.data_id());
         let (st, win) = (Arc::clone(&state), Arc::clone(&window));
         dfs.rt.spawn(async move {
             for (b, ids) in blocks {
@@ -1055,7 +1040,7 @@ impl NetSource {
                     }
                 }
                 for _ in 0..=k {
-                    spawn_fetch(&st, &cmds, &key, chain_id, data, b, &ids, &holders);
+                    spawn_fetch(&st, &cmds, data, b, &ids, &holders);
                 }
             }
         });
@@ -1076,12 +1061,9 @@ impl NetSource {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn spawn_fetch(
     st: &Arc<(Mutex<SourceState>, Condvar)>,
     cmds: &mpsc::UnboundedSender<Cmd>,
-    key: &Keypair,
-    chain_id: u32,
     data: DataId,
     block: u64,
     ids: &[ChunkId],
@@ -1112,28 +1094,22 @@ fn spawn_fetch(
     let Some(id) = ids.get(usize::from(index)).copied() else {
         return;
     };
-    let who: Vec<(PeerId, NodeId)> = holders
+    let who: Vec<PeerId> = holders
         .get(block as usize)
         .and_then(|r| r.get(usize::from(index)))
-        .map(|v| {
-            v.iter()
-                .filter_map(|p| node_of_peer(p).map(|n| (*p, n)))
-                .collect()
-        })
+        .cloned()
         .unwrap_or_default();
-    let (st, cmds, key, ids, holders) = (
+    let (st, cmds, ids, holders) = (
         Arc::clone(st),
         cmds.clone(),
-        key.clone(),
         ids.to_vec(),
         Arc::clone(holders),
     );
     tokio::spawn(async move {
         let mut got = None;
-        for (peer, n) in who {
-            let auth = ReadAuth::sign(&key, chain_id, data, block, n.0, now_ms(), &id);
-            let req = ShardRequest::Get { id, auth }.to_bytes();
-            match request(&cmds, peer, req).await {
+        let req = ShardRequest::Get { id, data, block }.to_bytes();
+        for peer in who {
+            match request(&cmds, peer, req.clone()).await {
                 Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
                     got = Some(b);
                     break;
@@ -1169,7 +1145,7 @@ fn spawn_fetch(
             !ok
         };
         if again {
-            spawn_fetch(&st, &cmds, &key, chain_id, data, block, &ids, &holders);
+            spawn_fetch(&st, &cmds, data, block, &ids, &holders);
         }
     });
 }

@@ -24,6 +24,12 @@ impl ChainView for EngineHandle {
         self.query(move |e| e.state.may_read(&r, &id, interval, e.store.head().number))
             .unwrap_or(false)
     }
+
+    fn may_read_some(&self, reader: &Address, id: &DataId) -> bool {
+        let (r, id) = (*reader, *id);
+        self.query(move |e| e.state.may_read_some(&r, &id, e.store.head().number))
+            .unwrap_or(false)
+    }
 }
 
 /// How long an API read waits for the engine.

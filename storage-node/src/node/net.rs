@@ -151,6 +151,8 @@ pub struct Behaviour {
 pub struct ShardJob {
     /// Correlation id.
     pub id: u64,
+    /// The requesting peer's ed25519 key (noise-authenticated), if its identity is one.
+    pub from: Option<crypto_accel::PublicKey>,
     /// The encoded [`dht::wire::ShardRequest`].
     pub data: Vec<u8>,
 }
@@ -328,7 +330,7 @@ pub fn hardened_kad(peer: PeerId, mode: kad::Mode) -> kad::Behaviour<kad::store:
     k
 }
 
-/// The shard protocol behaviour (`/cpchain/shard/1`): `Full` on storage nodes, `Outbound`
+/// The shard protocol behaviour (`/cpchain/shard/2`): `Full` on storage nodes, `Outbound`
 /// elsewhere (clients, validators auditing nothing).
 pub fn shard_behaviour(support: ProtocolSupport) -> request_response::Behaviour<FrameCodec> {
     request_response::Behaviour::with_codec(
@@ -404,6 +406,14 @@ fn known_storage(stats: &NetStats) -> std::sync::MutexGuard<'_, HashMap<PeerId, 
 pub fn peer_id_of(addr: &Address) -> Option<PeerId> {
     let pk = identity::ed25519::PublicKey::try_from_bytes(&addr.0).ok()?;
     Some(identity::PublicKey::from(pk).to_peer_id())
+}
+
+/// The ed25519 key inside a peer id, if the peer's identity is an ed25519 key (ours always
+/// are: a node's or a client's libp2p identity is its chain key).
+pub fn key_of_peer(p: &PeerId) -> Option<[u8; 32]> {
+    let mh: &libp2p::multihash::Multihash<64> = p.as_ref();
+    let pk = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(pk.try_into_ed25519().ok()?.to_bytes())
 }
 
 /// A running swarm, before its loop is spawned.
@@ -774,12 +784,15 @@ impl Net {
                             }
                         }
                         BehaviourEvent::Shard(request_response::Event::Message {
+                            peer,
                             message: request_response::Message::Request { request, channel, .. },
                             ..
                         }) => {
                             let Some(jobs) = &shard_jobs else { continue };
                             next_id = next_id.wrapping_add(1);
-                            match jobs.try_send(ShardJob { id: next_id, data: request }) {
+                            let from = key_of_peer(&peer)
+                                .and_then(|k| crypto_accel::PublicKey::from_bytes(k).ok());
+                            match jobs.try_send(ShardJob { id: next_id, from, data: request }) {
                                 Ok(()) => {
                                     shard_pending.insert(next_id, channel);
                                 }

@@ -64,8 +64,8 @@ pub fn run(path: &Path) -> Result<()> {
     let storage_role = node.has(super::config::Role::Storage);
     let storage_dir = node.data_dir.join("storage");
     let storage_cfg = node.storage.clone();
-    let storage_key = key.clone();
     let coord_key = key.clone();
+    let me = *key.public().as_bytes();
     let net_cmds = net_tx.clone();
     let api_listen = node.api.listen.clone();
     let name = node.name.clone();
@@ -84,8 +84,7 @@ pub fn run(path: &Path) -> Result<()> {
     let (handle, shard_jobs, provide) = if storage_role {
         let service = Arc::new(StorageService::open(
             &storage_dir,
-            storage_key,
-            cfg.chain_id,
+            me,
             Arc::new(handle.clone()),
             storage_cfg.fault,
         )?);
