@@ -600,10 +600,28 @@ impl State {
     /// policy, and under a grant-based policy a reader whose unrevoked grant covers the
     /// interval and has `height < expiry`.
     pub fn may_read(&self, reader: &Address, id: &DataId, interval: u64, height: u64) -> bool {
+        self.read_right(reader, id, Some(interval), height)
+    }
+
+    /// Whether `reader` may read some interval of `id` at `height` (what reading the data's
+    /// manifest needs): the owner, anyone under a public policy, or a reader with an
+    /// unrevoked, unexpired grant under a grant-based policy.
+    pub fn may_read_some(&self, reader: &Address, id: &DataId, height: u64) -> bool {
+        self.read_right(reader, id, None, height)
+    }
+
+    /// [`State::may_read`] for `Some(interval)`, [`State::may_read_some`] for `None`.
+    fn read_right(
+        &self,
+        reader: &Address,
+        id: &DataId,
+        interval: Option<u64>,
+        height: u64,
+    ) -> bool {
         let Some(d) = self.tables.data.get(id) else {
             return false;
         };
-        if !d.intervals.contains(interval) {
+        if interval.is_some_and(|i| !d.intervals.contains(i)) {
             return false;
         }
         if d.owner == *reader {
@@ -613,27 +631,10 @@ impl State {
             crate::tx::AccessPolicy::Public => true,
             crate::tx::AccessPolicy::OwnerOnly => false,
             crate::tx::AccessPolicy::GrantBased => self.grant(id, reader).is_some_and(|g| {
-                g.revoked_at.is_none() && height < g.expiry && g.intervals.contains(interval)
+                g.revoked_at.is_none()
+                    && height < g.expiry
+                    && interval.is_none_or(|i| g.intervals.contains(i))
             }),
-        }
-    }
-
-    /// Whether `reader` may read some interval of `id` at `height` (what reading the data's
-    /// manifest needs): the owner, anyone under a public policy, or a reader with an
-    /// unrevoked, unexpired grant under a grant-based policy.
-    pub fn may_read_some(&self, reader: &Address, id: &DataId, height: u64) -> bool {
-        let Some(d) = self.tables.data.get(id) else {
-            return false;
-        };
-        if d.owner == *reader {
-            return true;
-        }
-        match d.policy {
-            crate::tx::AccessPolicy::Public => true,
-            crate::tx::AccessPolicy::OwnerOnly => false,
-            crate::tx::AccessPolicy::GrantBased => self
-                .grant(id, reader)
-                .is_some_and(|g| g.revoked_at.is_none() && height < g.expiry),
         }
     }
 
