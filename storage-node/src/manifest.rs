@@ -93,6 +93,14 @@ impl Manifest {
             .div_ceil(self.interval_blocks.max(1) as usize)
     }
 
+    /// The encryption intervals as the chain registers them: `0..interval_count()`.
+    pub fn interval_range(&self) -> chain::IntervalRange {
+        chain::IntervalRange {
+            start: 0,
+            end: self.interval_count() as u64,
+        }
+    }
+
     /// Plaintext length of block `b`.
     pub fn block_len(&self, b: usize) -> usize {
         let start = b as u64 * u64::from(self.block_size);

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use chain::{AccessPolicy, Address, IntervalRange, Tx, TxPayload};
+use chain::{AccessPolicy, Address, Tx, TxPayload};
 use crypto_accel::{ChunkId, DataId, Decode, Encode, Hash, Keypair, ShardHeader};
 use dht::planner::{place, Candidate};
 use dht::record::{DataRecord, NodeId, Subnet};
@@ -578,10 +578,7 @@ impl Dfs {
             size: m.length,
             k: u16::from(m.k),
             m: u16::from(m.m),
-            intervals: IntervalRange {
-                start: 0,
-                end: m.interval_count() as u64,
-            },
+            intervals: m.interval_range(),
             policy,
         };
         let fee = super::client::parse_cpc(super::client::DEFAULT_FEE)

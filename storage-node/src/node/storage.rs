@@ -690,7 +690,7 @@ mod tests {
     use super::*;
     use crate::node::net::{KnownStorage, NetStats};
     use crate::pipeline::{seal, MemoryShards, SealParams};
-    use chain::{AccessPolicy, DataRecord, IntervalRange};
+    use chain::{AccessPolicy, DataRecord};
     use crypto_accel::{Hash, Keypair};
     use dht::proof::AuditProof;
     use std::ops::Range;
@@ -717,10 +717,7 @@ mod tests {
                 size: m.length,
                 k: u16::from(m.k),
                 m: u16::from(m.m),
-                intervals: IntervalRange {
-                    start: 0,
-                    end: m.interval_count() as u64,
-                },
+                intervals: m.interval_range(),
                 policy: AccessPolicy::GrantBased,
                 registered_at: 1,
             };
