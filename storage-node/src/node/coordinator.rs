@@ -320,8 +320,6 @@ impl Coordinator {
     /// closer to another live node is handed over (no longer audited or repaired here).
     fn scan(&mut self) {
         let (cands, _) = self.candidates();
-        // The coordinator of a data item is the XOR-closest storage node that answers: a
-        // dead coordinator is passed over at the next scan.
         // A node the planner declared dead and that no connection leads to costs a full
         // timeout per probe (its QUIC address never answers): look for it every fourth scan
         // only, so repairs are not held up by the nodes whose loss they are repairing.
@@ -375,6 +373,8 @@ impl Coordinator {
                 .copied()
                 .collect(),
         );
+        // The coordinator of a data item is the XOR-closest storage node that answers: a
+        // dead coordinator is passed over at the next scan.
         let mut mine: HashSet<DataId> = HashSet::new();
         for d in self.service.manifest_ids() {
             let mut order: Vec<NodeId> = cands.iter().map(|c| c.node).collect();
