@@ -217,7 +217,7 @@ pub fn run(a: &DhtArgs) -> Result<String> {
              | local seal into the chunk store (baseline) | {seal_r:.0} | 1.00 |\n\
              | network put (seal, upload, register, commit, DHT record) | {put_r:.0} | **{:.2}** of local seal (target ≥ 0.40) |\n\
              | local open from the chunk store (baseline) | {open_r:.0} | 1.00 |\n\
-             | network get (locate, fetch hedged k+1, verify, decrypt) | {get_r:.0} | **{:.2}** of local open (target ≥ 0.50) |\n\n\
+             | network get (locate, fetch k + a delayed hedge, verify, decrypt) | {get_r:.0} | **{:.2}** of local open (target ≥ 0.50) |\n\n\
              Put: {:.1} s sealing and uploading ({} uploads moved to another node), {:.1} s \
              registering on chain, committing on {} holders and publishing the record. \
              Get: {} blocks rebuilt from parity (hedge), {} shards not used.\n\n\

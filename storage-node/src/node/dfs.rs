@@ -14,7 +14,8 @@
 //! ([`dht::record::DataRecord`]) are put into Kademlia.
 //!
 //! Get: read the record (falling back to provider records), fetch the manifest from a
-//! holder, then stream blocks: for each block ask k + 1 holders at once (hedged) and use the
+//! holder, then stream blocks: for each block ask k holders at once, and one more (parity)
+//! if the block is still short after twice the recent shard latency (the hedge); use the
 //! first k good shards; a failure moves on to the next untried shard. Every shard is checked
 //! against its content id and every block authenticated before a byte is written.
 
@@ -979,11 +980,24 @@ struct SourceState {
     slots: HashMap<ChunkId, Slot>,
     blocks: HashMap<u64, BlockState>,
     stopped: bool,
+    /// Moving average of how long a shard request takes (ms), for the hedge's delay.
+    latency_ms: f64,
 }
 
+/// The hedge: when a block still lacks shards this long after its k requests went out, one
+/// more (parity) is asked. Twice the recent shard latency, at least [`HEDGE_MIN`]: a hedge
+/// that always fires at once costs a tenth more transfers and a decode per block.
+fn hedge_delay(latency_ms: f64) -> Duration {
+    Duration::from_secs_f64((2.0 * latency_ms / 1000.0).max(HEDGE_MIN.as_secs_f64()))
+}
+
+/// The hedge never waits less than this.
+const HEDGE_MIN: Duration = Duration::from_millis(20);
+
 /// Shards prefetched from the network for [`open`]: the fetcher keeps a window of blocks in
-/// flight, k + 1 shards each; `fetch` waits for a shard, or answers "missing" once its block
-/// has k good shards without it or every holder failed.
+/// flight, k shards each plus a hedged (k+1)-th when the block is slow (see [`hedge_delay`]);
+/// `fetch` waits for a shard, or answers "missing" once its block has k good shards without
+/// it or every holder failed.
 struct NetSource {
     state: Arc<(Mutex<SourceState>, Condvar)>,
     where_: HashMap<ChunkId, (u64, u8)>,
@@ -1022,7 +1036,8 @@ impl NetSource {
                     if s.stopped {
                         return;
                     }
-                    // Data shards first (no decoding), then parity; k + 1 at once.
+                    // Data shards first (no decoding), then parity: k at once, one more if
+                    // the block is slow (the hedge).
                     let order: Vec<u8> = (0..n as u8).collect();
                     s.blocks.insert(
                         b,
@@ -1036,9 +1051,26 @@ impl NetSource {
                         s.slots.insert(*c, Slot::Pending);
                     }
                 }
-                for _ in 0..=k {
+                for _ in 0..k {
                     spawn_fetch(&st, &cmds, data, b, &ids, &holders);
                 }
+                let delay = hedge_delay(lock(&st.0).latency_ms);
+                let (st, cmds, ids, holders) = (
+                    Arc::clone(&st),
+                    cmds.clone(),
+                    ids.clone(),
+                    Arc::clone(&holders),
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let slow = lock(&st.0)
+                        .blocks
+                        .get(&b)
+                        .is_some_and(|bs| !bs.done && bs.ready.iter().filter(|r| **r).count() < k);
+                    if slow {
+                        spawn_fetch(&st, &cmds, data, b, &ids, &holders);
+                    }
+                });
             }
         });
         NetSource {
@@ -1104,6 +1136,7 @@ fn spawn_fetch(
     );
     tokio::spawn(async move {
         let mut got = None;
+        let asked = Instant::now();
         let req = ShardRequest::Get { id, data, block }.to_bytes();
         for peer in who {
             match request(&cmds, peer, req.clone()).await {
@@ -1121,6 +1154,14 @@ fn spawn_fetch(
         let again = {
             let mut s = lock(&st.0);
             let ok = got.is_some();
+            if ok {
+                let ms = asked.elapsed().as_secs_f64() * 1000.0;
+                s.latency_ms = if s.latency_ms == 0.0 {
+                    ms
+                } else {
+                    0.9 * s.latency_ms + 0.1 * ms
+                };
+            }
             if let Some(slot) = s.slots.get_mut(&id) {
                 *slot = match got {
                     Some(b) => Slot::Ready(b),
