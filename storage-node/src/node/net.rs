@@ -790,6 +790,7 @@ impl Net {
                         }) => {
                             let Some(jobs) = &shard_jobs else { continue };
                             next_id = next_id.wrapping_add(1);
+                            // Checked as a chain key (a weak, small-order key reads nothing).
                             let from = key_of_peer(&peer)
                                 .and_then(|k| crypto_accel::PublicKey::from_bytes(k).ok());
                             match jobs.try_send(ShardJob { id: next_id, from, data: request }) {

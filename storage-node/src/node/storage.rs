@@ -6,8 +6,9 @@
 //! same Merkle root and owner), saves it, and confirms every pending shard it lists; the
 //! shard → (data, block, index) index is rebuilt at start from the saved manifests and the
 //! chunk store, so a restarted node serves what it held. Pending shards that no commit
-//! claims within [`PENDING_TTL_MS`] are deleted. Reads are served only to a reader who
-//! signed the request for this node and holds a right on chain (owner or live grant);
+//! claims within [`PENDING_TTL_MS`] are deleted. Reads are served only to a reader whose
+//! key (the requesting peer's noise-authenticated identity) holds a right on chain (owner,
+//! public data or a live grant), to other storage nodes (repair) and to this node itself;
 //! refusals say why.
 
 use std::collections::{BTreeSet, HashMap};
