@@ -1463,13 +1463,20 @@ mod tests {
         }
     }
 
+    /// One block of 3 + 2 shards on 10 nodes whose repairs the test carries out itself, with
+    /// the holder of shard `index` just gone down. Returns the data, the world and that node.
+    fn one_holder_down(name: &str, seed: u64, index: usize) -> (DataId, World, NodeId) {
+        let d = did(name);
+        let mut w = world(seed, 10, &d, 1, 3, 2);
+        w.repair = false;
+        let victim = w.p.shard_map(&d).unwrap()[0][index].unwrap();
+        w.p.on_node_down(victim, w.now);
+        (d, w, victim)
+    }
+
     #[test]
     fn in_flight_repairs_are_not_duplicated_and_failures_back_off() {
-        let d = did("flight");
-        let mut w = world(5, 10, &d, 1, 3, 2);
-        w.repair = false;
-        let victim = w.p.shard_map(&d).unwrap()[0][4].unwrap();
-        w.p.on_node_down(victim, w.now);
+        let (d, mut w, _) = one_holder_down("flight", 5, 4);
         let targets = only_repair(&w.step());
         assert_eq!(targets.len(), 1);
         let (index, target) = targets[0];
@@ -1502,11 +1509,7 @@ mod tests {
 
     #[test]
     fn a_death_cuts_short_the_back_off_of_repairs_it_made_fail() {
-        let d = did("dying");
-        let mut w = world(7, 10, &d, 1, 3, 2);
-        w.repair = false;
-        let victim = w.p.shard_map(&d).unwrap()[0][0].unwrap();
-        w.p.on_node_down(victim, w.now);
+        let (d, mut w, victim) = one_holder_down("dying", 7, 0);
         let (index, target) = only_repair(&w.step())[0];
         // The target is dying too: its repairs time out, and the back-off grows.
         let t = w.now;

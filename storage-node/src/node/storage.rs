@@ -910,12 +910,19 @@ mod tests {
         v
     }
 
-    /// A node holding `pairs` of freshly sealed data, committed.
-    fn committed(dir: &Path, pairs: &[(u64, u8)]) -> (Arc<FakeChain>, StorageService, Sealed) {
+    /// A fresh node (honest, on an empty chain) that was sent `pairs` of freshly sealed
+    /// data: pending, nothing registered.
+    fn uploaded(dir: &Path, pairs: &[(u64, u8)]) -> (Arc<FakeChain>, StorageService, Sealed) {
         let chain = Arc::new(FakeChain::default());
         let s = open(dir, &chain, Fault::None);
         let d = sealed();
         d.put(&s, pairs);
+        (chain, s, d)
+    }
+
+    /// A node holding `pairs` of freshly sealed data, committed.
+    fn committed(dir: &Path, pairs: &[(u64, u8)]) -> (Arc<FakeChain>, StorageService, Sealed) {
+        let (chain, s, d) = uploaded(dir, pairs);
         chain.register(&d.manifest);
         let confirmed = u32::try_from(pairs.len()).unwrap();
         assert_eq!(
@@ -928,10 +935,7 @@ mod tests {
     #[test]
     fn commit_waits_for_registration_then_confirms_the_shards_put() {
         let dir = tempfile::tempdir().unwrap();
-        let chain = Arc::new(FakeChain::default());
-        let s = open(dir.path(), &chain, Fault::None);
-        let d = sealed();
-        d.put(&s, &SOME);
+        let (chain, s, d) = uploaded(dir.path(), &SOME);
         assert_eq!(pending(&s), SOME.len() as u64);
         assert!(s.held(&d.id()).is_empty(), "pending shards are not held");
         assert_eq!(
@@ -1225,10 +1229,7 @@ mod tests {
     #[test]
     fn commit_refuses_a_manifest_that_differs_from_the_registration() {
         let dir = tempfile::tempdir().unwrap();
-        let chain = Arc::new(FakeChain::default());
-        let s = open(dir.path(), &chain, Fault::None);
-        let d = sealed();
-        d.put(&s, &SOME);
+        let (chain, s, d) = uploaded(dir.path(), &SOME);
         let stranger = Keypair::from_seed([2; 32]);
 
         // Registered with another root.
@@ -1292,10 +1293,7 @@ mod tests {
     #[test]
     fn uncommitted_shards_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let chain = Arc::new(FakeChain::default());
-        let s = open(dir.path(), &chain, Fault::None);
-        let d = sealed();
-        d.put(&s, &[(0, 0), (0, 1)]);
+        let (chain, s, d) = uploaded(dir.path(), &[(0, 0), (0, 1)]);
         assert_eq!(s.expire_pending(NOW + PENDING_TTL_MS), 0);
         assert_eq!(s.expire_pending(NOW + PENDING_TTL_MS + 1), 2);
         assert_eq!(pending(&s), 0);
@@ -1318,10 +1316,7 @@ mod tests {
     #[test]
     fn shards_left_uncommitted_by_a_restart_expire_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let chain = Arc::new(FakeChain::default());
-        let d = sealed();
-        let s = open(dir.path(), &chain, Fault::None);
-        d.put(&s, &[(0, 0), (0, 1), (2, 3)]);
+        let (chain, s, d) = uploaded(dir.path(), &[(0, 0), (0, 1), (2, 3)]);
         chain.register(&d.manifest);
         drop(s);
         // Restarted before the commit: the shards are pending again, from the restart on.
