@@ -27,6 +27,7 @@ trait DhtNet {
     fn holdings(&self, data: &str) -> BTreeMap<(u64, u64), Vec<usize>>;
     fn live_shards_per_block(&self, data: &str, blocks: u64) -> Vec<(usize, usize)>;
     fn status(&self, i: usize) -> serde_json::Value;
+    fn wait_serving(&self, nodes: &[usize]);
 }
 
 impl DhtNet for Net {
@@ -99,6 +100,26 @@ impl DhtNet for Net {
             .ok()
             .and_then(|r| r.into_json().ok())
             .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until each of `nodes` answers its API, has caught up and has peers.
+    fn wait_serving(&self, nodes: &[usize]) {
+        let t = Instant::now();
+        for &i in nodes {
+            loop {
+                let s = self.status(i);
+                let up = s["syncing"] == false && s["peers"].as_u64().is_some_and(|p| p >= 3);
+                if up {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(90),
+                    "node {} not serving 90 s after its restart: {s}",
+                    self.file.nodes[i].name
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 }
 
@@ -227,7 +248,7 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     for &i in &first4 {
         net.restart(i);
     }
-    std::thread::sleep(Duration::from_secs(5));
+    net.wait_serving(&first4);
     let next4: Vec<usize> = holders[4..8].to_vec();
     for &i in &next4 {
         net.kill9(i);
@@ -236,7 +257,7 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     for &i in &next4 {
         net.restart(i);
     }
-    std::thread::sleep(Duration::from_secs(5));
+    net.wait_serving(&next4);
 
     // A reader without a grant is refused, with the reason, and gets no file.
     let stranger = work.join("stranger.key");

@@ -94,6 +94,12 @@ enum Cmd {
         key: [u8; 32],
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    /// Looks `peer` up in the DHT (its addresses may have changed, or never been known);
+    /// answers once the lookup ends, at once when already connected.
+    FindPeer {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 type RecordsReply = oneshot::Sender<Vec<Vec<u8>>>;
@@ -108,6 +114,7 @@ struct SwarmTask {
     puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
     gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordsReply)>,
     providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    finds: HashMap<kad::QueryId, (PeerId, oneshot::Sender<()>)>,
 }
 
 impl SwarmTask {
@@ -157,6 +164,14 @@ impl SwarmTask {
             Cmd::GetProviders { key, reply } => {
                 let q = b.kad.get_providers(kad::RecordKey::new(&key));
                 self.providers.insert(q, (HashSet::new(), reply));
+            }
+            Cmd::FindPeer { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(());
+                } else {
+                    let q = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                    self.finds.insert(q, (peer, reply));
+                }
             }
         }
     }
@@ -231,6 +246,26 @@ impl SwarmTask {
                     if step.last {
                         if let Some((v, reply)) = self.gets.remove(&id) {
                             let _ = reply.send(v);
+                        }
+                    }
+                }
+                kad::QueryResult::GetClosestPeers(r) => {
+                    let peers = match r {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    let wanted = self.finds.get(&id).map(|(p, _)| *p);
+                    for info in peers {
+                        if Some(info.peer_id) == wanted {
+                            for a in info.addrs {
+                                self.swarm.behaviour_mut().kad.add_address(&info.peer_id, a);
+                            }
+                        }
+                    }
+                    if step.last {
+                        if let Some((peer, reply)) = self.finds.remove(&id) {
+                            let _ = self.swarm.dial(peer);
+                            let _ = reply.send(());
                         }
                     }
                 }
@@ -390,6 +425,7 @@ impl Dfs {
             puts: HashMap::new(),
             gets: HashMap::new(),
             providers: HashMap::new(),
+            finds: HashMap::new(),
         };
         for a in &status.listen {
             let Ok(addr) = a.parse::<Multiaddr>() else {
@@ -971,8 +1007,23 @@ struct BlockState {
     outstanding: usize,
     /// Indices not asked yet (next to ask last).
     untried: Vec<u8>,
+    /// Indices whose holders could not be reached (not "not held", not refused): asked
+    /// again after [`retry_delay`] and a DHT lookup of the holders, if the block still
+    /// lacks shards once every other index was tried.
+    deferred: Vec<u8>,
+    /// Per shard index: times it was deferred.
+    attempts: Vec<u8>,
     /// Nothing more will arrive.
     done: bool,
+}
+
+/// How many times a shard whose holder is unreachable is asked again. A holder that just
+/// restarted, or whose address the client has not learnt yet, answers on the next try.
+const SHARD_RETRIES: u8 = 3;
+
+/// The wait before retry `n` (1-based) of unreachable holders: 0.25 s, 0.5 s, 1 s.
+fn retry_delay(n: u8) -> Duration {
+    Duration::from_millis(250 << n.saturating_sub(1).min(4))
 }
 
 #[derive(Default)]
@@ -982,6 +1033,8 @@ struct SourceState {
     stopped: bool,
     /// Moving average of how long a shard request takes (ms), for the hedge's delay.
     latency_ms: f64,
+    /// Shards a block needs.
+    k: usize,
 }
 
 /// The hedge: when a block still lacks shards this long after its k requests went out, one
@@ -1010,7 +1063,13 @@ impl NetSource {
     fn start(dfs: &Dfs, m: &Manifest, holders: Holders, span: Option<(u64, u64)>) -> NetSource {
         let k = usize::from(m.k);
         let n = k + usize::from(m.m);
-        let state = Arc::new((Mutex::new(SourceState::default()), Condvar::new()));
+        let state = Arc::new((
+            Mutex::new(SourceState {
+                k,
+                ..Default::default()
+            }),
+            Condvar::new(),
+        ));
         let mut where_ = HashMap::new();
         for (b, e) in m.blocks.iter().enumerate() {
             for (i, c) in e.shards.iter().enumerate() {
@@ -1043,6 +1102,7 @@ impl NetSource {
                         b,
                         BlockState {
                             ready: vec![false; n],
+                            attempts: vec![0; n],
                             untried: order.into_iter().rev().collect(),
                             ..Default::default()
                         },
@@ -1136,22 +1196,28 @@ fn spawn_fetch(
     );
     tokio::spawn(async move {
         let mut got = None;
+        // Only transport errors (nobody answered) are worth asking again.
+        let mut unreachable = !who.is_empty();
         let asked = Instant::now();
         let req = ShardRequest::Get { id, data, block }.to_bytes();
-        for peer in who {
-            match request(&cmds, peer, req.clone()).await {
+        for peer in &who {
+            match request(&cmds, *peer, req.clone()).await {
                 Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
                     got = Some(b);
                     break;
                 }
-                Ok(ShardResponse::Refused(r)) => tracing::warn!("{peer} refused: {r}"),
+                Ok(ShardResponse::Refused(r)) => {
+                    unreachable = false;
+                    tracing::warn!("{peer} refused: {r}")
+                }
                 Ok(other) => {
+                    unreachable = false;
                     tracing::debug!("shard {index} of block {block}: {}", describe(&other))
                 }
                 Err(e) => tracing::debug!("shard {index} of block {block}: {e}"),
             }
         }
-        let again = {
+        let (again, retry) = {
             let mut s = lock(&st.0);
             let ok = got.is_some();
             if ok {
@@ -1162,28 +1228,76 @@ fn spawn_fetch(
                     0.9 * s.latency_ms + 0.1 * ms
                 };
             }
+            let k = s.k;
+            let mut deferred = false;
+            let mut retry = None;
+            if let Some(bs) = s.blocks.get_mut(&block) {
+                bs.outstanding = bs.outstanding.saturating_sub(1);
+                let i = usize::from(index);
+                if ok {
+                    if let Some(r) = bs.ready.get_mut(i) {
+                        *r = true;
+                    }
+                } else if unreachable && bs.attempts.get(i).is_some_and(|a| *a < SHARD_RETRIES) {
+                    bs.attempts[i] += 1;
+                    bs.deferred.push(index);
+                    deferred = true;
+                }
+                let have = bs.ready.iter().filter(|r| **r).count();
+                if !bs.done && bs.untried.is_empty() && bs.outstanding == 0 && have < k {
+                    if bs.deferred.is_empty() {
+                        bs.done = true;
+                    } else {
+                        // Every index was tried and the block is short: ask the
+                        // unreachable ones again, after a pause and a lookup. The pause
+                        // counts as outstanding so that nobody declares the block done.
+                        let n = bs.deferred.iter().map(|i| bs.attempts[usize::from(*i)]);
+                        let delay = retry_delay(n.max().unwrap_or(1));
+                        let indices = std::mem::take(&mut bs.deferred);
+                        bs.untried = indices.iter().rev().copied().collect();
+                        bs.outstanding += 1;
+                        retry = Some((delay, indices));
+                    }
+                }
+            }
             if let Some(slot) = s.slots.get_mut(&id) {
                 *slot = match got {
                     Some(b) => Slot::Ready(b),
+                    None if deferred => Slot::Pending,
                     None => Slot::Failed,
                 };
             }
-            if let Some(bs) = s.blocks.get_mut(&block) {
-                bs.outstanding = bs.outstanding.saturating_sub(1);
-                if ok {
-                    if let Some(r) = bs.ready.get_mut(usize::from(index)) {
-                        *r = true;
-                    }
-                }
-                if !ok && bs.untried.is_empty() && bs.outstanding == 0 {
-                    bs.done = true;
-                }
-            }
             st.1.notify_all();
-            !ok
+            (!ok, retry)
         };
         if again {
             spawn_fetch(&st, &cmds, data, block, &ids, &holders);
+        }
+        if let Some((delay, indices)) = retry {
+            tokio::time::sleep(delay).await;
+            let mut lookups = Vec::new();
+            for i in &indices {
+                let peers = holders
+                    .get(block as usize)
+                    .and_then(|r| r.get(usize::from(*i)))
+                    .cloned()
+                    .unwrap_or_default();
+                for peer in peers {
+                    let (tx, rx) = oneshot::channel();
+                    if cmds.send(Cmd::FindPeer { peer, reply: tx }).is_ok() {
+                        lookups.push(rx);
+                    }
+                }
+            }
+            for rx in lookups {
+                let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+            }
+            if let Some(bs) = lock(&st.0).blocks.get_mut(&block) {
+                bs.outstanding = bs.outstanding.saturating_sub(1);
+            }
+            for _ in &indices {
+                spawn_fetch(&st, &cmds, data, block, &ids, &holders);
+            }
         }
     });
 }
