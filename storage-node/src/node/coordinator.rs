@@ -30,6 +30,8 @@ use crate::manifest::Manifest;
 
 /// How often the coordinator re-reads which data it coordinates and who holds what.
 const RESCAN: Duration = Duration::from_secs(15);
+/// The soonest a rescan follows the previous one when a dead node connects again.
+const EARLY_RESCAN: Duration = Duration::from_secs(2);
 /// How long a node runs before it coordinates anything (it learns its peers first).
 const STARTUP_GRACE: Duration = Duration::from_secs(20);
 /// The placeholder holder of a shard nobody reports (never a real key: not a curve point
@@ -135,6 +137,7 @@ pub fn spawn(
                 versions: HashMap::new(),
                 last_scan: None,
                 scans: 0,
+                back: HashSet::new(),
                 started: Instant::now(),
                 chain,
                 key,
@@ -164,6 +167,8 @@ struct Coordinator {
     last_scan: Option<Instant>,
     /// Scans run so far (dead, disconnected nodes are probed only every few scans).
     scans: u64,
+    /// Nodes declared dead that are connected again and already had their early rescan.
+    back: HashSet<NodeId>,
     started: Instant,
     chain: super::handle::EngineHandle,
     key: crypto_accel::Keypair,
@@ -179,7 +184,10 @@ impl Coordinator {
             if self.net.is_closed() {
                 return;
             }
-            if self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN) {
+            let due = self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN);
+            let early = self.last_scan.is_some_and(|t| t.elapsed() >= EARLY_RESCAN)
+                && self.dead_node_reconnected();
+            if due || early {
                 self.service.expire_pending(now_ms());
                 self.scan();
                 self.last_scan = Some(Instant::now());
@@ -315,6 +323,37 @@ impl Coordinator {
             .collect()
     }
 
+    /// The storage nodes this node is connected to now.
+    fn connected_storage(&self) -> HashSet<NodeId> {
+        self.net_stats
+            .storage
+            .lock()
+            .map(|k| {
+                k.values()
+                    .filter(|s| s.connected)
+                    .map(|s| NodeId(s.node))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether a node the planner declared dead has connected again since the last check
+    /// (a restart): its shards should count as held, and be audited, without waiting for
+    /// the next regular scan. Each return is reported once.
+    fn dead_node_reconnected(&mut self) -> bool {
+        let connected = self.connected_storage();
+        let back: HashSet<NodeId> = self
+            .planner
+            .holder_stats()
+            .into_iter()
+            .filter(|(n, s)| s.dead && connected.contains(n))
+            .map(|(n, _)| n)
+            .collect();
+        let new = back.iter().any(|n| !self.back.contains(n));
+        self.back = back;
+        new
+    }
+
     /// Finds the data this node coordinates and asks every storage node what it holds:
     /// new data is tracked; shards found again (a node came back) count as held; data now
     /// closer to another live node is handed over (no longer audited or repaired here).
@@ -327,17 +366,7 @@ impl Coordinator {
         let dead: HashSet<NodeId> = if self.scans % 4 == 1 {
             HashSet::new()
         } else {
-            let connected: HashSet<NodeId> = self
-                .net_stats
-                .storage
-                .lock()
-                .map(|k| {
-                    k.values()
-                        .filter(|s| s.connected)
-                        .map(|s| NodeId(s.node))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let connected = self.connected_storage();
             self.planner
                 .holder_stats()
                 .into_iter()

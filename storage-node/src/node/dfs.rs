@@ -1078,8 +1078,8 @@ impl NetSource {
         }
         let window = Arc::new(Semaphore::new(GET_WINDOW));
         let (lo, hi) = span.unwrap_or((0, m.blocks.len() as u64));
-        let blocks: Vec<(u64, Vec<ChunkId>)> = (lo..hi.min(m.blocks.len() as u64))
-            .map(|b| (b, m.blocks[b as usize].shards.clone()))
+        let blocks: Vec<(u64, Arc<[ChunkId]>)> = (lo..hi.min(m.blocks.len() as u64))
+            .map(|b| (b, m.blocks[b as usize].shards.as_slice().into()))
             .collect();
         let holders = Arc::new(holders);
         let (cmds, data) = (dfs.cmds.clone(), m.data_id());
@@ -1107,7 +1107,7 @@ impl NetSource {
                             ..Default::default()
                         },
                     );
-                    for c in &ids {
+                    for c in ids.iter() {
                         s.slots.insert(*c, Slot::Pending);
                     }
                 }
@@ -1118,7 +1118,7 @@ impl NetSource {
                 let (st, cmds, ids, holders) = (
                     Arc::clone(&st),
                     cmds.clone(),
-                    ids.clone(),
+                    Arc::clone(&ids),
                     Arc::clone(&holders),
                 );
                 tokio::spawn(async move {
@@ -1155,7 +1155,7 @@ fn spawn_fetch(
     cmds: &mpsc::UnboundedSender<Cmd>,
     data: DataId,
     block: u64,
-    ids: &[ChunkId],
+    ids: &Arc<[ChunkId]>,
     holders: &Arc<Holders>,
 ) {
     let index = {
@@ -1191,7 +1191,7 @@ fn spawn_fetch(
     let (st, cmds, ids, holders) = (
         Arc::clone(st),
         cmds.clone(),
-        ids.to_vec(),
+        Arc::clone(ids),
         Arc::clone(holders),
     );
     tokio::spawn(async move {
