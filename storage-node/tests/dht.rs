@@ -360,12 +360,18 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     for &i in &of_block0 {
         net.kill9(i);
     }
+    let t = Instant::now();
     let o = get(&api, &key, &id, &out);
     assert!(
         !o.status.success(),
         "get must fail with 5 holders of a block gone"
     );
     let e = stderr(&o);
+    eprintln!(
+        "5 holders of block 0 killed: refused in {:.1} s: {}",
+        t.elapsed().as_secs_f64(),
+        e.trim()
+    );
     assert!(
         e.contains("unrecoverable:") && e.contains("shards reachable"),
         "the error must say the block is unrecoverable: {e}"

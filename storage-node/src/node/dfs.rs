@@ -1021,6 +1021,9 @@ struct BlockState {
 /// restarted, or whose address the client has not learnt yet, answers on the next try.
 const SHARD_RETRIES: u8 = 3;
 
+/// The longest a retry waits for the DHT lookups of unreachable holders.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
+
 /// The wait before retry `n` (1-based) of unreachable holders: 0.25 s, 0.5 s, 1 s.
 fn retry_delay(n: u8) -> Duration {
     Duration::from_millis(250 << n.saturating_sub(1).min(4))
@@ -1035,6 +1038,8 @@ struct SourceState {
     latency_ms: f64,
     /// Shards a block needs.
     k: usize,
+    /// Holders already looked up in the DHT during this get (one lookup each).
+    looked_up: HashSet<PeerId>,
 }
 
 /// The hedge: when a block still lacks shards this long after its k requests went out, one
@@ -1275,22 +1280,34 @@ fn spawn_fetch(
         }
         if let Some((delay, indices)) = retry {
             tokio::time::sleep(delay).await;
-            let mut lookups = Vec::new();
-            for i in &indices {
-                let peers = holders
-                    .get(block as usize)
-                    .and_then(|r| r.get(usize::from(*i)))
-                    .cloned()
-                    .unwrap_or_default();
-                for peer in peers {
-                    let (tx, rx) = oneshot::channel();
-                    if cmds.send(Cmd::FindPeer { peer, reply: tx }).is_ok() {
-                        lookups.push(rx);
+            let peers: Vec<PeerId> = {
+                let mut s = lock(&st.0);
+                let row = holders.get(block as usize);
+                let mut new = Vec::new();
+                for i in &indices {
+                    for p in row
+                        .and_then(|r| r.get(usize::from(*i)))
+                        .into_iter()
+                        .flatten()
+                    {
+                        if s.looked_up.insert(*p) {
+                            new.push(*p);
+                        }
                     }
                 }
+                new
+            };
+            let mut lookups = Vec::new();
+            for peer in peers {
+                let (tx, rx) = oneshot::channel();
+                if cmds.send(Cmd::FindPeer { peer, reply: tx }).is_ok() {
+                    lookups.push(rx);
+                }
             }
+            // The lookups run side by side; a dead holder's may not end soon.
+            let deadline = tokio::time::Instant::now() + LOOKUP_WAIT;
             for rx in lookups {
-                let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+                let _ = tokio::time::timeout_at(deadline, rx).await;
             }
             if let Some(bs) = lock(&st.0).blocks.get_mut(&block) {
                 bs.outstanding = bs.outstanding.saturating_sub(1);
