@@ -1017,6 +1017,70 @@ struct BlockState {
     done: bool,
 }
 
+/// What the fetcher does after a shard request ended.
+#[derive(Debug, PartialEq)]
+enum After {
+    Nothing,
+    /// Ask the next untried index (the request failed).
+    Next,
+    /// The block is short and only unreachable holders are left: ask these indices again
+    /// after the pause.
+    Retry(Duration, Vec<u8>),
+}
+
+impl BlockState {
+    /// Books the end of a request for shard `index`: `ok` when it arrived and verified,
+    /// `unreachable` when no holder answered at all. Returns whether the index was deferred
+    /// for a retry, and what to do next. While a retry waits it counts as outstanding, so
+    /// nobody declares the block done; [`BlockState::retry_due`] ends the wait.
+    fn finish(&mut self, index: u8, ok: bool, unreachable: bool, k: usize) -> (bool, After) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let i = usize::from(index);
+        let mut deferred = false;
+        if ok {
+            if let Some(r) = self.ready.get_mut(i) {
+                *r = true;
+            }
+        } else if unreachable && self.attempts.get(i).is_some_and(|a| *a < SHARD_RETRIES) {
+            self.attempts[i] += 1;
+            self.deferred.push(index);
+            deferred = true;
+        }
+        let have = self.ready.iter().filter(|r| **r).count();
+        if self.done || have >= k {
+            return (deferred, After::Nothing);
+        }
+        if !ok && !self.untried.is_empty() {
+            return (deferred, After::Next);
+        }
+        if self.untried.is_empty() && self.outstanding == 0 {
+            if self.deferred.is_empty() {
+                self.done = true;
+                return (deferred, After::Nothing);
+            }
+            let most = self
+                .deferred
+                .iter()
+                .filter_map(|i| self.attempts.get(usize::from(*i)))
+                .max()
+                .copied()
+                .unwrap_or(1);
+            self.outstanding += 1;
+            return (
+                deferred,
+                After::Retry(retry_delay(most), std::mem::take(&mut self.deferred)),
+            );
+        }
+        (deferred, After::Nothing)
+    }
+
+    /// A retry's pause is over: `indices` become askable again.
+    fn retry_due(&mut self, indices: &[u8]) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.untried.extend(indices.iter().rev());
+    }
+}
+
 /// How many times a shard whose holder is unreachable is asked again. A holder that just
 /// restarted, or whose address the client has not learnt yet, answers on the next try.
 const SHARD_RETRIES: u8 = 3;
@@ -1177,7 +1241,7 @@ fn spawn_fetch(
                 i
             }
             None => {
-                if bs.outstanding == 0 {
+                if bs.outstanding == 0 && bs.deferred.is_empty() {
                     bs.done = true;
                     st.1.notify_all();
                 }
@@ -1222,7 +1286,7 @@ fn spawn_fetch(
                 Err(e) => tracing::debug!("shard {index} of block {block}: {e}"),
             }
         }
-        let (again, retry) = {
+        let after = {
             let mut s = lock(&st.0);
             let ok = got.is_some();
             if ok {
@@ -1234,37 +1298,10 @@ fn spawn_fetch(
                 };
             }
             let k = s.k;
-            let mut deferred = false;
-            let mut retry = None;
-            if let Some(bs) = s.blocks.get_mut(&block) {
-                bs.outstanding = bs.outstanding.saturating_sub(1);
-                let i = usize::from(index);
-                if ok {
-                    if let Some(r) = bs.ready.get_mut(i) {
-                        *r = true;
-                    }
-                } else if unreachable && bs.attempts.get(i).is_some_and(|a| *a < SHARD_RETRIES) {
-                    bs.attempts[i] += 1;
-                    bs.deferred.push(index);
-                    deferred = true;
-                }
-                let have = bs.ready.iter().filter(|r| **r).count();
-                if !bs.done && bs.untried.is_empty() && bs.outstanding == 0 && have < k {
-                    if bs.deferred.is_empty() {
-                        bs.done = true;
-                    } else {
-                        // Every index was tried and the block is short: ask the
-                        // unreachable ones again, after a pause and a lookup. The pause
-                        // counts as outstanding so that nobody declares the block done.
-                        let n = bs.deferred.iter().map(|i| bs.attempts[usize::from(*i)]);
-                        let delay = retry_delay(n.max().unwrap_or(1));
-                        let indices = std::mem::take(&mut bs.deferred);
-                        bs.untried = indices.iter().rev().copied().collect();
-                        bs.outstanding += 1;
-                        retry = Some((delay, indices));
-                    }
-                }
-            }
+            let (deferred, after) = match s.blocks.get_mut(&block) {
+                Some(bs) => bs.finish(index, ok, unreachable, k),
+                None => (false, After::Nothing),
+            };
             if let Some(slot) = s.slots.get_mut(&id) {
                 *slot = match got {
                     Some(b) => Slot::Ready(b),
@@ -1273,12 +1310,12 @@ fn spawn_fetch(
                 };
             }
             st.1.notify_all();
-            (!ok, retry)
+            after
         };
-        if again {
+        if let After::Next = after {
             spawn_fetch(&st, &cmds, data, block, &ids, &holders);
         }
-        if let Some((delay, indices)) = retry {
+        if let After::Retry(delay, indices) = after {
             tokio::time::sleep(delay).await;
             let peers: Vec<PeerId> = {
                 let mut s = lock(&st.0);
@@ -1310,7 +1347,7 @@ fn spawn_fetch(
                 let _ = tokio::time::timeout_at(deadline, rx).await;
             }
             if let Some(bs) = lock(&st.0).blocks.get_mut(&block) {
-                bs.outstanding = bs.outstanding.saturating_sub(1);
+                bs.retry_due(&indices);
             }
             for _ in &indices {
                 spawn_fetch(&st, &cmds, data, block, &ids, &holders);
@@ -1393,5 +1430,98 @@ impl NetSource {
             }
         }
         self.window.add_permits(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block of `n` shards needing `k`, with the first `asked` indices in flight.
+    fn block(n: u8, asked: u8) -> BlockState {
+        BlockState {
+            ready: vec![false; usize::from(n)],
+            attempts: vec![0; usize::from(n)],
+            untried: (asked..n).rev().collect(),
+            outstanding: usize::from(asked),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_unreachable_holder_is_not_retried_while_the_block_has_other_shards() {
+        let mut b = block(14, 10);
+        // Shard 3's holder is down: ask the next untried index instead; 3 waits.
+        assert_eq!(b.finish(3, false, true, 10), (true, After::Next));
+        assert_eq!(b.deferred, vec![3]);
+        for i in (0..10).filter(|i| *i != 3) {
+            assert_eq!(b.finish(i, true, false, 10), (false, After::Nothing));
+        }
+        // The replacement arrives: k shards, no retry, block not failed.
+        assert_eq!(b.untried.pop(), Some(10));
+        b.outstanding += 1;
+        assert_eq!(b.finish(10, true, false, 10), (false, After::Nothing));
+        assert!(!b.done);
+    }
+
+    #[test]
+    fn a_short_block_retries_its_unreachable_holders_with_growing_pauses_then_gives_up() {
+        // k = 2 of 3; shard 0 arrives, 1 and 2 have holders that do not answer.
+        let mut b = block(3, 3);
+        b.untried.clear();
+        assert_eq!(b.finish(0, true, false, 2), (false, After::Nothing));
+        assert_eq!(b.finish(1, false, true, 2), (true, After::Nothing));
+        let (_, after) = b.finish(2, false, true, 2);
+        assert_eq!(after, After::Retry(retry_delay(1), vec![1, 2]));
+        assert!(!b.done, "a pending retry keeps the block open");
+        assert_eq!(b.outstanding, 1, "the pause counts as outstanding");
+        for round in 2..=SHARD_RETRIES {
+            b.retry_due(&[1, 2]);
+            assert_eq!(b.untried, vec![2, 1]);
+            b.untried.clear();
+            b.outstanding += 2;
+            b.finish(1, false, true, 2);
+            let (_, after) = b.finish(2, false, true, 2);
+            assert_eq!(after, After::Retry(retry_delay(round), vec![1, 2]));
+        }
+        // Retries spent: the block fails.
+        b.retry_due(&[1, 2]);
+        b.untried.clear();
+        b.outstanding += 2;
+        assert_eq!(b.finish(1, false, true, 2), (false, After::Nothing));
+        assert_eq!(b.finish(2, false, true, 2), (false, After::Nothing));
+        assert!(b.done);
+        assert!(retry_delay(1) < retry_delay(2) && retry_delay(2) < retry_delay(3));
+    }
+
+    #[test]
+    fn a_holder_that_answers_no_is_not_retried() {
+        let mut b = block(3, 3);
+        b.untried.clear();
+        b.finish(0, true, false, 2);
+        // "Not held" or refused: an answer, so asking again changes nothing.
+        assert_eq!(b.finish(1, false, false, 2), (false, After::Nothing));
+        assert_eq!(b.finish(2, false, false, 2), (false, After::Nothing));
+        assert!(b.done);
+        assert!(b.deferred.is_empty());
+    }
+
+    #[test]
+    fn a_retried_shard_that_arrives_completes_the_block() {
+        let mut b = block(3, 3);
+        b.untried.clear();
+        b.finish(0, true, false, 2);
+        b.finish(1, false, false, 2);
+        let (_, after) = b.finish(2, false, true, 2);
+        assert_eq!(after, After::Retry(retry_delay(1), vec![2]));
+        b.retry_due(&[2]);
+        assert_eq!(b.untried.pop(), Some(2));
+        b.outstanding += 1;
+        assert_eq!(b.finish(2, true, false, 2), (false, After::Nothing));
+        assert!(
+            !b.done,
+            "complete, not failed: the pipeline takes the shards"
+        );
+        assert_eq!(b.ready, vec![true, false, true]);
     }
 }
