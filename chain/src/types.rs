@@ -26,8 +26,22 @@ pub const MAX_VALIDATORS: usize = 1_024;
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 
 /// An account: the raw bytes of its ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Address(pub [u8; 32]);
+
+/// Byte order, compared word-wise ([`crypto_accel::cmp32`]).
+impl Ord for Address {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        crypto_accel::cmp32(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Address {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Address {
     /// The address of a public key.

@@ -7,8 +7,41 @@ use crate::error::{CryptoError, CryptoResult};
 pub const HASH_LEN: usize = 32;
 
 /// A BLAKE3-256 digest.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Hash(pub [u8; HASH_LEN]);
+
+/// Orders two 32-byte strings lexicographically, as `a[..].cmp(&b[..])` does, but as four
+/// big-endian words compared inline: the ordered maps of the chain state are keyed by
+/// hashes and addresses, and there the libc `memcmp` call per comparison was a quarter of
+/// a block's execution (callgrind, `bench chain`).
+#[inline]
+pub fn cmp32(a: &[u8; 32], b: &[u8; 32]) -> std::cmp::Ordering {
+    let word = |x: &[u8; 32], i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&x[i * 8..i * 8 + 8]);
+        u64::from_be_bytes(w)
+    };
+    for i in 0..4 {
+        match word(a, i).cmp(&word(b, i)) {
+            std::cmp::Ordering::Equal => {}
+            o => return o,
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
+impl Ord for Hash {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        cmp32(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Hash {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Hash {
     /// The all-zero hash, used as "no parent" in hash chains.
@@ -155,6 +188,21 @@ content_id!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The word-wise order is the byte order, also when long prefixes are shared.
+        #[test]
+        fn cmp32_is_byte_order(a in any::<[u8; 32]>(), b in any::<[u8; 32]>(), shared in 0usize..=32) {
+            let mut b2 = b;
+            b2[..shared].copy_from_slice(&a[..shared]);
+            for y in [b, b2, a] {
+                prop_assert_eq!(cmp32(&a, &y), a[..].cmp(&y[..]));
+                prop_assert_eq!(Hash(a).cmp(&Hash(y)), a[..].cmp(&y[..]));
+                prop_assert_eq!(DataId(Hash(a)).partial_cmp(&DataId(Hash(y))), Some(a[..].cmp(&y[..])));
+            }
+        }
+    }
 
     #[test]
     fn hex_round_trip_and_errors() {

@@ -32,6 +32,6 @@ pub use batch::{
 pub use codec::{put_bytes, CodecResult, Decode, Encode, Reader};
 pub use erasure::{Erasure, ShardHeader, SHARD_HEADER_LEN};
 pub use error::{CodecError, CryptoError, CryptoResult};
-pub use hash::{ChunkId, DataId, Hash, HASH_LEN};
+pub use hash::{cmp32, ChunkId, DataId, Hash, HASH_LEN};
 pub use keys::{Keypair, MessageKind, PublicKey, SigDomain, Signature, DOMAIN_PREFIX_LEN};
 pub use merkle::{MerkleProof, MerkleTree};
