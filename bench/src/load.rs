@@ -354,10 +354,19 @@ fn write_plot(
     rate: u64,
 ) -> Result<()> {
     let (w, h, m) = (800.0, 360.0, 50.0);
-    let t0 = tps.keys().next().copied().unwrap_or(0);
-    let n = tps.len().max(2) as f64;
+    // Both series on one time axis of `span` seconds from their own first second (block
+    // timestamps vs submit times): seconds without blocks leave gaps, not a squeezed axis.
+    let first_last = |keys: Vec<u64>| {
+        (
+            keys.first().copied().unwrap_or(0),
+            keys.last().copied().unwrap_or(0),
+        )
+    };
+    let (t0, t1) = first_last(tps.keys().copied().collect());
+    let (lt0, lt1) = first_last(lat.keys().copied().collect());
+    let span = (t1 - t0).max(lt1 - lt0).max(1) as f64;
     let ymax = (tps.values().copied().max().unwrap_or(0).max(rate) as f64 * 1.1).max(1.0);
-    let x = |i: f64| m + i * (w - 2.0 * m) / (n - 1.0);
+    let x = |i: f64| m + i * (w - 2.0 * m) / span;
     let y = |v: f64| h - m - v * (h - 2.0 * m) / ymax;
     let pts: Vec<String> = tps
         .iter()
@@ -373,14 +382,11 @@ fn write_plot(
         .fold(0.5_f64, f64::max)
         * 1.1;
     let ly = |v: f64| h - m - v * (h - 2.0 * m) / lmax;
-    let lt0 = lat.keys().next().copied().unwrap_or(0);
-    let nl = lat.len().max(2) as f64;
-    let lx = |i: f64| m + i * (w - 2.0 * m) / (nl - 1.0);
     let lpts: Vec<String> = lat
         .iter()
         .map(|(s, v)| {
             let mut v = v.clone();
-            format!("{:.1},{:.1}", lx((s - lt0) as f64), ly(pct(&mut v, 0.99)))
+            format!("{:.1},{:.1}", x((s - lt0) as f64), ly(pct(&mut v, 0.99)))
         })
         .collect();
     let svg = format!(
@@ -392,7 +398,7 @@ fn write_plot(
 <line x1="{m}" y1="{ty:.1}" x2="{r}" y2="{ty:.1}" stroke="gray" stroke-dasharray="4"/>
 <polyline fill="none" stroke="#1f5fbf" stroke-width="2" points="{pts}"/>
 <polyline fill="none" stroke="#c0392b" stroke-width="2" points="{lpts}"/>
-<text x="{m}" y="{lab}">time (s)</text>
+<text x="{m}" y="{lab}">time (s): 0 to {span:.0}, from the first block (blue) and the first submission (red)</text>
 </svg>
 "##,
         b = h - m,
