@@ -707,7 +707,26 @@ impl Engine {
             .collect();
         for k in due {
             self.timers.remove(&k);
+            let before = (
+                self.machine.height(),
+                self.machine.round(),
+                self.machine.phase(),
+            );
             self.feed(Some(Input::Timeout(k)));
+            // A round timer that changed the round or the phase is the abnormal path
+            // (no block, or no certificate, in time): say so, it explains latency spikes.
+            if let TimerKind::Round { number, round } = k {
+                let after = (self.machine.round(), self.machine.phase());
+                if number == before.0 && after != (before.1, before.2) {
+                    tracing::info!(
+                        "#{number}: round {round} timed out in phase {:?}; now round {} in \
+                         phase {:?}",
+                        before.2,
+                        after.0,
+                        after.1
+                    );
+                }
+            }
         }
         if let Some((number, at)) = self.propose_at {
             if at <= now {
