@@ -323,9 +323,11 @@ impl Coordinator {
             .collect()
     }
 
-    /// The storage nodes this node is connected to now.
-    fn connected_storage(&self) -> HashSet<NodeId> {
-        self.net_stats
+    /// The nodes the planner declared dead, split into those a connection leads to now
+    /// (back, probably restarted) and the rest.
+    fn dead_nodes(&self) -> (HashSet<NodeId>, HashSet<NodeId>) {
+        let connected: HashSet<NodeId> = self
+            .net_stats
             .storage
             .lock()
             .map(|k| {
@@ -334,21 +336,20 @@ impl Coordinator {
                     .map(|s| NodeId(s.node))
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.planner
+            .holder_stats()
+            .into_iter()
+            .filter(|(_, s)| s.dead)
+            .map(|(n, _)| n)
+            .partition(|n| connected.contains(n))
     }
 
     /// Whether a node the planner declared dead has connected again since the last check
     /// (a restart): its shards should count as held, and be audited, without waiting for
     /// the next regular scan. Each return is reported once.
     fn dead_node_reconnected(&mut self) -> bool {
-        let connected = self.connected_storage();
-        let back: HashSet<NodeId> = self
-            .planner
-            .holder_stats()
-            .into_iter()
-            .filter(|(n, s)| s.dead && connected.contains(n))
-            .map(|(n, _)| n)
-            .collect();
+        let (back, _) = self.dead_nodes();
         let new = back.iter().any(|n| !self.back.contains(n));
         self.back = back;
         new
@@ -366,13 +367,7 @@ impl Coordinator {
         let dead: HashSet<NodeId> = if self.scans % 4 == 1 {
             HashSet::new()
         } else {
-            let connected = self.connected_storage();
-            self.planner
-                .holder_stats()
-                .into_iter()
-                .filter(|(n, s)| s.dead && !connected.contains(n))
-                .map(|(n, _)| n)
-                .collect()
+            self.dead_nodes().1
         };
         let others: Vec<NodeId> = cands
             .iter()

@@ -1029,6 +1029,11 @@ enum After {
 }
 
 impl BlockState {
+    /// Shards of the block that arrived and verified.
+    fn have(&self) -> usize {
+        self.ready.iter().filter(|r| **r).count()
+    }
+
     /// Books the end of a request for shard `index`: `ok` when it arrived and verified,
     /// `unreachable` when no holder answered at all. Returns whether the index was deferred
     /// for a retry, and what to do next. While a retry waits it counts as outstanding, so
@@ -1046,8 +1051,7 @@ impl BlockState {
             self.deferred.push(index);
             deferred = true;
         }
-        let have = self.ready.iter().filter(|r| **r).count();
-        if self.done || have >= k {
+        if self.done || self.have() >= k {
             return (deferred, After::Nothing);
         }
         if !ok && !self.untried.is_empty() {
@@ -1124,7 +1128,6 @@ struct NetSource {
     state: Arc<(Mutex<SourceState>, Condvar)>,
     where_: HashMap<ChunkId, (u64, u8)>,
     ids: Vec<Vec<ChunkId>>,
-    k: usize,
     window: Arc<Semaphore>,
 }
 
@@ -1195,7 +1198,7 @@ impl NetSource {
                     let slow = lock(&st.0)
                         .blocks
                         .get(&b)
-                        .is_some_and(|bs| !bs.done && bs.ready.iter().filter(|r| **r).count() < k);
+                        .is_some_and(|bs| !bs.done && bs.have() < k);
                     if slow {
                         spawn_fetch(&st, &cmds, data, b, &ids, &holders);
                     }
@@ -1206,7 +1209,6 @@ impl NetSource {
             state,
             where_,
             ids: m.blocks.iter().map(|e| e.shards.clone()).collect(),
-            k,
             window,
         }
     }
@@ -1372,10 +1374,11 @@ impl ShardSource for NetSource {
                     let Some(Slot::Ready(b)) = s.slots.insert(*id, Slot::Failed) else {
                         return Ok(None);
                     };
+                    let k = s.k;
                     let mut finished = false;
                     if let Some(bs) = s.blocks.get_mut(&block) {
                         bs.taken += 1;
-                        finished = bs.taken == self.k;
+                        finished = bs.taken == k;
                     }
                     if finished {
                         self.finish_block(&mut s, block);
@@ -1397,7 +1400,7 @@ impl ShardSource for NetSource {
                             .skip(usize::from(index) + 1)
                             .filter(|r| **r)
                             .count();
-                        if later >= self.k.saturating_sub(bs.taken) {
+                        if later >= s.k.saturating_sub(bs.taken) {
                             return Ok(None);
                         }
                     }
