@@ -12,6 +12,13 @@
 //! connection, so a read needs no signature of its own and cannot be replayed (protocol 1
 //! carried a signed, timestamped authorisation per request). `Audit` asks for a proof of
 //! possession (see [`crate::proof`]).
+//!
+//! Bulk transfers may leave libp2p for a *data connection*: `OpenSession` hands the holder,
+//! over the noise-authenticated stream, a fresh 32-byte key; the holder answers with a TCP
+//! port and a single-use token. The client connects there, sends the token, and from then
+//! on both sides exchange the same encoded requests and responses as AES-256-GCM frames under
+//! that key (nonces: direction and frame counter). The holder treats the connection as the
+//! peer that opened the session. The frame format is in `storage_node::node::dataplane`.
 
 use crypto_accel::{put_bytes, ChunkId, CodecError, CodecResult, DataId, Decode, Encode, Reader};
 
@@ -25,6 +32,9 @@ pub const MAX_MANIFEST_BYTES: usize = 48 << 20;
 pub const MAX_REASON: usize = 1024;
 /// Most (block, index) pairs in one `Held` answer.
 pub const MAX_HELD: usize = 1 << 20;
+/// Length of a data-connection token.
+pub const SESSION_TOKEN_LEN: usize = 16;
+
 /// Largest request frame.
 pub const MAX_REQUEST_FRAME: usize = MAX_MANIFEST_BYTES + 4096;
 /// Largest response frame.
@@ -78,6 +88,12 @@ pub enum ShardRequest {
         /// The data.
         data: DataId,
     },
+    /// Open a data connection keyed with `key` (chosen by the client at random for this one
+    /// connection; it travels only inside the noise channel).
+    OpenSession {
+        /// AES-256-GCM key of the data connection.
+        key: [u8; 32],
+    },
 }
 
 /// A storage node's answer.
@@ -104,6 +120,14 @@ pub enum ShardResponse {
     Refused(String),
     /// The node failed (its store, its chain view…).
     Failed(String),
+    /// Where to open the data connection: this node's IP (the one the client reached) at
+    /// `port`, presenting `token` once, within 30 seconds.
+    Session {
+        /// TCP port of the holder's data listener.
+        port: u16,
+        /// Single-use token that binds the connection to the session.
+        token: [u8; SESSION_TOKEN_LEN],
+    },
 }
 
 impl Encode for ShardRequest {
@@ -141,6 +165,10 @@ impl Encode for ShardRequest {
                 out.push(5);
                 data.encode(out);
             }
+            ShardRequest::OpenSession { key } => {
+                out.push(6);
+                key.encode(out);
+            }
         }
     }
 }
@@ -171,6 +199,7 @@ impl Decode for ShardRequest {
             5 => ShardRequest::Held {
                 data: DataId::decode(r)?,
             },
+            6 => ShardRequest::OpenSession { key: r.array()? },
             t => {
                 return Err(CodecError::BadTag {
                     what: "shard request",
@@ -231,6 +260,11 @@ impl Encode for ShardResponse {
                 out.push(8);
                 put_reason(out, s);
             }
+            ShardResponse::Session { port, token } => {
+                out.push(9);
+                port.encode(out);
+                token.encode(out);
+            }
         }
     }
 }
@@ -252,6 +286,10 @@ impl Decode for ShardResponse {
             6 => ShardResponse::NotFound,
             7 => ShardResponse::Refused(reason(r)?),
             8 => ShardResponse::Failed(reason(r)?),
+            9 => ShardResponse::Session {
+                port: r.u16()?,
+                token: r.array()?,
+            },
             t => {
                 return Err(CodecError::BadTag {
                     what: "shard response",
@@ -289,6 +327,7 @@ mod tests {
             ShardRequest::Held {
                 data: DataId::from_bytes([1; 32]),
             },
+            ShardRequest::OpenSession { key: [9; 32] },
         ]
     }
 
@@ -303,6 +342,10 @@ mod tests {
             ShardResponse::NotFound,
             ShardResponse::Refused("no grant".into()),
             ShardResponse::Failed("disk".into()),
+            ShardResponse::Session {
+                port: 40_123,
+                token: [5; SESSION_TOKEN_LEN],
+            },
         ]
     }
 

@@ -87,6 +87,18 @@ pub struct StorageSection {
     /// "bit-flip". Never set this on a real node.
     #[serde(default)]
     pub fault: super::storage::Fault,
+    /// Serve bulk shard transfers on data connections (see `node::dataplane`); when off,
+    /// clients use the libp2p shard protocol alone.
+    #[serde(default = "default_true")]
+    pub data_plane: bool,
+    /// TCP port of the data listener (0 = any free port; clients learn it per session). It
+    /// binds the IP of the first `[network] listen` address.
+    #[serde(default)]
+    pub data_port: u16,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_storage_workers() -> usize {
@@ -103,6 +115,8 @@ impl Default for StorageSection {
             workers: default_storage_workers(),
             audit_period_ms: default_audit_period_ms(),
             fault: Default::default(),
+            data_plane: true,
+            data_port: 0,
         }
     }
 }

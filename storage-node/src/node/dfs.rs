@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,8 +38,11 @@ use libp2p::{identify, kad, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::client::ApiClient;
+use super::dataplane::{DataClient, SessionOffer};
 use super::lock;
-use super::net::{hardened_kad, identify_behaviour, shard_behaviour, subnet_of, FrameCodec};
+use super::net::{
+    hardened_kad, identify_behaviour, ip_of, shard_behaviour, subnet_of, FrameCodec,
+};
 use crate::manifest::Manifest;
 use crate::pipeline::{
     open, seal_with_salt, OpenParams, OpenReport, PipelineError, PipelineResult, SealParams, Shard,
@@ -100,6 +104,24 @@ enum Cmd {
         peer: PeerId,
         reply: oneshot::Sender<()>,
     },
+    /// The IP address of our connection to `peer` (where its data listener is).
+    PeerIp {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<IpAddr>>,
+    },
+}
+
+/// The way to the network task and to the holders' data connections.
+#[derive(Clone)]
+struct Link {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    plane: Arc<DataClient>,
+}
+
+impl Link {
+    fn send(&self, cmd: Cmd) -> Result<(), mpsc::error::SendError<Cmd>> {
+        self.cmds.send(cmd)
+    }
 }
 
 type RecordsReply = oneshot::Sender<Vec<Vec<u8>>>;
@@ -115,6 +137,8 @@ struct SwarmTask {
     gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordsReply)>,
     providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     finds: HashMap<kad::QueryId, (PeerId, oneshot::Sender<()>)>,
+    /// The remote IP of the latest connection to each peer.
+    ips: HashMap<PeerId, IpAddr>,
 }
 
 impl SwarmTask {
@@ -165,6 +189,9 @@ impl SwarmTask {
                 let q = b.kad.get_providers(kad::RecordKey::new(&key));
                 self.providers.insert(q, (HashSet::new(), reply));
             }
+            Cmd::PeerIp { peer, reply } => {
+                let _ = reply.send(self.ips.get(&peer).copied());
+            }
             Cmd::FindPeer { peer, reply } => {
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(());
@@ -194,6 +221,14 @@ impl SwarmTask {
     }
 
     fn event(&mut self, ev: SwarmEvent<ClientBehaviourEvent>) {
+        if let SwarmEvent::ConnectionEstablished {
+            peer_id, endpoint, ..
+        } = &ev
+        {
+            if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                self.ips.insert(*peer_id, ip);
+            }
+        }
         let SwarmEvent::Behaviour(ev) = ev else {
             return;
         };
@@ -312,7 +347,7 @@ impl SwarmTask {
 /// A connection to a cpchain network for data: the client's own peer plus a node's API.
 pub struct Dfs {
     rt: tokio::runtime::Runtime,
-    cmds: mpsc::UnboundedSender<Cmd>,
+    cmds: Link,
     key: Keypair,
     chain_id: u32,
     api: ApiClient,
@@ -426,6 +461,7 @@ impl Dfs {
             gets: HashMap::new(),
             providers: HashMap::new(),
             finds: HashMap::new(),
+            ips: HashMap::new(),
         };
         for a in &status.listen {
             let Ok(addr) = a.parse::<Multiaddr>() else {
@@ -447,7 +483,10 @@ impl Dfs {
         drop(_runtime);
         let dfs = Dfs {
             rt,
-            cmds: tx,
+            cmds: Link {
+                cmds: tx,
+                plane: Arc::new(DataClient::default()),
+            },
             key,
             chain_id: status.chain_id,
             api,
@@ -492,7 +531,7 @@ impl Dfs {
     fn request_blocking(&self, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
         let cmds = self.cmds.clone();
         let data = req.to_bytes();
-        self.rt.block_on(request(&cmds, peer, data))
+        self.rt.block_on(request(&cmds, peer, &data))
     }
 
     /// Seals `input` and stores it on the network under `policy`; `progress` gets the
@@ -843,34 +882,65 @@ fn describe(r: &ShardResponse) -> String {
     }
 }
 
-async fn request(
-    cmds: &mpsc::UnboundedSender<Cmd>,
-    peer: PeerId,
-    data: Vec<u8>,
-) -> Result<ShardResponse> {
+/// Sends one shard request to `peer`: over a data connection when the holder offers one,
+/// else over the libp2p shard protocol.
+async fn request(link: &Link, peer: PeerId, data: &[u8]) -> Result<ShardResponse> {
+    let bytes = match link.plane.conn(peer, || open_session(link, peer)).await {
+        Some(conn) => conn.request(data).await.map_err(|e| anyhow!("{peer}: {e}"))?,
+        None => over_libp2p(link, peer, data.to_vec()).await?,
+    };
+    ShardResponse::from_bytes(&bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
+}
+
+async fn over_libp2p(link: &Link, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>> {
     let (tx, rx) = oneshot::channel();
-    cmds.send(Cmd::Request {
+    link.send(Cmd::Request {
         peer,
         data,
         reply: tx,
     })
     .map_err(|_| anyhow!("the client's network task stopped"))?;
-    let bytes = rx
-        .await
+    rx.await
         .map_err(|_| anyhow!("the client's network task stopped"))?
-        .map_err(|e| anyhow!("{peer}: {e}"))?;
-    ShardResponse::from_bytes(&bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
+        .map_err(|e| anyhow!("{peer}: {e}"))
+}
+
+/// Asks `peer` over libp2p for a data session (see [`super::dataplane`]).
+async fn open_session(link: &Link, peer: PeerId) -> Result<SessionOffer, String> {
+    let key = DataClient::session_key()?;
+    let req = ShardRequest::OpenSession { key }.to_bytes();
+    let bytes = over_libp2p(link, peer, req)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let (port, token) = match ShardResponse::from_bytes(&bytes) {
+        Ok(ShardResponse::Session { port, token }) => (port, token),
+        Ok(other) => return Err(describe(&other)),
+        Err(e) => return Err(format!("a garbled session answer: {e}")),
+    };
+    let (tx, rx) = oneshot::channel();
+    link.send(Cmd::PeerIp { peer, reply: tx })
+        .map_err(|_| "the client's network task stopped".to_string())?;
+    let ip = rx
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("no address known for {peer}"))?;
+    Ok(SessionOffer {
+        addr: SocketAddr::new(ip, port),
+        key,
+        token,
+    })
 }
 
 async fn commit_with_retry(
-    cmds: &mpsc::UnboundedSender<Cmd>,
+    cmds: &Link,
     peer: PeerId,
     req: Vec<u8>,
 ) -> Result<()> {
     // A node may be a block behind the registration: retry for a while.
     let t = Instant::now();
     loop {
-        match request(cmds, peer, req.clone()).await {
+        match request(cmds, peer, &req).await {
             Ok(ShardResponse::Committed { .. }) => return Ok(()),
             Ok(ShardResponse::Refused(r)) if r.contains("not registered") => {}
             Ok(other) => bail!("committing on {peer}: {}", describe(&other)),
@@ -892,7 +962,7 @@ struct PutShared {
 
 struct NetSink {
     rt: tokio::runtime::Handle,
-    cmds: mpsc::UnboundedSender<Cmd>,
+    cmds: Link,
     placement: DataId,
     peers: Arc<Vec<StoragePeer>>,
     permits: Arc<Semaphore>,
@@ -935,7 +1005,7 @@ impl ShardSink for NetSink {
                     for attempt in 0..=PUT_RETRIES {
                         let peer = peers.iter().find(|p| p.node == target).map(|p| p.peer);
                         let outcome = match peer {
-                            Some(p) => request(&cmds, p, req.clone()).await,
+                            Some(p) => request(&cmds, p, &req).await,
                             None => Err(anyhow!("unknown node")),
                         };
                         match outcome {
@@ -1223,7 +1293,7 @@ impl NetSource {
 
 fn spawn_fetch(
     st: &Arc<(Mutex<SourceState>, Condvar)>,
-    cmds: &mpsc::UnboundedSender<Cmd>,
+    cmds: &Link,
     data: DataId,
     block: u64,
     ids: &Arc<[ChunkId]>,
@@ -1272,7 +1342,7 @@ fn spawn_fetch(
         let asked = Instant::now();
         let req = ShardRequest::Get { id, data, block }.to_bytes();
         for peer in &who {
-            match request(&cmds, *peer, req.clone()).await {
+            match request(&cmds, *peer, &req).await {
                 Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
                     got = Some(b);
                     break;

@@ -5,6 +5,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod coordinator;
+pub mod dataplane;
 pub mod devnet;
 pub mod dfs;
 pub mod engine;

@@ -288,6 +288,15 @@ pub struct NetStats {
 /// devnet on one machine works.
 pub const MAX_PEERS_PER_SUBNET_PER_BUCKET: usize = 2;
 
+/// The IP address in a multiaddr, if it has one.
+pub fn ip_of(a: &Multiaddr) -> Option<std::net::IpAddr> {
+    a.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
 /// The subnet bucket of a multiaddr's IP: `None` for loopback or no IP (exempt from the cap).
 pub fn subnet_of(a: &Multiaddr) -> Option<u64> {
     use libp2p::multiaddr::Protocol;

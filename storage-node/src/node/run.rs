@@ -64,6 +64,7 @@ pub fn run(path: &Path) -> Result<()> {
     let storage_role = node.has(super::config::Role::Storage);
     let storage_dir = node.data_dir.join("storage");
     let storage_cfg = node.storage.clone();
+    let listen_addrs = node.network.listen.clone();
     let coord_key = key.clone();
     let me = *key.public().as_bytes();
     let net_cmds = net_tx.clone();
@@ -90,7 +91,24 @@ pub fn run(path: &Path) -> Result<()> {
         )?);
         service.set_peers(stats.clone());
         let provide = service.held_data();
-        let jobs = super::storage::spawn_workers(&service, storage_cfg.workers, net_cmds.clone())?;
+        let plane = if storage_cfg.data_plane {
+            let ip = data_ip(&listen_addrs);
+            match super::storage::start_data_plane(&service, ip, storage_cfg.data_port, net_cmds.clone()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("no data connections (clients will use libp2p): {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let jobs = super::storage::spawn_workers(
+            &service,
+            storage_cfg.workers,
+            net_cmds.clone(),
+            plane,
+        )?;
         super::coordinator::spawn(
             Arc::clone(&service),
             handle.clone(),
@@ -132,4 +150,14 @@ pub fn run(path: &Path) -> Result<()> {
     let _ = engine_thread.join();
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     result
+}
+
+/// The IP the data listener binds: that of the first listen multiaddr with one, else all
+/// interfaces.
+fn data_ip(listen: &[String]) -> std::net::IpAddr {
+    listen
+        .iter()
+        .filter_map(|l| l.parse::<libp2p::Multiaddr>().ok())
+        .find_map(|a| super::net::ip_of(&a))
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
 }

@@ -368,6 +368,9 @@ impl StorageService {
                 v.truncate(dht::wire::MAX_HELD);
                 ShardResponse::Held(v)
             }
+            ShardRequest::OpenSession { .. } => {
+                ShardResponse::Refused("this node offers no data connections".into())
+            }
         };
         (resp, None)
     }
@@ -643,17 +646,83 @@ fn refusal(reader: &Address, data: &DataId, scope: Scope) -> String {
     )
 }
 
+/// Answers one encoded shard request from `from`; `plane` opens data sessions. A committed
+/// data item is announced in the DHT through `net`.
+fn respond(
+    service: &StorageService,
+    plane: Option<&super::dataplane::DataServer>,
+    req: &[u8],
+    from: Option<&PublicKey>,
+    net: &tokio::sync::mpsc::UnboundedSender<super::net::NetCmd>,
+) -> ShardResponse {
+    let (resp, committed) = match ShardRequest::from_bytes(req) {
+        Ok(ShardRequest::OpenSession { key }) => match plane {
+            Some(p) => (p.open_session(from.copied(), key), None),
+            None => (
+                ShardResponse::Refused("this node offers no data connections".into()),
+                None,
+            ),
+        },
+        Ok(req) => service.serve(req, from, super::config::now_ms()),
+        Err(e) => (
+            ShardResponse::Refused(format!("malformed request: {e}")),
+            None,
+        ),
+    };
+    if let Some(d) = committed {
+        let _ = net.send(super::net::NetCmd::Provide(d));
+    }
+    resp
+}
+
+/// What a data connection of this node answers: the storage service, as the peer that
+/// opened the session (sessions are opened over libp2p only).
+struct DataAnswer {
+    service: Arc<StorageService>,
+    net: tokio::sync::mpsc::UnboundedSender<super::net::NetCmd>,
+}
+
+impl super::dataplane::Answer for DataAnswer {
+    fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>) {
+        respond(&self.service, None, req, from, &self.net).encode(out);
+    }
+}
+
+/// Starts the data listener on `ip:port` (see [`super::dataplane`]).
+pub fn start_data_plane(
+    service: &Arc<StorageService>,
+    ip: std::net::IpAddr,
+    port: u16,
+    net: tokio::sync::mpsc::UnboundedSender<super::net::NetCmd>,
+) -> Result<Arc<super::dataplane::DataServer>> {
+    super::dataplane::DataServer::start(
+        ip,
+        port,
+        Arc::new(DataAnswer {
+            service: Arc::clone(service),
+            net,
+        }),
+    )
+}
+
 /// Starts `n` threads answering shard requests; returns the queue the network feeds. A
-/// committed data item is announced in the DHT (provider record).
+/// committed data item is announced in the DHT (provider record); `plane`, when running,
+/// answers `OpenSession`.
 pub fn spawn_workers(
     service: &Arc<StorageService>,
     n: usize,
     net: tokio::sync::mpsc::UnboundedSender<super::net::NetCmd>,
+    plane: Option<Arc<super::dataplane::DataServer>>,
 ) -> Result<std::sync::mpsc::SyncSender<super::net::ShardJob>> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<super::net::ShardJob>(1024);
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..n.max(1) {
-        let (rx, service, net) = (Arc::clone(&rx), Arc::clone(service), net.clone());
+        let (rx, service, net, plane) = (
+            Arc::clone(&rx),
+            Arc::clone(service),
+            net.clone(),
+            plane.clone(),
+        );
         std::thread::Builder::new()
             .name(format!("cpchain-shard-{i}"))
             .spawn(move || loop {
@@ -661,13 +730,7 @@ pub fn spawn_workers(
                     Ok(j) => j,
                     Err(_) => return,
                 };
-                let (resp, committed) = match ShardRequest::from_bytes(&job.data) {
-                    Ok(req) => service.serve(req, job.from.as_ref(), super::config::now_ms()),
-                    Err(e) => (
-                        ShardResponse::Refused(format!("malformed request: {e}")),
-                        None,
-                    ),
-                };
+                let resp = respond(&service, plane.as_deref(), &job.data, job.from.as_ref(), &net);
                 if net
                     .send(super::net::NetCmd::ShardRespond {
                         id: job.id,
@@ -676,9 +739,6 @@ pub fn spawn_workers(
                     .is_err()
                 {
                     return;
-                }
-                if let Some(d) = committed {
-                    let _ = net.send(super::net::NetCmd::Provide(d));
                 }
             })
             .context("starting a shard worker")?;

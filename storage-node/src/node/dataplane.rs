@@ -1,0 +1,738 @@
+//! Data connections: bulk shard transfers outside libp2p.
+//!
+//! Over libp2p every shard byte is encrypted again by noise (ChaCha20-Poly1305, about
+//! 1.5 GB/s per core here) and multiplexed by yamux; on the loopback benchmark those layers
+//! took most of a get's CPU. Shards are already sealed by their owner and checked against
+//! their content id by the reader, so the transport only has to keep requests and answers
+//! private and authentic between two parties that libp2p has already authenticated.
+//!
+//! The client sends `OpenSession { key }` over the noise-authenticated shard protocol; the
+//! key is fresh for this one connection. The holder remembers (key, requesting peer) under a
+//! random single-use token for [`SESSION_TTL`] and answers with its data port and the token.
+//! The client connects over plain TCP, writes the token, and then both sides exchange
+//! frames: `len: u32 LE` then AES-256-GCM of an encoded `ShardRequest` (client to holder) or
+//! `ShardResponse` (holder to client), with nonce = (direction, frame counter), so a frame
+//! that is replayed, reordered, cut or altered fails to open and ends the connection. The
+//! holder answers requests in order, as the peer that opened the session; a client pipelines
+//! requests and matches answers by order.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crypto_accel::{block_nonce, Aead, AeadAlgo, Encode, IntervalKey, PublicKey, TAG_LEN};
+use dht::wire::{ShardResponse, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, SESSION_TOKEN_LEN};
+use libp2p::PeerId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::lock;
+
+/// How long a session token waits for its connection.
+pub const SESSION_TTL: Duration = Duration::from_secs(30);
+/// Most tokens a holder keeps waiting at once.
+pub const MAX_SESSIONS: usize = 4096;
+/// Most data connections a holder serves at once (one thread each).
+pub const MAX_CONNS: usize = 256;
+/// A data connection with no request for this long is closed by the holder.
+pub const IDLE: Duration = Duration::from_secs(120);
+/// Largest frame body (ciphertext and tag) either side accepts.
+pub const MAX_FRAME: usize = max(MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME) + TAG_LEN;
+/// Data connections a client keeps to one holder.
+pub const CONNS_PER_PEER: usize = 2;
+/// Requests waiting on one connection before the client opens another to the same holder.
+const BUSY: usize = 4;
+/// How long a client answers from libp2p alone after a holder refused or failed a session.
+const FALLBACK: Duration = Duration::from_secs(5);
+/// How long a client waits for one answer on a data connection.
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// Nonce stream of frames from client to holder.
+const TO_HOLDER: u32 = 0;
+/// Nonce stream of frames from holder to client.
+const TO_CLIENT: u32 = 1;
+
+/// One direction of a data connection: seals or opens its frames in order.
+#[derive(Debug)]
+pub struct FrameCipher {
+    aead: Aead,
+    stream: u32,
+    next: u64,
+}
+
+impl FrameCipher {
+    fn new(key: &[u8; 32], stream: u32) -> Result<FrameCipher> {
+        let aead = Aead::new(AeadAlgo::Aes256Gcm, &IntervalKey::from_bytes(*key))
+            .context("keying a data connection")?;
+        Ok(FrameCipher {
+            aead,
+            stream,
+            next: 0,
+        })
+    }
+
+    /// The client's pair: (sealer of requests, opener of answers).
+    pub fn client(key: &[u8; 32]) -> Result<(FrameCipher, FrameCipher)> {
+        Ok((Self::new(key, TO_HOLDER)?, Self::new(key, TO_CLIENT)?))
+    }
+
+    /// The holder's pair: (sealer of answers, opener of requests).
+    pub fn holder(key: &[u8; 32]) -> Result<(FrameCipher, FrameCipher)> {
+        Ok((Self::new(key, TO_CLIENT)?, Self::new(key, TO_HOLDER)?))
+    }
+
+    fn nonce(&mut self) -> Result<[u8; 12]> {
+        let n = block_nonce(self.stream, self.next, 0)?;
+        self.next = self
+            .next
+            .checked_add(1)
+            .context("a data connection ran out of nonces")?;
+        Ok(n)
+    }
+
+    /// Seals `frame` in place: it holds 4 bytes of room for the length, then the plaintext;
+    /// afterwards it is the whole wire frame.
+    pub fn seal(&mut self, frame: &mut Vec<u8>) -> Result<()> {
+        anyhow::ensure!(frame.len() >= 4, "a frame needs room for its length");
+        let body = frame.len() - 4 + TAG_LEN;
+        anyhow::ensure!(body <= MAX_FRAME, "a {body}-byte frame is over the limit");
+        let nonce = self.nonce()?;
+        let tag = self.aead.seal_in_place(nonce, &[], &mut frame[4..])?;
+        frame.extend_from_slice(&tag);
+        frame[..4].copy_from_slice(&(body as u32).to_le_bytes());
+        Ok(())
+    }
+
+    /// Opens a frame body (ciphertext and tag, length already read) in place into its
+    /// plaintext.
+    pub fn open(&mut self, body: &mut Vec<u8>) -> Result<()> {
+        let nonce = self.nonce()?;
+        self.aead
+            .open_in_place(nonce, &[], body)
+            .map_err(|_| anyhow::anyhow!("a data frame failed authentication"))?;
+        body.truncate(body.len() - TAG_LEN);
+        Ok(())
+    }
+}
+
+/// A frame body's length from its 4-byte prefix, bounded.
+pub fn body_len(prefix: [u8; 4]) -> Result<usize> {
+    let n = u32::from_le_bytes(prefix) as usize;
+    anyhow::ensure!(
+        (TAG_LEN..=MAX_FRAME).contains(&n),
+        "a data frame of {n} bytes is out of bounds ({TAG_LEN}..={MAX_FRAME})"
+    );
+    Ok(n)
+}
+
+/// A frame buffer holding `plaintext` after room for the length.
+pub fn frame_of(plaintext: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(4 + plaintext.len() + TAG_LEN);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(plaintext);
+    f
+}
+
+// ---------------------------------------------------------------------------------------
+// Holder side.
+
+/// What a holder's data connection does with one decoded request.
+pub trait Answer: Send + Sync + 'static {
+    /// Answers `req` (an encoded `ShardRequest`) as peer `from`.
+    fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>);
+}
+
+#[derive(Debug)]
+struct Waiting {
+    key: [u8; 32],
+    from: Option<PublicKey>,
+    until: Instant,
+}
+
+/// A holder's data listener and its sessions.
+#[derive(Debug)]
+pub struct DataServer {
+    port: u16,
+    sessions: Mutex<HashMap<[u8; SESSION_TOKEN_LEN], Waiting>>,
+    conns: AtomicUsize,
+}
+
+impl DataServer {
+    /// Listens on `ip:port` (0 = any free port) and serves data connections with `answer`
+    /// on threads of their own.
+    pub fn start(ip: IpAddr, port: u16, answer: Arc<dyn Answer>) -> Result<Arc<DataServer>> {
+        let listener = TcpListener::bind((ip, port))
+            .with_context(|| format!("binding the data listener to {ip}:{port}"))?;
+        let port = listener.local_addr()?.port();
+        let server = Arc::new(DataServer {
+            port,
+            sessions: Mutex::new(HashMap::new()),
+            conns: AtomicUsize::new(0),
+        });
+        let me = Arc::clone(&server);
+        std::thread::Builder::new()
+            .name("cpchain-data-accept".into())
+            .spawn(move || me.accept(listener, answer))
+            .context("starting the data listener")?;
+        tracing::info!("data connections on {ip}:{port}");
+        Ok(server)
+    }
+
+    /// The listener's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Registers a session for `from` keyed with `key`; the answer to `OpenSession`.
+    pub fn open_session(&self, from: Option<PublicKey>, key: [u8; 32]) -> ShardResponse {
+        let mut token = [0u8; SESSION_TOKEN_LEN];
+        if rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut token).is_err() {
+            return ShardResponse::Failed("no randomness for a session token".into());
+        }
+        let now = Instant::now();
+        let mut s = lock(&self.sessions);
+        if s.len() >= MAX_SESSIONS {
+            s.retain(|_, w| w.until > now);
+        }
+        if s.len() >= MAX_SESSIONS {
+            return ShardResponse::Failed("too many data sessions waiting; retry".into());
+        }
+        s.insert(
+            token,
+            Waiting {
+                key,
+                from,
+                until: now + SESSION_TTL,
+            },
+        );
+        ShardResponse::Session {
+            port: self.port,
+            token,
+        }
+    }
+
+    /// Takes the session of `token` if it is waiting and not expired.
+    fn take(&self, token: &[u8; SESSION_TOKEN_LEN]) -> Option<Waiting> {
+        lock(&self.sessions)
+            .remove(token)
+            .filter(|w| w.until > Instant::now())
+    }
+
+    fn accept(self: Arc<Self>, listener: TcpListener, answer: Arc<dyn Answer>) {
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!("accepting a data connection: {e}");
+                    continue;
+                }
+            };
+            if self.conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
+                self.conns.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!("refusing a data connection: {MAX_CONNS} already open");
+                continue;
+            }
+            let (me, answer) = (Arc::clone(&self), Arc::clone(&answer));
+            let spawned = std::thread::Builder::new()
+                .name("cpchain-data".into())
+                .spawn(move || {
+                    if let Err(e) = me.serve(stream, answer.as_ref()) {
+                        tracing::debug!("data connection ended: {e:#}");
+                    }
+                    me.conns.fetch_sub(1, Ordering::AcqRel);
+                });
+            if let Err(e) = spawned {
+                self.conns.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!("starting a data connection thread: {e}");
+            }
+        }
+    }
+
+    /// Serves one connection until the client closes it, it idles, or a frame is bad.
+    fn serve(&self, mut stream: TcpStream, answer: &dyn Answer) -> Result<()> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut token = [0u8; SESSION_TOKEN_LEN];
+        stream.read_exact(&mut token).context("reading the session token")?;
+        let w = self
+            .take(&token)
+            .context("unknown or expired session token")?;
+        stream.set_read_timeout(Some(IDLE))?;
+        let (mut sealer, mut opener) = FrameCipher::holder(&w.key)?;
+        let mut out = Vec::new();
+        loop {
+            let mut prefix = [0u8; 4];
+            match stream.read_exact(&mut prefix) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e).context("reading a frame"),
+            }
+            let mut body = vec![0u8; body_len(prefix)?];
+            stream.read_exact(&mut body).context("reading a frame")?;
+            opener.open(&mut body)?;
+            out.clear();
+            out.extend_from_slice(&[0; 4]);
+            answer.answer(&body, w.from.as_ref(), &mut out);
+            drop(body);
+            sealer.seal(&mut out)?;
+            stream.write_all(&out).context("writing an answer")?;
+            if out.capacity() > 4 << 20 {
+                out = Vec::new();
+            }
+        }
+    }
+}
+
+/// Encodes `resp` after the 4 bytes of room already in `out`.
+pub fn put_answer(resp: &ShardResponse, out: &mut Vec<u8>) {
+    resp.encode(out);
+}
+
+// ---------------------------------------------------------------------------------------
+// Client side.
+
+type Reply = oneshot::Sender<Result<Vec<u8>, String>>;
+
+/// A client's handle on one data connection.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    tx: mpsc::UnboundedSender<(Vec<u8>, Reply)>,
+    load: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    /// Connects to `addr`, presents `token` and starts the connection's task on the
+    /// current tokio runtime.
+    pub async fn open(
+        addr: SocketAddr,
+        key: [u8; 32],
+        token: [u8; SESSION_TOKEN_LEN],
+    ) -> Result<Conn> {
+        let mut stream =
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+                .await
+                .with_context(|| format!("connecting to {addr}: no answer in 3 s"))?
+                .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&token).await?;
+        let ciphers = FrameCipher::client(&key)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Conn {
+            tx,
+            load: Arc::new(AtomicUsize::new(0)),
+            closed: Arc::new(AtomicBool::new(false)),
+        };
+        tokio::spawn(run_conn(stream, ciphers, rx, Arc::clone(&conn.closed)));
+        Ok(conn)
+    }
+
+    /// Sends one encoded request and waits for its encoded answer.
+    pub async fn request(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.load.fetch_add(1, Ordering::AcqRel);
+        let sent = self.tx.send((frame_of(data), tx)).is_ok();
+        let r = if sent {
+            match tokio::time::timeout(ANSWER_WAIT, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("the data connection closed".into()),
+                Err(_) => Err(format!("no answer in {} s", ANSWER_WAIT.as_secs())),
+            }
+        } else {
+            Err("the data connection closed".into())
+        };
+        self.load.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    fn load(&self) -> usize {
+        self.load.load(Ordering::Acquire)
+    }
+}
+
+async fn run_conn(
+    stream: tokio::net::TcpStream,
+    (mut sealer, mut opener): (FrameCipher, FrameCipher),
+    mut rx: mpsc::UnboundedReceiver<(Vec<u8>, Reply)>,
+    closed: Arc<AtomicBool>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    // Frame bodies as read; opened here, in order.
+    let (ftx, mut frames) = mpsc::unbounded_channel::<Result<Vec<u8>, String>>();
+    let reader = tokio::spawn(async move {
+        loop {
+            let mut prefix = [0u8; 4];
+            let r = async {
+                rd.read_exact(&mut prefix).await?;
+                let mut body = vec![0u8; body_len(prefix).map_err(std::io::Error::other)?];
+                rd.read_exact(&mut body).await?;
+                Ok::<_, std::io::Error>(body)
+            }
+            .await;
+            let end = r.is_err();
+            if ftx.send(r.map_err(|e| e.to_string())).is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut waiting: VecDeque<Reply> = VecDeque::new();
+    let why = loop {
+        tokio::select! {
+            req = rx.recv() => {
+                let Some((mut frame, reply)) = req else { break "closed by the client".to_string() };
+                if let Err(e) = sealer.seal(&mut frame) {
+                    let _ = reply.send(Err(format!("{e:#}")));
+                    continue;
+                }
+                waiting.push_back(reply);
+                if let Err(e) = wr.write_all(&frame).await {
+                    break format!("writing: {e}");
+                }
+            }
+            body = frames.recv() => {
+                let mut body = match body {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => break format!("reading: {e}"),
+                    None => break "the reader stopped".to_string(),
+                };
+                if let Err(e) = opener.open(&mut body) {
+                    break format!("{e:#}");
+                }
+                match waiting.pop_front() {
+                    Some(reply) => {
+                        let _ = reply.send(Ok(body));
+                    }
+                    None => break "an answer nobody asked for".to_string(),
+                }
+            }
+        }
+    };
+    closed.store(true, Ordering::Release);
+    reader.abort();
+    rx.close();
+    let err = format!("data connection lost ({why})");
+    for reply in waiting.drain(..) {
+        let _ = reply.send(Err(err.clone()));
+    }
+    while let Ok((_, reply)) = rx.try_recv() {
+        let _ = reply.send(Err(err.clone()));
+    }
+}
+
+#[derive(Debug, Default)]
+struct PeerConns {
+    conns: Vec<Conn>,
+    /// Until when this holder is asked over libp2p only.
+    fallback_until: Option<Instant>,
+}
+
+/// A client's data connections, by holder.
+#[derive(Debug, Default)]
+pub struct DataClient {
+    peers: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<PeerConns>>>>,
+}
+
+/// Where and how to connect to a holder: the result of `OpenSession`.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOffer {
+    /// The holder's data listener.
+    pub addr: SocketAddr,
+    /// The key the client chose.
+    pub key: [u8; 32],
+    /// The holder's token.
+    pub token: [u8; SESSION_TOKEN_LEN],
+}
+
+impl DataClient {
+    /// A data connection to `peer` with room for one more request, opening one with
+    /// `session` when none has room and fewer than [`CONNS_PER_PEER`] are open. `None` means
+    /// ask over libp2p: the holder offers no data connections (or just failed one).
+    pub async fn conn<F, Fut>(&self, peer: PeerId, session: F) -> Option<Conn>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<SessionOffer, String>>,
+    {
+        let state = Arc::clone(lock(&self.peers).entry(peer).or_default());
+        let mut st = state.lock().await;
+        st.conns.retain(|c| !c.is_closed());
+        if st.fallback_until.is_some_and(|t| t > Instant::now()) {
+            return None;
+        }
+        let best = st.conns.iter().min_by_key(|c| c.load()).cloned();
+        if let Some(c) = &best {
+            if c.load() < BUSY || st.conns.len() >= CONNS_PER_PEER {
+                return best;
+            }
+        }
+        let opened = match session().await {
+            Ok(o) => Conn::open(o.addr, o.key, o.token)
+                .await
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(c) => {
+                st.conns.push(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::debug!("no data connection to {peer}: {e}");
+                if best.is_none() {
+                    st.fallback_until = Some(Instant::now() + FALLBACK);
+                }
+                best
+            }
+        }
+    }
+
+    /// A fresh random key for a session.
+    pub fn session_key() -> Result<[u8; 32], String> {
+        let mut k = [0u8; 32];
+        rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut k)
+            .map_err(|e| format!("no randomness for a session key: {e}"))?;
+        Ok(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crypto_accel::Decode;
+    use dht::wire::ShardRequest;
+
+    /// Answers `Held` with the block number squared and its length, `Get` with a large
+    /// shard, anything else with `Refused` naming the peer.
+    struct Echo;
+
+    impl Answer for Echo {
+        fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>) {
+            let resp = match ShardRequest::from_bytes(req) {
+                Ok(ShardRequest::Get { block, .. }) => {
+                    ShardResponse::Shard(vec![block as u8; 200_000 + block as usize])
+                }
+                Ok(_) => ShardResponse::Refused(format!(
+                    "as {}",
+                    from.map(|k| hex::encode(k.as_bytes())).unwrap_or_default()
+                )),
+                Err(e) => ShardResponse::Refused(format!("malformed: {e}")),
+            };
+            put_answer(&resp, out);
+        }
+    }
+
+    fn get(block: u64) -> Vec<u8> {
+        ShardRequest::Get {
+            id: crypto_accel::ChunkId::of(b"x"),
+            data: crypto_accel::DataId::from_bytes([1; 32]),
+            block,
+        }
+        .to_bytes()
+    }
+
+    fn server() -> Arc<DataServer> {
+        DataServer::start(IpAddr::from([127, 0, 0, 1]), 0, Arc::new(Echo)).unwrap()
+    }
+
+    fn offer(s: &DataServer, from: Option<PublicKey>) -> SessionOffer {
+        let key = DataClient::session_key().unwrap();
+        match s.open_session(from, key) {
+            ShardResponse::Session { port, token } => SessionOffer {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                key,
+                token,
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn frames_open_only_in_order_and_unaltered() {
+        let key = [7u8; 32];
+        let (mut cs, mut co) = FrameCipher::client(&key).unwrap();
+        let (mut hs, mut ho) = FrameCipher::holder(&key).unwrap();
+        let mut f = frame_of(b"hello holder");
+        cs.seal(&mut f).unwrap();
+        let n = body_len(f[..4].try_into().unwrap()).unwrap();
+        assert_eq!(n, f.len() - 4);
+        let mut body = f[4..].to_vec();
+        ho.open(&mut body).unwrap();
+        assert_eq!(body, b"hello holder");
+        // A replay of the same frame fails (the counter moved on).
+        let mut again = f[4..].to_vec();
+        assert!(ho.open(&mut again).is_err());
+        // An answer sealed by the holder opens on the client, not with the request opener.
+        let (mut f1, mut f2) = (frame_of(b"one"), frame_of(b"two"));
+        hs.seal(&mut f1).unwrap();
+        hs.seal(&mut f2).unwrap();
+        // Reordered: the second frame first fails.
+        let mut b2 = f2[4..].to_vec();
+        assert!(co.open(&mut b2).is_err());
+        // A flipped bit anywhere fails.
+        let (mut cs2, _) = FrameCipher::client(&key).unwrap();
+        let (_, mut ho2) = FrameCipher::holder(&key).unwrap();
+        let mut f3 = frame_of(b"payload");
+        cs2.seal(&mut f3).unwrap();
+        for i in 4..f3.len() {
+            let mut b = f3[4..].to_vec();
+            b[i - 4] ^= 1;
+            let (_, mut fresh) = FrameCipher::holder(&key).unwrap();
+            assert!(fresh.open(&mut b).is_err(), "flip at {i}");
+        }
+        let mut ok = f3[4..].to_vec();
+        ho2.open(&mut ok).unwrap();
+        // A wrong key fails.
+        let (_, mut other) = FrameCipher::holder(&[8u8; 32]).unwrap();
+        let mut b = frame_of(b"x");
+        FrameCipher::client(&key).unwrap().0.seal(&mut b).unwrap();
+        assert!(other.open(&mut b[4..].to_vec()).is_err());
+    }
+
+    #[test]
+    fn frame_lengths_are_bounded() {
+        assert!(body_len(0u32.to_le_bytes()).is_err());
+        assert!(body_len((TAG_LEN as u32 - 1).to_le_bytes()).is_err());
+        assert!(body_len((MAX_FRAME as u32 + 1).to_le_bytes()).is_err());
+        assert!(body_len(u32::MAX.to_le_bytes()).is_err());
+        assert_eq!(body_len((TAG_LEN as u32).to_le_bytes()).unwrap(), TAG_LEN);
+    }
+
+    #[test]
+    fn pipelined_requests_come_back_in_order_as_the_session_peer() {
+        let s = server();
+        let me = crypto_accel::Keypair::from_seed([3; 32]).public();
+        let o = offer(&s, Some(me));
+        rt().block_on(async {
+            let c = Conn::open(o.addr, o.key, o.token).await.unwrap();
+            let mut handles = Vec::new();
+            for b in 0..40u64 {
+                let c = c.clone();
+                handles.push(tokio::spawn(async move { (b, c.request(&get(b)).await) }));
+            }
+            for h in handles {
+                let (b, r) = h.await.unwrap();
+                let resp = ShardResponse::from_bytes(&r.unwrap()).unwrap();
+                assert_eq!(
+                    resp,
+                    ShardResponse::Shard(vec![b as u8; 200_000 + b as usize])
+                );
+            }
+            let held = ShardRequest::Held {
+                data: crypto_accel::DataId::from_bytes([1; 32]),
+            };
+            let r = ShardResponse::from_bytes(&c.request(&held.to_bytes()).await.unwrap());
+            assert_eq!(
+                r.unwrap(),
+                ShardResponse::Refused(format!("as {}", hex::encode(me.as_bytes())))
+            );
+        });
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_unknown_tokens_get_nothing() {
+        let s = server();
+        let o = offer(&s, None);
+        rt().block_on(async {
+            let c = Conn::open(o.addr, o.key, o.token).await.unwrap();
+            assert!(c.request(&get(1)).await.is_ok());
+            // The same token again: the holder closes the connection without an answer.
+            let again = Conn::open(o.addr, o.key, o.token).await.unwrap();
+            let e = again.request(&get(1)).await.unwrap_err();
+            assert!(e.contains("data connection"), "{e}");
+            // A made-up token, likewise.
+            let forged = Conn::open(o.addr, o.key, [0; SESSION_TOKEN_LEN])
+                .await
+                .unwrap();
+            assert!(forged.request(&get(1)).await.is_err());
+            // The first connection still works.
+            assert!(c.request(&get(2)).await.is_ok());
+        });
+    }
+
+    #[test]
+    fn a_connection_keyed_wrong_is_closed_and_its_requests_fail() {
+        let s = server();
+        let o = offer(&s, None);
+        rt().block_on(async {
+            let c = Conn::open(o.addr, [0x55; 32], o.token).await.unwrap();
+            let e = c.request(&get(1)).await.unwrap_err();
+            assert!(e.contains("data connection"), "{e}");
+            assert!(c.is_closed());
+        });
+    }
+
+    #[test]
+    fn garbage_after_the_token_ends_the_connection_without_harm() {
+        let s = server();
+        let o = offer(&s, None);
+        let mut raw = TcpStream::connect(o.addr).unwrap();
+        raw.write_all(&o.token).unwrap();
+        // A frame announcing 4 GiB: refused before any allocation; the holder hangs up.
+        raw.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(raw.read(&mut buf).unwrap_or(0), 0);
+        // The server still serves others.
+        let o2 = offer(&s, None);
+        rt().block_on(async {
+            let c = Conn::open(o2.addr, o2.key, o2.token).await.unwrap();
+            assert!(c.request(&get(3)).await.is_ok());
+        });
+    }
+
+    #[test]
+    fn the_client_opens_a_second_connection_when_the_first_is_busy_and_falls_back_on_refusal() {
+        let s = server();
+        let peer = PeerId::random();
+        let dc = DataClient::default();
+        rt().block_on(async {
+            let opens = AtomicUsize::new(0);
+            let session = || async {
+                opens.fetch_add(1, Ordering::Relaxed);
+                Ok(offer(&s, None))
+            };
+            let a = dc.conn(peer, session).await.unwrap();
+            // Idle: reused.
+            let b = dc.conn(peer, session).await.unwrap();
+            assert!(Arc::ptr_eq(&a.load, &b.load));
+            a.load.fetch_add(BUSY, Ordering::Relaxed);
+            let c = dc.conn(peer, session).await.unwrap();
+            assert!(!Arc::ptr_eq(&a.load, &c.load));
+            c.load.fetch_add(BUSY, Ordering::Relaxed);
+            // Both busy, but at the limit: the least loaded is shared.
+            let d = dc.conn(peer, session).await.unwrap();
+            assert!(Arc::ptr_eq(&d.load, &a.load) || Arc::ptr_eq(&d.load, &c.load));
+            assert_eq!(opens.load(Ordering::Relaxed), CONNS_PER_PEER);
+
+            let other = PeerId::random();
+            let refused = || async { Err::<SessionOffer, _>("refused".to_string()) };
+            assert!(dc.conn(other, refused).await.is_none());
+            // Within the fallback window nobody asks again.
+            let never = || async { panic!("asked during the fallback window") };
+            assert!(dc.conn(other, never).await.is_none());
+        });
+    }
+}
