@@ -398,23 +398,7 @@ fn net_get(
             range,
             &|n| bar.set_position(n),
         )?,
-        Some(out) => {
-            let tmp = out.with_extension("cpchain-partial");
-            let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            match dfs.get(id, BufWriter::with_capacity(1 << 20, f), range, &|n| {
-                bar.set_position(n)
-            }) {
-                Ok(r) => {
-                    fs::rename(&tmp, out)
-                        .with_context(|| format!("renaming to {}", out.display()))?;
-                    r
-                }
-                Err(e) => {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(e);
-                }
-            }
-        }
+        Some(out) => write_output(out, |w| dfs.get(id, w, range, &|n| bar.set_position(n)))?,
     };
     bar.finish_and_clear();
     eprintln!(
@@ -595,33 +579,19 @@ fn run(cli: Cli) -> Result<()> {
                     &|n| bar.set_position(n),
                 )?
             } else {
-                // Write to a temporary name and rename, so a failed get never leaves a
-                // partial file that looks complete.
-                let tmp = output.with_extension("cpchain-partial");
-                let f =
-                    File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-                let r = open(
-                    &manifest,
-                    &owner,
-                    &store,
-                    BufWriter::with_capacity(1 << 20, f),
-                    &OpenParams {
-                        range: *range,
-                        ..OpenParams::default()
-                    },
-                    &|n| bar.set_position(n),
-                );
-                match r {
-                    Ok(r) => {
-                        fs::rename(&tmp, output)
-                            .with_context(|| format!("renaming to {}", output.display()))?;
-                        r
-                    }
-                    Err(e) => {
-                        let _ = fs::remove_file(&tmp);
-                        return Err(e.into());
-                    }
-                }
+                write_output(output, |w| {
+                    Ok(open(
+                        &manifest,
+                        &owner,
+                        &store,
+                        w,
+                        &OpenParams {
+                            range: *range,
+                            ..OpenParams::default()
+                        },
+                        &|n| bar.set_position(n),
+                    )?)
+                })?
             };
             bar.finish_and_clear();
             eprintln!(
@@ -827,6 +797,33 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
 }
 
 /// A fresh directory for the demo, under the system temp dir.
+/// Runs `get` writing to `out`. A regular file (or a new one) is written under a temporary
+/// name and renamed once `get` succeeds, so a failed get never leaves a partial file that
+/// looks complete; anything else that exists (a device such as `/dev/null`, a FIFO) is
+/// written in place, never replaced.
+fn write_output<T>(out: &Path, get: impl FnOnce(BufWriter<File>) -> Result<T>) -> Result<T> {
+    let special = fs::metadata(out).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if special {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .with_context(|| format!("opening {}", out.display()))?;
+        return get(BufWriter::with_capacity(1 << 20, f));
+    }
+    let tmp = out.with_extension("cpchain-partial");
+    let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    match get(BufWriter::with_capacity(1 << 20, f)) {
+        Ok(r) => {
+            fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 fn tempfile_dir() -> Result<PathBuf> {
     let base = std::env::temp_dir();
     for _ in 0..16 {

@@ -63,6 +63,22 @@ fn put_get_round_trip_and_errors() {
     let o = cpchain(h, &["ls"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains(&id));
 
+    // An output that is not a regular file (a FIFO here; /dev/null alike) is written in
+    // place: never replaced by a renamed temporary file.
+    let fifo = h.join("out.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let o = cpchain(h, &["get", "--local", &id, "-o", fifo.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(reader.join().unwrap(), data);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(!fifo.with_extension("cpchain-partial").exists());
+
     // Unknown and malformed ids: one-line errors, non-zero exit, no output file left.
     let missing = "ab".repeat(32);
     let out2 = h.join("out2.bin");

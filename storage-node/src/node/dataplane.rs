@@ -265,7 +265,9 @@ impl DataServer {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut token = [0u8; SESSION_TOKEN_LEN];
-        stream.read_exact(&mut token).context("reading the session token")?;
+        stream
+            .read_exact(&mut token)
+            .context("reading the session token")?;
         let w = self
             .take(&token)
             .context("unknown or expired session token")?;

@@ -40,9 +40,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::client::ApiClient;
 use super::dataplane::{DataClient, SessionOffer};
 use super::lock;
-use super::net::{
-    hardened_kad, identify_behaviour, ip_of, shard_behaviour, subnet_of, FrameCodec,
-};
+use super::net::{hardened_kad, identify_behaviour, ip_of, shard_behaviour, subnet_of, FrameCodec};
 use crate::manifest::Manifest;
 use crate::pipeline::{
     open, seal_with_salt, OpenParams, OpenReport, PipelineError, PipelineResult, SealParams, Shard,
@@ -886,7 +884,10 @@ fn describe(r: &ShardResponse) -> String {
 /// else over the libp2p shard protocol.
 async fn request(link: &Link, peer: PeerId, data: &[u8]) -> Result<ShardResponse> {
     let bytes = match link.plane.conn(peer, || open_session(link, peer)).await {
-        Some(conn) => conn.request(data).await.map_err(|e| anyhow!("{peer}: {e}"))?,
+        Some(conn) => conn
+            .request(data)
+            .await
+            .map_err(|e| anyhow!("{peer}: {e}"))?,
         None => over_libp2p(link, peer, data.to_vec()).await?,
     };
     ShardResponse::from_bytes(&bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
@@ -932,11 +933,7 @@ async fn open_session(link: &Link, peer: PeerId) -> Result<SessionOffer, String>
     })
 }
 
-async fn commit_with_retry(
-    cmds: &Link,
-    peer: PeerId,
-    req: Vec<u8>,
-) -> Result<()> {
+async fn commit_with_retry(cmds: &Link, peer: PeerId, req: Vec<u8>) -> Result<()> {
     // A node may be a block behind the registration: retry for a while.
     let t = Instant::now();
     loop {

@@ -93,7 +93,12 @@ pub fn run(path: &Path) -> Result<()> {
         let provide = service.held_data();
         let plane = if storage_cfg.data_plane {
             let ip = data_ip(&listen_addrs);
-            match super::storage::start_data_plane(&service, ip, storage_cfg.data_port, net_cmds.clone()) {
+            match super::storage::start_data_plane(
+                &service,
+                ip,
+                storage_cfg.data_port,
+                net_cmds.clone(),
+            ) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::warn!("no data connections (clients will use libp2p): {e:#}");
@@ -103,12 +108,8 @@ pub fn run(path: &Path) -> Result<()> {
         } else {
             None
         };
-        let jobs = super::storage::spawn_workers(
-            &service,
-            storage_cfg.workers,
-            net_cmds.clone(),
-            plane,
-        )?;
+        let jobs =
+            super::storage::spawn_workers(&service, storage_cfg.workers, net_cmds.clone(), plane)?;
         super::coordinator::spawn(
             Arc::clone(&service),
             handle.clone(),

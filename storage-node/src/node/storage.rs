@@ -730,7 +730,13 @@ pub fn spawn_workers(
                     Ok(j) => j,
                     Err(_) => return,
                 };
-                let resp = respond(&service, plane.as_deref(), &job.data, job.from.as_ref(), &net);
+                let resp = respond(
+                    &service,
+                    plane.as_deref(),
+                    &job.data,
+                    job.from.as_ref(),
+                    &net,
+                );
                 if net
                     .send(super::net::NetCmd::ShardRespond {
                         id: job.id,
