@@ -281,8 +281,13 @@ impl DataServer {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(e).context("reading a frame"),
             }
-            let mut body = vec![0u8; body_len(prefix)?];
-            stream.read_exact(&mut body).context("reading a frame")?;
+            let n = body_len(prefix)?;
+            let mut body = Vec::with_capacity(n);
+            (&mut stream)
+                .take(n as u64)
+                .read_to_end(&mut body)
+                .context("reading a frame")?;
+            anyhow::ensure!(body.len() == n, "the connection closed inside a frame");
             opener.open(&mut body)?;
             out.clear();
             out.extend_from_slice(&[0; 4]);
@@ -382,8 +387,13 @@ async fn run_conn(
             let mut prefix = [0u8; 4];
             let r = async {
                 rd.read_exact(&mut prefix).await?;
-                let mut body = vec![0u8; body_len(prefix).map_err(std::io::Error::other)?];
-                rd.read_exact(&mut body).await?;
+                let n = body_len(prefix).map_err(std::io::Error::other)?;
+                // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+                let mut body = Vec::with_capacity(n);
+                (&mut rd).take(n as u64).read_to_end(&mut body).await?;
+                if body.len() != n {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
                 Ok::<_, std::io::Error>(body)
             }
             .await;

@@ -1426,6 +1426,11 @@ fn spawn_fetch(
 }
 
 impl ShardSource for NetSource {
+    /// Only shards whose hash equals their id become `Ready` (see `spawn_fetch`).
+    fn checks_ids(&self) -> bool {
+        true
+    }
+
     fn fetch(&self, id: &ChunkId) -> PipelineResult<Option<Vec<u8>>> {
         let Some(&(block, index)) = self.where_.get(id) else {
             return Ok(None);
