@@ -210,6 +210,21 @@ impl Decode for ShardRequest {
     }
 }
 
+impl ShardResponse {
+    /// Decodes an owned buffer; a `Shard` answer keeps the buffer (its 6 header bytes
+    /// shifted out) instead of copying the shard into a new allocation.
+    pub fn from_vec(mut b: Vec<u8>) -> CodecResult<Self> {
+        if b.len() >= 6 && b[0] == VERSION && b[1] == 2 {
+            let len = u32::from_le_bytes([b[2], b[3], b[4], b[5]]) as usize;
+            if len == b.len() - 6 && len <= MAX_SHARD_BYTES {
+                b.drain(..6);
+                return Ok(ShardResponse::Shard(b));
+            }
+        }
+        Self::from_bytes(&b)
+    }
+}
+
 fn reason(r: &mut Reader<'_>) -> CodecResult<String> {
     Ok(String::from_utf8_lossy(r.bytes("reason", MAX_REASON)?).into_owned())
 }
@@ -360,10 +375,15 @@ mod tests {
         }
         for s in responses() {
             let b = s.to_bytes();
-            assert_eq!(ShardResponse::from_bytes(&b).ok(), Some(s));
+            assert_eq!(ShardResponse::from_bytes(&b).ok(), Some(s.clone()));
+            assert_eq!(ShardResponse::from_vec(b.clone()).ok(), Some(s));
             for cut in 0..b.len() {
                 assert!(ShardResponse::from_bytes(&b[..cut]).is_err());
+                assert!(ShardResponse::from_vec(b[..cut].to_vec()).is_err());
             }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert!(ShardResponse::from_vec(longer).is_err());
         }
     }
 
@@ -383,6 +403,10 @@ mod tests {
         fn random_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = ShardRequest::from_bytes(&b);
             let _ = ShardResponse::from_bytes(&b);
+            prop_assert_eq!(
+                ShardResponse::from_vec(b.clone()).ok(),
+                ShardResponse::from_bytes(&b).ok()
+            );
         }
 
         #[test]

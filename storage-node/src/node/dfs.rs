@@ -890,7 +890,7 @@ async fn request(link: &Link, peer: PeerId, data: &[u8]) -> Result<ShardResponse
             .map_err(|e| anyhow!("{peer}: {e}"))?,
         None => over_libp2p(link, peer, data.to_vec()).await?,
     };
-    ShardResponse::from_bytes(&bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
+    ShardResponse::from_vec(bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
 }
 
 async fn over_libp2p(link: &Link, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>> {

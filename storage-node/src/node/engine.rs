@@ -29,6 +29,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::config::{now_ms, Genesis, NodeConfig, Role};
 use super::mempool::{Mempool, MempoolConfig};
 use super::net::{NetCmd, NetEvent, NetStats, TOPIC_BLOCKS, TOPIC_TXS};
+use super::sizer::BlockSizer;
 use super::view::Rejected;
 
 /// Most transactions in one gossiped batch.
@@ -346,6 +347,8 @@ pub struct Engine {
     turn_seen: u64,
     propose_at: Option<(u64, u64)>,
     sent_block: Option<Block>,
+    /// Sizes our proposals from how fast our earlier ones became final.
+    sizer: BlockSizer,
     /// Best head heard from peers.
     pub best_peer_height: u64,
     sync_inflight: Option<Instant>,
@@ -449,6 +452,8 @@ impl Engine {
         });
         let verifier = CpuBatchVerifier::new(CpuVerifierConfig::default())
             .context("starting the signature verifier")?;
+        let (max_block_txs, impeach_timeout_ms) =
+            (node.mempool.max_block_txs, cfg.impeach_timeout_ms);
         let mut recent = VecDeque::new();
         let from = head.number.saturating_sub(RECENT_BLOCKS as u64 - 1).max(1);
         for n in from..=head.number {
@@ -480,6 +485,7 @@ impl Engine {
             turn_seen: 0,
             propose_at: None,
             sent_block: None,
+            sizer: BlockSizer::new(max_block_txs, impeach_timeout_ms),
             best_peer_height: head.number,
             sync_inflight: None,
             last_housekeeping: Instant::now(),
@@ -976,6 +982,11 @@ impl Engine {
             .commit(block, cert, &receipt, &self.state)
             .context("committing to the chain store")?;
         self.mempool.on_block(block, &self.state);
+        self.sizer.finalized(
+            hd.number,
+            hd.proposer == self.addr && hd.kind != BlockKind::Impeach,
+            Instant::now(),
+        );
         let now = now_ms();
         let latency = now.saturating_sub(hd.timestamp_ms) as f64 / 1000.0;
         if self.stats.latencies.len() < 100_000 {
@@ -1068,9 +1079,8 @@ impl Engine {
             }
         }
         let term = term_of(&self.cfg, number);
-        let mut txs = self
-            .mempool
-            .select(self.node.mempool.max_block_txs, 16 << 20);
+        let cap = self.sizer.cap();
+        let mut txs = self.mempool.select(cap, 16 << 20);
         self.verify_selected(&mut txs);
         let ok = self.state.select_valid(&self.cfg, term, &txs);
         if ok.len() != txs.len() {
@@ -1085,7 +1095,15 @@ impl Engine {
         let txs: Vec<Tx> = txs.into_iter().map(Tx::Signed).collect();
         let tip = self.machine.tip().clone();
         let b = propose(&self.cfg, &self.key, &tip, root, txs, now_ms());
-        tracing::debug!("proposing #{number} with {} txs", b.txs.len());
+        if cap < self.node.mempool.max_block_txs {
+            tracing::info!(
+                "proposing #{number} with {} txs (cap {cap}: earlier blocks were slow)",
+                b.txs.len()
+            );
+        } else {
+            tracing::debug!("proposing #{number} with {} txs", b.txs.len());
+        }
+        self.sizer.proposed(number, b.txs.len(), Instant::now());
         self.sent_block = Some(b.clone());
         self.send_proposal(b);
         self.propose_at = Some((number, now_ms() + 500));

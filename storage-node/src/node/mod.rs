@@ -13,6 +13,7 @@ pub mod handle;
 pub mod mempool;
 pub mod net;
 pub mod run;
+pub mod sizer;
 pub mod storage;
 pub mod view;
 
