@@ -1081,6 +1081,7 @@ impl Engine {
         let term = term_of(&self.cfg, number);
         let cap = self.sizer.cap();
         let mut txs = self.mempool.select(cap, 16 << 20);
+        let selected = txs.len();
         self.verify_selected(&mut txs);
         let ok = self.state.select_valid(&self.cfg, term, &txs);
         if ok.len() != txs.len() {
@@ -1095,9 +1096,10 @@ impl Engine {
         let txs: Vec<Tx> = txs.into_iter().map(Tx::Signed).collect();
         let tip = self.machine.tip().clone();
         let b = propose(&self.cfg, &self.key, &tip, root, txs, now_ms());
-        if cap < self.node.mempool.max_block_txs {
+        if cap < self.node.mempool.max_block_txs && selected >= cap {
             tracing::info!(
-                "proposing #{number} with {} txs (cap {cap}: earlier blocks were slow)",
+                "proposing #{number} with {} txs: capped at {cap}, what our recent blocks \
+                 show can be final in half the round timer",
                 b.txs.len()
             );
         } else {
