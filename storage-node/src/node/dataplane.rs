@@ -623,6 +623,19 @@ mod tests {
         assert!(other.open(&mut b[4..].to_vec()).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_frame_bodies_are_refused_without_panicking(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            prefix in proptest::prelude::any::<[u8; 4]>(),
+        ) {
+            let (_, mut opener) = FrameCipher::holder(&[9; 32]).unwrap();
+            let mut b = body;
+            proptest::prop_assert!(opener.open(&mut b).is_err());
+            let _ = body_len(prefix);
+        }
+    }
+
     #[test]
     fn frame_lengths_are_bounded() {
         assert!(body_len(0u32.to_le_bytes()).is_err());
