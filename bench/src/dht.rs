@@ -223,7 +223,7 @@ pub fn run(a: &DhtArgs) -> Result<String> {
              Get: {} blocks rebuilt from parity (hedge), {} shards not used.\n\n\
              Time to first byte of a 1 MiB ranged get (warm client, record lookup + manifest + \
              first block), {} gets: p50 {p50:.0} ms, p99 {p99:.0} ms; of the whole {} MiB get: \
-             {:.0} ms.\n",
+             {:.0} ms (record found after {:.0} ms, manifest after {:.0} ms).\n",
             a.storage,
             a.size >> 20,
             params.k,
@@ -239,6 +239,8 @@ pub fn run(a: &DhtArgs) -> Result<String> {
             a.ttfb_gets,
             a.size >> 20,
             got.first_byte_s * 1000.0,
+            got.locate_s * 1000.0,
+            got.manifest_s * 1000.0,
         ))
     })();
     stop_all(&mut children, Duration::from_secs(10));

@@ -385,6 +385,10 @@ pub struct GetReport {
     pub open: OpenReport,
     /// Seconds until the first plaintext byte was written.
     pub first_byte_s: f64,
+    /// Seconds to read the DHT record (or providers): where the shards are.
+    pub locate_s: f64,
+    /// Seconds until the manifest was fetched and checked (from the start).
+    pub manifest_s: f64,
     /// Seconds in all.
     pub total_s: f64,
 }
@@ -811,7 +815,9 @@ impl Dfs {
     ) -> Result<GetReport> {
         let t = Instant::now();
         let (manifest_peers, holders) = self.locate(data)?;
+        let locate_s = t.elapsed().as_secs_f64();
         let m = self.fetch_manifest(data, &manifest_peers)?;
+        let manifest_s = t.elapsed().as_secs_f64();
         let source = NetSource::start(self, &m, holders, range.map(|(a, b)| block_span(&m, a, b)));
         let first = Arc::new(Mutex::new(None::<f64>));
         let first2 = Arc::clone(&first);
@@ -840,6 +846,8 @@ impl Dfs {
         Ok(GetReport {
             open: report,
             first_byte_s,
+            locate_s,
+            manifest_s,
             total_s: t.elapsed().as_secs_f64(),
         })
     }
