@@ -224,7 +224,24 @@ fn drive(a: &LoadArgs, file: &storage_node::node::devnet::DevnetFile) -> Result<
         let mut committed_at: Vec<Vec<f64>> = vec![Vec::new(); a.senders];
         let mut peak_rss = vec![0u64; pids.len()];
         let deadline = Duration::from_secs(a.duration + 20);
+        // Final blocks seen so far, by number: the API lists only the newest 200, so it is
+        // read every few seconds and at the end (a run can make more than 200 blocks).
+        let mut seen: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        let record_blocks = |seen: &mut BTreeMap<u64, (u64, u64)>| -> Result<()> {
+            let page =
+                watch.get_json::<Vec<storage_node::node::view::BlockView>>("/blocks?limit=200")?;
+            for b in page.into_iter().filter(|b| b.number > h0) {
+                seen.insert(b.number, (b.timestamp_ms, b.tx_count as u64));
+            }
+            Ok(())
+        };
+        let mut last_page = Instant::now();
         while t0.elapsed() < deadline {
+            if last_page.elapsed() > Duration::from_secs(5) {
+                // A failed read is retried on the next round; the final read must succeed.
+                let _ = record_blocks(&mut seen);
+                last_page = Instant::now();
+            }
             let now = t0.elapsed().as_secs_f64();
             for &s in &sample {
                 if let Ok(acct) = watch.account(&Address::of(&senders[s].public())) {
@@ -277,17 +294,24 @@ fn drive(a: &LoadArgs, file: &storage_node::node::devnet::DevnetFile) -> Result<
             *rejected.entry(k).or_default() += v;
         }
         // Committed TPS from block timestamps.
-        let blocks =
-            watch.get_json::<Vec<storage_node::node::view::BlockView>>("/blocks?limit=200")?;
+        record_blocks(&mut seen)?;
+        if let (Some(lo), Some(hi)) = (seen.keys().next(), seen.keys().next_back()) {
+            let missing = (hi - lo + 1) as usize - seen.len();
+            anyhow::ensure!(
+                missing == 0 && *lo == h0 + 1,
+                "the block list has gaps ({missing} missing from {lo}..={hi}, expected from {})",
+                h0 + 1
+            );
+        }
         let mut per_sec: BTreeMap<u64, u64> = BTreeMap::new();
         let mut first_ts = u64::MAX;
         let mut last_ts = 0;
         let mut committed = 0u64;
-        for b in blocks.iter().filter(|b| b.number > h0) {
-            first_ts = first_ts.min(b.timestamp_ms);
-            last_ts = last_ts.max(b.timestamp_ms);
-            committed += b.tx_count as u64;
-            *per_sec.entry(b.timestamp_ms / 1000).or_default() += b.tx_count as u64;
+        for &(ts, n) in seen.values() {
+            first_ts = first_ts.min(ts);
+            last_ts = last_ts.max(ts);
+            committed += n;
+            *per_sec.entry(ts / 1000).or_default() += n;
         }
         let span = (last_ts.saturating_sub(first_ts)) as f64 / 1000.0;
         let tps = if span > 0.0 {
