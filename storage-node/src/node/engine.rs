@@ -981,7 +981,15 @@ impl Engine {
         self.store
             .commit(block, cert, &receipt, &self.state)
             .context("committing to the chain store")?;
+        let expired = self.mempool.expirations();
         self.mempool.on_block(block, &self.state);
+        if self.mempool.expirations() > expired {
+            tracing::info!(
+                "dropped {} transactions that waited {} blocks behind a nonce gap",
+                self.mempool.expirations() - expired,
+                self.mempool.config().stranded_blocks
+            );
+        }
         self.sizer.finalized(
             hd.number,
             hd.proposer == self.addr && hd.kind != BlockKind::Impeach,

@@ -44,6 +44,11 @@ pub struct MempoolConfig {
     pub max_per_account: usize,
     /// How far past a sender's next pending nonce a transaction may be.
     pub max_nonce_gap: u64,
+    /// Blocks a transaction may wait behind a nonce gap (it cannot execute until the gap is
+    /// filled) before it is dropped. Without this, an overload that refused some senders'
+    /// earlier nonces leaves their later ones stranded in a full pool, blocks come out
+    /// empty and every new submission is refused as busy.
+    pub stranded_blocks: u64,
 }
 
 impl Default for MempoolConfig {
@@ -53,6 +58,7 @@ impl Default for MempoolConfig {
             max_bytes: 256 * 1024 * 1024,
             max_per_account: 10_000,
             max_nonce_gap: 1_000,
+            stranded_blocks: 120,
         }
     }
 }
@@ -172,6 +178,8 @@ struct Entry {
     seq: u64,
     /// Whether its signature was verified on arrival (see [`Mempool::add_batch_deferred`]).
     verified: bool,
+    /// The pool's height (last final block seen) when it arrived.
+    added_at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -213,6 +221,10 @@ pub struct Mempool {
     next_seq: u64,
     rejected: RejectCounts,
     evicted: u64,
+    /// Stranded transactions dropped (see [`MempoolConfig::stranded_blocks`]).
+    expired: u64,
+    /// Number of the last final block seen.
+    height: u64,
     /// Decompressed sender keys.
     keys: chain::KeyCache,
 }
@@ -242,6 +254,8 @@ impl Mempool {
             next_seq: 0,
             rejected: RejectCounts::default(),
             evicted: 0,
+            expired: 0,
+            height: 0,
             keys: chain::KeyCache::default(),
         }
     }
@@ -308,6 +322,11 @@ impl Mempool {
     /// Transactions evicted to make room for higher-fee ones.
     pub fn evictions(&self) -> u64 {
         self.evicted
+    }
+
+    /// Transactions dropped after waiting too long behind a nonce gap.
+    pub fn expirations(&self) -> u64 {
+        self.expired
     }
 
     /// Admits `txs` against `state` (the latest final state), verifying every signature
@@ -540,6 +559,7 @@ impl Mempool {
             spend,
             seq: 0,
             verified: false,
+            added_at: 0,
         })
     }
 
@@ -642,6 +662,7 @@ impl Mempool {
         }
 
         entry.seq = self.next_seq;
+        entry.added_at = self.height;
         self.next_seq = self.next_seq.saturating_add(1);
         let hash = entry.hash;
         self.insert_entry(from, acct.nonce, entry);
@@ -740,10 +761,12 @@ impl Mempool {
     }
 
     /// After `block` is final and `state` is the state after it: drops the transactions it
-    /// included and every pending transaction whose nonce is now below its sender's chain
-    /// nonce (included elsewhere under another hash, or superseded). Sweeps every pending
+    /// included, every pending transaction whose nonce is now below its sender's chain
+    /// nonce (included elsewhere under another hash, or superseded), and every transaction
+    /// that has waited behind a nonce gap for `stranded_blocks` blocks. Sweeps every pending
     /// sender, so a missed block is caught up too.
     pub fn on_block(&mut self, block: &Block, state: &State) {
+        self.height = self.height.max(block.header.number);
         for tx in &block.txs {
             if let Tx::Signed(_) = tx {
                 if let Some((addr, nonce)) = self.by_hash.get(&tx.hash()).copied() {
@@ -757,17 +780,35 @@ impl Mempool {
         }
     }
 
-    /// Drops `addr`'s transactions below `state_nonce` and records it as the chain nonce.
+    /// Drops `addr`'s transactions below `state_nonce` and those stranded too long behind a
+    /// gap, and records `state_nonce` as the chain nonce.
     fn prune_account(&mut self, addr: &Address, state_nonce: u64) {
-        let stale: Vec<u64> = match self.accounts.get_mut(addr) {
+        let ready_end = self.pending_nonce(addr, state_nonce);
+        let cutoff = self.height.saturating_sub(self.cfg.stranded_blocks);
+        let (stale, stranded): (Vec<u64>, Vec<u64>) = match self.accounts.get_mut(addr) {
             Some(q) => {
                 q.base = state_nonce;
-                q.txs.range(..state_nonce).map(|(n, _)| *n).collect()
+                let stale = q.txs.range(..state_nonce).map(|(n, _)| *n).collect();
+                let stranded = if self.height > self.cfg.stranded_blocks {
+                    q.txs
+                        .range(ready_end..)
+                        .filter(|(_, e)| e.added_at <= cutoff)
+                        .map(|(n, _)| *n)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                (stale, stranded)
             }
             None => return,
         };
         for n in stale {
             self.remove_entry(addr, n);
+        }
+        for n in stranded {
+            if self.remove_entry(addr, n).is_some() {
+                self.expired = self.expired.saturating_add(1);
+            }
         }
     }
 
@@ -978,6 +1019,7 @@ mod tests {
             max_bytes,
             max_per_account,
             max_nonce_gap: gap,
+            ..MempoolConfig::default()
         })
     }
 
@@ -1371,6 +1413,52 @@ mod tests {
         w.commit(&mut p, sel);
         assert!(p.is_empty());
         assert_eq!(p.bytes(), 0);
+    }
+
+    #[test]
+    fn transactions_stranded_behind_a_gap_expire_and_the_pool_recovers() {
+        let mut w = World::new(3);
+        let mut p = Mempool::new(MempoolConfig {
+            max_txs: 4,
+            stranded_blocks: 3,
+            ..MempoolConfig::default()
+        });
+        // Sender 1's nonce 0 never arrived (refused as busy in an overload): nonces 1..=3
+        // wait behind the gap; sender 2's nonce 0 is ready.
+        for n in 1..=3 {
+            w.add1(&mut p, w.tx(1, n, 1)).unwrap();
+        }
+        w.add1(&mut p, w.tx(2, 0, 1)).unwrap();
+        // Full: sender 2's next (same fee) is refused, and blocks carry only what is ready.
+        assert!(matches!(
+            w.add1(&mut p, w.tx(2, 1, 1)),
+            Err(Rejected::Busy(_))
+        ));
+        let sel = p.select(10, usize::MAX);
+        assert_eq!(sel.len(), 1);
+        w.commit(&mut p, sel);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.expirations(), 0);
+        // Empty blocks go by; after 3 blocks the stranded ones are dropped.
+        for _ in 0..3 {
+            w.commit(&mut p, Vec::new());
+        }
+        assert_eq!(p.len(), 0, "stranded transactions expire");
+        assert_eq!(p.expirations(), 3);
+        // A gap-free queue never expires, however long it waits.
+        let mut q = Mempool::new(MempoolConfig {
+            stranded_blocks: 2,
+            ..MempoolConfig::default()
+        });
+        w.add1(&mut q, w.tx(2, 1, 1)).unwrap();
+        for _ in 0..5 {
+            w.commit(&mut q, Vec::new());
+        }
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.expirations(), 0);
+        // The sender refills its gap later: accepted.
+        w.add1(&mut p, w.tx(1, 0, 1)).unwrap();
+        assert_eq!(p.pending_nonce(&w.u(1), w.state.nonce(&w.u(1))), 1);
     }
 
     #[test]
