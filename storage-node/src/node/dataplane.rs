@@ -355,7 +355,13 @@ impl Conn {
             match tokio::time::timeout(ANSWER_WAIT, rx).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(_)) => Err("the data connection closed".into()),
-                Err(_) => Err(format!("no answer in {} s", ANSWER_WAIT.as_secs())),
+                Err(_) => {
+                    // A holder that stalls (stopped, overloaded) would stall every request
+                    // queued behind this one: retire the connection, later requests open
+                    // another or fall back to libp2p.
+                    self.closed.store(true, Ordering::Release);
+                    Err(format!("no answer in {} s", ANSWER_WAIT.as_secs()))
+                }
             }
         } else {
             Err("the data connection closed".into())
