@@ -53,6 +53,12 @@ const PUT_CONCURRENCY: usize = 64;
 const GET_WINDOW: usize = 64;
 /// Nodes that keep the manifest besides the shard holders (closest to the data id).
 const MANIFEST_HOLDERS: usize = 3;
+/// Copies of a record read before a lookup ends (the newest version among them wins): the
+/// record lives on the ~20 nodes closest to its key, so waiting for all of them would cost a
+/// full query per get for little.
+const RECORD_QUORUM: usize = 3;
+/// Record pages looked up at once.
+const RECORD_WINDOW: usize = 32;
 /// Other nodes a failed upload tries before giving up on the shard.
 const PUT_RETRIES: usize = 4;
 
@@ -271,14 +277,21 @@ impl SwarmTask {
                     }
                 }
                 kad::QueryResult::GetRecord(r) => {
+                    let mut enough = false;
                     if let Ok(kad::GetRecordOk::FoundRecord(p)) = r {
                         if let Some((v, _)) = self.gets.get_mut(&id) {
                             v.push(p.record.value);
+                            enough = v.len() >= RECORD_QUORUM;
                         }
                     }
-                    if step.last {
+                    if step.last || enough {
                         if let Some((v, reply)) = self.gets.remove(&id) {
                             let _ = reply.send(v);
+                        }
+                        if !step.last {
+                            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                                q.finish();
+                            }
                         }
                     }
                 }
@@ -695,29 +708,57 @@ impl Dfs {
         self.ask(|reply| Cmd::GetRecord { key, reply })
     }
 
+    /// Several record lookups in flight at once; the answers in `keys` order.
+    fn get_records_many(&self, keys: &[[u8; 32]]) -> Result<Vec<Vec<Vec<u8>>>> {
+        let stopped = || anyhow!("the client's network task stopped");
+        let mut waiting = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (tx, rx) = oneshot::channel();
+            self.cmds
+                .send(Cmd::GetRecord {
+                    key: *key,
+                    reply: tx,
+                })
+                .map_err(|_| stopped())?;
+            waiting.push(rx);
+        }
+        waiting
+            .into_iter()
+            .map(|rx| rx.blocking_recv().map_err(|_| stopped()))
+            .collect()
+    }
+
     fn get_providers(&self, key: [u8; 32]) -> Result<Vec<PeerId>> {
         self.ask(|reply| Cmd::GetProviders { key, reply })
     }
 
     /// The newest record pages of `data`, if the DHT has them.
     pub fn record(&self, data: &DataId) -> Result<Option<Vec<DataRecord>>> {
-        let newest = |key: [u8; 32]| -> Result<Option<DataRecord>> {
-            Ok(self
-                .get_records(key)?
+        let newest = |values: &[Vec<u8>]| -> Option<DataRecord> {
+            values
                 .iter()
                 .filter_map(|v| DataRecord::from_bytes(v).ok())
                 .filter(|r| r.data == *data)
-                .max_by_key(|r| r.version))
+                .max_by_key(|r| r.version)
         };
-        let Some(first) = newest(DataRecord::key(data, 0))? else {
+        let Some(first) = newest(&self.get_records(DataRecord::key(data, 0))?) else {
             return Ok(None);
         };
         let pages = DataRecord::pages(first.total_blocks);
+        if u64::from(pages) > crate::manifest::MAX_BLOCKS as u64 / dht::record::BLOCKS_PER_PAGE {
+            // More blocks than any manifest may have: a bogus record.
+            return Ok(None);
+        }
+        // The other pages are looked up RECORD_WINDOW at a time, not one round trip each.
         let mut out = vec![first];
-        for p in 1..pages {
-            match newest(DataRecord::key(data, p))? {
-                Some(r) => out.push(r),
-                None => return Ok(None),
+        let rest: Vec<u32> = (1..pages).collect();
+        for window in rest.chunks(RECORD_WINDOW) {
+            let keys: Vec<[u8; 32]> = window.iter().map(|p| DataRecord::key(data, *p)).collect();
+            for values in self.get_records_many(&keys)? {
+                match newest(&values) {
+                    Some(r) => out.push(r),
+                    None => return Ok(None),
+                }
             }
         }
         Ok(Some(out))
@@ -730,21 +771,15 @@ impl Dfs {
             let mut manifest_peers = Vec::new();
             let mut holders = Vec::new();
             for page in &pages {
-                for i in &page.manifest_holders {
-                    if let Some(p) = page.nodes.get(usize::from(*i)).and_then(peer_of) {
-                        manifest_peers.push(p);
-                    }
-                }
+                // Each node's peer id once per page (a conversion decompresses the key):
+                // rows name nodes by index, thousands of times.
+                let peers: Vec<Option<PeerId>> = page.nodes.iter().map(peer_of).collect();
+                let peer_at = |i: u8| peers.get(usize::from(i)).copied().flatten();
+                manifest_peers.extend(page.manifest_holders.iter().filter_map(|i| peer_at(*i)));
                 for row in &page.holders {
                     holders.push(
                         row.iter()
-                            .map(|i| {
-                                page.nodes
-                                    .get(usize::from(*i))
-                                    .and_then(peer_of)
-                                    .map(|p| vec![p])
-                                    .unwrap_or_default()
-                            })
+                            .map(|i| peer_at(*i).map(|p| vec![p]).unwrap_or_default())
                             .collect(),
                     );
                 }
