@@ -92,6 +92,31 @@ macro_rules! backend_tests {
             }
 
             #[test]
+            fn get_into_appends_after_what_is_there_and_keeps_it_on_errors() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(store) = open(dir.path()) else { return };
+                // Neighbours on both sides, so a read that ran past a record would show.
+                for n in 0..3u64 {
+                    store.put(id(n), bytes(n, 70_000 + n as usize)).unwrap();
+                }
+                // Exact room, a little spare room, and a large reused buffer.
+                for spare in [0usize, 100, 4 << 20] {
+                    let mut out = Vec::with_capacity(3 + 70_001 + spare);
+                    out.extend_from_slice(b"hdr");
+                    store.get_into(&id(1), &mut out).unwrap();
+                    assert_eq!(&out[..3], b"hdr");
+                    assert_eq!(&out[3..], &bytes(1, 70_001)[..], "spare {spare}");
+                }
+                let mut out = b"keep".to_vec();
+                assert!(matches!(
+                    store.get_into(&id(9), &mut out),
+                    Err(StoreError::NotFound { .. })
+                ));
+                assert_eq!(out, b"keep");
+                store.close().unwrap();
+            }
+
+            #[test]
             fn re_put_is_idempotent() {
                 let dir = tempfile::tempdir().unwrap();
                 let Some(store) = open(dir.path()) else { return };

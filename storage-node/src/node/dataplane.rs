@@ -273,7 +273,6 @@ impl DataServer {
             .context("unknown or expired session token")?;
         stream.set_read_timeout(Some(IDLE))?;
         let (mut sealer, mut opener) = FrameCipher::holder(&w.key)?;
-        let mut out = Vec::new();
         loop {
             let mut prefix = [0u8; 4];
             match stream.read_exact(&mut prefix) {
@@ -289,22 +288,43 @@ impl DataServer {
                 .context("reading a frame")?;
             anyhow::ensure!(body.len() == n, "the connection closed inside a frame");
             opener.open(&mut body)?;
-            out.clear();
+            // A fresh buffer per answer: the answerer sizes it for what it puts in (a shard
+            // read straight into it), so nothing is zeroed, grown or moved on the way out.
+            let mut out = Vec::with_capacity(64);
             out.extend_from_slice(&[0; 4]);
             answer.answer(&body, w.from.as_ref(), &mut out);
             drop(body);
             sealer.seal(&mut out)?;
             stream.write_all(&out).context("writing an answer")?;
-            if out.capacity() > 4 << 20 {
-                out = Vec::new();
-            }
         }
     }
 }
 
-/// Encodes `resp` after the 4 bytes of room already in `out`.
+/// Last plaintext byte of an answer frame: the rest is an encoded `ShardResponse`.
+pub const ANSWER_ENCODED: u8 = 0;
+/// Last plaintext byte of an answer frame: the rest is the raw bytes of a `Shard` answer
+/// (read by the holder straight into the frame, kept by the client without a copy).
+pub const ANSWER_SHARD: u8 = 1;
+
+/// Appends `resp`, encoded, and its kind byte to `out`.
 pub fn put_answer(resp: &ShardResponse, out: &mut Vec<u8>) {
     resp.encode(out);
+    out.push(ANSWER_ENCODED);
+}
+
+/// Reads an opened answer frame (see [`ANSWER_ENCODED`], [`ANSWER_SHARD`]).
+pub fn read_answer(mut body: Vec<u8>) -> Result<ShardResponse, String> {
+    match body.pop() {
+        Some(ANSWER_SHARD) if body.len() <= dht::wire::MAX_SHARD_BYTES => {
+            Ok(ShardResponse::Shard(body))
+        }
+        Some(ANSWER_SHARD) => Err(format!("a {}-byte shard is over the limit", body.len())),
+        Some(ANSWER_ENCODED) => {
+            ShardResponse::from_vec(body).map_err(|e| format!("a garbled answer: {e}"))
+        }
+        Some(k) => Err(format!("an answer of unknown kind {k}")),
+        None => Err("an empty answer".into()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -346,8 +366,13 @@ impl Conn {
         Ok(conn)
     }
 
-    /// Sends one encoded request and waits for its encoded answer.
-    pub async fn request(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+    /// Sends one encoded request and waits for its answer.
+    pub async fn request(&self, data: &[u8]) -> Result<ShardResponse, String> {
+        read_answer(self.request_raw(data).await?)
+    }
+
+    /// Sends one encoded request and waits for the opened answer frame.
+    async fn request_raw(&self, data: &[u8]) -> Result<Vec<u8>, String> {
         let (tx, rx) = oneshot::channel();
         self.load.fetch_add(1, Ordering::AcqRel);
         let sent = self.tx.send((frame_of(data), tx)).is_ok();
@@ -542,7 +567,10 @@ mod tests {
         fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>) {
             let resp = match ShardRequest::from_bytes(req) {
                 Ok(ShardRequest::Get { block, .. }) => {
-                    ShardResponse::Shard(vec![block as u8; 200_000 + block as usize])
+                    // Raw, as a holder answers a read: the bytes, then the kind.
+                    out.extend(std::iter::repeat_n(block as u8, 200_000 + block as usize));
+                    out.push(ANSWER_SHARD);
+                    return;
                 }
                 Ok(_) => ShardResponse::Refused(format!(
                     "as {}",
@@ -643,6 +671,24 @@ mod tests {
     }
 
     #[test]
+    fn answers_say_how_to_read_them() {
+        let mut raw = vec![7u8; 10];
+        raw.push(ANSWER_SHARD);
+        assert_eq!(read_answer(raw), Ok(ShardResponse::Shard(vec![7; 10])));
+        let mut enc = Vec::new();
+        put_answer(&ShardResponse::NotFound, &mut enc);
+        assert_eq!(read_answer(enc), Ok(ShardResponse::NotFound));
+        let mut garbled = vec![1, 2, 3];
+        garbled.push(ANSWER_ENCODED);
+        assert!(read_answer(garbled).is_err());
+        assert!(read_answer(vec![1, 2, 9]).is_err());
+        assert!(read_answer(Vec::new()).is_err());
+        let mut big = vec![0u8; dht::wire::MAX_SHARD_BYTES + 1];
+        big.push(ANSWER_SHARD);
+        assert!(read_answer(big).is_err());
+    }
+
+    #[test]
     fn frame_lengths_are_bounded() {
         assert!(body_len(0u32.to_le_bytes()).is_err());
         assert!(body_len((TAG_LEN as u32 - 1).to_le_bytes()).is_err());
@@ -665,7 +711,7 @@ mod tests {
             }
             for h in handles {
                 let (b, r) = h.await.unwrap();
-                let resp = ShardResponse::from_bytes(&r.unwrap()).unwrap();
+                let resp = r.unwrap();
                 assert_eq!(
                     resp,
                     ShardResponse::Shard(vec![b as u8; 200_000 + b as usize])
@@ -674,9 +720,9 @@ mod tests {
             let held = ShardRequest::Held {
                 data: crypto_accel::DataId::from_bytes([1; 32]),
             };
-            let r = ShardResponse::from_bytes(&c.request(&held.to_bytes()).await.unwrap());
+            let r = c.request(&held.to_bytes()).await.unwrap();
             assert_eq!(
-                r.unwrap(),
+                r,
                 ShardResponse::Refused(format!("as {}", hex::encode(me.as_bytes())))
             );
         });

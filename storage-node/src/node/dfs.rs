@@ -926,14 +926,13 @@ fn describe(r: &ShardResponse) -> String {
 /// Sends one shard request to `peer`: over a data connection when the holder offers one,
 /// else over the libp2p shard protocol.
 async fn request(link: &Link, peer: PeerId, data: &[u8]) -> Result<ShardResponse> {
-    let bytes = match link.plane.conn(peer, || open_session(link, peer)).await {
-        Some(conn) => conn
-            .request(data)
-            .await
-            .map_err(|e| anyhow!("{peer}: {e}"))?,
-        None => over_libp2p(link, peer, data.to_vec()).await?,
-    };
-    ShardResponse::from_vec(bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
+    match link.plane.conn(peer, || open_session(link, peer)).await {
+        Some(conn) => conn.request(data).await.map_err(|e| anyhow!("{peer}: {e}")),
+        None => {
+            let bytes = over_libp2p(link, peer, data.to_vec()).await?;
+            ShardResponse::from_vec(bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
+        }
+    }
 }
 
 async fn over_libp2p(link: &Link, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>> {

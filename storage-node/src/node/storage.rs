@@ -488,22 +488,29 @@ impl StorageService {
         }
     }
 
-    fn read_shard(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Appends shard `id` to `out`; `Ok(false)` when it is not held (or a fault hides it).
+    fn read_shard_into(&self, id: &ChunkId, out: &mut Vec<u8>) -> Result<bool, StoreError> {
         if self.fault == Fault::Delete {
-            return Ok(None);
+            return Ok(false);
         }
-        match self.store.get(id) {
-            Ok(mut b) => {
-                if self.fault == Fault::BitFlip {
-                    if let Some(x) = b.last_mut() {
+        let start = out.len();
+        match self.store.get_into(id, out) {
+            Ok(()) => {
+                if self.fault == Fault::BitFlip && out.len() > start {
+                    if let Some(x) = out.last_mut() {
                         *x ^= 1;
                     }
                 }
-                Ok(Some(b))
+                Ok(true)
             }
-            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(StoreError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn read_shard(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        Ok(self.read_shard_into(id, &mut out)?.then_some(out))
     }
 
     fn get(
@@ -513,30 +520,49 @@ impl StorageService {
         block: u64,
         from: Option<&PublicKey>,
     ) -> ShardResponse {
+        let mut out = Vec::new();
+        match self.get_into(id, data, block, from, &mut out) {
+            None => ShardResponse::Shard(out),
+            Some(r) => r,
+        }
+    }
+
+    /// Serves a read of shard `id` of block `block` of `data` for `from` by appending the
+    /// shard's bytes to `out` (a data connection builds its answer frame around them):
+    /// `None` when they were appended, else the answer to send instead (`out` unchanged).
+    pub fn get_into(
+        &self,
+        id: ChunkId,
+        data: &DataId,
+        block: u64,
+        from: Option<&PublicKey>,
+        out: &mut Vec<u8>,
+    ) -> Option<ShardResponse> {
         let Some(h) = lock(&self.index).get(&id).copied() else {
-            return ShardResponse::NotFound;
+            return Some(ShardResponse::NotFound);
         };
         if h.data != *data || h.block != block {
             // Say no more than the requester claimed: not where the shard really belongs.
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            return ShardResponse::Refused(format!(
+            return Some(ShardResponse::Refused(format!(
                 "shard {id} is not part of block {block} of data {data}"
-            ));
+            )));
         }
         if let Err(why) = self.allowed(from, data, Scope::Interval(h.interval)) {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            return ShardResponse::Refused(why);
+            return Some(ShardResponse::Refused(why));
         }
-        match self.read_shard(&id) {
-            Ok(Some(b)) => {
+        let start = out.len();
+        match self.read_shard_into(&id, out) {
+            Ok(true) => {
                 self.counters.served.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .served_bytes
-                    .fetch_add(b.len() as u64, Ordering::Relaxed);
-                ShardResponse::Shard(b)
+                    .fetch_add((out.len() - start) as u64, Ordering::Relaxed);
+                None
             }
-            Ok(None) => ShardResponse::NotFound,
-            Err(e) => ShardResponse::Failed(format!("reading shard {id}: {e}")),
+            Ok(false) => Some(ShardResponse::NotFound),
+            Err(e) => Some(ShardResponse::Failed(format!("reading shard {id}: {e}"))),
         }
     }
 
@@ -655,7 +681,17 @@ fn respond(
     from: Option<&PublicKey>,
     net: &tokio::sync::mpsc::UnboundedSender<super::net::NetCmd>,
 ) -> ShardResponse {
-    let (resp, committed) = match ShardRequest::from_bytes(req) {
+    respond_to(service, plane, ShardRequest::from_bytes(req), from, net)
+}
+
+fn respond_to(
+    service: &StorageService,
+    plane: Option<&super::dataplane::DataServer>,
+    req: Result<ShardRequest, crypto_accel::CodecError>,
+    from: Option<&PublicKey>,
+    net: &tokio::sync::mpsc::UnboundedSender<super::net::NetCmd>,
+) -> ShardResponse {
+    let (resp, committed) = match req {
         Ok(ShardRequest::OpenSession { key }) => match plane {
             Some(p) => (p.open_session(from.copied(), key), None),
             None => (
@@ -684,7 +720,21 @@ struct DataAnswer {
 
 impl super::dataplane::Answer for DataAnswer {
     fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>) {
-        respond(&self.service, None, req, from, &self.net).encode(out);
+        let req = ShardRequest::from_bytes(req);
+        if let Ok(ShardRequest::Get { id, data, block }) = &req {
+            // The shard's bytes go straight from the store into the answer frame, sized so
+            // that neither the kind byte nor the AEAD tag makes it grow (and move).
+            if let Some(n) = self.service.store.len_of(id) {
+                out.reserve_exact(n + 1 + crypto_accel::TAG_LEN);
+            }
+            match self.service.get_into(*id, data, *block, from, out) {
+                None => out.push(super::dataplane::ANSWER_SHARD),
+                Some(resp) => super::dataplane::put_answer(&resp, out),
+            }
+            return;
+        }
+        let resp = respond_to(&self.service, None, req, from, &self.net);
+        super::dataplane::put_answer(&resp, out);
     }
 }
 

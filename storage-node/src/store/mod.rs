@@ -354,6 +354,14 @@ impl ChunkStore {
 
     /// Reads a chunk, verifying its checksum; `Corrupt` rather than wrong bytes.
     pub fn get(&self, id: &ChunkId) -> StoreResult<Vec<u8>> {
+        let mut out = Vec::new();
+        self.get_into(id, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends a chunk to `out`, verifying its checksum (a network answer is built around
+    /// the bytes in place). On an error `out` is as it was.
+    pub fn get_into(&self, id: &ChunkId, out: &mut Vec<u8>) -> StoreResult<()> {
         let loc = self
             .inner
             .shared
@@ -363,7 +371,23 @@ impl ChunkStore {
             .get(id)
             .cloned()
             .ok_or(StoreError::NotFound { id: *id })?;
-        read_record(&loc, id)
+        let start = out.len();
+        let r = read_record(&loc, id, out);
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+
+    /// Length of a stored chunk, if it is stored.
+    pub fn len_of(&self, id: &ChunkId) -> Option<usize> {
+        self.inner
+            .shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .map(|loc| loc.len as usize)
     }
 
     /// Whether a chunk is stored (durably, unless it came from a put not yet covered by
@@ -500,20 +524,25 @@ fn payload_crcs(items: &[(ChunkId, Vec<u8>)]) -> Vec<u32> {
 }
 
 /// Reads and checks one record: header fields must match the index, payload its crc32c.
-fn read_record(loc: &Location, id: &ChunkId) -> StoreResult<Vec<u8>> {
+/// Spare room past a record that a read may fill (and then drop) rather than zeroing the
+/// record's bytes first.
+const SPARE_READ_SLACK: usize = 64 << 10;
+
+fn read_record(loc: &Location, id: &ChunkId, out: &mut Vec<u8>) -> StoreResult<()> {
     let corrupt = |reason: String| StoreError::Corrupt { id: *id, reason };
     let where_ = || format!("{} offset {}", segment_file_name(&loc.seg), loc.offset);
-    let read = |buf: &mut [u8], at: u64| {
-        loc.seg.file.read_exact_at(buf, at).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                corrupt(format!("record truncated at {}", where_()))
-            } else {
-                StoreError::io("read segment", &loc.seg.path, e)
-            }
-        })
+    let io_err = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            corrupt(format!("record truncated at {}", where_()))
+        } else {
+            StoreError::io("read segment", &loc.seg.path, e)
+        }
     };
     let mut hb = [0u8; HEADER_LEN];
-    read(&mut hb, loc.offset)?;
+    loc.seg
+        .file
+        .read_exact_at(&mut hb, loc.offset)
+        .map_err(io_err)?;
     let header = RecordHeader::decode(&hb, u64::from(loc.len))
         .map_err(|e| corrupt(format!("{} at {}", e.as_str(), where_())))?;
     if header.kind != RecordKind::Put || header.id != *id || header.len != loc.len {
@@ -522,15 +551,39 @@ fn read_record(loc: &Location, id: &ChunkId) -> StoreResult<Vec<u8>> {
             where_()
         )));
     }
-    let mut data = vec![0u8; loc.len as usize];
-    read(&mut data, loc.offset + HEADER_LEN as u64)?;
-    if crc32c::crc32c(&data) != header.payload_crc {
+    let start = out.len();
+    let len = loc.len as usize;
+    let at = loc.offset + HEADER_LEN as u64;
+    out.reserve_exact(len);
+    if out.capacity() - start > len + SPARE_READ_SLACK {
+        // A large reused buffer: reading into all its spare room would copy far more than
+        // the record, so zero just the record's bytes and read exactly them.
+        out.resize(start + len, 0);
+        loc.seg
+            .file
+            .read_exact_at(&mut out[start..], at)
+            .map_err(io_err)?;
+    } else {
+        // Read into spare capacity: no zeroing of bytes about to be overwritten. The read
+        // may run a little past the record (into the spare room); that tail is dropped.
+        let mut at = at;
+        while out.len() < start + len {
+            let n = rustix::io::pread(&loc.seg.file, rustix::buffer::spare_capacity(out), at)
+                .map_err(|e| io_err(e.into()))?;
+            if n == 0 {
+                return Err(io_err(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            at += n as u64;
+        }
+        out.truncate(start + len);
+    }
+    if crc32c::crc32c(&out[start..]) != header.payload_crc {
         return Err(corrupt(format!(
             "payload checksum mismatch at {}",
             where_()
         )));
     }
-    Ok(data)
+    Ok(())
 }
 
 fn segment_file_name(seg: &Segment) -> String {
