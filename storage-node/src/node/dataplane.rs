@@ -342,6 +342,8 @@ pub struct Conn {
     tx: mpsc::UnboundedSender<(Vec<u8>, Reply)>,
     load: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
+    /// How long one answer may take before the connection is retired.
+    wait: Duration,
 }
 
 impl Conn {
@@ -365,6 +367,7 @@ impl Conn {
             tx,
             load: Arc::new(AtomicUsize::new(0)),
             closed: Arc::new(AtomicBool::new(false)),
+            wait: ANSWER_WAIT,
         };
         tokio::spawn(run_conn(stream, ciphers, rx, Arc::clone(&conn.closed)));
         Ok(conn)
@@ -381,7 +384,7 @@ impl Conn {
         self.load.fetch_add(1, Ordering::AcqRel);
         let sent = self.tx.send((frame_of(data), tx)).is_ok();
         let r = if sent {
-            match tokio::time::timeout(ANSWER_WAIT, rx).await {
+            match tokio::time::timeout(self.wait, rx).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(_)) => Err("the data connection closed".into()),
                 Err(_) => {
@@ -389,7 +392,7 @@ impl Conn {
                     // queued behind this one: retire the connection, later requests open
                     // another or fall back to libp2p.
                     self.closed.store(true, Ordering::Release);
-                    Err(format!("no answer in {} s", ANSWER_WAIT.as_secs()))
+                    Err(format!("no answer in {} ms", self.wait.as_millis()))
                 }
             }
         } else {
@@ -397,6 +400,13 @@ impl Conn {
         };
         self.load.fetch_sub(1, Ordering::AcqRel);
         r
+    }
+
+    /// The same connection with another answer timeout (tests of stalled holders).
+    #[cfg(test)]
+    fn with_answer_wait(mut self, wait: Duration) -> Conn {
+        self.wait = wait;
+        self
     }
 
     fn is_closed(&self) -> bool {
@@ -563,9 +573,12 @@ mod tests {
     use crypto_accel::Decode;
     use dht::wire::ShardRequest;
 
-    /// Answers `Held` with the block number squared and its length, `Get` with a large
-    /// shard, anything else with `Refused` naming the peer.
+    /// Answers `Get` with a large raw shard, `Held` for [`STALL_ID`] after 600 ms, anything
+    /// else with `Refused` naming the peer.
     struct Echo;
+
+    /// The data id whose `Held` request the test holder answers only after a stall.
+    const STALL_ID: [u8; 32] = [0xEE; 32];
 
     impl Answer for Echo {
         fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>) {
@@ -575,6 +588,10 @@ mod tests {
                     out.extend(std::iter::repeat_n(block as u8, 200_000 + block as usize));
                     out.push(ANSWER_SHARD);
                     return;
+                }
+                Ok(ShardRequest::Held { data }) if *data.as_bytes() == STALL_ID => {
+                    std::thread::sleep(Duration::from_millis(600));
+                    ShardResponse::Held(Vec::new())
                 }
                 Ok(_) => ShardResponse::Refused(format!(
                     "as {}",
@@ -672,6 +689,36 @@ mod tests {
             proptest::prop_assert!(opener.open(&mut b).is_err());
             let _ = body_len(prefix);
         }
+    }
+
+    #[test]
+    fn a_stalled_answer_retires_the_connection_and_the_next_request_opens_another() {
+        let s = server();
+        let peer = PeerId::random();
+        let dc = DataClient::default();
+        rt().block_on(async {
+            let first = dc
+                .conn(peer, || async { Ok(offer(&s, None)) })
+                .await
+                .unwrap();
+            let short = first.clone().with_answer_wait(Duration::from_millis(100));
+            let stall = ShardRequest::Held {
+                data: crypto_accel::DataId::from_bytes(STALL_ID),
+            }
+            .to_bytes();
+            let e = short.request(&stall).await.unwrap_err();
+            assert!(e.contains("no answer in 100 ms"), "{e}");
+            assert!(first.is_closed(), "the stalled connection is retired");
+            let next = dc
+                .conn(peer, || async { Ok(offer(&s, None)) })
+                .await
+                .unwrap();
+            assert!(!Arc::ptr_eq(&next.closed, &first.closed));
+            assert!(matches!(
+                next.request(&get(4)).await,
+                Ok(ShardResponse::Shard(b)) if b.len() == 200_004
+            ));
+        });
     }
 
     #[test]
