@@ -796,7 +796,6 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     Ok(())
 }
 
-/// A fresh directory for the demo, under the system temp dir.
 /// Runs `get` writing to `out`. A regular file (or a new one) is written under a temporary
 /// name and renamed once `get` succeeds, so a failed get never leaves a partial file that
 /// looks complete; anything else that exists (a device such as `/dev/null`, a FIFO) is
@@ -824,6 +823,7 @@ fn write_output<T>(out: &Path, get: impl FnOnce(BufWriter<File>) -> Result<T>) -
     }
 }
 
+/// A fresh directory for the demo, under the system temp dir.
 fn tempfile_dir() -> Result<PathBuf> {
     let base = std::env::temp_dir();
     for _ in 0..16 {

@@ -190,11 +190,6 @@ impl DataServer {
         Ok(server)
     }
 
-    /// The listener's port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Registers a session for `from` keyed with `key`; the answer to `OpenSession`.
     pub fn open_session(&self, from: Option<PublicKey>, key: [u8; 32]) -> ShardResponse {
         let mut token = [0u8; SESSION_TOKEN_LEN];
@@ -560,10 +555,9 @@ impl DataClient {
 
     /// A fresh random key for a session.
     pub fn session_key() -> Result<[u8; 32], String> {
-        let mut k = [0u8; 32];
-        rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut k)
-            .map_err(|e| format!("no randomness for a session key: {e}"))?;
-        Ok(k)
+        IntervalKey::generate()
+            .map(|k| *k.as_bytes())
+            .map_err(|e| format!("no randomness for a session key: {e}"))
     }
 }
 

@@ -526,10 +526,29 @@ impl Dfs {
     /// Sends the network task the command `make` builds around a reply channel and waits
     /// for the reply.
     fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T> {
+        let mut replies = self.ask_all([make])?;
+        replies
+            .pop()
+            .ok_or_else(|| anyhow!("the client's network task stopped"))
+    }
+
+    /// Sends every command `makes` builds before waiting for any reply, so they run at
+    /// once; the replies in order.
+    fn ask_all<T, F>(&self, makes: impl IntoIterator<Item = F>) -> Result<Vec<T>>
+    where
+        F: FnOnce(oneshot::Sender<T>) -> Cmd,
+    {
         let stopped = || anyhow!("the client's network task stopped");
-        let (tx, rx) = oneshot::channel();
-        self.cmds.send(make(tx)).map_err(|_| stopped())?;
-        rx.blocking_recv().map_err(|_| stopped())
+        let mut waiting = Vec::new();
+        for make in makes {
+            let (tx, rx) = oneshot::channel();
+            self.cmds.send(make(tx)).map_err(|_| stopped())?;
+            waiting.push(rx);
+        }
+        waiting
+            .into_iter()
+            .map(|rx| rx.blocking_recv().map_err(|_| stopped()))
+            .collect()
     }
 
     fn routing(&self) -> Result<usize> {
@@ -704,28 +723,12 @@ impl Dfs {
             .map_err(|e| anyhow!("publishing the DHT record: {e}"))
     }
 
-    fn get_records(&self, key: [u8; 32]) -> Result<Vec<Vec<u8>>> {
-        self.ask(|reply| Cmd::GetRecord { key, reply })
-    }
-
-    /// Several record lookups in flight at once; the answers in `keys` order.
-    fn get_records_many(&self, keys: &[[u8; 32]]) -> Result<Vec<Vec<Vec<u8>>>> {
-        let stopped = || anyhow!("the client's network task stopped");
-        let mut waiting = Vec::with_capacity(keys.len());
-        for key in keys {
-            let (tx, rx) = oneshot::channel();
-            self.cmds
-                .send(Cmd::GetRecord {
-                    key: *key,
-                    reply: tx,
-                })
-                .map_err(|_| stopped())?;
-            waiting.push(rx);
-        }
-        waiting
-            .into_iter()
-            .map(|rx| rx.blocking_recv().map_err(|_| stopped()))
-            .collect()
+    /// The values found under each of `keys`, the lookups in flight at once.
+    fn get_records(&self, keys: &[[u8; 32]]) -> Result<Vec<Vec<Vec<u8>>>> {
+        self.ask_all(
+            keys.iter()
+                .map(|&key| move |reply| Cmd::GetRecord { key, reply }),
+        )
     }
 
     fn get_providers(&self, key: [u8; 32]) -> Result<Vec<PeerId>> {
@@ -741,7 +744,8 @@ impl Dfs {
                 .filter(|r| r.data == *data)
                 .max_by_key(|r| r.version)
         };
-        let Some(first) = newest(&self.get_records(DataRecord::key(data, 0))?) else {
+        let first_page = self.get_records(&[DataRecord::key(data, 0)])?;
+        let Some(first) = first_page.first().and_then(|v| newest(v)) else {
             return Ok(None);
         };
         let pages = DataRecord::pages(first.total_blocks);
@@ -754,7 +758,7 @@ impl Dfs {
         let rest: Vec<u32> = (1..pages).collect();
         for window in rest.chunks(RECORD_WINDOW) {
             let keys: Vec<[u8; 32]> = window.iter().map(|p| DataRecord::key(data, *p)).collect();
-            for values in self.get_records_many(&keys)? {
+            for values in self.get_records(&keys)? {
                 match newest(&values) {
                     Some(r) => out.push(r),
                     None => return Ok(None),

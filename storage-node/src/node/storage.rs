@@ -691,16 +691,13 @@ fn respond_to(
     from: Option<&PublicKey>,
     net: &tokio::sync::mpsc::UnboundedSender<super::net::NetCmd>,
 ) -> ShardResponse {
-    let (resp, committed) = match req {
-        Ok(ShardRequest::OpenSession { key }) => match plane {
-            Some(p) => (p.open_session(from.copied(), key), None),
-            None => (
-                ShardResponse::Refused("this node offers no data connections".into()),
-                None,
-            ),
-        },
-        Ok(req) => service.serve(req, from, super::config::now_ms()),
-        Err(e) => (
+    let (resp, committed) = match (req, plane) {
+        (Ok(ShardRequest::OpenSession { key }), Some(p)) => {
+            (p.open_session(from.copied(), key), None)
+        }
+        // Without a data plane `serve` refuses `OpenSession` itself.
+        (Ok(req), _) => service.serve(req, from, super::config::now_ms()),
+        (Err(e), _) => (
             ShardResponse::Refused(format!("malformed request: {e}")),
             None,
         ),

@@ -523,11 +523,12 @@ fn payload_crcs(items: &[(ChunkId, Vec<u8>)]) -> Vec<u32> {
     items.iter().map(|(_, d)| crc32c::crc32c(d)).collect()
 }
 
-/// Reads and checks one record: header fields must match the index, payload its crc32c.
 /// Spare room past a record that a read may fill (and then drop) rather than zeroing the
 /// record's bytes first.
 const SPARE_READ_SLACK: usize = 64 << 10;
 
+/// Reads and checks one record, appending its payload to `out`: header fields must match
+/// the index, payload its crc32c.
 fn read_record(loc: &Location, id: &ChunkId, out: &mut Vec<u8>) -> StoreResult<()> {
     let corrupt = |reason: String| StoreError::Corrupt { id: *id, reason };
     let where_ = || format!("{} offset {}", segment_file_name(&loc.seg), loc.offset);
