@@ -54,6 +54,35 @@ const STAGE_BELOW: usize = 16 << 10;
 /// in the background (nobody waits on it) so write-back keeps pace with bulk ingest.
 const WRITE_BEHIND_BYTES: u64 = 32 << 20;
 
+/// Unsynced groups of at least this many bytes (bulk ingest) have their write-back started
+/// as soon as they are written (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on Linux): the disk
+/// then works while the caller seals the next group, instead of receiving everything at the
+/// next write-behind sync or barrier (seal into the store: 0.66-0.73 -> 0.85-0.96 of
+/// `std::fs` write+fsync in an A/B). Synced groups need no kick: their fdatasync follows.
+const KICK_WRITEBACK_BYTES: u64 = 1 << 20;
+
+/// Starts write-back of `len` bytes at `offset` without waiting for it (Linux; elsewhere a
+/// no-op). Durability still comes only from `fdatasync`; this only moves the disk work earlier.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: a plain syscall on a file descriptor we own; no memory is passed.
+    // A failure only means write-back starts later (at the next fdatasync), so it is ignored.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
+
 /// A request to the writer thread.
 pub(crate) enum Request {
     Put {
@@ -865,6 +894,9 @@ impl Writer {
             batch.spent.extend(bufs);
         }
         res.map_err(|e| StoreError::io("write segment", &seg.path, e))?;
+        if !batch.needs_sync && batch.bytes >= KICK_WRITEBACK_BYTES {
+            start_writeback(&seg.file, batch.start, batch.bytes);
+        }
         batch.start += batch.bytes;
         batch.written += batch.bytes;
         batch.bytes = 0;
