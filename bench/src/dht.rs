@@ -97,6 +97,13 @@ fn expected_hash(len: u64) -> Result<blake3::Hash> {
     Ok(h.finalize())
 }
 
+/// CPU seconds used so far by `pids` together (user + system, all threads).
+fn cpu_s(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|p| crate::load::cpu_ticks(*p).unwrap_or(0) as f64 / 100.0)
+        .sum()
+}
+
 fn mib_s(bytes: u64, s: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / s.max(1e-9)
 }
@@ -118,8 +125,10 @@ pub fn run(a: &DhtArgs) -> Result<String> {
     // Baseline: the local pipeline into and out of a chunk store in the same temp dir.
     let dir = tempfile::tempdir()?;
     let params = SealParams::default();
-    let (seal_s, open_s) = {
+    let me = [std::process::id()];
+    let (seal_s, open_s, seal_cpu, open_cpu) = {
         let store = ChunkStore::open(dir.path().join("local"), StoreConfig::default())?;
+        let c = cpu_s(&me);
         let t = Instant::now();
         let m = seal(
             gen(a.size),
@@ -129,7 +138,9 @@ pub fn run(a: &DhtArgs) -> Result<String> {
             &|_| {},
         )?;
         let seal_s = t.elapsed().as_secs_f64();
+        let seal_cpu = cpu_s(&me) - c;
         let mut out = HashSink(blake3::Hasher::new());
+        let c = cpu_s(&me);
         let t = Instant::now();
         open(
             &m,
@@ -140,12 +151,13 @@ pub fn run(a: &DhtArgs) -> Result<String> {
             &|_| {},
         )?;
         let open_s = t.elapsed().as_secs_f64();
+        let open_cpu = cpu_s(&me) - c;
         if out.0.finalize() != want {
             bail!("the local pipeline returned different bytes");
         }
         store.close()?;
         std::fs::remove_dir_all(dir.path().join("local"))?;
-        (seal_s, open_s)
+        (seal_s, open_s, seal_cpu, open_cpu)
     };
     eprintln!(
         "local: seal {:.0} MiB/s, open {:.0} MiB/s",
@@ -184,7 +196,17 @@ pub fn run(a: &DhtArgs) -> Result<String> {
         let n = usize::from(params.k) + usize::from(params.m);
         let dfs = Dfs::connect(&api, faucet, n, Duration::from_secs(60))?;
         let storage_nodes = dfs.peers()?.len();
+        eprintln!(
+            "cluster up ({storage_nodes} storage nodes): putting {} MiB",
+            a.size >> 20
+        );
+        // The client (this process) and every node process: what a put and a get cost the
+        // machine, less noisy than their wall time on shared cores.
+        let mut all: Vec<u32> = file.nodes.iter().map(|n| n.pid).collect();
+        all.push(std::process::id());
+        let c = cpu_s(&all);
         let put = dfs.put(gen(a.size), &params, AccessPolicy::GrantBased, &|_| {})?;
+        let put_cpu = cpu_s(&all) - c;
         let put_s = put.upload_s + put.register_s;
         eprintln!(
             "network put: {:.0} MiB/s ({:.1} s upload, {:.1} s register+commit)",
@@ -193,7 +215,9 @@ pub fn run(a: &DhtArgs) -> Result<String> {
             put.register_s
         );
         let mut out = HashSink(blake3::Hasher::new());
+        let c = cpu_s(&all);
         let got = dfs.get(&put.data, &mut out, None, &|_| {})?;
+        let get_cpu = cpu_s(&all) - c;
         if out.0.finalize() != want {
             bail!("the network get returned different bytes");
         }
@@ -218,6 +242,9 @@ pub fn run(a: &DhtArgs) -> Result<String> {
              | network put (seal, upload, register, commit, DHT record) | {put_r:.0} | **{:.2}** of local seal (target ≥ 0.40) |\n\
              | local open from the chunk store (baseline) | {open_r:.0} | 1.00 |\n\
              | network get (locate, fetch k + a delayed hedge, verify, decrypt) | {get_r:.0} | **{:.2}** of local open (target ≥ 0.50) |\n\n\
+             CPU seconds (user + system, all threads; the client and all node processes for \
+             the network cases): local seal {seal_cpu:.2}, network put {put_cpu:.2} \
+             ({:.2}×); local open {open_cpu:.2}, network get {get_cpu:.2} ({:.2}×).\n\n\
              Put: {:.1} s sealing and uploading ({} uploads moved to another node), {:.1} s \
              registering on chain, committing on {} holders and publishing the record. \
              Get: {} blocks rebuilt from parity (hedge), {} shards not used.\n\n\
@@ -230,6 +257,8 @@ pub fn run(a: &DhtArgs) -> Result<String> {
             params.m,
             put_r / seal_r,
             get_r / open_r,
+            put_cpu / seal_cpu,
+            get_cpu / open_cpu,
             put.upload_s,
             put.retries,
             put.register_s,

@@ -49,7 +49,8 @@ pub struct LoadArgs {
     plot: PathBuf,
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// User + system CPU of a process (all its threads), in clock ticks (`USER_HZ`).
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = s.rsplit_once(')')?.1;
     let f: Vec<&str> = after.split_whitespace().collect();

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crypto_accel::{block_nonce, Aead, AeadAlgo, Encode, IntervalKey, PublicKey, TAG_LEN};
-use dht::wire::{ShardResponse, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, SESSION_TOKEN_LEN};
+use dht::wire::{
+    ShardRequest, ShardResponse, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, SESSION_TOKEN_LEN,
+};
 use libp2p::PeerId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -142,6 +144,16 @@ pub fn frame_of(plaintext: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(4 + plaintext.len() + TAG_LEN);
     f.extend_from_slice(&[0; 4]);
     f.extend_from_slice(plaintext);
+    f
+}
+
+/// A frame buffer holding the encoding of `msg` after room for the length, encoded in place
+/// (no intermediate buffer); `bound` sizes it so that neither the encoding nor the seal's tag
+/// makes it grow.
+pub fn frame_encoding(msg: &impl Encode, bound: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(4 + bound + TAG_LEN);
+    f.extend_from_slice(&[0; 4]);
+    msg.encode(&mut f);
     f
 }
 
@@ -370,14 +382,20 @@ impl Conn {
 
     /// Sends one encoded request and waits for its answer.
     pub async fn request(&self, data: &[u8]) -> Result<ShardResponse, String> {
-        read_answer(self.request_raw(data).await?)
+        read_answer(self.request_raw(frame_of(data)).await?)
     }
 
-    /// Sends one encoded request and waits for the opened answer frame.
-    async fn request_raw(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+    /// Sends `req`, encoded straight into its frame, and waits for the answer.
+    pub async fn request_msg(&self, req: &ShardRequest) -> Result<ShardResponse, String> {
+        let frame = frame_encoding(req, req.encoded_len_bound());
+        read_answer(self.request_raw(frame).await?)
+    }
+
+    /// Sends one request frame (see [`frame_of`]) and waits for the opened answer frame.
+    async fn request_raw(&self, frame: Vec<u8>) -> Result<Vec<u8>, String> {
         let (tx, rx) = oneshot::channel();
         self.load.fetch_add(1, Ordering::AcqRel);
-        let sent = self.tx.send((frame_of(data), tx)).is_ok();
+        let sent = self.tx.send((frame, tx)).is_ok();
         let r = if sent {
             match tokio::time::timeout(self.wait, rx).await {
                 Ok(Ok(r)) => r,
@@ -731,6 +749,29 @@ mod tests {
         let mut big = vec![0u8; dht::wire::MAX_SHARD_BYTES + 1];
         big.push(ANSWER_SHARD);
         assert!(read_answer(big).is_err());
+    }
+
+    #[test]
+    fn a_request_encoded_into_its_frame_is_the_same_frame_and_never_grows() {
+        let req = ShardRequest::Put {
+            bytes: vec![3; 100_000],
+        };
+        let mut f = frame_encoding(&req, req.encoded_len_bound());
+        assert_eq!(f, frame_of(&req.to_bytes()));
+        let (cap, ptr) = (f.capacity(), f.as_ptr());
+        let (mut sealer, mut opener) = (
+            FrameCipher::client(&[8; 32]).unwrap().0,
+            FrameCipher::holder(&[8; 32]).unwrap().1,
+        );
+        sealer.seal(&mut f).unwrap();
+        assert_eq!(
+            (f.capacity(), f.as_ptr()),
+            (cap, ptr),
+            "the seal moved the frame"
+        );
+        let mut body = f[4..].to_vec();
+        opener.open(&mut body).unwrap();
+        assert_eq!(body, req.to_bytes());
     }
 
     #[test]

@@ -564,8 +564,7 @@ impl Dfs {
 
     fn request_blocking(&self, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
         let cmds = self.cmds.clone();
-        let data = req.to_bytes();
-        self.rt.block_on(request(&cmds, peer, &data))
+        self.rt.block_on(request(&cmds, peer, req))
     }
 
     /// Seals `input` and stores it on the network under `policy`; `progress` gets the
@@ -646,8 +645,7 @@ impl Dfs {
                 let req = ShardRequest::Commit {
                     manifest: manifest_bytes.clone(),
                     keep_manifest: keepers.contains(node),
-                }
-                .to_bytes();
+                };
                 commit_with_retry(&cmds, *peer, req)
             });
             futures::future::join_all(futs).await
@@ -927,13 +925,16 @@ fn describe(r: &ShardResponse) -> String {
     }
 }
 
-/// Sends one shard request to `peer`: over a data connection when the holder offers one,
-/// else over the libp2p shard protocol.
-async fn request(link: &Link, peer: PeerId, data: &[u8]) -> Result<ShardResponse> {
+/// Sends one shard request to `peer`: over a data connection when the holder offers one
+/// (encoded straight into its frame), else over the libp2p shard protocol.
+async fn request(link: &Link, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
     match link.plane.conn(peer, || open_session(link, peer)).await {
-        Some(conn) => conn.request(data).await.map_err(|e| anyhow!("{peer}: {e}")),
+        Some(conn) => conn
+            .request_msg(req)
+            .await
+            .map_err(|e| anyhow!("{peer}: {e}")),
         None => {
-            let bytes = over_libp2p(link, peer, data.to_vec()).await?;
+            let bytes = over_libp2p(link, peer, req.to_bytes()).await?;
             ShardResponse::from_vec(bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
         }
     }
@@ -979,7 +980,7 @@ async fn open_session(link: &Link, peer: PeerId) -> Result<SessionOffer, String>
     })
 }
 
-async fn commit_with_retry(cmds: &Link, peer: PeerId, req: Vec<u8>) -> Result<()> {
+async fn commit_with_retry(cmds: &Link, peer: PeerId, req: ShardRequest) -> Result<()> {
     // A node may be a block behind the registration: retry for a while.
     let t = Instant::now();
     loop {
@@ -1042,7 +1043,7 @@ impl ShardSink for NetSink {
                 let placement = self.placement;
                 self.rt.spawn(async move {
                     let _permit = permit;
-                    let req = ShardRequest::Put { bytes }.to_bytes();
+                    let req = ShardRequest::Put { bytes };
                     let mut target = target;
                     let mut tried = vec![target];
                     for attempt in 0..=PUT_RETRIES {
@@ -1383,7 +1384,7 @@ fn spawn_fetch(
         // Only transport errors (nobody answered) are worth asking again.
         let mut unreachable = !who.is_empty();
         let asked = Instant::now();
-        let req = ShardRequest::Get { id, data, block }.to_bytes();
+        let req = ShardRequest::Get { id, data, block };
         for peer in &who {
             match request(&cmds, *peer, &req).await {
                 Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
