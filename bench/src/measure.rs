@@ -155,6 +155,43 @@ pub fn interleaved(
     })
 }
 
+/// `rate(b) / rate(a)` from `pairs` back-to-back single iterations of `a` and `b` (their
+/// order alternating), so both sides of each ratio see the machine within milliseconds of
+/// each other: a second estimate of a ratio, immune to drifts over seconds that slices of
+/// hundreds of milliseconds can straddle (on our shared 2-core machine it turned out no
+/// steadier than slices: much of the noise is faster than that).
+pub fn tight_pairs(
+    cases: &mut [Case<'_>],
+    a: usize,
+    b: usize,
+    pairs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    anyhow::ensure!(a != b, "a case cannot be paired with itself");
+    let mut out = Vec::with_capacity(pairs);
+    for i in 0..pairs {
+        let (ta, tb) = if i % 2 == 0 {
+            let ta = (cases[a].run)()?;
+            (ta, (cases[b].run)()?)
+        } else {
+            let tb = (cases[b].run)()?;
+            ((cases[a].run)()?, tb)
+        };
+        let rate = |c: &Case<'_>, t: Duration| c.units / t.as_secs_f64().max(1e-12);
+        out.push(rate(&cases[b], tb) / rate(&cases[a], ta));
+    }
+    Ok(out)
+}
+
+/// The `q` quantile (0..=1) by nearest rank; 0 for no samples.
+pub fn quantile(xs: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize]
+}
+
 /// `x` with a metric suffix: 113.2k, 1.20M.
 pub fn si(x: f64) -> String {
     if x >= 1e9 {
@@ -174,5 +211,33 @@ pub fn holds(ok: bool) -> &'static str {
         "yes"
     } else {
         "**NO**"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tight_pairs_give_the_ratio_of_rates() {
+        // b processes twice the units of a in the same time: rate(b) / rate(a) = 2.
+        let mut cases = vec![
+            Case::timed("a", 1.0, || Ok(Duration::from_millis(4))),
+            Case::timed("b", 2.0, || Ok(Duration::from_millis(4))),
+        ];
+        let r = tight_pairs(&mut cases, 0, 1, 5).unwrap();
+        assert_eq!(r.len(), 5);
+        assert!(r.iter().all(|x| (x - 2.0).abs() < 1e-9), "{r:?}");
+        assert!(tight_pairs(&mut cases, 1, 1, 1).is_err());
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let xs = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(quantile(&xs, 0.0), 1.0);
+        assert_eq!(quantile(&xs, 0.5), 3.0);
+        assert_eq!(quantile(&xs, 0.25), 2.0);
+        assert_eq!(quantile(&xs, 1.0), 5.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
     }
 }

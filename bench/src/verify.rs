@@ -14,7 +14,7 @@ use crypto_accel::{
     Keypair, MessageKind, SigDomain, Signature, VerifyBatch,
 };
 
-use crate::measure::{holds, interleaved, min_max, si, Case};
+use crate::measure::{holds, interleaved, min_max, quantile, si, tight_pairs, Case};
 
 /// Options of `bench verify`.
 #[derive(Debug, Args)]
@@ -38,6 +38,9 @@ pub struct VerifyArgs {
     /// 64..=items, and our 1-thread verifier with each chunk size (diagnoses the 1t ratio).
     #[arg(long)]
     sweep: bool,
+    /// Back-to-back pairs per headline ratio (see `measure::tight_pairs`).
+    #[arg(long, default_value_t = 301)]
+    pairs: usize,
 }
 
 /// The signed items of one batch, kept in forms every verifier under test can take.
@@ -303,6 +306,31 @@ pub fn run(a: &VerifyArgs) -> anyhow::Result<String> {
         slice.as_secs_f64() * 1e3
     );
     let s = interleaved(&mut cases, a.reps, slice, Duration::from_millis(500))?;
+    // The headline ratios again, from back-to-back pairs of single batches.
+    let mut tight = Vec::new();
+    for (what, num, den) in [
+        ("ours 1 thread / raw dalek batch", OURS1, RAW),
+        (
+            "ours 2 threads / ours 1 thread, one batch at a time",
+            OURS2,
+            OURS1,
+        ),
+        (
+            "stream, 2 in flight: ours 2 threads / 1 thread",
+            STREAM2,
+            STREAM1,
+        ),
+        ("raw dalek 2 threads / 1 thread", RAW2, RAW),
+    ] {
+        eprintln!("verify: {} back-to-back pairs for {what}", a.pairs);
+        let r = tight_pairs(&mut cases, s.index(den)?, s.index(num)?, a.pairs.max(1))?;
+        tight.push((
+            what,
+            quantile(&r, 0.5),
+            quantile(&r, 0.25),
+            quantile(&r, 0.75),
+        ));
+    }
     drop(cases);
 
     let mut md = String::new();
@@ -334,6 +362,10 @@ pub fn run(a: &VerifyArgs) -> anyhow::Result<String> {
     let rs = s.paired_ratio(s.index(STREAM2)?, s.index(STREAM1)?);
     let rbad = s.paired_ratio(s.index(OURS1_BAD)?, o1);
     writeln!(md)?;
+    writeln!(
+        md,
+        "Ratios per repetition (cases side by side in each round of slices), median:\n"
+    )?;
     writeln!(md, "| headline ratio | measured | target | holds |")?;
     writeln!(md, "|---|---:|---:|---|")?;
     writeln!(
@@ -361,6 +393,30 @@ pub fn run(a: &VerifyArgs) -> anyhow::Result<String> {
         "| raw dalek 2 threads / 1 thread (what 2 cores give here) | {:.3} | — | — |",
         s.paired_ratio(s.index(RAW2)?, raw)
     )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "The same ratios from {} back-to-back pairs of single iterations each (order \
+         alternating), so both sides of a ratio run within milliseconds of each other:\n",
+        a.pairs.max(1)
+    )?;
+    writeln!(md, "| ratio | median | p25 – p75 | target | holds |")?;
+    writeln!(md, "|---|---:|---:|---:|---|")?;
+    for (what, med, p25, p75) in &tight {
+        let target = match *what {
+            w if w.starts_with("ours 1 thread") => Some(0.95),
+            w if w.starts_with("raw") => None,
+            _ => Some(1.8),
+        };
+        let (t, h) = match target {
+            Some(t) => (format!("≥ {t}"), holds(*med >= t).to_string()),
+            None => ("—".into(), "—".into()),
+        };
+        writeln!(
+            md,
+            "| {what} | {med:.3} | {p25:.3} – {p75:.3} | {t} | {h} |"
+        )?;
+    }
     writeln!(md)?;
     if a.sweep {
         md.push_str(&sweep(a, &items)?);
