@@ -224,11 +224,15 @@ impl Decode for ShardRequest {
     }
 }
 
+/// Tag of [`ShardResponse::Shard`] in the encoding (shared by encode, decode and
+/// [`ShardResponse::from_vec`]'s fast path).
+const RESPONSE_SHARD: u8 = 2;
+
 impl ShardResponse {
     /// Decodes an owned buffer; a `Shard` answer keeps the buffer (its 6 header bytes
     /// shifted out) instead of copying the shard into a new allocation.
     pub fn from_vec(mut b: Vec<u8>) -> CodecResult<Self> {
-        if b.len() >= 6 && b[0] == VERSION && b[1] == 2 {
+        if b.len() >= 6 && b[0] == VERSION && b[1] == RESPONSE_SHARD {
             let len = u32::from_le_bytes([b[2], b[3], b[4], b[5]]) as usize;
             if len == b.len() - 6 && len <= MAX_SHARD_BYTES {
                 b.drain(..6);
@@ -261,7 +265,7 @@ impl Encode for ShardResponse {
                 confirmed.encode(out);
             }
             ShardResponse::Shard(b) => {
-                out.push(2);
+                out.push(RESPONSE_SHARD);
                 put_bytes(out, b);
             }
             ShardResponse::Manifest(b) => {
@@ -306,7 +310,7 @@ impl Decode for ShardResponse {
             1 => ShardResponse::Committed {
                 confirmed: r.u32()?,
             },
-            2 => ShardResponse::Shard(r.bytes("shard", MAX_SHARD_BYTES)?.to_vec()),
+            RESPONSE_SHARD => ShardResponse::Shard(r.bytes("shard", MAX_SHARD_BYTES)?.to_vec()),
             3 => ShardResponse::Manifest(r.bytes("manifest", MAX_MANIFEST_BYTES)?.to_vec()),
             4 => ShardResponse::Proof(r.bytes("audit proof", 64 << 10)?.to_vec()),
             5 => {
