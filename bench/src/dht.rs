@@ -19,6 +19,8 @@ use storage_node::node::devnet::{prepare, start_all, stop_all, DevnetParams};
 use storage_node::node::dfs::Dfs;
 use storage_node::{open, seal, ChunkStore, OpenParams, SealParams, StoreConfig, StoreSink};
 
+use crate::load::CpuMark;
+
 /// Arguments of `bench dht`.
 #[derive(Debug, clap::Args)]
 pub struct DhtArgs {
@@ -97,13 +99,6 @@ fn expected_hash(len: u64) -> Result<blake3::Hash> {
     Ok(h.finalize())
 }
 
-/// CPU seconds used so far by `pids` together (user + system, all threads).
-fn cpu_s(pids: &[u32]) -> f64 {
-    pids.iter()
-        .map(|p| crate::load::cpu_ticks(*p).unwrap_or(0) as f64 / 100.0)
-        .sum()
-}
-
 fn mib_s(bytes: u64, s: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / s.max(1e-9)
 }
@@ -128,7 +123,7 @@ pub fn run(a: &DhtArgs) -> Result<String> {
     let me = [std::process::id()];
     let (seal_s, open_s, seal_cpu, open_cpu) = {
         let store = ChunkStore::open(dir.path().join("local"), StoreConfig::default())?;
-        let c = cpu_s(&me);
+        let c = CpuMark::now(&me);
         let t = Instant::now();
         let m = seal(
             gen(a.size),
@@ -138,9 +133,9 @@ pub fn run(a: &DhtArgs) -> Result<String> {
             &|_| {},
         )?;
         let seal_s = t.elapsed().as_secs_f64();
-        let seal_cpu = cpu_s(&me) - c;
+        let seal_cpu = c.seconds();
         let mut out = HashSink(blake3::Hasher::new());
-        let c = cpu_s(&me);
+        let c = CpuMark::now(&me);
         let t = Instant::now();
         open(
             &m,
@@ -151,7 +146,7 @@ pub fn run(a: &DhtArgs) -> Result<String> {
             &|_| {},
         )?;
         let open_s = t.elapsed().as_secs_f64();
-        let open_cpu = cpu_s(&me) - c;
+        let open_cpu = c.seconds();
         if out.0.finalize() != want {
             bail!("the local pipeline returned different bytes");
         }
@@ -204,9 +199,9 @@ pub fn run(a: &DhtArgs) -> Result<String> {
         // machine, less noisy than their wall time on shared cores.
         let mut all: Vec<u32> = file.nodes.iter().map(|n| n.pid).collect();
         all.push(std::process::id());
-        let c = cpu_s(&all);
+        let c = CpuMark::now(&all);
         let put = dfs.put(gen(a.size), &params, AccessPolicy::GrantBased, &|_| {})?;
-        let put_cpu = cpu_s(&all) - c;
+        let put_cpu = c.seconds();
         let put_s = put.upload_s + put.register_s;
         eprintln!(
             "network put: {:.0} MiB/s ({:.1} s upload, {:.1} s register+commit)",
@@ -215,9 +210,9 @@ pub fn run(a: &DhtArgs) -> Result<String> {
             put.register_s
         );
         let mut out = HashSink(blake3::Hasher::new());
-        let c = cpu_s(&all);
+        let c = CpuMark::now(&all);
         let got = dfs.get(&put.data, &mut out, None, &|_| {})?;
-        let get_cpu = cpu_s(&all) - c;
+        let get_cpu = c.seconds();
         if out.0.finalize() != want {
             bail!("the network get returned different bytes");
         }

@@ -49,8 +49,35 @@ pub struct LoadArgs {
     plot: PathBuf,
 }
 
+/// CPU used by a set of processes from a starting mark on.
+pub(crate) struct CpuMark {
+    pids: Vec<u32>,
+    ticks: Vec<u64>,
+}
+
+impl CpuMark {
+    /// The CPU `pids` have used so far.
+    pub(crate) fn now(pids: &[u32]) -> CpuMark {
+        CpuMark {
+            pids: pids.to_vec(),
+            ticks: pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect(),
+        }
+    }
+
+    /// CPU seconds (user + system, all threads) the processes used since the mark; a process
+    /// that has exited counts nothing rather than a negative amount.
+    pub(crate) fn seconds(&self) -> f64 {
+        const USER_HZ: f64 = 100.0;
+        self.pids
+            .iter()
+            .zip(&self.ticks)
+            .map(|(p, t0)| cpu_ticks(*p).unwrap_or(0).saturating_sub(*t0) as f64 / USER_HZ)
+            .sum()
+    }
+}
+
 /// User + system CPU of a process (all its threads), in clock ticks (`USER_HZ`).
-pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
+fn cpu_ticks(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = s.rsplit_once(')')?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -180,7 +207,7 @@ fn drive(a: &LoadArgs, file: &storage_node::node::devnet::DevnetFile) -> Result<
         })
         .collect();
     let pids: Vec<u32> = file.nodes.iter().map(|n| n.pid).collect();
-    let cpu0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
+    let cpu0 = CpuMark::now(&pids);
     let h0 = watch.status()?.height;
     eprintln!("submitting at {} tx/s for {} s", a.rate, a.duration);
     // Submission thread: every 100 ms, rate/10 transactions to the proposers round robin.
@@ -264,13 +291,7 @@ fn drive(a: &LoadArgs, file: &storage_node::node::devnet::DevnetFile) -> Result<
             std::thread::sleep(Duration::from_millis(100));
         }
         let elapsed = t0.elapsed().as_secs_f64();
-        let cpu1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
-        let ticks = 100.0; // USER_HZ
-        let cpu_s: f64 = cpu1
-            .iter()
-            .zip(&cpu0)
-            .map(|(b, a)| b.saturating_sub(*a) as f64 / ticks)
-            .sum();
+        let cpu_s = cpu0.seconds();
         // Submit time of each tx index (batch granularity).
         let submits: Vec<(usize, f64)> = submit_times_rx.try_iter().collect();
         // Transactions handed to the APIs before the observer stopped (an overloaded API
