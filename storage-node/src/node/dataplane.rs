@@ -139,14 +139,6 @@ pub fn body_len(prefix: [u8; 4]) -> Result<usize> {
     Ok(n)
 }
 
-/// A frame buffer holding `plaintext` after room for the length.
-pub fn frame_of(plaintext: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(4 + plaintext.len() + TAG_LEN);
-    f.extend_from_slice(&[0; 4]);
-    f.extend_from_slice(plaintext);
-    f
-}
-
 /// A frame buffer holding the encoding of `msg` after room for the length, encoded in place
 /// (no intermediate buffer); `bound` sizes it so that neither the encoding nor the seal's tag
 /// makes it grow.
@@ -380,18 +372,14 @@ impl Conn {
         Ok(conn)
     }
 
-    /// Sends one encoded request and waits for its answer.
-    pub async fn request(&self, data: &[u8]) -> Result<ShardResponse, String> {
-        read_answer(self.request_raw(frame_of(data)).await?)
-    }
-
     /// Sends `req`, encoded straight into its frame, and waits for the answer.
-    pub async fn request_msg(&self, req: &ShardRequest) -> Result<ShardResponse, String> {
+    pub async fn request(&self, req: &ShardRequest) -> Result<ShardResponse, String> {
         let frame = frame_encoding(req, req.encoded_len_bound());
         read_answer(self.request_raw(frame).await?)
     }
 
-    /// Sends one request frame (see [`frame_of`]) and waits for the opened answer frame.
+    /// Sends one request frame (4 bytes of room, then the plaintext) and waits for the
+    /// opened answer frame.
     async fn request_raw(&self, frame: Vec<u8>) -> Result<Vec<u8>, String> {
         let (tx, rx) = oneshot::channel();
         self.load.fetch_add(1, Ordering::AcqRel);
@@ -615,13 +603,20 @@ mod tests {
         }
     }
 
-    fn get(block: u64) -> Vec<u8> {
+    fn get(block: u64) -> ShardRequest {
         ShardRequest::Get {
             id: crypto_accel::ChunkId::of(b"x"),
             data: crypto_accel::DataId::from_bytes([1; 32]),
             block,
         }
-        .to_bytes()
+    }
+
+    /// A frame buffer holding `plaintext` after room for the length.
+    fn frame_of(plaintext: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(4 + plaintext.len() + TAG_LEN);
+        f.extend_from_slice(&[0; 4]);
+        f.extend_from_slice(plaintext);
+        f
     }
 
     fn server() -> Arc<DataServer> {
@@ -716,8 +711,7 @@ mod tests {
             let short = first.clone().with_answer_wait(Duration::from_millis(100));
             let stall = ShardRequest::Held {
                 data: crypto_accel::DataId::from_bytes(STALL_ID),
-            }
-            .to_bytes();
+            };
             let e = short.request(&stall).await.unwrap_err();
             assert!(e.contains("no answer in 100 ms"), "{e}");
             assert!(first.is_closed(), "the stalled connection is retired");
@@ -806,7 +800,7 @@ mod tests {
             let held = ShardRequest::Held {
                 data: crypto_accel::DataId::from_bytes([1; 32]),
             };
-            let r = c.request(&held.to_bytes()).await.unwrap();
+            let r = c.request(&held).await.unwrap();
             assert_eq!(
                 r,
                 ShardResponse::Refused(format!("as {}", hex::encode(me.as_bytes())))

@@ -929,10 +929,7 @@ fn describe(r: &ShardResponse) -> String {
 /// (encoded straight into its frame), else over the libp2p shard protocol.
 async fn request(link: &Link, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
     match link.plane.conn(peer, || open_session(link, peer)).await {
-        Some(conn) => conn
-            .request_msg(req)
-            .await
-            .map_err(|e| anyhow!("{peer}: {e}")),
+        Some(conn) => conn.request(req).await.map_err(|e| anyhow!("{peer}: {e}")),
         None => {
             let bytes = over_libp2p(link, peer, req.to_bytes()).await?;
             ShardResponse::from_vec(bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
