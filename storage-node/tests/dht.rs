@@ -51,17 +51,33 @@ impl DhtNet for Net {
             .unwrap()
     }
 
-    /// (block, index) → node indices holding it, over live nodes.
+    /// (block, index) → node indices holding it, over live nodes. A live storage node whose API
+    /// does not answer is asked again (a loaded machine can stall one for seconds); one that
+    /// never answers fails the test by name instead of silently counting as holding nothing.
     fn holdings(&self, data: &str) -> BTreeMap<(u64, u64), Vec<usize>> {
         let mut m: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
         for i in self.live() {
-            let Ok(r) = ureq::get(&format!("{}/storage/held/{data}", self.api(i)))
-                .timeout(Duration::from_secs(5))
-                .call()
-            else {
-                continue;
+            let url = format!("{}/storage/held/{data}", self.api(i));
+            let mut tries = 0;
+            let v: serde_json::Value = loop {
+                tries += 1;
+                match ureq::get(&url).timeout(Duration::from_secs(10)).call() {
+                    Ok(r) => break r.into_json().unwrap(),
+                    // A node without the storage role (the proposer) holds nothing.
+                    Err(ureq::Error::Status(404, _)) => break serde_json::json!({ "shards": [] }),
+                    Err(e) if tries < 5 => {
+                        eprintln!(
+                            "{}: held list not answered ({e}); asking again",
+                            self.file.nodes[i].name
+                        );
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    Err(e) => panic!(
+                        "live node {} did not answer {url} in {tries} tries: {e}",
+                        self.file.nodes[i].name
+                    ),
+                }
             };
-            let v: serde_json::Value = r.into_json().unwrap();
             for p in v["shards"].as_array().unwrap() {
                 let b = p[0].as_u64().unwrap();
                 let x = p[1].as_u64().unwrap();
