@@ -132,12 +132,88 @@ pub fn set_local_node(api: Option<&str>) {
     }
 }
 
-fn free_tcp_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Picks the devnet's ports. A port found free is only reserved once its node binds it,
+/// seconds later; in between, any connection or port-0 listener on the machine (the nodes
+/// already started make hundreds) may be handed it by the kernel, and a node then dies with
+/// "address in use". So ports come from outside the kernel's ephemeral range, where the
+/// kernel never hands out ports on its own, each checked free for TCP and UDP and never
+/// given twice; the scan starts at a random place so devnets prepared side by side rarely
+/// meet.
+struct PortPicker {
+    ranges: Vec<(u16, u16)>,
+    at: usize,
+    given: std::collections::HashSet<u16>,
 }
 
-fn free_udp_port() -> Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+impl PortPicker {
+    fn new() -> PortPicker {
+        let (lo, hi) = ephemeral_range().unwrap_or((32768, 60999));
+        let mut ranges = Vec::new();
+        if lo > 10_000 {
+            ranges.push((10_000, lo - 1));
+        }
+        if hi < 65_000 {
+            ranges.push((hi + 1, 65_000));
+        }
+        let span: usize = ranges.iter().map(|(a, b)| usize::from(b - a) + 1).sum();
+        let at = if span == 0 {
+            0
+        } else {
+            (rand::RngCore::next_u64(&mut rand::rngs::OsRng) % span as u64) as usize
+        };
+        PortPicker {
+            ranges,
+            at,
+            given: Default::default(),
+        }
+    }
+
+    /// The port at position `i` of the ranges (taken as one sequence).
+    fn port_at(&self, mut i: usize) -> Option<u16> {
+        for (a, b) in &self.ranges {
+            let len = usize::from(b - a) + 1;
+            if i < len {
+                return Some(a + i as u16);
+            }
+            i -= len;
+        }
+        None
+    }
+
+    /// A port free for both TCP and UDP on loopback, not given before.
+    fn pick(&mut self) -> Result<u16> {
+        let span: usize = self.ranges.iter().map(|(a, b)| usize::from(b - a) + 1).sum();
+        for _ in 0..span {
+            let port = self.port_at(self.at % span.max(1));
+            self.at = (self.at + 1) % span.max(1);
+            let Some(port) = port else { break };
+            if self.given.contains(&port) {
+                continue;
+            }
+            let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && UdpSocket::bind(("127.0.0.1", port)).is_ok();
+            if free {
+                self.given.insert(port);
+                return Ok(port);
+            }
+        }
+        // No room outside the ephemeral range: let the kernel choose (the old way).
+        for _ in 0..64 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            if UdpSocket::bind(("127.0.0.1", port)).is_ok() && self.given.insert(port) {
+                return Ok(port);
+            }
+        }
+        bail!("no free port on 127.0.0.1 for the devnet")
+    }
+}
+
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_range() -> Option<(u16, u16)> {
+    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+    let (lo, hi) = (it.next()??, it.next()??);
+    (lo <= hi).then_some((lo, hi))
 }
 
 /// Writes genesis, keys and configs for a devnet; returns the node list (pids 0).
@@ -205,10 +281,11 @@ pub fn prepare(p: &DevnetParams) -> Result<DevnetFile> {
     save_key(&faucet_key, &faucet)?;
     let mut nodes = Vec::new();
     let mut ports = Vec::new();
+    let mut picker = PortPicker::new();
     for ((name, role), k) in specs.iter().zip(&keys) {
-        let tcp = free_tcp_port()?;
-        let udp = free_udp_port()?;
-        let api = free_tcp_port()?;
+        let tcp = picker.pick()?;
+        let udp = picker.pick()?;
+        let api = picker.pick()?;
         let peer = peer_id_of(&addr(k)).context("deriving a peer id")?;
         ports.push((tcp, udp, api));
         nodes.push(DevnetNode {
@@ -471,4 +548,32 @@ pub fn run(p: DevnetParams) -> Result<()> {
     save(&p.data_dir, &file)?;
     println!("stopped; data kept in {}", p.data_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devnet_ports_are_distinct_free_and_outside_the_ephemeral_range() {
+        let mut p = PortPicker::new();
+        let eph = ephemeral_range();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..60 {
+            let port = p.pick().unwrap();
+            assert!(seen.insert(port), "port {port} given twice");
+            if let (Some((lo, hi)), false) = (eph, p.ranges.is_empty()) {
+                assert!(!(lo..=hi).contains(&port), "{port} is in {lo}-{hi}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_port_someone_holds_is_skipped() {
+        let mut p = PortPicker::new();
+        // Someone binds the port the scan would check next.
+        let next = p.port_at(p.at).unwrap();
+        let _held = TcpListener::bind(("127.0.0.1", next));
+        assert_ne!(p.pick().unwrap(), next, "a port in use was given out");
+    }
 }
