@@ -155,17 +155,22 @@ impl PortPicker {
         if hi < 65_000 {
             ranges.push((hi + 1, 65_000));
         }
-        let span: usize = ranges.iter().map(|(a, b)| usize::from(b - a) + 1).sum();
-        let at = if span == 0 {
-            0
-        } else {
-            (rand::RngCore::next_u64(&mut rand::rngs::OsRng) % span as u64) as usize
-        };
-        PortPicker {
+        let mut p = PortPicker {
             ranges,
-            at,
+            at: 0,
             given: Default::default(),
-        }
+        };
+        let span = p.span().max(1) as u64;
+        p.at = (rand::RngCore::next_u64(&mut rand::rngs::OsRng) % span) as usize;
+        p
+    }
+
+    /// How many ports the ranges hold.
+    fn span(&self) -> usize {
+        self.ranges
+            .iter()
+            .map(|(a, b)| usize::from(b - a) + 1)
+            .sum()
     }
 
     /// The port at position `i` of the ranges (taken as one sequence).
@@ -182,11 +187,12 @@ impl PortPicker {
 
     /// A port free for both TCP and UDP on loopback, not given before.
     fn pick(&mut self) -> Result<u16> {
-        let span: usize = self.ranges.iter().map(|(a, b)| usize::from(b - a) + 1).sum();
+        let span = self.span();
         for _ in 0..span {
-            let port = self.port_at(self.at % span.max(1));
-            self.at = (self.at + 1) % span.max(1);
-            let Some(port) = port else { break };
+            let Some(port) = self.port_at(self.at) else {
+                break;
+            };
+            self.at = (self.at + 1) % span;
             if self.given.contains(&port) {
                 continue;
             }
