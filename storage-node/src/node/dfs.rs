@@ -49,8 +49,13 @@ use crate::pipeline::{
 
 /// Uploads in flight at once.
 const PUT_CONCURRENCY: usize = 64;
-/// Blocks fetched ahead of the one being written.
+/// Blocks fetched ahead of the one being written, at most.
 const GET_WINDOW: usize = 64;
+/// Blocks a get asks for at first. The window then grows by one per finished block (it
+/// doubles every round trip) up to [`GET_WINDOW`]: holders answer a connection's requests in
+/// order, so asking for all 64 blocks at once queued the first block's shards behind the
+/// others' and the first byte came only after most of the window had arrived.
+const GET_WINDOW_START: usize = 4;
 /// Nodes that keep the manifest besides the shard holders (closest to the data id).
 const MANIFEST_HOLDERS: usize = 3;
 /// Copies of a record read before a lookup ends (the newest version among them wins): the
@@ -1219,6 +1224,8 @@ struct SourceState {
     k: usize,
     /// Holders already looked up in the DHT during this get (one lookup each).
     looked_up: HashSet<PeerId>,
+    /// Blocks the fetcher may have in flight now (grows to [`GET_WINDOW`]).
+    window: usize,
 }
 
 /// The hedge: when a block still lacks shards this long after its k requests went out, one
@@ -1249,6 +1256,7 @@ impl NetSource {
         let state = Arc::new((
             Mutex::new(SourceState {
                 k,
+                window: GET_WINDOW_START,
                 ..Default::default()
             }),
             Condvar::new(),
@@ -1259,7 +1267,7 @@ impl NetSource {
                 where_.insert(*c, (b as u64, i as u8));
             }
         }
-        let window = Arc::new(Semaphore::new(GET_WINDOW));
+        let window = Arc::new(Semaphore::new(GET_WINDOW_START));
         let (lo, hi) = span.unwrap_or((0, m.blocks.len() as u64));
         let blocks: Vec<(u64, Arc<[ChunkId]>)> = (lo..hi.min(m.blocks.len() as u64))
             .map(|b| (b, m.blocks[b as usize].shards.as_slice().into()))
@@ -1540,7 +1548,8 @@ impl NetSource {
                 bs.untried.clear();
             }
         }
-        // Drop whatever else of the block arrived; free a window slot.
+        // Drop whatever else of the block arrived; free a window slot, and one more while
+        // the window grows.
         if let Some(ids) = self.ids.get(block as usize) {
             for c in ids {
                 if let Some(Slot::Ready(_)) = s.slots.get(c) {
@@ -1548,7 +1557,9 @@ impl NetSource {
                 }
             }
         }
-        self.window.add_permits(1);
+        let grow = usize::from(s.window < GET_WINDOW);
+        s.window += grow;
+        self.window.add_permits(1 + grow);
     }
 }
 
