@@ -117,6 +117,27 @@ macro_rules! backend_tests {
             }
 
             #[test]
+            fn get_into_with_room_leaves_room_for_a_trailer_that_does_not_move_the_bytes() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(store) = open(dir.path()) else { return };
+                for n in 0..3u64 {
+                    store.put(id(n), bytes(n, 100_000 + n as usize)).unwrap();
+                }
+                // A fresh buffer, one that already fits the chunk but not the trailer, and a
+                // large reused one.
+                for cap in [0usize, 4 + 100_001, 4 << 20] {
+                    let mut out = Vec::with_capacity(cap);
+                    out.extend_from_slice(&[0; 4]);
+                    store.get_into_with_room(&id(1), &mut out, 17).unwrap();
+                    assert_eq!(&out[4..], &bytes(1, 100_001)[..], "capacity {cap}");
+                    let at = out.as_ptr();
+                    out.extend_from_slice(&[7; 17]);
+                    assert_eq!(out.as_ptr(), at, "the trailer moved the frame (capacity {cap})");
+                }
+                store.close().unwrap();
+            }
+
+            #[test]
             fn re_put_is_idempotent() {
                 let dir = tempfile::tempdir().unwrap();
                 let Some(store) = open(dir.path()) else { return };

@@ -489,12 +489,17 @@ impl StorageService {
     }
 
     /// Appends shard `id` to `out`; `Ok(false)` when it is not held (or a fault hides it).
-    fn read_shard_into(&self, id: &ChunkId, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+    fn read_shard_into(
+        &self,
+        id: &ChunkId,
+        out: &mut Vec<u8>,
+        room: usize,
+    ) -> Result<bool, StoreError> {
         if self.fault == Fault::Delete {
             return Ok(false);
         }
         let start = out.len();
-        match self.store.get_into(id, out) {
+        match self.store.get_into_with_room(id, out, room) {
             Ok(()) => {
                 if self.fault == Fault::BitFlip && out.len() > start {
                     if let Some(x) = out.last_mut() {
@@ -510,7 +515,7 @@ impl StorageService {
 
     fn read_shard(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
-        Ok(self.read_shard_into(id, &mut out)?.then_some(out))
+        Ok(self.read_shard_into(id, &mut out, 0)?.then_some(out))
     }
 
     fn get(
@@ -521,7 +526,7 @@ impl StorageService {
         from: Option<&PublicKey>,
     ) -> ShardResponse {
         let mut out = Vec::new();
-        match self.get_into(id, data, block, from, &mut out) {
+        match self.get_into(id, data, block, from, &mut out, 0) {
             None => ShardResponse::Shard(out),
             Some(r) => r,
         }
@@ -530,6 +535,7 @@ impl StorageService {
     /// Serves a read of shard `id` of block `block` of `data` for `from` by appending the
     /// shard's bytes to `out` (a data connection builds its answer frame around them):
     /// `None` when they were appended, else the answer to send instead (`out` unchanged).
+    /// At least `room` bytes of spare capacity are left after the shard for a trailer.
     pub fn get_into(
         &self,
         id: ChunkId,
@@ -537,6 +543,7 @@ impl StorageService {
         block: u64,
         from: Option<&PublicKey>,
         out: &mut Vec<u8>,
+        room: usize,
     ) -> Option<ShardResponse> {
         let Some(h) = lock(&self.index).get(&id).copied() else {
             return Some(ShardResponse::NotFound);
@@ -553,7 +560,7 @@ impl StorageService {
             return Some(ShardResponse::Refused(why));
         }
         let start = out.len();
-        match self.read_shard_into(&id, out) {
+        match self.read_shard_into(&id, out, room) {
             Ok(true) => {
                 self.counters.served.fetch_add(1, Ordering::Relaxed);
                 self.counters
@@ -719,12 +726,10 @@ impl super::dataplane::Answer for DataAnswer {
     fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>) {
         let req = ShardRequest::from_bytes(req);
         if let Ok(ShardRequest::Get { id, data, block }) = &req {
-            // The shard's bytes go straight from the store into the answer frame, sized so
-            // that neither the kind byte nor the AEAD tag makes it grow (and move).
-            if let Some(n) = self.service.store.len_of(id) {
-                out.reserve_exact(n + 1 + crypto_accel::TAG_LEN);
-            }
-            match self.service.get_into(*id, data, *block, from, out) {
+            // The shard's bytes go straight from the store into the answer frame, with room
+            // left so that neither the kind byte nor the AEAD tag makes it grow (and move).
+            let room = 1 + crypto_accel::TAG_LEN;
+            match self.service.get_into(*id, data, *block, from, out, room) {
                 None => out.push(super::dataplane::ANSWER_SHARD),
                 Some(resp) => super::dataplane::put_answer(&resp, out),
             }

@@ -362,6 +362,18 @@ impl ChunkStore {
     /// Appends a chunk to `out`, verifying its checksum (a network answer is built around
     /// the bytes in place). On an error `out` is as it was.
     pub fn get_into(&self, id: &ChunkId, out: &mut Vec<u8>) -> StoreResult<()> {
+        self.get_into_with_room(id, out, 0)
+    }
+
+    /// [`ChunkStore::get_into`], leaving at least `room` bytes of spare capacity after the
+    /// chunk, so that a caller appending a trailer (a kind byte, an AEAD tag) neither grows
+    /// nor moves `out` — without a second index lookup to learn the chunk's size first.
+    pub fn get_into_with_room(
+        &self,
+        id: &ChunkId,
+        out: &mut Vec<u8>,
+        room: usize,
+    ) -> StoreResult<()> {
         let loc = self
             .inner
             .shared
@@ -372,22 +384,11 @@ impl ChunkStore {
             .cloned()
             .ok_or(StoreError::NotFound { id: *id })?;
         let start = out.len();
-        let r = read_record(&loc, id, out);
+        let r = read_record(&loc, id, out, room);
         if r.is_err() {
             out.truncate(start);
         }
         r
-    }
-
-    /// Length of a stored chunk, if it is stored.
-    pub fn len_of(&self, id: &ChunkId) -> Option<usize> {
-        self.inner
-            .shared
-            .index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .map(|loc| loc.len as usize)
     }
 
     /// Whether a chunk is stored (durably, unless it came from a put not yet covered by
@@ -529,7 +530,7 @@ const SPARE_READ_SLACK: usize = 64 << 10;
 
 /// Reads and checks one record, appending its payload to `out`: header fields must match
 /// the index, payload its crc32c.
-fn read_record(loc: &Location, id: &ChunkId, out: &mut Vec<u8>) -> StoreResult<()> {
+fn read_record(loc: &Location, id: &ChunkId, out: &mut Vec<u8>, room: usize) -> StoreResult<()> {
     let corrupt = |reason: String| StoreError::Corrupt { id: *id, reason };
     let where_ = || format!("{} offset {}", segment_file_name(&loc.seg), loc.offset);
     let io_err = |e: std::io::Error| {
@@ -555,8 +556,8 @@ fn read_record(loc: &Location, id: &ChunkId, out: &mut Vec<u8>) -> StoreResult<(
     let start = out.len();
     let len = loc.len as usize;
     let at = loc.offset + HEADER_LEN as u64;
-    out.reserve_exact(len);
-    if out.capacity() - start > len + SPARE_READ_SLACK {
+    out.reserve_exact(len + room);
+    if out.capacity() - start > len + room + SPARE_READ_SLACK {
         // A large reused buffer: reading into all its spare room would copy far more than
         // the record, so zero just the record's bytes and read exactly them.
         out.resize(start + len, 0);
