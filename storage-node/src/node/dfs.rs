@@ -138,6 +138,16 @@ type RecordsReply = oneshot::Sender<Vec<Vec<u8>>>;
 /// Who may hold each shard: `[block][index]` → peers to ask, in order.
 type Holders = Vec<Vec<Vec<PeerId>>>;
 
+/// Where a data item's shards are, as a get first learns it.
+#[derive(Debug)]
+enum Located {
+    /// From the DHT record: per block, per shard index, the holders.
+    Record(Holders),
+    /// No record: the data's providers, to be asked which shards they hold once the
+    /// manifest says which shards there are.
+    Providers(Vec<PeerId>),
+}
+
 struct SwarmTask {
     swarm: Swarm<ClientBehaviour>,
     storage: HashMap<PeerId, StoragePeer>,
@@ -773,7 +783,7 @@ impl Dfs {
 
     /// Where the shards of `data` are: from the DHT record, or else from the providers'
     /// own lists. `holders[b][i]` lists who may hold shard i of block b.
-    fn locate(&self, data: &DataId) -> Result<(Vec<PeerId>, Holders)> {
+    fn locate(&self, data: &DataId) -> Result<(Vec<PeerId>, Located)> {
         if let Some(pages) = self.record(data)? {
             let mut manifest_peers = Vec::new();
             let mut holders = Vec::new();
@@ -796,30 +806,35 @@ impl Dfs {
             all.sort();
             all.dedup();
             manifest_peers.extend(all);
-            return Ok((manifest_peers, holders));
+            return Ok((manifest_peers, Located::Record(holders)));
         }
         let providers = self.get_providers(DataRecord::key(data, 0))?;
         if providers.is_empty() {
             bail!("data {data} is not in the DHT (no record and no provider)");
         }
-        let mut holders: Holders = Vec::new();
+        Ok((providers.clone(), Located::Providers(providers)))
+    }
+
+    /// Per block, per shard index, the holders of the shards `m` lists.
+    fn holders(&self, located: Located, m: &Manifest) -> Holders {
+        let providers = match located {
+            Located::Record(h) => return h,
+            Located::Providers(p) => p,
+        };
+        // Anyone may announce themselves a provider, and a `Held` list names blocks and
+        // indices of its sender's choosing: only those the (authenticated) manifest has are
+        // kept, so what this allocates is bounded by the manifest.
+        let n = usize::from(m.k) + usize::from(m.m);
+        let mut holders: Holders = vec![vec![Vec::new(); n]; m.blocks.len()];
+        let data = m.data_id();
         for p in &providers {
             if let Ok(ShardResponse::Held(list)) =
-                self.request_blocking(*p, &ShardRequest::Held { data: *data })
+                self.request_blocking(*p, &ShardRequest::Held { data })
             {
-                for (b, i) in list {
-                    let (b, i) = (b as usize, usize::from(i));
-                    if b >= holders.len() {
-                        holders.resize(b + 1, Vec::new());
-                    }
-                    if i >= holders[b].len() {
-                        holders[b].resize(i + 1, Vec::new());
-                    }
-                    holders[b][i].push(*p);
-                }
+                place_held(&mut holders, *p, &list);
             }
         }
-        Ok((providers, holders))
+        holders
     }
 
     fn fetch_manifest(&self, data: &DataId, from: &[PeerId]) -> Result<Manifest> {
@@ -860,6 +875,7 @@ impl Dfs {
         let locate_s = t.elapsed().as_secs_f64();
         let m = self.fetch_manifest(data, &manifest_peers)?;
         let manifest_s = t.elapsed().as_secs_f64();
+        let holders = self.holders(holders, &m);
         let source = NetSource::start(self, &m, holders, range.map(|(a, b)| block_span(&m, a, b)));
         let first = Arc::new(Mutex::new(None::<f64>));
         let first2 = Arc::clone(&first);
@@ -892,6 +908,19 @@ impl Dfs {
             manifest_s,
             total_s: t.elapsed().as_secs_f64(),
         })
+    }
+}
+
+/// Records `peer` as a holder of each (block, index) of its `Held` list that `holders` has
+/// a place for; the rest of the list (a provider's word only) is ignored.
+fn place_held(holders: &mut Holders, peer: PeerId, list: &[(u64, u8)]) {
+    for &(b, i) in list {
+        let row = usize::try_from(b).ok().and_then(|b| holders.get_mut(b));
+        if let Some(slot) = row.and_then(|r| r.get_mut(usize::from(i))) {
+            if !slot.contains(&peer) {
+                slot.push(peer);
+            }
+        }
     }
 }
 
@@ -1576,6 +1605,28 @@ mod tests {
             outstanding: usize::from(asked),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_held_list_places_only_shards_the_manifest_has() {
+        let mut h: Holders = vec![vec![Vec::new(); 14]; 3];
+        let p = PeerId::random();
+        // In range, twice (placed once), past the last index, past the last block, and the
+        // block a hostile provider would pick to make a client allocate or overflow.
+        let list = [
+            (1, 13),
+            (1, 13),
+            (1, 14),
+            (3, 0),
+            (u64::MAX, 0),
+            (1 << 40, 2),
+        ];
+        place_held(&mut h, p, &list);
+        assert_eq!(h.len(), 3);
+        assert!(h.iter().all(|r| r.len() == 14));
+        assert_eq!(h[1][13], vec![p]);
+        let placed: usize = h.iter().flatten().map(Vec::len).sum();
+        assert_eq!(placed, 1);
     }
 
     #[test]
