@@ -11,7 +11,7 @@
 //! public data or a live grant), to other storage nodes (repair) and to this node itself;
 //! refusals say why.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -157,6 +157,10 @@ pub struct StorageService {
     by_data: Mutex<HashMap<DataId, BTreeSet<(u64, u8)>>>,
     pending: Mutex<HashMap<ChunkId, Pending>>,
     pending_bytes: AtomicU64,
+    /// Shards [`StorageService::expire_pending`] has chosen to delete and is deleting: a
+    /// commit does not confirm them and a put is asked to retry until the delete is done.
+    /// Locks nest in the order `index`, `pending`, `expiring`.
+    expiring: Mutex<HashSet<ChunkId>>,
     access: Mutex<HashMap<AccessKey, (bool, Instant)>>,
     disk_free: Mutex<Option<(Instant, u64)>>,
     /// Counters.
@@ -209,6 +213,7 @@ impl StorageService {
             by_data: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             pending_bytes: AtomicU64::new(0),
+            expiring: Mutex::new(HashSet::new()),
             access: Mutex::new(HashMap::new()),
             disk_free: Mutex::new(None),
             counters: StorageCounters::default(),
@@ -260,10 +265,11 @@ impl StorageService {
     fn index_manifest(&self, m: &Manifest) -> u64 {
         let id = m.data_id();
         let mut index = lock(&self.index);
+        let expiring = lock(&self.expiring);
         let mut held = BTreeSet::new();
         for (b, e) in m.blocks.iter().enumerate() {
             for (i, c) in e.shards.iter().enumerate() {
-                if self.store.contains(c) {
+                if self.store.contains(c) && !expiring.contains(c) {
                     index.insert(
                         *c,
                         Held {
@@ -277,6 +283,7 @@ impl StorageService {
                 }
             }
         }
+        drop(expiring);
         drop(index);
         let n = held.len() as u64;
         if n > 0 {
@@ -380,6 +387,11 @@ impl StorageService {
         if lock(&self.index).contains_key(&id) {
             return ShardResponse::Stored;
         }
+        if lock(&self.expiring).contains(&id) {
+            return ShardResponse::Failed(format!(
+                "shard {id} is being deleted here (it stayed uncommitted too long); put it again"
+            ));
+        }
         let len = bytes.len() as u64;
         // Reserve the bytes before writing, so concurrent puts cannot overshoot the quota
         // between a check and an update.
@@ -398,8 +410,17 @@ impl StorageService {
             self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
             return ShardResponse::Failed(format!("storing the shard: {e}"));
         }
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
         let mut p = lock(&self.pending);
+        // An expiry that chose this shard while it was being written (the store keeps one
+        // copy of a chunk, so the write may have been a no-op on the doomed copy).
+        if lock(&self.expiring).contains(&id) || !self.store.contains(&id) {
+            drop(p);
+            self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
+            return ShardResponse::Failed(format!(
+                "shard {id} was being deleted here (it stayed uncommitted too long); put it again"
+            ));
+        }
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
         if p.insert(id, Pending { at_ms: now_ms, len }).is_some() {
             // Put twice while pending: counted once.
             self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -608,26 +629,46 @@ impl StorageService {
         }
     }
 
-    /// Deletes uncommitted shards older than [`PENDING_TTL_MS`]; returns how many.
+    /// Deletes uncommitted shards older than [`PENDING_TTL_MS`]; returns how many expired.
+    /// What expires is decided under the index and pending locks, so a commit or a put
+    /// racing with it neither loses a shard it was just told is kept nor is counted twice.
     pub fn expire_pending(&self, now_ms: u64) -> usize {
-        let old: Vec<(ChunkId, u64)> = lock(&self.pending)
-            .iter()
-            .filter(|(_, p)| now_ms.saturating_sub(p.at_ms) > PENDING_TTL_MS)
-            .map(|(c, p)| (*c, p.len))
-            .collect();
-        for (c, len) in &old {
-            lock(&self.pending).remove(c);
-            self.pending_bytes.fetch_sub(*len, Ordering::Relaxed);
-            if !lock(&self.index).contains_key(c) {
-                if let Err(e) = self.store.delete(c) {
-                    tracing::warn!("deleting expired shard {c}: {e}");
+        let (expired, doomed) = {
+            let index = lock(&self.index);
+            let mut pending = lock(&self.pending);
+            let mut expiring = lock(&self.expiring);
+            let old: Vec<ChunkId> = pending
+                .iter()
+                .filter(|(_, p)| now_ms.saturating_sub(p.at_ms) > PENDING_TTL_MS)
+                .map(|(c, _)| *c)
+                .collect();
+            let mut doomed = Vec::new();
+            for c in &old {
+                if let Some(p) = pending.remove(c) {
+                    self.pending_bytes.fetch_sub(p.len, Ordering::Relaxed);
                 }
+                // Confirmed by another item's commit meanwhile: kept.
+                if !index.contains_key(c) && expiring.insert(*c) {
+                    doomed.push(*c);
+                }
+            }
+            (old.len(), doomed)
+        };
+        for c in &doomed {
+            if let Err(e) = self.store.delete(c) {
+                tracing::warn!("deleting expired shard {c}: {e}");
+            }
+        }
+        {
+            let mut expiring = lock(&self.expiring);
+            for c in &doomed {
+                expiring.remove(c);
             }
         }
         self.counters
             .pending_expired
-            .fetch_add(old.len() as u64, Ordering::Relaxed);
-        old.len()
+            .fetch_add(expired as u64, Ordering::Relaxed);
+        expired
     }
 
     fn disk_free(&self) -> u64 {
@@ -1429,6 +1470,49 @@ mod tests {
         assert_eq!(d.commit(&s).0, ShardResponse::Committed { confirmed: 1 });
         assert_eq!(s.expire_pending(u64::MAX), 0);
         assert_eq!(s.held(&d.id()), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn a_shard_being_expired_is_neither_confirmed_nor_taken_again_and_nothing_is_counted_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, s, d) = uploaded(dir.path(), &[(0, 0), (0, 1)]);
+        chain.register(&d.manifest);
+        let doomed = d.shard_id(0, 0);
+        // As `expire_pending` leaves it between choosing the shard and deleting it.
+        {
+            let mut pending = lock(&s.pending);
+            let p = pending.remove(&doomed).unwrap();
+            s.pending_bytes.fetch_sub(p.len, Ordering::Relaxed);
+            lock(&s.expiring).insert(doomed);
+        }
+        // A commit racing with the delete confirms only the other shard.
+        assert_eq!(d.commit(&s).0, ShardResponse::Committed { confirmed: 1 });
+        assert_eq!(s.held(&d.id()), vec![(0, 1)]);
+        assert_eq!(s.pending_bytes.load(Ordering::Relaxed), 0);
+        // A put racing with it is asked to put again, not told "stored".
+        let r = s.handle(
+            ShardRequest::Put {
+                bytes: d.bytes(0, 0),
+            },
+            None,
+            NOW,
+        );
+        assert!(
+            matches!(&r, ShardResponse::Failed(why) if why.contains("put it again")),
+            "{r:?}"
+        );
+        assert_eq!(s.pending_bytes.load(Ordering::Relaxed), 0);
+        // The expiry finishes; nothing is pending, so a second run finds nothing and the
+        // byte count stays at zero (it wrapped past 2^64 when a commit and an expiry both
+        // subtracted one shard).
+        s.store.delete(&doomed).unwrap();
+        lock(&s.expiring).remove(&doomed);
+        assert_eq!(s.expire_pending(u64::MAX), 0);
+        assert_eq!(s.pending_bytes.load(Ordering::Relaxed), 0);
+        // Put again afterwards: stored, pending, and confirmed by the next commit.
+        d.put(&s, &[(0, 0)]);
+        assert_eq!(d.commit(&s).0, ShardResponse::Committed { confirmed: 2 });
+        assert_eq!(s.held(&d.id()), vec![(0, 0), (0, 1)]);
     }
 
     #[test]
