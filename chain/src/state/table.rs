@@ -220,7 +220,9 @@ impl StateDiff {
     /// The entries in order; stops at the first malformed one with an error.
     pub fn entries(&self) -> CodecResult<Vec<DiffEntry<'_>>> {
         let mut r = Reader::new(&self.bytes);
-        let mut out = Vec::with_capacity(self.count as usize);
+        // `count` comes from disk or the network: it sizes the allocation only as far as
+        // the bytes could hold (an entry takes at least 3: table, key length, value flag).
+        let mut out = Vec::with_capacity((self.count as usize).min(self.bytes.len() / 3));
         while r.remaining() > 0 {
             let table = r.u8()?;
             let key = r.bytes("state key", MAX_KEY_BYTES)?;
@@ -495,5 +497,27 @@ impl Tables {
             j.apply_raw(e.key, e.value)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diff(count: u32, bytes: Vec<u8>) -> StateDiff {
+        StateDiff {
+            number: 1,
+            prev_root: Hash::ZERO,
+            root: Hash::ZERO,
+            count,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_diff_claiming_billions_of_entries_is_refused_without_allocating_for_them() {
+        // Before: `Vec::with_capacity(u32::MAX)` of 40-byte entries, ~170 GB, aborted.
+        assert!(diff(u32::MAX, vec![0; 30]).entries().is_err());
+        assert!(diff(u32::MAX, Vec::new()).entries().is_err());
     }
 }
