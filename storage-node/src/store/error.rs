@@ -75,6 +75,12 @@ pub enum StoreError {
         /// Why setting up io_uring failed.
         reason: String,
     },
+    /// The store's files are inconsistent in a way recovery cannot repair.
+    #[error("chunk store is damaged: {reason}; move the directory aside and restore it")]
+    Damaged {
+        /// What is wrong.
+        reason: String,
+    },
     /// The configuration is unusable.
     #[error("invalid chunk store config: {0}")]
     BadConfig(&'static str),

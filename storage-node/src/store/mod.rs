@@ -706,7 +706,9 @@ fn recover(dir: &Path) -> StoreResult<Recovered> {
     Ok(Recovered {
         index,
         segments,
-        next_seq: max_seq + 1,
+        next_seq: max_seq.checked_add(1).ok_or_else(|| StoreError::Damaged {
+            reason: format!("a record claims sequence number {max_seq}, the last there is"),
+        })?,
         live_payload,
         report,
     })
@@ -778,4 +780,61 @@ fn uring_runtime() -> Result<tokio_uring::Runtime, String> {
         Ok(rt)
     });
     attempt.unwrap_or_else(|_| Err("io_uring setup panicked".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_claiming_the_last_sequence_number_is_reported_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        // A tombstone whose header (checksum included) is valid but whose sequence number
+        // leaves none for the next record: the store would have wrapped to 0 and let later
+        // records sort before older ones.
+        let h = RecordHeader::tombstone(u64::MAX, ChunkId::of(b"x"));
+        std::fs::write(dir.path().join(segment::segment_name(1)), h.encode()).unwrap();
+        match ChunkStore::open(dir.path(), StoreConfig::default()) {
+            Err(StoreError::Damaged { reason }) => {
+                assert!(reason.contains("sequence number"), "{reason}")
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("opened a store whose sequence numbers are exhausted"),
+        }
+    }
+
+    #[test]
+    fn the_last_segment_a_name_can_number_is_not_rotated_past() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path()
+                .join(segment::segment_name(segment::MAX_SEGMENT_ID)),
+            b"",
+        )
+        .unwrap();
+        let cfg = StoreConfig {
+            segment_bytes: 64 << 10,
+            ..StoreConfig::default()
+        };
+        let store = ChunkStore::open(dir.path(), cfg).unwrap();
+        // Fill the segment until the store must start the next one.
+        let mut refused = None;
+        for n in 0..8u8 {
+            if let Err(e) = store.put(ChunkId::of(&[n]), vec![n; 40 << 10]) {
+                refused = Some(e);
+                break;
+            }
+        }
+        match refused {
+            Some(StoreError::Damaged { reason }) => {
+                assert!(reason.contains("12-digit"), "{reason}")
+            }
+            Some(StoreError::Failed { reason }) => assert!(reason.contains("12-digit"), "{reason}"),
+            other => panic!("expected a refusal naming the segment limit, got {other:?}"),
+        }
+        drop(store);
+        // Everything acknowledged is still there after a reopen.
+        let store = ChunkStore::open(dir.path(), StoreConfig::default()).unwrap();
+        assert!(store.get(&ChunkId::of(&[0])).is_ok());
+    }
 }

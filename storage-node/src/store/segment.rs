@@ -52,6 +52,10 @@ impl Segment {
 /// Bound on consecutive checksum failures a walk holds while looking for a valid record.
 const MAX_SUSPECTS: usize = 1024;
 
+/// Largest segment id: names hold exactly 12 digits (a 13-digit name would not be found
+/// again on reopen).
+pub(crate) const MAX_SEGMENT_ID: u64 = 999_999_999_999;
+
 /// File name of segment `id`.
 pub(crate) fn segment_name(id: u64) -> String {
     format!("seg-{id:012}.log")

@@ -765,8 +765,7 @@ impl Writer {
         for (id, data, crc) in fresh {
             // Sizes were checked against `max_chunk_bytes: u32` when submitted.
             let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            let header = RecordHeader::put_with_crc(self.next_seq, id, len, crc);
-            self.next_seq += 1;
+            let header = RecordHeader::put_with_crc(self.take_seq()?, id, len, crc);
             let offset = self.make_room(batch, header.record_len()).await?;
             batch.push(header.encode().to_vec());
             batch.push(data);
@@ -797,14 +796,22 @@ impl Writer {
         if !present {
             return Ok(false);
         }
-        let header = RecordHeader::tombstone(self.next_seq, id);
-        self.next_seq += 1;
+        let header = RecordHeader::tombstone(self.take_seq()?, id);
         self.make_room(batch, header.record_len()).await?;
         batch.push(header.encode().to_vec());
         batch.updates.push(Update::Remove { id });
         batch.overlay.insert(id, false);
         self.grow_active(header.record_len(), header.record_len());
         Ok(true)
+    }
+
+    /// The next record's sequence number.
+    fn take_seq(&mut self) -> StoreResult<u64> {
+        let seq = self.next_seq;
+        self.next_seq = seq.checked_add(1).ok_or_else(|| StoreError::Damaged {
+            reason: "record sequence numbers are exhausted".into(),
+        })?;
+        Ok(seq)
     }
 
     fn active_size(&self) -> u64 {
@@ -844,7 +851,16 @@ impl Writer {
         self.flush(batch).await?;
         // Waits for the sync in flight too, so the old file is no longer shared.
         self.sync().await?;
-        let id = self.active_id + 1;
+        let id = self
+            .active_id
+            .checked_add(1)
+            .filter(|id| *id <= super::segment::MAX_SEGMENT_ID)
+            .ok_or_else(|| StoreError::Damaged {
+                reason: format!(
+                    "segment {} is the last a 12-digit name can number",
+                    self.active_id
+                ),
+            })?;
         let seg = Arc::new(Segment::create(&self.shared.dir, id)?);
         sync_dir(&self.shared.dir)?;
         let io = ActiveIo::open(self.backend(), &seg)?;
