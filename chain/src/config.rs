@@ -35,7 +35,7 @@ pub struct ChainConfig {
 impl ChainConfig {
     /// Blocks per term: every seat proposes `view_len` blocks.
     pub fn term_len(&self) -> u64 {
-        self.seats as u64 * self.view_len
+        (self.seats as u64).saturating_mul(self.view_len)
     }
 
     /// Faulty validators tolerated: n = 3f + 1.

@@ -341,6 +341,13 @@ impl Default for NodeConfig {
     }
 }
 
+/// Largest `view_len` a genesis may set (blocks per seat per term).
+pub const GENESIS_MAX_VIEW_LEN: u64 = 1_000_000;
+/// Largest block period or impeach timeout a genesis may set: a day, in milliseconds.
+pub const GENESIS_MAX_MS: u64 = 24 * 3600 * 1000;
+/// Latest genesis timestamp accepted: 3000-01-01, in milliseconds since 1970.
+pub const GENESIS_MAX_TIMESTAMP_MS: u64 = 32_503_680_000_000;
+
 /// `genesis.toml`: what every node of one network agrees on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -416,6 +423,29 @@ impl Genesis {
         }
         if self.period_ms == 0 || self.seats == 0 || self.view_len == 0 {
             bail!("genesis: period_ms, seats and view_len must be positive");
+        }
+        // Bounds that keep the chain's time and term arithmetic far from overflow.
+        if self.seats > chain::MAX_VALIDATORS {
+            bail!(
+                "genesis: seats is {}, at most {} are possible",
+                self.seats,
+                chain::MAX_VALIDATORS
+            );
+        }
+        if self.view_len > GENESIS_MAX_VIEW_LEN {
+            bail!(
+                "genesis: view_len is {}, at most {GENESIS_MAX_VIEW_LEN}",
+                self.view_len
+            );
+        }
+        if self.period_ms > GENESIS_MAX_MS || self.impeach_timeout_ms > GENESIS_MAX_MS {
+            bail!("genesis: period_ms and impeach_timeout_ms must be at most {GENESIS_MAX_MS} (a day)");
+        }
+        if self.timestamp_ms > GENESIS_MAX_TIMESTAMP_MS {
+            bail!(
+                "genesis: timestamp_ms {} is past the year 3000 (milliseconds since 1970 expected)",
+                self.timestamp_ms
+            );
         }
         let owner = Self::addr(&self.contract_owner, "contract_owner")?;
         let mut cfg = ChainConfig::mainnet_like(self.chain_id, validators, proposers, owner);
@@ -567,6 +597,28 @@ mod tests {
             init(dir.path(), None, 1_000).is_err(),
             "refuses to overwrite"
         );
+    }
+
+    #[test]
+    fn a_genesis_with_values_past_the_chains_arithmetic_is_refused_with_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = init(dir.path(), None, 1_000).unwrap();
+        let cfg = NodeConfig::load(&p).unwrap();
+        let g = Genesis::load(&cfg.genesis_file).unwrap();
+        assert!(g.chain_config().is_ok());
+        let cases: [(&str, fn(&mut Genesis)); 5] = [
+            ("seats", |g| g.seats = usize::MAX),
+            ("view_len", |g| g.view_len = u64::MAX),
+            ("period_ms", |g| g.period_ms = u64::MAX),
+            ("impeach_timeout_ms", |g| g.impeach_timeout_ms = u64::MAX),
+            ("timestamp_ms", |g| g.timestamp_ms = u64::MAX),
+        ];
+        for (field, spoil) in cases {
+            let mut bad = g.clone();
+            spoil(&mut bad);
+            let e = format!("{:#}", bad.chain_config().unwrap_err());
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 
     #[test]

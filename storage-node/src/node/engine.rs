@@ -1055,7 +1055,11 @@ impl Engine {
         }
         self.turn_seen = h;
         if self.machine.proposer_for(h) == Some(self.addr) {
-            let at = self.machine.tip().timestamp_ms + self.cfg.period_ms;
+            let at = self
+                .machine
+                .tip()
+                .timestamp_ms
+                .saturating_add(self.cfg.period_ms);
             self.propose_at = Some((h, at));
         }
     }
