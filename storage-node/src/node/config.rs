@@ -606,7 +606,8 @@ mod tests {
         let cfg = NodeConfig::load(&p).unwrap();
         let g = Genesis::load(&cfg.genesis_file).unwrap();
         assert!(g.chain_config().is_ok());
-        let cases: [(&str, fn(&mut Genesis)); 5] = [
+        type Spoil = fn(&mut Genesis);
+        let cases: [(&str, Spoil); 5] = [
             ("seats", |g| g.seats = usize::MAX),
             ("view_len", |g| g.view_len = u64::MAX),
             ("period_ms", |g| g.period_ms = u64::MAX),
