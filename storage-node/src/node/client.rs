@@ -490,7 +490,14 @@ fn payload(from: &Address, status: &StatusView, cmd: TxCmd) -> anyhow::Result<(T
             memory_difficulty,
             opts,
         } => {
-            use chain::contracts::admission::{solve_cpu, solve_memory, MAX_MEMORY_DIFFICULTY};
+            use chain::contracts::admission::{
+                solve_cpu, solve_memory, MAX_CPU_DIFFICULTY, MAX_MEMORY_DIFFICULTY,
+            };
+            anyhow::ensure!(
+                cpu_difficulty <= MAX_CPU_DIFFICULTY,
+                "CPU difficulty {cpu_difficulty} is above the maximum {MAX_CPU_DIFFICULTY} (no \
+                 proof could be found in time); use the admission contract's current value"
+            );
             anyhow::ensure!(
                 memory_difficulty <= MAX_MEMORY_DIFFICULTY,
                 "memory difficulty {memory_difficulty} is above the maximum {MAX_MEMORY_DIFFICULTY}"
