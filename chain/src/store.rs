@@ -591,6 +591,19 @@ impl ChainStore {
     /// [`StoreConfig::max_range_blocks`], fewer if the head comes first; empty if
     /// `from > to` or `from` is past the head. Block 0 (genesis) is not stored.
     pub fn blocks_range(&self, from: u64, to: u64) -> ChainResult<Vec<(Block, Certificate)>> {
+        self.blocks_range_within(from, to, usize::MAX)
+    }
+
+    /// [`ChainStore::blocks_range`], stopping before the blocks and certificates read would
+    /// exceed `max_bytes` as stored (which bounds their encoding in an answer): always at
+    /// least one block, so a long range of large blocks is answered in parts rather than
+    /// with a frame too big to send.
+    pub fn blocks_range_within(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> ChainResult<Vec<(Block, Certificate)>> {
         let from = from.max(1);
         let to = to
             .min(self.head.number)
@@ -602,6 +615,7 @@ impl ChainStore {
         let blocks = rtx.open_table(BLOCKS).map_err(io("open blocks table"))?;
         let certs = rtx.open_table(CERTS).map_err(io("open certs table"))?;
         let mut out = Vec::with_capacity(usize::try_from(to - from + 1).unwrap_or(0));
+        let mut bytes = 0usize;
         for number in from..=to {
             let b = blocks.get(number).map_err(io("read block"))?;
             let c = certs.get(number).map_err(io("read certificate"))?;
@@ -611,6 +625,10 @@ impl ChainStore {
                     format!("block {number} below the head is missing"),
                 ));
             };
+            bytes = bytes.saturating_add(b.value().len() + c.value().len());
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
             let b: Block = decode_framed("block", b.value())?;
             let c: Certificate = decode_framed("certificate", c.value())?;
             if b.header.number != number || c.number != number {

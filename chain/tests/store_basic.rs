@@ -13,7 +13,7 @@ use chain::{
     Address, Block, BlockReceipt, Certificate, ChainError, ChainStore, State, StoreConfig, CPC,
     STORE_FILE,
 };
-use crypto_accel::Hash;
+use crypto_accel::{Encode, Hash};
 use redb::{ReadableDatabase, TableDefinition};
 
 const SEED: u64 = 42;
@@ -89,6 +89,19 @@ fn round_trip_of_blocks_certificates_and_diffs() {
     assert_eq!(r[2].1, written[11].1);
     assert!(store.blocks_range(13, 20).unwrap().is_empty());
     assert!(store.blocks_range(5, 4).unwrap().is_empty());
+    // A byte budget answers in parts: one block at least, then only what fits.
+    let one = store.blocks_range_within(1, 4, 1).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].0, written[0].0);
+    let all = store.blocks_range_within(1, 4, usize::MAX).unwrap();
+    assert_eq!(all.len(), 4);
+    // Stored values carry an 8-byte checksum each; a third block is far larger than the
+    // slack left for them.
+    let enc = |i: usize| all[i].0.to_bytes().len() + all[i].1.to_bytes().len();
+    let two = store
+        .blocks_range_within(1, 4, enc(0) + enc(1) + 32)
+        .unwrap();
+    assert_eq!(two.len(), 2);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -594,7 +594,13 @@ impl Engine {
                     Ok(SyncReq::Head) => SyncResp::Head(self.store.head().number),
                     Ok(SyncReq::Range { from, count }) => {
                         let to = from.saturating_add(count.min(SYNC_RANGE)).saturating_sub(1);
-                        SyncResp::Blocks(self.store.blocks_range(from, to).unwrap_or_default())
+                        // Within what one answer frame carries (framing and lengths aside).
+                        let budget = super::net::MAX_SYNC_RESPONSE - (1 << 20);
+                        SyncResp::Blocks(
+                            self.store
+                                .blocks_range_within(from, to, budget)
+                                .unwrap_or_default(),
+                        )
                     }
                     Err(_) => SyncResp::Blocks(Vec::new()),
                 };
