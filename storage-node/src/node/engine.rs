@@ -574,7 +574,7 @@ impl Engine {
                     // validator (bodies travel by request, not through the mesh).
                     match decode_all::<Announce>(&data) {
                         Ok(a) => {
-                            self.best_peer_height = self.best_peer_height.max(a.number);
+                            self.note_peer_height(a.number);
                             if a.number >= self.machine.height() {
                                 self.request_blocks(Duration::from_millis(1_000));
                             }
@@ -611,9 +611,17 @@ impl Engine {
             }
             EngineEvent::Net(NetEvent::SyncResponse { from, data }) => {
                 match decode_all::<SyncResp>(&data) {
-                    Ok(SyncResp::Head(n)) => self.best_peer_height = self.best_peer_height.max(n),
+                    Ok(SyncResp::Head(n)) => self.note_peer_height(n),
                     Ok(SyncResp::Blocks(bs)) => {
                         self.sync_inflight = None;
+                        if bs.is_empty() {
+                            // The peer has nothing past our tip: whatever height was claimed
+                            // is not backed by blocks (a later announcement claims it again
+                            // if it was real).
+                            self.best_peer_height = self
+                                .best_peer_height
+                                .min(self.machine.height().saturating_sub(1));
+                        }
                         let more = bs.len() as u64 == SYNC_RANGE;
                         for (b, c) in bs {
                             if b.header.number >= self.machine.height() {
@@ -704,9 +712,25 @@ impl Engine {
 
     fn on_message(&mut self, m: Message) {
         if let Message::Validate(b, _) = &m {
-            self.best_peer_height = self.best_peer_height.max(b.header.number);
+            self.note_peer_height(b.header.number);
         }
         self.feed(Some(m.into()));
+    }
+
+    /// Takes a peer's word that block `n` exists. The word is not authenticated
+    /// (announcements, head answers, unverified proposals), so a height no chain could have
+    /// reached yet by our clock does not make this node "syncing": it only earns one range
+    /// request now and then, which brings blocks if the claim was true (our clock may be
+    /// wrong) and nothing if it was not.
+    fn note_peer_height(&mut self, n: u64) {
+        let tip = self.machine.tip();
+        let possible = plausible_height(tip.number, tip.timestamp_ms, now_ms(), self.cfg.period_ms);
+        if n > possible {
+            tracing::debug!("a peer claims block {n}; by our clock at most {possible} can exist");
+            self.request_blocks(Duration::from_secs(10));
+            return;
+        }
+        self.best_peer_height = self.best_peer_height.max(n);
     }
 
     fn fire_timers(&mut self) {
@@ -1195,10 +1219,38 @@ impl Engine {
     }
 }
 
+/// The highest block number a peer could truthfully claim at `now_ms`, given our tip: a
+/// block follows its parent by at least a period, so the chain gains at most one block per
+/// period (twice that, plus some, is allowed here for clock skew and impeached rounds).
+fn plausible_height(tip_number: u64, tip_ms: u64, now_ms: u64, period_ms: u64) -> u64 {
+    let periods = now_ms.saturating_sub(tip_ms) / period_ms.max(1);
+    tip_number
+        .saturating_add(periods.saturating_mul(2))
+        .saturating_add(PLAUSIBLE_SLACK_BLOCKS)
+}
+
+/// Blocks a peer may claim past our tip before any time has passed (see
+/// [`plausible_height`]).
+const PLAUSIBLE_SLACK_BLOCKS: u64 = 16;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claimed_heights_are_bounded_by_the_time_since_our_tip() {
+        // Just after our tip: only the slack.
+        assert_eq!(plausible_height(100, 1_000, 1_000, 500), 116);
+        // Ten periods later: up to twenty more blocks.
+        assert_eq!(plausible_height(100, 1_000, 6_000, 500), 136);
+        // A node that was down a day may learn of a day of blocks.
+        assert!(plausible_height(100, 0, 86_400_000, 1_000) >= 100 + 86_400);
+        // A tip stamped in the future, a zero period, huge values: no overflow.
+        assert_eq!(plausible_height(100, 9_000, 1_000, 500), 116);
+        assert_eq!(plausible_height(100, 0, 10, 0), 136);
+        assert_eq!(plausible_height(u64::MAX, 0, u64::MAX, 1), u64::MAX);
+    }
 
     #[test]
     fn pending_committee_is_restored_only_for_the_block_it_follows() {
