@@ -278,7 +278,7 @@ impl ChainStore {
             hashes
                 .insert(
                     self.head.hash.as_bytes().as_slice(),
-                    0u64.to_le_bytes().as_slice(),
+                    frame(&0u64.to_le_bytes()).as_slice(),
                 )
                 .map_err(io("write hash index"))?;
             // Create the remaining tables so readers never meet a missing one.
@@ -546,6 +546,10 @@ impl ChainStore {
             let Some(v) = t.get(hash.as_bytes().as_slice()).map_err(io("read"))? else {
                 return Ok(None);
             };
+            // Stores made before the genesis entry was framed hold it as 8 bare zero bytes.
+            if v.value() == [0u8; 8] {
+                return Ok(None);
+            }
             let p = unframe("hash index", v.value())?;
             let a: [u8; 8] = p
                 .try_into()
