@@ -85,15 +85,15 @@ enum Command {
     },
     /// Show a node's status.
     Status {
-        /// The node's API.
-        #[arg(long, default_value = "http://127.0.0.1:8645", env = "CPCHAIN_API")]
-        api: String,
+        /// The node's API [default: the local devnet or node, else http://127.0.0.1:8645].
+        #[arg(long, env = "CPCHAIN_API", value_name = "URL")]
+        api: Option<String>,
     },
     /// Sign and submit a transaction to a node.
     Tx {
-        /// The node's API.
-        #[arg(long, default_value = "http://127.0.0.1:8645", env = "CPCHAIN_API")]
-        api: String,
+        /// The node's API [default: the local devnet or node, else http://127.0.0.1:8645].
+        #[arg(long, env = "CPCHAIN_API", value_name = "URL")]
+        api: Option<String>,
         /// Signing key file [default: the key in --home].
         #[arg(long)]
         key: Option<PathBuf>,
@@ -462,7 +462,10 @@ fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Command::Node { config } => return node::run::run(config),
-        Command::Status { api } => return node::client::run_status(api),
+        Command::Status { api } => {
+            let api = api.clone().unwrap_or_else(node::devnet::local_node_api);
+            return node::client::run_status(&api);
+        }
         _ => {}
     }
     let home = home_dir(&cli)?;
@@ -476,7 +479,8 @@ fn run(cli: Cli) -> Result<()> {
                 Some(k) => node::config::load_key(k)?,
                 None => load_key(&home)?,
             };
-            node::client::run_tx(api, &kp, cmd.clone())?;
+            let api = api.clone().unwrap_or_else(node::devnet::local_node_api);
+            node::client::run_tx(&api, &kp, cmd.clone())?;
         }
         Command::Keys {
             cmd: KeysCmd::New { force },

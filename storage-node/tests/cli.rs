@@ -126,3 +126,37 @@ fn bad_size_argument_is_a_usage_error() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("unknown size unit"), "{}", stderr(&o));
 }
+
+#[test]
+fn status_and_tx_use_the_local_node_without_flags() {
+    let home = tempfile::tempdir().unwrap();
+    // A private temp dir, so a devnet running on this machine is not the one found.
+    let tmp = tempfile::tempdir().unwrap();
+    // What a running `cpchain devnet` leaves there (port 1: nothing listens, the error
+    // names the address tried).
+    std::fs::write(
+        tmp.path().join("cpchain-local-node"),
+        "http://127.0.0.1:1\n",
+    )
+    .unwrap();
+    assert!(cpchain(home.path(), &["keys", "new"]).status.success());
+    for args in [
+        &["status"][..],
+        &["tx", "transfer", &"ab".repeat(32), "1"][..],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_cpchain"))
+            .arg("--home")
+            .arg(home.path())
+            .args(args)
+            .env("TMPDIR", tmp.path())
+            .env_remove("CPCHAIN_API")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            stderr(&o).contains("127.0.0.1:1"),
+            "{args:?} did not try the local node: {}",
+            stderr(&o)
+        );
+    }
+}
