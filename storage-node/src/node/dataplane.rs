@@ -42,6 +42,10 @@ pub const MAX_SESSIONS: usize = 4096;
 pub const MAX_CONNS: usize = 256;
 /// A data connection with no request for this long is closed by the holder.
 pub const IDLE: Duration = Duration::from_secs(120);
+/// A started frame, request or answer, must be through within this.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(30);
+/// The session token must arrive within this of connecting.
+pub const TOKEN_DEADLINE: Duration = Duration::from_secs(5);
 /// Largest frame body (ciphertext and tag) either side accepts.
 pub const MAX_FRAME: usize = max(MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME) + TAG_LEN;
 /// Data connections a client keeps to one holder.
@@ -262,27 +266,38 @@ impl DataServer {
     /// Serves one connection until the client closes it, it idles, or a frame is bad.
     fn serve(&self, mut stream: TcpStream, answer: &dyn Answer) -> Result<()> {
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        // A client that stops reading must not hold this thread: an answer (at most a
+        // frame) gets this long to leave.
+        stream.set_write_timeout(Some(FRAME_DEADLINE))?;
         let mut token = [0u8; SESSION_TOKEN_LEN];
-        stream
-            .read_exact(&mut token)
+        read_by(&mut stream, &mut token, Instant::now() + TOKEN_DEADLINE)
             .context("reading the session token")?;
         let w = self
             .take(&token)
             .context("unknown or expired session token")?;
-        stream.set_read_timeout(Some(IDLE))?;
         let (mut sealer, mut opener) = FrameCipher::holder(&w.key)?;
         // Reused across answers (answers of one connection are mostly shards of one size,
         // so after the first its capacity fits them): no allocation per answer.
         let mut out = Vec::new();
         loop {
+            // Idle between frames for up to IDLE; once a frame starts, its length must come
+            // within FRAME_DEADLINE and its body without a FRAME_DEADLINE-long pause.
             let mut prefix = [0u8; 4];
-            match stream.read_exact(&mut prefix) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e).context("reading a frame"),
+            stream.set_read_timeout(Some(IDLE))?;
+            match stream.read(&mut prefix[..1]) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e).context("waiting for a frame"),
             }
+            read_by(
+                &mut stream,
+                &mut prefix[1..],
+                Instant::now() + FRAME_DEADLINE,
+            )
+            .context("reading a frame")?;
             let n = body_len(prefix)?;
+            stream.set_read_timeout(Some(FRAME_DEADLINE))?;
+            // Read into spare capacity: no zeroing of a buffer about to be overwritten.
             let mut body = Vec::with_capacity(n);
             (&mut stream)
                 .take(n as u64)
@@ -301,6 +316,25 @@ impl DataServer {
             }
         }
     }
+}
+
+/// Fills `buf` from `stream`, failing once `deadline` passes however the bytes trickle in.
+fn read_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Last plaintext byte of an answer frame: the rest is an encoded `ShardResponse`.
@@ -858,6 +892,43 @@ mod tests {
             let c = Conn::open(o2.addr, o2.key, o2.token).await.unwrap();
             assert!(c.request(&get(3)).await.is_ok());
         });
+    }
+
+    #[test]
+    fn a_token_or_frame_length_that_trickles_in_is_cut_off_at_its_deadline() {
+        let s = server();
+        let o = offer(&s, None);
+        // One byte of the token a second: per-read timeouts alone would wait for all 32.
+        let mut raw = TcpStream::connect(o.addr).unwrap();
+        let t = Instant::now();
+        let mut cut = None;
+        for b in o.token {
+            if raw.write_all(&[b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let mut probe = [0u8; 1];
+            raw.set_read_timeout(Some(Duration::from_millis(1)))
+                .unwrap();
+            if matches!(raw.read(&mut probe), Ok(0)) {
+                cut = Some(t.elapsed());
+                break;
+            }
+        }
+        let cut = cut.expect("the holder waited for a token trickled over 32 s");
+        assert!(
+            cut < TOKEN_DEADLINE + Duration::from_secs(3),
+            "cut after {cut:?}"
+        );
+        // The thread gives its slot back just after hanging up.
+        let t = Instant::now();
+        while s.conns.load(Ordering::Acquire) != 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the thread kept its slot"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
