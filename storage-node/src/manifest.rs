@@ -266,6 +266,11 @@ impl ManifestDir {
         Ok(ids)
     }
 
+    /// Whether the manifest of `id` is stored here (its file name is its content hash).
+    pub fn contains(&self, id: &DataId) -> bool {
+        self.path(id).is_file()
+    }
+
     /// Stores `m` durably under its data id.
     pub fn save(&self, m: &Manifest) -> PipelineResult<DataId> {
         let id = m.data_id();

@@ -27,6 +27,10 @@ use super::lock;
 use crate::manifest::{Manifest, ManifestDir};
 use crate::store::{ChunkStore, StoreConfig, StoreError};
 
+/// Most uncommitted shards kept at once, whatever their size (the byte quota alone would
+/// let tiny shards fill memory with bookkeeping).
+pub const MAX_PENDING_SHARDS: usize = 1 << 20;
+
 /// How long an uncommitted shard is kept.
 pub const PENDING_TTL_MS: u64 = 10 * 60 * 1000;
 /// Most bytes of uncommitted shards a node keeps (beyond it `Put` is refused).
@@ -360,8 +364,10 @@ impl StorageService {
         let resp = match req {
             ShardRequest::Commit { manifest, .. } => match Manifest::from_bytes(&manifest) {
                 Ok(m) => {
-                    let r = self.commit(&m);
-                    let id = matches!(r, ShardResponse::Committed { .. }).then(|| m.data_id());
+                    let (r, fresh) = self.commit(&m);
+                    // Announced as a provider on the first confirmation only.
+                    let id = (fresh && matches!(r, ShardResponse::Committed { .. }))
+                        .then(|| m.data_id());
                     return (r, id);
                 }
                 Err(e) => ShardResponse::Refused(format!("the manifest does not decode: {e}")),
@@ -390,6 +396,11 @@ impl StorageService {
         if lock(&self.expiring).contains(&id) {
             return ShardResponse::Failed(format!(
                 "shard {id} is being deleted here (it stayed uncommitted too long); put it again"
+            ));
+        }
+        if lock(&self.pending).len() >= MAX_PENDING_SHARDS {
+            return ShardResponse::Refused(format!(
+                "this node already keeps {MAX_PENDING_SHARDS} uncommitted shards"
             ));
         }
         let len = bytes.len() as u64;
@@ -421,40 +432,61 @@ impl StorageService {
             ));
         }
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
-        if p.insert(id, Pending { at_ms: now_ms, len }).is_some() {
-            // Put twice while pending: counted once.
+        if let std::collections::hash_map::Entry::Vacant(e) = p.entry(id) {
+            e.insert(Pending { at_ms: now_ms, len });
+        } else {
+            // Put twice while pending: counted once, and it still expires when the first
+            // put's time is up (putting again does not keep a shard uncommitted forever).
             self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
         }
         ShardResponse::Stored
     }
 
-    fn commit(&self, m: &Manifest) -> ShardResponse {
+    /// Confirms the shards `m` lists that are stored here; the flag says whether anything
+    /// changed (a replayed commit, or a retry after a lost answer, is answered from memory:
+    /// no syncs, no manifest rewrite, no new provider announcement).
+    fn commit(&self, m: &Manifest) -> (ShardResponse, bool) {
         if let Err(e) = m.check() {
-            return ShardResponse::Refused(format!("the manifest is inconsistent: {e}"));
+            let why = format!("the manifest is inconsistent: {e}");
+            return (ShardResponse::Refused(why), false);
         }
         let id = m.data_id();
         let Some(reg) = self.chain.data(&id) else {
-            return ShardResponse::Refused(format!(
-                "data {id} is not registered on chain (as of this node's head)"
-            ));
+            let why = format!("data {id} is not registered on chain (as of this node's head)");
+            return (ShardResponse::Refused(why), false);
         };
         if reg.merkle_root != m.root || reg.owner != Address::of(&m.owner) {
-            return ShardResponse::Refused(format!(
-                "the manifest's root or owner differs from data {id}'s registration"
-            ));
-        }
-        // Durability first: the shards, then the manifest that makes them count.
-        if let Err(e) = self.store.sync() {
-            return ShardResponse::Failed(format!("syncing the shard store: {e}"));
-        }
-        if let Err(e) = self.manifests.save(m) {
-            return ShardResponse::Failed(format!("saving the manifest: {e}"));
+            let why = format!("the manifest's root or owner differs from data {id}'s registration");
+            return (ShardResponse::Refused(why), false);
         }
         let listed: Vec<ChunkId> = m
             .blocks
             .iter()
             .flat_map(|b| b.shards.iter().copied())
             .collect();
+        if self.manifests.contains(&id) {
+            let index = lock(&self.index);
+            let news = listed
+                .iter()
+                .any(|c| !index.contains_key(c) && self.store.contains(c));
+            drop(index);
+            if !news {
+                let n = lock(&self.by_data).get(&id).map_or(0, BTreeSet::len);
+                let confirmed = u32::try_from(n).unwrap_or(u32::MAX);
+                return (ShardResponse::Committed { confirmed }, false);
+            }
+        }
+        // Durability first: the shards, then the manifest that makes them count.
+        if let Err(e) = self.store.sync() {
+            let why = format!("syncing the shard store: {e}");
+            return (ShardResponse::Failed(why), false);
+        }
+        if let Err(e) = self.manifests.save(m) {
+            return (
+                ShardResponse::Failed(format!("saving the manifest: {e}")),
+                false,
+            );
+        }
         {
             let mut p = lock(&self.pending);
             for c in &listed {
@@ -464,9 +496,8 @@ impl StorageService {
             }
         }
         let n = self.index_manifest(m);
-        ShardResponse::Committed {
-            confirmed: u32::try_from(n).unwrap_or(u32::MAX),
-        }
+        let confirmed = u32::try_from(n).unwrap_or(u32::MAX);
+        (ShardResponse::Committed { confirmed }, true)
     }
 
     /// Whether the reader `from` may read `scope` of `data`: storage nodes may (repair),
@@ -1164,9 +1195,20 @@ mod tests {
         assert!(s.held(&other.id()).is_empty());
         assert_eq!(pending(&s), 1, "the other item's shard stays pending");
 
-        // A repair puts one more shard and commits again: all three are confirmed.
+        // The same commit again (a replay, or a retry after a lost answer): the same answer,
+        // and no second provider announcement.
+        assert_eq!(
+            d.commit(&s),
+            (ShardResponse::Committed { confirmed: 2 }, None)
+        );
+
+        // A repair puts one more shard and commits again: all three are confirmed, and the
+        // node announces itself again.
         d.put(&s, &[(2, 5)]);
-        assert_eq!(d.commit(&s).0, ShardResponse::Committed { confirmed: 3 });
+        assert_eq!(
+            d.commit(&s),
+            (ShardResponse::Committed { confirmed: 3 }, Some(d.id()))
+        );
         assert_eq!(s.held(&d.id()), vec![(0, 0), (1, 1), (2, 5)]);
     }
 
@@ -1453,6 +1495,14 @@ mod tests {
     fn uncommitted_shards_expire() {
         let dir = tempfile::tempdir().unwrap();
         let (chain, s, d) = uploaded(dir.path(), &[(0, 0), (0, 1)]);
+        // Putting a pending shard again later does not restart its clock.
+        let again = ShardRequest::Put {
+            bytes: d.bytes(0, 0),
+        };
+        assert_eq!(
+            s.handle(again, None, NOW + PENDING_TTL_MS / 2),
+            ShardResponse::Stored
+        );
         assert_eq!(s.expire_pending(NOW + PENDING_TTL_MS), 0);
         assert_eq!(s.expire_pending(NOW + PENDING_TTL_MS + 1), 2);
         assert_eq!(pending(&s), 0);
