@@ -357,32 +357,61 @@ pub fn identify_behaviour(key: &identity::Keypair) -> identify::Behaviour {
     identify::Behaviour::new(identify::Config::new("/cpchain/id/1".into(), key.public()))
 }
 
-/// Routing-table admission with a per-bucket subnet cap.
+/// Routing-table admission with a per-bucket subnet cap. A peer counts in one subnet (the
+/// first it was admitted with) and leaves when the routing table evicts it, so what this
+/// keeps is bounded by the routing table, whatever addresses peers announce.
 #[derive(Debug, Default)]
 pub struct SubnetGuard {
     members: HashMap<(u32, u64), HashSet<PeerId>>,
+    at: HashMap<PeerId, (u32, u64)>,
 }
 
 impl SubnetGuard {
     /// Whether `peer` at `addr` may enter the bucket it falls in relative to `local`;
-    /// records it when it may.
+    /// records it when it may. Addresses of an admitted peer in another subnet are not.
     pub fn admit(&mut self, local: &PeerId, peer: &PeerId, addr: &Multiaddr) -> bool {
         let Some(net) = subnet_of(addr) else {
             return true;
         };
         let d = kad::KBucketKey::from(*local).distance(&kad::KBucketKey::from(*peer));
-        let bucket = d.ilog2().unwrap_or(0);
-        let set = self.members.entry((bucket, net)).or_default();
-        if set.contains(peer) {
-            return true;
+        let key = (d.ilog2().unwrap_or(0), net);
+        if let Some(at) = self.at.get(peer) {
+            return *at == key;
         }
+        let set = self.members.entry(key).or_default();
         if set.len() >= MAX_PEERS_PER_SUBNET_PER_BUCKET {
             return false;
         }
         set.insert(*peer);
+        self.at.insert(*peer, key);
         true
     }
+
+    /// Frees `peer`'s place (the routing table dropped it).
+    pub fn forget(&mut self, peer: &PeerId) {
+        if let Some(key) = self.at.remove(peer) {
+            if let Some(set) = self.members.get_mut(&key) {
+                set.remove(peer);
+                if set.is_empty() {
+                    self.members.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Peers recorded (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    /// Whether no peer is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
 }
+
+/// Addresses of one peer taken from its identify message (it chooses them).
+pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
 /// Validates an inbound DHT record: it must decode as a [`dht::record::DataRecord`] page
 /// stored under its own key; among versions the newest wins.
@@ -757,11 +786,14 @@ impl Net {
                                     seen_ms: super::config::now_ms(),
                                 });
                             }
-                            for a in info.listen_addrs {
+                            for a in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
                                 if guard.admit(&local, &peer_id, &a) {
                                     self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
                                 }
                             }
+                        }
+                        BehaviourEvent::Kad(kad::Event::RoutingUpdated { old_peer: Some(gone), .. }) => {
+                            guard.forget(&gone);
                         }
                         BehaviourEvent::Kad(kad::Event::RoutablePeer { peer, address })
                         | BehaviourEvent::Kad(kad::Event::PendingRoutablePeer { peer, address })
@@ -862,5 +894,65 @@ impl Net {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn addr(a: u8, b: u8) -> Multiaddr {
+        format!("/ip4/{a}.{b}.7.9/tcp/4001").parse().unwrap()
+    }
+
+    #[test]
+    fn the_subnet_guard_caps_each_subnet_keeps_one_per_peer_and_frees_evicted_peers() {
+        let mut g = SubnetGuard::default();
+        let local = PeerId::random();
+        // Loopback counts for nothing.
+        let lo: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        assert!(g.admit(&local, &PeerId::random(), &lo));
+        assert!(g.is_empty());
+        // One peer announcing a thousand subnets holds one place.
+        let greedy = PeerId::random();
+        assert!(g.admit(&local, &greedy, &addr(10, 0)));
+        for i in 1..=250u8 {
+            assert!(!g.admit(&local, &greedy, &addr(10, i)));
+            assert!(!g.admit(&local, &greedy, &addr(11, i)));
+        }
+        assert!(
+            g.admit(&local, &greedy, &addr(10, 0)),
+            "its own subnet again"
+        );
+        assert_eq!(g.len(), 1);
+        assert_eq!(g.members.len(), 1);
+        // The per-subnet cap holds within a bucket: peers far from `local` share bucket 255
+        // almost always; count those admitted in one subnet.
+        let peers: Vec<PeerId> = (0..64).map(|_| PeerId::random()).collect();
+        let mut by_bucket: HashMap<u32, usize> = HashMap::new();
+        for p in &peers {
+            let d = kad::KBucketKey::from(local).distance(&kad::KBucketKey::from(*p));
+            if g.admit(&local, p, &addr(20, 1)) {
+                *by_bucket.entry(d.ilog2().unwrap_or(0)).or_default() += 1;
+            }
+        }
+        assert!(by_bucket
+            .values()
+            .all(|n| *n <= MAX_PEERS_PER_SUBNET_PER_BUCKET));
+        // An evicted peer frees its place for another.
+        let admitted: Vec<PeerId> = peers
+            .iter()
+            .filter(|p| g.at.contains_key(*p))
+            .copied()
+            .collect();
+        let before = g.len();
+        for p in &admitted {
+            g.forget(p);
+        }
+        assert_eq!(g.len(), before - admitted.len());
+        g.forget(&greedy);
+        assert!(g.is_empty() && g.members.is_empty());
+        assert!(g.admit(&local, &peers[0], &addr(20, 1)));
     }
 }
