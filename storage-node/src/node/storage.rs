@@ -37,6 +37,8 @@ pub const PENDING_TTL_MS: u64 = 10 * 60 * 1000;
 pub const PENDING_QUOTA: u64 = 8 << 30;
 /// How long an access decision is reused.
 const ACCESS_TTL: Duration = Duration::from_secs(2);
+/// Access answers cached at most.
+const ACCESS_CACHE: usize = 100_000;
 
 /// What the storage role needs from the chain the node follows.
 pub trait ChainView: Send + Sync {
@@ -529,8 +531,12 @@ impl StorageService {
             Scope::Any => self.chain.may_read_some(&reader, data),
         };
         let mut cache = lock(&self.access);
-        if cache.len() > 100_000 {
-            cache.clear();
+        if cache.len() >= ACCESS_CACHE {
+            // Stale answers go first; only a flood of fresh ones empties the cache.
+            cache.retain(|_, (_, at)| at.elapsed() < ACCESS_TTL);
+            if cache.len() >= ACCESS_CACHE {
+                cache.clear();
+            }
         }
         cache.insert(key, (ok, Instant::now()));
         if ok {
@@ -626,6 +632,11 @@ impl StorageService {
     }
 
     fn get_manifest(&self, data: &DataId, from: Option<&PublicKey>) -> ShardResponse {
+        // Unknown data costs no access check (a question to the chain engine): data ids
+        // are public, so saying "not here" tells nothing.
+        if !self.manifests.contains(data) {
+            return ShardResponse::NotFound;
+        }
         if let Err(why) = self.allowed(from, data, Scope::Any) {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             return ShardResponse::Refused(why);
