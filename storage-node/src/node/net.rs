@@ -12,7 +12,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chain::Address;
@@ -410,6 +410,43 @@ impl SubnetGuard {
     }
 }
 
+/// Sync requests served per peer per second (a node catching up keeps one range request in
+/// flight, spread over the validators; 32 a second is 2,048 blocks a second from each).
+pub const SYNC_REQUESTS_PER_PEER_PER_S: u32 = 32;
+
+/// Per-peer request counting over one-second windows.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_s: u32,
+    seen: HashMap<PeerId, (Instant, u32)>,
+}
+
+impl RateLimit {
+    /// At most `per_s` requests per peer in any one-second window.
+    pub fn new(per_s: u32) -> RateLimit {
+        RateLimit {
+            per_s,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Counts a request of `peer` at `now`; false when it is over the limit.
+    pub fn allow(&mut self, peer: &PeerId, now: Instant) -> bool {
+        if self.seen.len() >= 4096 {
+            self.seen.retain(|_, (start, _)| {
+                now.saturating_duration_since(*start) < Duration::from_secs(1)
+            });
+        }
+        let (start, n) = self.seen.entry(*peer).or_insert((now, 0));
+        if now.saturating_duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *n = 0;
+        }
+        *n += 1;
+        *n <= self.per_s
+    }
+}
+
 /// Addresses of one peer taken from its identify message (it chooses them).
 pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
@@ -642,6 +679,7 @@ impl Net {
             }
         }
         let mut pending: HashMap<u64, ResponseChannel<Vec<u8>>> = HashMap::new();
+        let mut sync_limit = RateLimit::new(SYNC_REQUESTS_PER_PEER_PER_S);
         let mut next_id = 0u64;
         let mut rr = 0usize;
         let mut outbound_sync: HashMap<OutboundRequestId, PeerId> = HashMap::new();
@@ -868,6 +906,13 @@ impl Net {
                         }
                         BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
                             request_response::Message::Request { request, channel, .. } => {
+                                // Each answer may cost the engine a 128 MiB read and encode:
+                                // a peer asking faster than any catch-up needs is not served.
+                                if !sync_limit.allow(&peer, Instant::now()) {
+                                    tracing::debug!("sync request from {peer} over the rate limit");
+                                    drop(channel);
+                                    continue;
+                                }
                                 next_id = next_id.wrapping_add(1);
                                 pending.insert(next_id, channel);
                                 // Bound the answers we owe: drop the oldest beyond 1,024.
@@ -904,6 +949,25 @@ mod tests {
 
     fn addr(a: u8, b: u8) -> Multiaddr {
         format!("/ip4/{a}.{b}.7.9/tcp/4001").parse().unwrap()
+    }
+
+    #[test]
+    fn sync_requests_are_limited_per_peer_per_second() {
+        let mut l = RateLimit::new(3);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let t = Instant::now();
+        assert!((0..3).all(|_| l.allow(&a, t)));
+        assert!(!l.allow(&a, t + Duration::from_millis(500)));
+        assert!(l.allow(&b, t), "another peer has its own budget");
+        assert!(
+            l.allow(&a, t + Duration::from_secs(1)),
+            "a new second, a new budget"
+        );
+        // Many peers: old windows are dropped, the map stays bounded.
+        for i in 0..10_000u64 {
+            l.allow(&PeerId::random(), t + Duration::from_secs(2 + i / 1000));
+        }
+        assert!(l.seen.len() <= 4096 + 1000);
     }
 
     #[test]
