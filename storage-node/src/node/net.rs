@@ -473,6 +473,25 @@ pub fn accept_record(store: &mut kad::store::MemoryStore, record: kad::Record) {
     }
 }
 
+/// Storage nodes remembered at most; past this, ones gone for [`STORAGE_FORGET_MS`] are
+/// forgotten, and while it is still full no new one is taken.
+pub const MAX_KNOWN_STORAGE: usize = 4096;
+/// How long a disconnected storage node is remembered once the map is full.
+pub const STORAGE_FORGET_MS: u64 = 10 * 60 * 1000;
+
+/// Records (or refreshes) a storage node, keeping the map bounded.
+fn remember_storage(map: &mut HashMap<PeerId, KnownStorage>, peer: PeerId, k: KnownStorage) {
+    if map.len() >= MAX_KNOWN_STORAGE && !map.contains_key(&peer) {
+        let now = k.seen_ms;
+        map.retain(|_, o| o.connected || now.saturating_sub(o.seen_ms) < STORAGE_FORGET_MS);
+        if map.len() >= MAX_KNOWN_STORAGE {
+            tracing::debug!("not remembering storage node {peer}: {MAX_KNOWN_STORAGE} known");
+            return;
+        }
+    }
+    map.insert(peer, k);
+}
+
 fn known_storage(stats: &NetStats) -> std::sync::MutexGuard<'_, HashMap<PeerId, KnownStorage>> {
     super::lock(&stats.storage)
 }
@@ -817,7 +836,7 @@ impl Net {
                                 .iter()
                                 .any(|p| p.as_ref() == dht::wire::SHARD_PROTOCOL);
                             if let (true, Ok(key)) = (stores, info.public_key.clone().try_into_ed25519()) {
-                                known_storage(&stats).insert(peer_id, KnownStorage {
+                                remember_storage(&mut known_storage(&stats), peer_id, KnownStorage {
                                     node: key.to_bytes(),
                                     subnet: info.listen_addrs.iter().find_map(subnet_of),
                                     connected: true,
@@ -949,6 +968,41 @@ mod tests {
 
     fn addr(a: u8, b: u8) -> Multiaddr {
         format!("/ip4/{a}.{b}.7.9/tcp/4001").parse().unwrap()
+    }
+
+    #[test]
+    fn known_storage_nodes_stay_bounded_and_long_gone_ones_make_room() {
+        let mut m = HashMap::new();
+        let node = |connected, seen_ms| KnownStorage {
+            node: [0; 32],
+            subnet: None,
+            connected,
+            seen_ms,
+        };
+        let now = STORAGE_FORGET_MS * 10;
+        for i in 0..MAX_KNOWN_STORAGE {
+            // Half connected, half gone long ago.
+            let gone = i % 2 == 0;
+            remember_storage(
+                &mut m,
+                PeerId::random(),
+                node(!gone, if gone { 0 } else { now }),
+            );
+        }
+        assert_eq!(m.len(), MAX_KNOWN_STORAGE);
+        // A new one makes the long-gone ones go.
+        let newcomer = PeerId::random();
+        remember_storage(&mut m, newcomer, node(true, now));
+        assert_eq!(m.len(), MAX_KNOWN_STORAGE / 2 + 1);
+        assert!(m.contains_key(&newcomer));
+        // Full of connected nodes: a new one is not taken, a known one is refreshed.
+        while m.len() < MAX_KNOWN_STORAGE {
+            remember_storage(&mut m, PeerId::random(), node(true, now));
+        }
+        remember_storage(&mut m, PeerId::random(), node(true, now + 1));
+        assert_eq!(m.len(), MAX_KNOWN_STORAGE);
+        remember_storage(&mut m, newcomer, node(true, now + 5));
+        assert_eq!(m[&newcomer].seen_ms, now + 5);
     }
 
     #[test]
