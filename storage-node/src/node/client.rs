@@ -367,6 +367,23 @@ pub enum TxCmd {
         #[command(flatten)]
         opts: TxOpts,
     },
+    /// Deposit CPC into the RNode pool (a storage node needs the RNode minimum, 200,000 CPC
+    /// by default, before peers let it read shards without a grant for audits and repair).
+    RnodeDeposit {
+        /// Amount in CPC.
+        #[arg(value_parser = parse_cpc)]
+        amount: Amount,
+        #[command(flatten)]
+        opts: TxOpts,
+    },
+    /// Withdraw CPC from the RNode pool (refused while elected).
+    RnodeWithdraw {
+        /// Amount in CPC.
+        #[arg(value_parser = parse_cpc)]
+        amount: Amount,
+        #[command(flatten)]
+        opts: TxOpts,
+    },
     /// Record a data id in the data registry, owned by the sender.
     Register {
         /// Data id (hex).
@@ -446,6 +463,8 @@ pub enum TxCmd {
 fn payload(from: &Address, status: &StatusView, cmd: TxCmd) -> anyhow::Result<(TxPayload, TxOpts)> {
     Ok(match cmd {
         TxCmd::Transfer { to, amount, opts } => (TxPayload::Transfer { to, amount }, opts),
+        TxCmd::RnodeDeposit { amount, opts } => (TxPayload::RNodeDeposit { amount }, opts),
+        TxCmd::RnodeWithdraw { amount, opts } => (TxPayload::RNodeWithdraw { amount }, opts),
         TxCmd::Register {
             id,
             merkle_root,

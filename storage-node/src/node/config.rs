@@ -95,6 +95,11 @@ pub struct StorageSection {
     /// binds the IP of the first `[network] listen` address.
     #[serde(default)]
     pub data_port: u16,
+    /// Deposit the RNode minimum from this node's balance once it runs, unless it already
+    /// holds it: peers let only staked storage nodes read shards without a grant (the reads
+    /// of audits and repair), so an unstaked one cannot repair.
+    #[serde(default)]
+    pub stake: bool,
 }
 
 fn default_true() -> bool {
@@ -117,6 +122,7 @@ impl Default for StorageSection {
             fault: Default::default(),
             data_plane: true,
             data_port: 0,
+            stake: false,
         }
     }
 }
@@ -303,7 +309,11 @@ impl NodeConfig {
              # Milliseconds between audit rounds of the data this node coordinates.\n\
              audit_period_ms = {audit}\n\
              # Deliberate misbehaviour for tests only: \"none\", \"delete\", \"bit-flip\".\n\
-             fault = \"{fault}\"\n",
+             fault = \"{fault}\"\n\
+             # Deposit the RNode minimum from this node's balance if it is not staked yet:\n\
+             # peers let only staked storage nodes read without a grant (audits, repair).\n\
+             stake = {stake}\n",
+            stake = self.storage.stake,
             workers = self.storage.workers,
             audit = self.storage.audit_period_ms,
             fault = match self.storage.fault {

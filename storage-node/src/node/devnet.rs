@@ -340,6 +340,8 @@ pub fn prepare(p: &DevnetParams) -> Result<DevnetFile> {
             .cloned()
             .collect();
         cfg.api.listen = format!("127.0.0.1:{api}");
+        // Storage nodes stake from their genesis balance, so peers let them repair.
+        cfg.storage.stake = cfg.has(Role::Storage);
         cfg.mempool.max_block_txs = p.max_block_txs;
         write_atomic(&n.config, cfg.to_commented_toml().as_bytes(), 0o644)?;
     }

@@ -352,6 +352,8 @@ pub struct Engine {
     /// Best head heard from peers.
     pub best_peer_height: u64,
     sync_inflight: Option<Instant>,
+    /// When this storage node last sent its RNode deposit (`[storage] stake`).
+    stake_sent: Option<Instant>,
     last_housekeeping: Instant,
     /// Recent final blocks, newest last.
     pub recent: VecDeque<BlockSummary>,
@@ -488,6 +490,7 @@ impl Engine {
             sizer: BlockSizer::new(max_block_txs, impeach_timeout_ms),
             best_peer_height: head.number,
             sync_inflight: None,
+            stake_sent: None,
             last_housekeeping: Instant::now(),
             recent,
             tx_index: HashMap::new(),
@@ -789,7 +792,48 @@ impl Engine {
         });
     }
 
+    /// `[storage] stake`: deposits the RNode minimum once this node is caught up and not
+    /// staked yet (again every 30 s until the deposit is final, in case one was lost).
+    fn stake_if_needed(&mut self) {
+        if !self.node.storage.stake || !self.node.has(Role::Storage) {
+            return;
+        }
+        if self.state.is_rnode(&self.cfg, &self.addr)
+            || self.best_peer_height >= self.machine.height()
+            || self.net_stats.peers.load(Ordering::Relaxed) == 0
+            || self.stake_sent.is_some_and(|t| t.elapsed() < STAKE_RETRY)
+        {
+            return;
+        }
+        self.stake_sent = Some(Instant::now());
+        let amount = self
+            .cfg
+            .rnode_min_deposit
+            .saturating_sub(self.state.rnode_deposit(&self.addr));
+        let balance = self.state.account(&self.addr).balance;
+        if balance < amount.saturating_add(STAKE_FEE) {
+            tracing::warn!(
+                "[storage] stake: the balance ({balance}) cannot pay the RNode deposit \
+                 ({amount}) and its fee; peers will not let this node repair"
+            );
+            return;
+        }
+        let tx = SignedTx::sign(
+            &self.key,
+            self.cfg.chain_id,
+            self.state.nonce(&self.addr),
+            STAKE_FEE,
+            TxPayload::RNodeDeposit { amount },
+        );
+        match self.add_txs(vec![tx], true).pop() {
+            Some(Ok(h)) => tracing::info!("[storage] stake: RNode deposit of {amount} sent ({h})"),
+            Some(Err(e)) => tracing::warn!("[storage] stake: RNode deposit refused: {e:?}"),
+            None => {}
+        }
+    }
+
     fn housekeeping(&mut self) {
+        self.stake_if_needed();
         let h = self.machine.height();
         let behind = self.best_peer_height >= h;
         if behind {
@@ -1218,6 +1262,11 @@ impl Engine {
         self.net_stats.peers.load(Ordering::Relaxed)
     }
 }
+
+/// How long a sent RNode deposit has to become final before it is sent again.
+const STAKE_RETRY: Duration = Duration::from_secs(30);
+/// Fee of the deposit `[storage] stake` sends (the CLI's default fee).
+const STAKE_FEE: chain::Amount = chain::CPC / 1000;
 
 /// The highest block number a peer could truthfully claim at `now_ms`, given our tip: a
 /// block follows its parent by at least a period, so the chain gains at most one block per

@@ -30,6 +30,12 @@ impl ChainView for EngineHandle {
         self.query(move |e| e.state.may_read_some(&r, &id, e.store.head().number))
             .unwrap_or(false)
     }
+
+    fn is_rnode(&self, who: &Address) -> bool {
+        let who = *who;
+        self.query(move |e| e.state.is_rnode(&e.cfg, &who))
+            .unwrap_or(false)
+    }
 }
 
 /// How long an API read waits for the engine.

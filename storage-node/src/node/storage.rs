@@ -39,6 +39,8 @@ pub const PENDING_QUOTA: u64 = 8 << 30;
 const ACCESS_TTL: Duration = Duration::from_secs(2);
 /// Access answers cached at most.
 const ACCESS_CACHE: usize = 100_000;
+/// How long a storage peer's stake, as read from the chain, is trusted.
+const STAKE_TTL: Duration = Duration::from_secs(10);
 
 /// What the storage role needs from the chain the node follows.
 pub trait ChainView: Send + Sync {
@@ -48,6 +50,8 @@ pub trait ChainView: Send + Sync {
     fn may_read(&self, reader: &Address, id: &DataId, interval: u64) -> bool;
     /// Whether `reader` may read some interval of `id` at the current head (the manifest).
     fn may_read_some(&self, reader: &Address, id: &DataId) -> bool;
+    /// Whether `who` holds the RNode deposit at the current head.
+    fn is_rnode(&self, who: &Address) -> bool;
 }
 
 /// Deliberate misbehaviour, for tests of audits and repair only (`[storage] fault`).
@@ -168,6 +172,8 @@ pub struct StorageService {
     /// Locks nest in the order `index`, `pending`, `expiring`.
     expiring: Mutex<HashSet<ChunkId>>,
     access: Mutex<HashMap<AccessKey, (bool, Instant)>>,
+    /// Whether storage peers are staked, by address (see `staked`).
+    stake_cache: Mutex<HashMap<Address, (bool, Instant)>>,
     disk_free: Mutex<Option<(Instant, u64)>>,
     /// Counters.
     pub counters: StorageCounters,
@@ -221,6 +227,7 @@ impl StorageService {
             pending_bytes: AtomicU64::new(0),
             expiring: Mutex::new(HashSet::new()),
             access: Mutex::new(HashMap::new()),
+            stake_cache: Mutex::new(HashMap::new()),
             disk_free: Mutex::new(None),
             counters: StorageCounters::default(),
             coord: Arc::default(),
@@ -512,10 +519,15 @@ impl StorageService {
                     .into(),
             );
         };
-        if from.as_bytes() == &self.me || self.is_storage_node(from.as_bytes()) {
+        if from.as_bytes() == &self.me {
             return Ok(());
         }
         let reader = Address::of(from);
+        // Storage nodes read without a grant (audits, repair), but a peer is one only if it
+        // says so (identify) *and* has stake on chain: saying so alone is free.
+        if self.is_storage_node(from.as_bytes()) && self.staked(&reader) {
+            return Ok(());
+        }
         let key = (reader, *data, scope);
         if let Some((ok, at)) = lock(&self.access).get(&key) {
             if at.elapsed() < ACCESS_TTL {
@@ -544,6 +556,22 @@ impl StorageService {
         } else {
             Err(refusal(&reader, data, scope))
         }
+    }
+
+    /// Whether `who` holds the RNode deposit (asked of the chain, cached briefly).
+    fn staked(&self, who: &Address) -> bool {
+        if let Some((ok, at)) = lock(&self.stake_cache).get(who) {
+            if at.elapsed() < STAKE_TTL {
+                return *ok;
+            }
+        }
+        let ok = self.chain.is_rnode(who);
+        let mut cache = lock(&self.stake_cache);
+        if cache.len() >= ACCESS_CACHE {
+            cache.retain(|_, (_, at)| at.elapsed() < STAKE_TTL);
+        }
+        cache.insert(*who, (ok, Instant::now()));
+        ok
     }
 
     /// Appends shard `id` to `out`; `Ok(false)` when it is not held (or a fault hides it).
@@ -905,6 +933,7 @@ mod tests {
     struct FakeChain {
         data: Mutex<HashMap<DataId, DataRecord>>,
         grants: Mutex<HashMap<(Address, DataId), Range<u64>>>,
+        rnodes: Mutex<HashSet<Address>>,
     }
 
     impl FakeChain {
@@ -950,6 +979,10 @@ mod tests {
                 || lock(&self.grants)
                     .get(&(*reader, *id))
                     .is_some_and(|r| !r.is_empty())
+        }
+
+        fn is_rnode(&self, who: &Address) -> bool {
+            lock(&self.rnodes).contains(who)
         }
     }
 
@@ -1350,7 +1383,7 @@ mod tests {
     #[test]
     fn storage_nodes_read_without_a_grant() {
         let dir = tempfile::tempdir().unwrap();
-        let (_chain, s, d) = committed(dir.path(), &[(1, 2)]);
+        let (chain, s, d) = committed(dir.path(), &[(1, 2)]);
         let peer = Keypair::from_seed([6; 32]);
         let ask = || get_as(&s, &d, &peer, 1, 2);
         let r = ask();
@@ -1374,6 +1407,12 @@ mod tests {
             },
         );
         s.set_peers(stats);
+        // Saying it is a storage node (identify) is not enough: it needs stake on chain.
+        let r = ask();
+        assert!(refusal_text(&r).contains("no right on chain"), "{r:?}");
+        lock(&chain.rnodes).insert(Address::of(&peer.public()));
+        // (The unstaked answer is cached for a few seconds.)
+        lock(&s.stake_cache).clear();
         assert_eq!(ask(), ShardResponse::Shard(d.bytes(1, 2)));
     }
 
