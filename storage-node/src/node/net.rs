@@ -410,6 +410,28 @@ impl SubnetGuard {
     }
 }
 
+/// Whether a gossip message is worth relaying: it must decode as what its topic carries
+/// (an announcement; a batch of signed transactions). Signatures and state are the engine's
+/// to check; this keeps undecodable bytes, up to the 32 MiB frame limit, from crossing the
+/// mesh, and lowers the score of peers that send them.
+pub fn gossip_verdict(topic: Option<&str>, data: &[u8]) -> gossipsub::MessageAcceptance {
+    use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+    let ok = match topic {
+        Some(TOPIC_BLOCKS) => {
+            let mut r = crypto_accel::Reader::new(data);
+            <super::engine::Announce as crypto_accel::Decode>::decode(&mut r).is_ok()
+                && r.finish().is_ok()
+        }
+        Some(TOPIC_TXS) => super::engine::decode_tx_batch(data).is_ok(),
+        _ => return Ignore,
+    };
+    if ok {
+        Accept
+    } else {
+        Reject
+    }
+}
+
 /// Sync requests served per peer per second (a node catching up keeps one range request in
 /// flight, spread over the validators; 32 a second is 2,048 blocks a second from each).
 pub const SYNC_REQUESTS_PER_PEER_PER_S: u32 = 32;
@@ -555,6 +577,8 @@ impl Net {
                 let gossip_cfg = gossipsub::ConfigBuilder::default()
                     .max_transmit_size(MAX_GOSSIP)
                     .heartbeat_interval(Duration::from_millis(500))
+                    // Nothing is relayed before it decodes (see `gossip_verdict`).
+                    .validate_messages()
                     // Payloads authenticate themselves (signed transactions, certified
                     // blocks): per-message signatures would only hash every byte again.
                     .validation_mode(gossipsub::ValidationMode::None)
@@ -904,15 +928,25 @@ impl Net {
                                 }
                             }
                         }
-                        BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message, .. }) => {
+                        BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message }) => {
                             let topic = if message.topic == gossipsub::IdentTopic::new(TOPIC_TXS).hash() {
-                                TOPIC_TXS
+                                Some(TOPIC_TXS)
                             } else if message.topic == gossipsub::IdentTopic::new(TOPIC_BLOCKS).hash() {
-                                TOPIC_BLOCKS
+                                Some(TOPIC_BLOCKS)
                             } else {
-                                continue;
+                                None
                             };
-                            send(NetEvent::Gossip { from: propagation_source, topic, data: message.data });
+                            let verdict = gossip_verdict(topic, &message.data);
+                            let accepted = verdict == gossipsub::MessageAcceptance::Accept;
+                            // Every message gets a verdict: without one it is never relayed.
+                            let _ = self.swarm.behaviour_mut().gossip.report_message_validation_result(
+                                &message_id,
+                                &propagation_source,
+                                verdict,
+                            );
+                            if let (Some(topic), true) = (topic, accepted) {
+                                send(NetEvent::Gossip { from: propagation_source, topic, data: message.data });
+                            }
                         }
                         BehaviourEvent::Consensus(request_response::Event::Message {
                             peer,
@@ -1003,6 +1037,45 @@ mod tests {
         assert_eq!(m.len(), MAX_KNOWN_STORAGE);
         remember_storage(&mut m, newcomer, node(true, now + 5));
         assert_eq!(m[&newcomer].seen_ms, now + 5);
+    }
+
+    #[test]
+    fn gossip_is_relayed_only_when_it_decodes_as_its_topic_says() {
+        use crypto_accel::Encode;
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let announce = super::super::engine::Announce {
+            number: 7,
+            hash: crypto_accel::Hash::of(b"block 7"),
+        }
+        .to_bytes();
+        assert_eq!(gossip_verdict(Some(TOPIC_BLOCKS), &announce), Accept);
+        assert_eq!(gossip_verdict(Some(TOPIC_BLOCKS), &announce[..30]), Reject);
+        let mut long = announce.clone();
+        long.push(0);
+        assert_eq!(gossip_verdict(Some(TOPIC_BLOCKS), &long), Reject);
+        assert_eq!(
+            gossip_verdict(Some(TOPIC_BLOCKS), &vec![0xAB; 1 << 20]),
+            Reject
+        );
+        let kp = crypto_accel::Keypair::from_seed([3; 32]);
+        let tx = chain::SignedTx::sign(
+            &kp,
+            7,
+            0,
+            1,
+            chain::TxPayload::Transfer {
+                to: chain::Address([9; 32]),
+                amount: 5,
+            },
+        );
+        let batch = super::super::engine::encode_tx_batch(&[tx]);
+        assert_eq!(gossip_verdict(Some(TOPIC_TXS), &batch), Accept);
+        assert_eq!(
+            gossip_verdict(Some(TOPIC_TXS), &batch[..batch.len() - 1]),
+            Reject
+        );
+        assert_eq!(gossip_verdict(Some(TOPIC_TXS), &announce), Reject);
+        assert_eq!(gossip_verdict(None, &batch), Ignore);
     }
 
     #[test]
