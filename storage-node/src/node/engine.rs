@@ -813,8 +813,10 @@ impl Engine {
         let balance = self.state.account(&self.addr).balance;
         if balance < amount.saturating_add(STAKE_FEE) {
             tracing::warn!(
-                "[storage] stake: the balance ({balance}) cannot pay the RNode deposit \
-                 ({amount}) and its fee; peers will not let this node repair"
+                "[storage] stake: the balance ({} CPC) cannot pay the RNode deposit ({} CPC) \
+                 and its fee; peers will not let this node repair",
+                super::client::format_cpc(balance),
+                super::client::format_cpc(amount)
             );
             return;
         }
@@ -826,7 +828,10 @@ impl Engine {
             TxPayload::RNodeDeposit { amount },
         );
         match self.add_txs(vec![tx], true).pop() {
-            Some(Ok(h)) => tracing::info!("[storage] stake: RNode deposit of {amount} sent ({h})"),
+            Some(Ok(h)) => tracing::info!(
+                "[storage] stake: RNode deposit of {} CPC sent ({h})",
+                super::client::format_cpc(amount)
+            ),
             Some(Err(e)) => tracing::warn!("[storage] stake: RNode deposit refused: {e:?}"),
             None => {}
         }
