@@ -827,12 +827,19 @@ impl Engine {
             STAKE_FEE,
             TxPayload::RNodeDeposit { amount },
         );
-        match self.add_txs(vec![tx], true).pop() {
+        // Published here on every try: only proposers build blocks, and a first relay that
+        // reached none (none subscribed yet) would leave the deposit in this node's pool,
+        // where a retry is a duplicate that the pool does not relay again.
+        let _ = self.net.send(NetCmd::Publish {
+            topic: TOPIC_TXS,
+            data: encode_tx_batch(std::slice::from_ref(&tx)),
+        });
+        match self.add_txs(vec![tx], false).pop() {
             Some(Ok(h)) => tracing::info!(
                 "[storage] stake: RNode deposit of {} CPC sent ({h})",
                 super::client::format_cpc(amount)
             ),
-            Some(Err(e)) => tracing::warn!("[storage] stake: RNode deposit refused: {e:?}"),
+            Some(Err(e)) => tracing::debug!("[storage] stake: our pool holds the deposit: {e:?}"),
             None => {}
         }
     }
@@ -1269,7 +1276,7 @@ impl Engine {
 }
 
 /// How long a sent RNode deposit has to become final before it is sent again.
-const STAKE_RETRY: Duration = Duration::from_secs(30);
+const STAKE_RETRY: Duration = Duration::from_secs(10);
 /// Fee of the deposit `[storage] stake` sends (the CLI's default fee).
 const STAKE_FEE: chain::Amount = chain::CPC / 1000;
 

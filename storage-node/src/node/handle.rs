@@ -31,10 +31,9 @@ impl ChainView for EngineHandle {
             .unwrap_or(false)
     }
 
-    fn is_rnode(&self, who: &Address) -> bool {
+    fn is_rnode(&self, who: &Address) -> Option<bool> {
         let who = *who;
         self.query(move |e| e.state.is_rnode(&e.cfg, &who))
-            .unwrap_or(false)
     }
 }
 

@@ -368,15 +368,17 @@ pub struct SubnetGuard {
 
 impl SubnetGuard {
     /// Whether `peer` at `addr` may enter the bucket it falls in relative to `local`;
-    /// records it when it may. Addresses of an admitted peer in another subnet are not.
+    /// records it when it may. A peer takes one place, in the subnet it first came with.
     pub fn admit(&mut self, local: &PeerId, peer: &PeerId, addr: &Multiaddr) -> bool {
         let Some(net) = subnet_of(addr) else {
             return true;
         };
         let d = kad::KBucketKey::from(*local).distance(&kad::KBucketKey::from(*peer));
         let key = (d.ilog2().unwrap_or(0), net);
-        if let Some(at) = self.at.get(peer) {
-            return *at == key;
+        if self.at.contains_key(peer) {
+            // Its one place is taken; its other addresses (a multi-homed host announces
+            // private and public ones) come with it and take no other.
+            return true;
         }
         let set = self.members.entry(key).or_default();
         if set.len() >= MAX_PEERS_PER_SUBNET_PER_BUCKET {
@@ -413,7 +415,8 @@ impl SubnetGuard {
 /// Whether a gossip message is worth relaying: it must decode as what its topic carries
 /// (an announcement; a batch of signed transactions). Signatures and state are the engine's
 /// to check; this keeps undecodable bytes, up to the 32 MiB frame limit, from crossing the
-/// mesh, and lowers the score of peers that send them.
+/// mesh. (Gossipsub would also count a rejection against the sender, but peer scoring is
+/// not enabled.)
 pub fn gossip_verdict(topic: Option<&str>, data: &[u8]) -> gossipsub::MessageAcceptance {
     use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
     let ok = match topic {
@@ -432,9 +435,10 @@ pub fn gossip_verdict(topic: Option<&str>, data: &[u8]) -> gossipsub::MessageAcc
     }
 }
 
-/// Sync requests served per peer per second (a node catching up keeps one range request in
-/// flight, spread over the validators; 32 a second is 2,048 blocks a second from each).
-pub const SYNC_REQUESTS_PER_PEER_PER_S: u32 = 32;
+/// Block-range requests served per peer per second (a node catching up keeps one in flight,
+/// spread over the validators; 64 a second is 4,096 blocks a second from each). Head
+/// requests, cheap to answer, are not counted.
+pub const SYNC_REQUESTS_PER_PEER_PER_S: u32 = 64;
 
 /// Per-peer request counting over one-second windows.
 #[derive(Debug)]
@@ -868,8 +872,14 @@ impl Net {
                                 });
                             }
                             for a in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
-                                if guard.admit(&local, &peer_id, &a) {
-                                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                                if guard.admit(&local, &peer_id, &a)
+                                    && matches!(
+                                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a),
+                                        kad::RoutingUpdate::Failed
+                                    )
+                                {
+                                    // Not in the routing table (its bucket is full): no place.
+                                    guard.forget(&peer_id);
                                 }
                             }
                         }
@@ -880,7 +890,12 @@ impl Net {
                         | BehaviourEvent::Kad(kad::Event::PendingRoutablePeer { peer, address })
                             if guard.admit(&local, &peer, &address) =>
                         {
-                            self.swarm.behaviour_mut().kad.add_address(&peer, address);
+                            if matches!(
+                                self.swarm.behaviour_mut().kad.add_address(&peer, address),
+                                kad::RoutingUpdate::Failed
+                            ) {
+                                guard.forget(&peer);
+                            }
                         }
                         BehaviourEvent::Kad(kad::Event::InboundRequest { request }) => match request {
                             kad::InboundRequest::PutRecord { record: Some(r), .. } => {
@@ -961,7 +976,11 @@ impl Net {
                             request_response::Message::Request { request, channel, .. } => {
                                 // Each answer may cost the engine a 128 MiB read and encode:
                                 // a peer asking faster than any catch-up needs is not served.
-                                if !sync_limit.allow(&peer, Instant::now()) {
+                                let range = !matches!(
+                                    <crate::node::engine::SyncReq as crypto_accel::Decode>::from_bytes(&request),
+                                    Ok(crate::node::engine::SyncReq::Head)
+                                );
+                                if range && !sync_limit.allow(&peer, Instant::now()) {
                                     tracing::debug!("sync request from {peer} over the rate limit");
                                     drop(channel);
                                     continue;
@@ -1105,19 +1124,26 @@ mod tests {
         let lo: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
         assert!(g.admit(&local, &PeerId::random(), &lo));
         assert!(g.is_empty());
-        // One peer announcing a thousand subnets holds one place.
+        // One peer announcing five hundred subnets holds one place (its other addresses
+        // come with it: a multi-homed host announces private and public ones).
         let greedy = PeerId::random();
         assert!(g.admit(&local, &greedy, &addr(10, 0)));
         for i in 1..=250u8 {
-            assert!(!g.admit(&local, &greedy, &addr(10, i)));
-            assert!(!g.admit(&local, &greedy, &addr(11, i)));
+            assert!(g.admit(&local, &greedy, &addr(10, i)));
+            assert!(g.admit(&local, &greedy, &addr(11, i)));
         }
-        assert!(
-            g.admit(&local, &greedy, &addr(10, 0)),
-            "its own subnet again"
-        );
         assert_eq!(g.len(), 1);
         assert_eq!(g.members.len(), 1);
+        // Its subnet still counts it: one more peer of its bucket fits there (cap 2), the
+        // next does not.
+        let d = |p: &PeerId| kad::KBucketKey::from(local).distance(&kad::KBucketKey::from(*p));
+        let same_bucket: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
+            .filter(|p| d(p).ilog2() == d(&greedy).ilog2())
+            .take(2)
+            .collect();
+        assert!(g.admit(&local, &same_bucket[0], &addr(10, 0)));
+        assert!(!g.admit(&local, &same_bucket[1], &addr(10, 0)));
+        g.forget(&same_bucket[0]);
         // The per-subnet cap holds within a bucket: peers far from `local` share bucket 255
         // almost always; count those admitted in one subnet.
         let peers: Vec<PeerId> = (0..64).map(|_| PeerId::random()).collect();

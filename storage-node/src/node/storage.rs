@@ -50,8 +50,9 @@ pub trait ChainView: Send + Sync {
     fn may_read(&self, reader: &Address, id: &DataId, interval: u64) -> bool;
     /// Whether `reader` may read some interval of `id` at the current head (the manifest).
     fn may_read_some(&self, reader: &Address, id: &DataId) -> bool;
-    /// Whether `who` holds the RNode deposit at the current head.
-    fn is_rnode(&self, who: &Address) -> bool;
+    /// Whether `who` holds the RNode deposit at the current head; `None` if the chain did
+    /// not answer in time.
+    fn is_rnode(&self, who: &Address) -> Option<bool>;
 }
 
 /// Deliberate misbehaviour, for tests of audits and repair only (`[storage] fault`).
@@ -433,9 +434,20 @@ impl StorageService {
         let mut p = lock(&self.pending);
         // An expiry that chose this shard while it was being written (the store keeps one
         // copy of a chunk, so the write may have been a no-op on the doomed copy).
-        if lock(&self.expiring).contains(&id) || !self.store.contains(&id) {
-            drop(p);
-            self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
+        let doomed = lock(&self.expiring).contains(&id);
+        let stored = self.store.contains(&id);
+        if doomed || !stored {
+            if stored {
+                // Our write may have landed after the delete: keep it pending (and counted)
+                // so that it expires rather than sits on disk unaccounted for.
+                if let std::collections::hash_map::Entry::Vacant(e) = p.entry(id) {
+                    e.insert(Pending { at_ms: now_ms, len });
+                } else {
+                    self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
+                }
+            } else {
+                self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
+            }
             return ShardResponse::Failed(format!(
                 "shard {id} was being deleted here (it stayed uncommitted too long); put it again"
             ));
@@ -565,7 +577,10 @@ impl StorageService {
                 return *ok;
             }
         }
-        let ok = self.chain.is_rnode(who);
+        // No answer (a busy engine) refuses this read but is not remembered.
+        let Some(ok) = self.chain.is_rnode(who) else {
+            return false;
+        };
         let mut cache = lock(&self.stake_cache);
         if cache.len() >= ACCESS_CACHE {
             cache.retain(|_, (_, at)| at.elapsed() < STAKE_TTL);
@@ -981,8 +996,8 @@ mod tests {
                     .is_some_and(|r| !r.is_empty())
         }
 
-        fn is_rnode(&self, who: &Address) -> bool {
-            lock(&self.rnodes).contains(who)
+        fn is_rnode(&self, who: &Address) -> Option<bool> {
+            Some(lock(&self.rnodes).contains(who))
         }
     }
 
