@@ -478,7 +478,11 @@ pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
 /// Validates an inbound DHT record: it must decode as a [`dht::record::DataRecord`] page
 /// stored under its own key; among versions the newest wins.
-pub fn accept_record(store: &mut kad::store::MemoryStore, record: kad::Record) {
+pub fn accept_record(
+    store: &mut kad::store::MemoryStore,
+    kept: &mut RecordBytes,
+    record: kad::Record,
+) {
     use crypto_accel::Decode;
     use kad::store::RecordStore;
     let Ok(page) = dht::record::DataRecord::from_bytes(&record.value) else {
@@ -494,8 +498,39 @@ pub fn accept_record(store: &mut kad::store::MemoryStore, record: kad::Record) {
             }
         }
     }
-    if let Err(e) = store.put(record) {
-        tracing::debug!("keeping a DHT record: {e}");
+    let (key, len) = (record.key.clone(), record.value.len());
+    if !kept.fits(&key, len) {
+        tracing::debug!("not keeping a DHT record: {MAX_RECORD_BYTES_KEPT} bytes of them kept");
+        return;
+    }
+    match store.put(record) {
+        Ok(()) => kept.note(key, len),
+        Err(e) => tracing::debug!("keeping a DHT record: {e}"),
+    }
+}
+
+/// Bytes of DHT record values kept at most (records never expire and anyone may store
+/// one: without this, 65,536 pages of 60 KiB could take 4 GiB of every node's memory).
+pub const MAX_RECORD_BYTES_KEPT: usize = 256 << 20;
+
+/// The sizes of the DHT records kept, for [`MAX_RECORD_BYTES_KEPT`].
+#[derive(Debug, Default)]
+pub struct RecordBytes {
+    sizes: HashMap<kad::RecordKey, usize>,
+    total: usize,
+}
+
+impl RecordBytes {
+    /// Whether keeping `len` bytes under `key` (replacing what is there) stays in bounds.
+    pub fn fits(&self, key: &kad::RecordKey, len: usize) -> bool {
+        let old = self.sizes.get(key).copied().unwrap_or(0);
+        self.total - old + len <= MAX_RECORD_BYTES_KEPT
+    }
+
+    /// Records that `len` bytes are now kept under `key`.
+    pub fn note(&mut self, key: kad::RecordKey, len: usize) {
+        let old = self.sizes.insert(key, len).unwrap_or(0);
+        self.total = self.total - old + len;
     }
 }
 
@@ -727,6 +762,7 @@ impl Net {
         }
         let mut pending: HashMap<u64, ResponseChannel<Vec<u8>>> = HashMap::new();
         let mut sync_limit = RateLimit::new(SYNC_REQUESTS_PER_PEER_PER_S);
+        let mut record_bytes = RecordBytes::default();
         let mut next_id = 0u64;
         let mut rr = 0usize;
         let mut outbound_sync: HashMap<OutboundRequestId, PeerId> = HashMap::new();
@@ -811,7 +847,7 @@ impl Net {
                         NetCmd::PutRecord { key, value } => {
                             let rec = kad::Record::new(kad::RecordKey::new(&key), value);
                             // Keep it locally too: this node is one of the record's holders.
-                            accept_record(self.swarm.behaviour_mut().kad.store_mut(), rec.clone());
+                            accept_record(self.swarm.behaviour_mut().kad.store_mut(), &mut record_bytes, rec.clone());
                             if let Err(e) = self.swarm.behaviour_mut().kad.put_record(rec, kad::Quorum::One) {
                                 tracing::warn!("putting a DHT record: {e}");
                             }
@@ -899,10 +935,12 @@ impl Net {
                         }
                         BehaviourEvent::Kad(kad::Event::InboundRequest { request }) => match request {
                             kad::InboundRequest::PutRecord { record: Some(r), .. } => {
-                                accept_record(self.swarm.behaviour_mut().kad.store_mut(), r);
+                                accept_record(self.swarm.behaviour_mut().kad.store_mut(), &mut record_bytes, r);
                             }
-                            kad::InboundRequest::AddProvider { record: Some(r) } => {
+                            kad::InboundRequest::AddProvider { record: Some(mut r) } => {
                                 use kad::store::RecordStore;
+                                // The provider chooses its address list: keep a few.
+                                r.addresses.truncate(MAX_IDENTIFY_ADDRS);
                                 let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(r);
                             }
                             _ => {}
@@ -1095,6 +1133,24 @@ mod tests {
         );
         assert_eq!(gossip_verdict(Some(TOPIC_TXS), &announce), Reject);
         assert_eq!(gossip_verdict(None, &batch), Ignore);
+    }
+
+    #[test]
+    fn kept_record_bytes_are_bounded_and_replacements_count_once() {
+        let mut k = RecordBytes::default();
+        let key = |i: u32| kad::RecordKey::new(&i.to_le_bytes());
+        let page = 60 << 10;
+        let fit = MAX_RECORD_BYTES_KEPT / page;
+        for i in 0..fit as u32 {
+            assert!(k.fits(&key(i), page));
+            k.note(key(i), page);
+        }
+        // Full: a new key is refused, a new version of a kept one is not.
+        assert!(!k.fits(&key(u32::MAX), page));
+        assert!(k.fits(&key(0), page));
+        k.note(key(0), page / 2);
+        assert_eq!(k.total, fit * page - page / 2);
+        assert!(k.fits(&key(u32::MAX), page / 2));
     }
 
     #[test]
