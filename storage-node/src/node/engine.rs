@@ -190,7 +190,8 @@ pub fn decode_tx_batch(bytes: &[u8]) -> crypto_accel::CodecResult<Vec<SignedTx>>
     Ok(v)
 }
 
-fn decode_all<T: Decode>(bytes: &[u8]) -> crypto_accel::CodecResult<T> {
+/// Decodes `bytes` as one `T`, all of them consumed.
+pub(crate) fn decode_all<T: Decode>(bytes: &[u8]) -> crypto_accel::CodecResult<T> {
     let mut r = Reader::new(bytes);
     let v = T::decode(&mut r)?;
     r.finish()?;
@@ -793,7 +794,7 @@ impl Engine {
     }
 
     /// `[storage] stake`: deposits the RNode minimum once this node is caught up and not
-    /// staked yet (again every 30 s until the deposit is final, in case one was lost).
+    /// staked yet (again every [`STAKE_RETRY`] until the deposit is final).
     fn stake_if_needed(&mut self) {
         if !self.node.storage.stake || !self.node.has(Role::Storage) {
             return;

@@ -389,6 +389,22 @@ impl SubnetGuard {
         true
     }
 
+    /// Offers `peer` at `addr` to the routing table if [`SubnetGuard::admit`] lets it in,
+    /// freeing its place again if the table refuses it (its bucket is full).
+    pub fn add_address(
+        &mut self,
+        kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+        local: &PeerId,
+        peer: &PeerId,
+        addr: Multiaddr,
+    ) {
+        if self.admit(local, peer, &addr)
+            && matches!(kad.add_address(peer, addr), kad::RoutingUpdate::Failed)
+        {
+            self.forget(peer);
+        }
+    }
+
     /// Frees `peer`'s place (the routing table dropped it).
     pub fn forget(&mut self, peer: &PeerId) {
         if let Some(key) = self.at.remove(peer) {
@@ -420,11 +436,7 @@ impl SubnetGuard {
 pub fn gossip_verdict(topic: Option<&str>, data: &[u8]) -> gossipsub::MessageAcceptance {
     use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
     let ok = match topic {
-        Some(TOPIC_BLOCKS) => {
-            let mut r = crypto_accel::Reader::new(data);
-            <super::engine::Announce as crypto_accel::Decode>::decode(&mut r).is_ok()
-                && r.finish().is_ok()
-        }
+        Some(TOPIC_BLOCKS) => super::engine::decode_all::<super::engine::Announce>(data).is_ok(),
         Some(TOPIC_TXS) => super::engine::decode_tx_batch(data).is_ok(),
         _ => return Ignore,
     };
@@ -908,15 +920,7 @@ impl Net {
                                 });
                             }
                             for a in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
-                                if guard.admit(&local, &peer_id, &a)
-                                    && matches!(
-                                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a),
-                                        kad::RoutingUpdate::Failed
-                                    )
-                                {
-                                    // Not in the routing table (its bucket is full): no place.
-                                    guard.forget(&peer_id);
-                                }
+                                guard.add_address(&mut self.swarm.behaviour_mut().kad, &local, &peer_id, a);
                             }
                         }
                         BehaviourEvent::Kad(kad::Event::RoutingUpdated { old_peer: Some(gone), .. }) => {
@@ -924,14 +928,8 @@ impl Net {
                         }
                         BehaviourEvent::Kad(kad::Event::RoutablePeer { peer, address })
                         | BehaviourEvent::Kad(kad::Event::PendingRoutablePeer { peer, address })
-                            if guard.admit(&local, &peer, &address) =>
-                        {
-                            if matches!(
-                                self.swarm.behaviour_mut().kad.add_address(&peer, address),
-                                kad::RoutingUpdate::Failed
-                            ) {
-                                guard.forget(&peer);
-                            }
+                        => {
+                            guard.add_address(&mut self.swarm.behaviour_mut().kad, &local, &peer, address);
                         }
                         BehaviourEvent::Kad(kad::Event::InboundRequest { request }) => match request {
                             kad::InboundRequest::PutRecord { record: Some(r), .. } => {
@@ -1015,8 +1013,8 @@ impl Net {
                                 // Each answer may cost the engine a 128 MiB read and encode:
                                 // a peer asking faster than any catch-up needs is not served.
                                 let range = !matches!(
-                                    <crate::node::engine::SyncReq as crypto_accel::Decode>::from_bytes(&request),
-                                    Ok(crate::node::engine::SyncReq::Head)
+                                    super::engine::decode_all(&request),
+                                    Ok(super::engine::SyncReq::Head)
                                 );
                                 if range && !sync_limit.allow(&peer, Instant::now()) {
                                     tracing::debug!("sync request from {peer} over the rate limit");
