@@ -142,6 +142,42 @@ pub struct StorageView {
 /// (reader, data, interval): an access decision's key.
 type AccessKey = (Address, DataId, Scope);
 
+/// Yes/no answers of the chain, each reused for `ttl`, at most [`ACCESS_CACHE`] kept: when
+/// full, stale answers go first, and only a flood of fresh ones empties the cache.
+#[derive(Debug)]
+struct TtlCache<K> {
+    map: Mutex<HashMap<K, (bool, Instant)>>,
+    ttl: Duration,
+}
+
+impl<K: std::hash::Hash + Eq> TtlCache<K> {
+    fn new(ttl: Duration) -> Self {
+        TtlCache {
+            map: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    /// The answer for `key`, if one younger than the ttl is kept.
+    fn get(&self, key: &K) -> Option<bool> {
+        lock(&self.map)
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(ok, _)| *ok)
+    }
+
+    fn insert(&self, key: K, ok: bool) {
+        let mut cache = lock(&self.map);
+        if cache.len() >= ACCESS_CACHE {
+            cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            if cache.len() >= ACCESS_CACHE {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (ok, Instant::now()));
+    }
+}
+
 /// What a read covers: one encryption interval of the data, or (its manifest) any part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Scope {
@@ -172,9 +208,9 @@ pub struct StorageService {
     /// commit does not confirm them and a put is asked to retry until the delete is done.
     /// Locks nest in the order `index`, `pending`, `expiring`.
     expiring: Mutex<HashSet<ChunkId>>,
-    access: Mutex<HashMap<AccessKey, (bool, Instant)>>,
+    access: TtlCache<AccessKey>,
     /// Whether storage peers are staked, by address (see `staked`).
-    stake_cache: Mutex<HashMap<Address, (bool, Instant)>>,
+    stake_cache: TtlCache<Address>,
     disk_free: Mutex<Option<(Instant, u64)>>,
     /// Counters.
     pub counters: StorageCounters,
@@ -227,8 +263,8 @@ impl StorageService {
             pending: Mutex::new(HashMap::new()),
             pending_bytes: AtomicU64::new(0),
             expiring: Mutex::new(HashSet::new()),
-            access: Mutex::new(HashMap::new()),
-            stake_cache: Mutex::new(HashMap::new()),
+            access: TtlCache::new(ACCESS_TTL),
+            stake_cache: TtlCache::new(STAKE_TTL),
             disk_free: Mutex::new(None),
             counters: StorageCounters::default(),
             coord: Arc::default(),
@@ -440,11 +476,7 @@ impl StorageService {
             if stored {
                 // Our write may have landed after the delete: keep it pending (and counted)
                 // so that it expires rather than sits on disk unaccounted for.
-                if let std::collections::hash_map::Entry::Vacant(e) = p.entry(id) {
-                    e.insert(Pending { at_ms: now_ms, len });
-                } else {
-                    self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
-                }
+                self.keep_pending(&mut p, id, now_ms, len);
             } else {
                 self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
             }
@@ -453,14 +485,19 @@ impl StorageService {
             ));
         }
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.keep_pending(&mut p, id, now_ms, len);
+        ShardResponse::Stored
+    }
+
+    /// Records a put of `len` bytes (already reserved in `pending_bytes`) as pending. Put
+    /// twice while pending, a shard is counted once, and it still expires when the first
+    /// put's time is up (putting again does not keep a shard uncommitted forever).
+    fn keep_pending(&self, p: &mut HashMap<ChunkId, Pending>, id: ChunkId, now_ms: u64, len: u64) {
         if let std::collections::hash_map::Entry::Vacant(e) = p.entry(id) {
             e.insert(Pending { at_ms: now_ms, len });
         } else {
-            // Put twice while pending: counted once, and it still expires when the first
-            // put's time is up (putting again does not keep a shard uncommitted forever).
             self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
         }
-        ShardResponse::Stored
     }
 
     /// Confirms the shards `m` lists that are stored here; the flag says whether anything
@@ -541,28 +578,17 @@ impl StorageService {
             return Ok(());
         }
         let key = (reader, *data, scope);
-        if let Some((ok, at)) = lock(&self.access).get(&key) {
-            if at.elapsed() < ACCESS_TTL {
-                return if *ok {
-                    Ok(())
-                } else {
-                    Err(refusal(&reader, data, scope))
+        let ok = match self.access.get(&key) {
+            Some(ok) => ok,
+            None => {
+                let ok = match scope {
+                    Scope::Interval(i) => self.chain.may_read(&reader, data, i),
+                    Scope::Any => self.chain.may_read_some(&reader, data),
                 };
+                self.access.insert(key, ok);
+                ok
             }
-        }
-        let ok = match scope {
-            Scope::Interval(i) => self.chain.may_read(&reader, data, i),
-            Scope::Any => self.chain.may_read_some(&reader, data),
         };
-        let mut cache = lock(&self.access);
-        if cache.len() >= ACCESS_CACHE {
-            // Stale answers go first; only a flood of fresh ones empties the cache.
-            cache.retain(|_, (_, at)| at.elapsed() < ACCESS_TTL);
-            if cache.len() >= ACCESS_CACHE {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (ok, Instant::now()));
         if ok {
             Ok(())
         } else {
@@ -572,20 +598,14 @@ impl StorageService {
 
     /// Whether `who` holds the RNode deposit (asked of the chain, cached briefly).
     fn staked(&self, who: &Address) -> bool {
-        if let Some((ok, at)) = lock(&self.stake_cache).get(who) {
-            if at.elapsed() < STAKE_TTL {
-                return *ok;
-            }
+        if let Some(ok) = self.stake_cache.get(who) {
+            return ok;
         }
         // No answer (a busy engine) refuses this read but is not remembered.
         let Some(ok) = self.chain.is_rnode(who) else {
             return false;
         };
-        let mut cache = lock(&self.stake_cache);
-        if cache.len() >= ACCESS_CACHE {
-            cache.retain(|_, (_, at)| at.elapsed() < STAKE_TTL);
-        }
-        cache.insert(*who, (ok, Instant::now()));
+        self.stake_cache.insert(*who, ok);
         ok
     }
 
@@ -1427,7 +1447,7 @@ mod tests {
         assert!(refusal_text(&r).contains("no right on chain"), "{r:?}");
         lock(&chain.rnodes).insert(Address::of(&peer.public()));
         // (The unstaked answer is cached for a few seconds.)
-        lock(&s.stake_cache).clear();
+        lock(&s.stake_cache.map).clear();
         assert_eq!(ask(), ShardResponse::Shard(d.bytes(1, 2)));
     }
 
