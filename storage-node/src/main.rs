@@ -183,10 +183,13 @@ impl NetArgs {
     }
 
     fn api(&self) -> String {
-        self.node
-            .clone()
-            .unwrap_or_else(node::devnet::local_node_api)
+        api_or_local(&self.node)
     }
+}
+
+/// The API given, else the local devnet's or node's (see `node::devnet::local_node_api`).
+fn api_or_local(api: &Option<String>) -> String {
+    api.clone().unwrap_or_else(node::devnet::local_node_api)
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -463,8 +466,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Node { config } => return node::run::run(config),
         Command::Status { api } => {
-            let api = api.clone().unwrap_or_else(node::devnet::local_node_api);
-            return node::client::run_status(&api);
+            return node::client::run_status(&api_or_local(api));
         }
         _ => {}
     }
@@ -479,8 +481,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(k) => node::config::load_key(k)?,
                 None => load_key(&home)?,
             };
-            let api = api.clone().unwrap_or_else(node::devnet::local_node_api);
-            node::client::run_tx(&api, &kp, cmd.clone())?;
+            node::client::run_tx(&api_or_local(api), &kp, cmd.clone())?;
         }
         Command::Keys {
             cmd: KeysCmd::New { force },
