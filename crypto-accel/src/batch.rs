@@ -3,20 +3,37 @@
 //! A batch is stored flat (keys, signatures, one message arena with offsets) so a backend can
 //! ship it to an accelerator in one transfer; submission ([`BatchVerifier::submit`]) is
 //! separate from completion ([`VerifyJob::wait`]) so a GPU backend can overlap transfers with
-//! work. The CPU backend splits the batch over a named rayon pool, verifies each chunk with
-//! dalek's batch equation, and bisects only the chunks that fail: one bad signature in 1024
-//! costs about 2·log2(chunk) extra small batches, not a one-by-one pass.
+//! work.
 //!
-//! Batch and single verification agree on every honestly made signature. Like every ed25519
-//! batch equation, dalek's may accept adversarial signatures with torsion components that
-//! strict single verification rejects; consensus code decides with the report of one backend
-//! on every node, so all honest nodes reach the same verdict.
+//! The CPU backend checks the batch equation `Σ zᵢ·(sᵢ·B − Rᵢ − hᵢ·Aᵢ) = 0` of our own, in
+//! two steps. *Preparing* decompresses every Rᵢ, checks every sᵢ and hashes every
+//! hᵢ = H(Rᵢ‖Aᵢ‖Mᵢ); it is about a third of the work and is spread over the pool in small
+//! pieces, so both threads finish it together however unevenly the machine runs them. The
+//! *equations* (one multiscalar multiplication per piece of the batch, dalek's Pippenger)
+//! then run on the prepared items. A failing piece is bisected with the same prepared items,
+//! so finding one bad signature in 1024 costs about 2·log2(piece) small multiplications, not
+//! a one-by-one pass, and an item whose R is not a curve point or whose s is not canonical is
+//! reported at once without any equation.
+//!
+//! The weights zᵢ are 128-bit values drawn from a BLAKE3 stream keyed by a hash of every
+//! item's hᵢ and sᵢ: unpredictable to whoever made the signatures, and the same on every node
+//! for the same batch. Batch and single verification agree on every honestly made signature.
+//! Like every ed25519 batch equation (dalek's included), ours may accept adversarial
+//! signatures with torsion components that strict single verification rejects; because the
+//! weights are a function of the batch, every node checking the same batch reaches the same
+//! verdict.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha512};
 
 use crate::error::{CryptoError, CryptoResult};
 use crate::keys::{PublicKey, SigDomain, Signature};
@@ -89,11 +106,10 @@ impl VerifyBatch {
         &self.arena[start..self.msg_ends[i]]
     }
 
-    /// Checks items `range` with one batch equation.
-    fn verify_range<'a>(&'a self, range: std::ops::Range<usize>, msgs: &mut Vec<&'a [u8]>) -> bool {
-        msgs.clear();
-        msgs.extend(range.clone().map(|i| self.message(i)));
-        ed25519_dalek::verify_batch(msgs, &self.sigs[range.clone()], &self.keys[range]).is_ok()
+    /// Checks items `range` with dalek's own batch equation (the benchmark baseline).
+    fn dalek_verify_range(&self, range: Range<usize>) -> bool {
+        let msgs: Vec<&[u8]> = range.clone().map(|i| self.message(i)).collect();
+        ed25519_dalek::verify_batch(&msgs, &self.sigs[range.clone()], &self.keys[range]).is_ok()
     }
 
     /// Checks item `i` alone with strict single verification.
@@ -103,24 +119,152 @@ impl VerifyBatch {
             .is_ok()
     }
 
-    /// Verifies items `range` and appends the indices of the bad ones to `invalid`:
-    /// batch first, bisect on failure, single checks at the leaves. When the left half of a
-    /// failing range passes, the right half is known to fail and is split without being
-    /// checked again.
-    fn verify_bisect(&self, range: std::ops::Range<usize>, invalid: &mut Vec<usize>) {
-        let mut msgs = Vec::with_capacity(range.len());
+    /// Prepares items `range` (see [`Prepared`]) and returns their digest, which feeds the
+    /// weights.
+    fn prepare_piece(&self, range: Range<usize>) -> PreparedPiece {
+        let mut piece = PreparedPiece {
+            r: Vec::with_capacity(range.len()),
+            s: Vec::with_capacity(range.len()),
+            h: Vec::with_capacity(range.len()),
+            unusable: Vec::new(),
+            digest: [0; 32],
+        };
+        let mut digest = blake3::Hasher::new();
+        for i in range {
+            let sig = &self.sigs[i];
+            let mut hash = Sha512::new();
+            hash.update(sig.r_bytes());
+            hash.update(self.keys[i].as_bytes());
+            hash.update(self.message(i));
+            let hram: [u8; 64] = hash.finalize().into();
+            digest.update(&hram);
+            digest.update(sig.s_bytes());
+            let r = CompressedEdwardsY(*sig.r_bytes()).decompress();
+            let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes()));
+            match (r, s) {
+                (Some(r), Some(s)) => {
+                    piece.r.push(r);
+                    piece.s.push(s);
+                    piece.h.push(Scalar::from_bytes_mod_order_wide(&hram));
+                }
+                _ => {
+                    // Contributes nothing to any equation; reported invalid as it is.
+                    piece.r.push(EdwardsPoint::default());
+                    piece.s.push(Scalar::ZERO);
+                    piece.h.push(Scalar::ZERO);
+                    piece.unusable.push(i);
+                }
+            }
+        }
+        piece.digest = *digest.finalize().as_bytes();
+        piece
+    }
+}
+
+/// Items prepared per piece of the preparing step. Fixed, so an item's weight does not
+/// depend on how many threads prepared its batch.
+const PREP_PIECE: usize = 32;
+
+/// Key-derivation context of the weight seed.
+const WEIGHT_CONTEXT: &str = "cpchain 2026 ed25519 batch weights v1";
+
+/// One piece of a batch, prepared.
+struct PreparedPiece {
+    r: Vec<EdwardsPoint>,
+    s: Vec<Scalar>,
+    h: Vec<Scalar>,
+    unusable: Vec<usize>,
+    digest: [u8; 32],
+}
+
+/// What every equation over a batch needs, computed once per batch: each item's R
+/// decompressed, its s, its h = H(R‖A‖M) reduced, and the seed of the weights.
+struct Prepared {
+    r: Vec<EdwardsPoint>,
+    s: Vec<Scalar>,
+    h: Vec<Scalar>,
+    /// Items whose R is not a curve point or whose s is not canonical, ascending: invalid
+    /// under any verification, and left out of every equation.
+    unusable: Vec<usize>,
+    usable: Vec<bool>,
+    seed: [u8; 32],
+}
+
+impl Prepared {
+    /// Prepares `batch`, in pieces spread over the current rayon pool when `parallel`.
+    fn new(batch: &VerifyBatch, parallel: bool) -> Self {
+        use rayon::prelude::*;
+        let n = batch.len();
+        let pieces = n.div_ceil(PREP_PIECE);
+        let piece = |p: usize| batch.prepare_piece(p * PREP_PIECE..((p + 1) * PREP_PIECE).min(n));
+        let parts: Vec<PreparedPiece> = if parallel {
+            (0..pieces).into_par_iter().map(piece).collect()
+        } else {
+            (0..pieces).map(piece).collect()
+        };
+        let mut prep = Prepared {
+            r: Vec::with_capacity(n),
+            s: Vec::with_capacity(n),
+            h: Vec::with_capacity(n),
+            unusable: Vec::new(),
+            usable: vec![true; n],
+            seed: [0; 32],
+        };
+        let mut seed = blake3::Hasher::new_derive_key(WEIGHT_CONTEXT);
+        seed.update(&(n as u64).to_le_bytes());
+        for part in parts {
+            prep.r.extend(part.r);
+            prep.s.extend(part.s);
+            prep.h.extend(part.h);
+            for &i in &part.unusable {
+                prep.usable[i] = false;
+            }
+            prep.unusable.extend(part.unusable);
+            seed.update(&part.digest);
+        }
+        prep.seed = *seed.finalize().as_bytes();
+        prep
+    }
+
+    /// Whether `Σ zᵢ·(sᵢ·B − Rᵢ − hᵢ·Aᵢ)` over `range` is the identity.
+    fn equation_holds(&self, batch: &VerifyBatch, range: Range<usize>) -> bool {
+        let mut stream = blake3::Hasher::new_keyed(&self.seed).finalize_xof();
+        stream.set_position(16 * range.start as u64);
+        let mut z = Vec::with_capacity(range.len());
+        let mut zh = Vec::with_capacity(range.len());
+        let mut b = Scalar::ZERO;
+        for i in range.clone() {
+            let mut wide = [0u8; 32];
+            stream.fill(&mut wide[..16]);
+            let zi = Scalar::from_bytes_mod_order(wide);
+            b += zi * self.s[i];
+            zh.push(zi * self.h[i]);
+            z.push(zi);
+        }
+        let scalars = std::iter::once(-b).chain(z).chain(zh);
+        let points = std::iter::once(ED25519_BASEPOINT_POINT)
+            .chain(self.r[range.clone()].iter().copied())
+            .chain(batch.keys[range].iter().map(VerifyingKey::to_edwards));
+        EdwardsPoint::vartime_multiscalar_mul(scalars, points).is_identity()
+    }
+
+    /// Verifies items `range` and appends the indices of the bad usable ones to `invalid`:
+    /// an equation first, bisection on failure, single checks at the leaves. When the left
+    /// half of a failing range passes, the right half is known to fail and is split without
+    /// being checked again.
+    fn bisect(&self, batch: &VerifyBatch, range: Range<usize>, invalid: &mut Vec<usize>) {
         // (range, known to contain a bad item)
         let mut stack = vec![(range, false)];
         while let Some((r, known_bad)) = stack.pop() {
             if r.len() <= SINGLE_LEAF {
-                invalid.extend(r.filter(|&i| !self.verify_one(i)));
+                invalid.extend(r.filter(|&i| self.usable[i] && !batch.verify_one(i)));
                 continue;
             }
-            if !known_bad && self.verify_range(r.clone(), &mut msgs) {
+            if !known_bad && self.equation_holds(batch, r.clone()) {
                 continue;
             }
             let mid = r.start + r.len() / 2;
-            if self.verify_range(r.start..mid, &mut msgs) {
+            if self.equation_holds(batch, r.start..mid) {
                 // The bad item must be on the right.
                 stack.push((mid..r.end, true));
             } else {
@@ -204,7 +348,8 @@ impl Default for CpuVerifierConfig {
     }
 }
 
-/// The CPU backend: dalek batch verification on a named rayon pool (`cpchain-sigverify-N`).
+/// The CPU backend: our batch equation (see the module docs) on a named rayon pool
+/// (`cpchain-sigverify-N`).
 ///
 /// A batch is split over the pool's threads only while the pool has threads to spare: with
 /// as many batches in flight as threads, each batch stays one equation on one thread, because
@@ -267,29 +412,48 @@ impl CpuBatchVerifier {
     fn run(&self, batch: &VerifyBatch, counted: &InFlight) -> VerifyReport {
         use rayon::prelude::*;
         let n = batch.len();
+        if n <= SINGLE_LEAF {
+            let invalid = (0..n).filter(|&i| !batch.verify_one(i)).collect();
+            return VerifyReport { len: n, invalid };
+        }
         let in_flight = counted.now();
         let chunk = piece_len(n, self.chunk, self.threads(), in_flight);
         if chunk >= n && (in_flight == 1 || self.pool.current_thread_index().is_some()) {
             // One equation, and either the pool is idle or we are already on one of its
             // threads: no reason to hop.
+            let prep = Prepared::new(batch, false);
             let mut invalid = Vec::new();
-            batch.verify_bisect(0..n, &mut invalid);
-            return VerifyReport { len: n, invalid };
+            prep.bisect(batch, 0..n, &mut invalid);
+            return VerifyReport {
+                len: n,
+                invalid: merge(prep.unusable, invalid),
+            };
         }
         let starts: Vec<usize> = (0..n).step_by(chunk).collect();
-        let mut invalid: Vec<usize> = self.pool.install(|| {
-            starts
+        self.pool.install(|| {
+            let prep = Prepared::new(batch, true);
+            let invalid: Vec<usize> = starts
                 .par_iter()
                 .flat_map_iter(|&s| {
                     let mut bad = Vec::new();
-                    batch.verify_bisect(s..(s + chunk).min(n), &mut bad);
+                    prep.bisect(batch, s..(s + chunk).min(n), &mut bad);
                     bad
                 })
-                .collect()
-        });
-        invalid.sort_unstable();
-        VerifyReport { len: n, invalid }
+                .collect();
+            VerifyReport {
+                len: n,
+                invalid: merge(prep.unusable, invalid),
+            }
+        })
     }
+}
+
+/// The ascending union of two lists of item indices.
+fn merge(mut a: Vec<usize>, b: Vec<usize>) -> Vec<usize> {
+    a.extend(b);
+    a.sort_unstable();
+    a.dedup();
+    a
 }
 
 impl BatchVerifier for CpuBatchVerifier {
@@ -337,8 +501,7 @@ pub fn verify_each(batch: &VerifyBatch) -> VerifyReport {
 /// Raw dalek batch verification of the whole batch in one equation, without bisection: the
 /// baseline our backends are benchmarked against. True when every item verifies.
 pub fn dalek_verify_batch_raw(batch: &VerifyBatch) -> bool {
-    let mut msgs = Vec::with_capacity(batch.len());
-    batch.verify_range(0..batch.len(), &mut msgs)
+    batch.dalek_verify_range(0..batch.len())
 }
 
 #[cfg(test)]
@@ -381,6 +544,114 @@ mod tests {
             assert_eq!(r, verify_each(&b));
             let (_, r2) = v.submit(b).wait().unwrap();
             assert_eq!(r2.invalid, bad);
+        }
+    }
+
+    /// Items made bad in each way the preparing step and the equations must tell apart.
+    fn mixed_batch() -> (VerifyBatch, Vec<usize>) {
+        let d = SigDomain::new(7, MessageKind::TEST);
+        // The first y whose encoding is not a curve point.
+        let not_a_point = (2u8..)
+            .map(|y| {
+                let mut b = [0u8; 32];
+                b[0] = y;
+                b
+            })
+            .find(|b| CompressedEdwardsY(*b).decompress().is_none())
+            .unwrap();
+        let mut b = VerifyBatch::new();
+        let mut bad = Vec::new();
+        for i in 0..200usize {
+            let kp = Keypair::from_seed([(i % 13) as u8; 32]);
+            let msg = format!("mixed {i}");
+            let mut sig = kp.sign(d, msg.as_bytes());
+            match i % 41 {
+                // R is not a curve point.
+                5 => sig.0[..32].copy_from_slice(&not_a_point),
+                // s is not canonical (above the group order).
+                17 => sig.0[32..].copy_from_slice(&[0xff; 32]),
+                // s is canonical but wrong.
+                29 => sig.0[33] ^= 0x01,
+                _ => {}
+            }
+            if matches!(i % 41, 5 | 17 | 29) {
+                bad.push(i);
+            }
+            b.push(&kp.public(), d, msg.as_bytes(), &sig);
+        }
+        (b, bad)
+    }
+
+    #[test]
+    fn malformed_signatures_are_reported_without_hiding_others() {
+        let (b, bad) = mixed_batch();
+        assert_eq!(verify_each(&b).invalid, bad);
+        let prep = Prepared::new(&b, false);
+        // Malformed ones are found by preparing alone and left out of the equations...
+        assert_eq!(
+            prep.unusable,
+            vec![5, 17, 46, 58, 87, 99, 128, 140, 169, 181]
+        );
+        // ...so an equation over a range whose only bad items are malformed holds.
+        assert!(prep.equation_holds(&b, 0..20));
+        assert!(!prep.equation_holds(&b, 0..30));
+        for (threads, chunk) in [(1, 1024), (2, 1024), (2, 64), (2, 7)] {
+            let v = CpuBatchVerifier::new(CpuVerifierConfig { threads, chunk }).unwrap();
+            assert_eq!(
+                v.verify(&b).invalid,
+                bad,
+                "{threads} threads, chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_do_not_depend_on_how_the_batch_was_prepared() {
+        let (b, _) = mixed_batch();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let par = pool.install(|| Prepared::new(&b, true));
+        let seq = Prepared::new(&b, false);
+        assert_eq!(par.seed, seq.seed);
+        assert_eq!(par.unusable, seq.unusable);
+        // A different batch gets different weights.
+        let other = batch(200, &[]);
+        assert_ne!(Prepared::new(&other, false).seed, seq.seed);
+        // An equation over a prefix uses the same weights as the whole: a sub-range of good
+        // items holds however it is cut.
+        let good = Prepared::new(&other, false);
+        for r in [0..200, 3..150, 64..65, 199..200] {
+            assert!(good.equation_holds(&other, r.clone()), "{r:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever items are spoiled, and however, the report is exactly the one-by-one one.
+        #[test]
+        fn report_matches_one_by_one(
+            spoil in proptest::collection::vec((0usize..150, 0usize..64, 0u8..8), 0..6),
+            chunk in 3usize..200,
+            threads in 1usize..3,
+        ) {
+            let d = SigDomain::new(9, MessageKind::TEST);
+            let mut b = VerifyBatch::new();
+            for i in 0..150usize {
+                let kp = Keypair::from_seed([(i % 37) as u8; 32]);
+                let msg = format!("prop {i}");
+                let mut sig = kp.sign(d, msg.as_bytes());
+                for &(at, byte, bit) in &spoil {
+                    if at == i {
+                        sig.0[byte] ^= 1 << bit;
+                    }
+                }
+                b.push(&kp.public(), d, msg.as_bytes(), &sig);
+            }
+            let v = CpuBatchVerifier::new(CpuVerifierConfig { threads, chunk }).unwrap();
+            proptest::prop_assert_eq!(v.verify(&b), verify_each(&b));
         }
     }
 
