@@ -35,6 +35,8 @@ impl MessageKind {
     pub const MANIFEST: MessageKind = MessageKind(8);
     /// A DAG sidechain vertex.
     pub const DAG_VERTEX: MessageKind = MessageKind(9);
+    /// A page of a data item's DHT record, signed by whoever published it.
+    pub const DHT_RECORD: MessageKind = MessageKind(10);
     /// Messages made only by tests and benchmarks.
     pub const TEST: MessageKind = MessageKind(0xffff);
 }

@@ -7,7 +7,10 @@
 //! entries, and each block's row holds `k + m` one-byte indices into that table
 //! ([`NO_HOLDER`] for a shard that is lost). Page 0 also lists the holders of the manifest.
 //! Each encryption interval the page touches has an [`IntervalSlot`] for the PRE capsule of
-//! the interval's data key. Readers keep the page with the highest `version`.
+//! the interval's data key. Pages travel signed ([`SignedPage`]) by their publisher: the
+//! data's owner when it is put, its coordinator (an RNode) after a repair. Nodes and readers
+//! keep, among the pages of allowed publishers, the one with the highest `version`, which is
+//! the publisher's clock in Unix milliseconds (at most [`MAX_VERSION_AHEAD_MS`] ahead).
 //!
 //! With 255 nodes, 2048 rows of 14 shards take about 36 KiB, which leaves room for about 90
 //! capsules of 256 bytes; wider codes need longer encryption intervals (the encoder refuses
@@ -16,7 +19,10 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
-use crypto_accel::{put_bytes, CodecError, CodecResult, DataId, Decode, Encode, Hash, Reader};
+use crypto_accel::{
+    put_bytes, CodecError, CodecResult, DataId, Decode, Encode, Hash, Keypair, MessageKind,
+    PublicKey, Reader, SigDomain, Signature,
+};
 
 /// Blocks described by one page of a data record.
 pub const BLOCKS_PER_PAGE: u64 = 2048;
@@ -832,6 +838,106 @@ impl Decode for DataRecord {
     }
 }
 
+/// How far ahead of a node's clock a page's `version` may be. Versions are the publisher's
+/// clock in Unix milliseconds, so a new coordinator's pages supersede its predecessor's
+/// without knowing how many it published; the bound keeps anyone from pinning a page with a
+/// version nobody can pass.
+pub const MAX_VERSION_AHEAD_MS: u64 = 10 * 60 * 1000;
+
+/// The version a publisher gives a new page: its clock, but always past `last` (the newest
+/// version it published or saw for the page).
+pub fn next_version(now_ms: u64, last: u64) -> u64 {
+    now_ms.max(last.saturating_add(1))
+}
+
+const SIGNED_MAGIC: &[u8; 4] = b"CPSP";
+const SIGNED_VERSION: u8 = 1;
+
+/// A record page as it is stored in the DHT: the page's encoding, signed by the node or user
+/// that published it (the data's owner when it is put, its coordinator after a repair).
+/// Who may publish is for the reader to decide (see [`SignedPage::open`]); the signature
+/// binds the page to that key and to the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPage {
+    /// The page.
+    pub page: DataRecord,
+    /// The publisher's key.
+    pub writer: NodeId,
+    sig: Signature,
+    page_bytes: Vec<u8>,
+}
+
+impl SignedPage {
+    /// Signs `page` for chain `chain_id` with `key`.
+    pub fn sign(page: DataRecord, key: &Keypair, chain_id: u32) -> SignedPage {
+        let page_bytes = page.to_bytes();
+        let sig = key.sign(
+            SigDomain::new(chain_id, MessageKind::DHT_RECORD),
+            &page_bytes,
+        );
+        SignedPage {
+            page,
+            writer: NodeId(*key.public().as_bytes()),
+            sig,
+            page_bytes,
+        }
+    }
+
+    /// Decodes a stored page and checks its signature for chain `chain_id`, and that its
+    /// version is at most [`MAX_VERSION_AHEAD_MS`] ahead of `now_ms`. Says what is wrong
+    /// otherwise.
+    pub fn open(bytes: &[u8], chain_id: u32, now_ms: u64) -> Result<SignedPage, String> {
+        let mut r = Reader::new(bytes);
+        let parsed = (|| -> CodecResult<(NodeId, Signature, Vec<u8>)> {
+            if r.array::<4>()? != *SIGNED_MAGIC {
+                return Err(CodecError::BadTag {
+                    what: "signed dht record magic",
+                    tag: 0,
+                });
+            }
+            r.version("signed dht record", SIGNED_VERSION)?;
+            let writer = NodeId::decode(&mut r)?;
+            let sig = Signature(r.array()?);
+            let page = r.bytes("dht record page", MAX_RECORD_BYTES)?.to_vec();
+            r.finish()?;
+            Ok((writer, sig, page))
+        })();
+        let (writer, sig, page_bytes) = parsed.map_err(|e| format!("a garbled record: {e}"))?;
+        let key = PublicKey::from_bytes(writer.0)
+            .map_err(|_| format!("record writer {writer} is not a public key"))?;
+        key.verify(
+            SigDomain::new(chain_id, MessageKind::DHT_RECORD),
+            &page_bytes,
+            &sig,
+        )
+        .map_err(|_| format!("the signature of record writer {writer} does not verify"))?;
+        let page = DataRecord::from_bytes(&page_bytes).map_err(|e| format!("{e}"))?;
+        if page.version > now_ms.saturating_add(MAX_VERSION_AHEAD_MS) {
+            return Err(format!(
+                "record version {} is more than {} s ahead of this clock ({now_ms})",
+                page.version,
+                MAX_VERSION_AHEAD_MS / 1000
+            ));
+        }
+        Ok(SignedPage {
+            page,
+            writer,
+            sig,
+            page_bytes,
+        })
+    }
+}
+
+impl Encode for SignedPage {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(SIGNED_MAGIC);
+        out.push(SIGNED_VERSION);
+        self.writer.encode(out);
+        out.extend_from_slice(&self.sig.0);
+        put_bytes(out, &self.page_bytes);
+    }
+}
+
 fn invalid(e: &RecordError) -> CodecError {
     CodecError::Invalid {
         what: "dht record",
@@ -1159,6 +1265,49 @@ mod tests {
     }
 
     #[test]
+    fn signed_pages_open_only_unaltered_on_their_chain_and_clock() {
+        let key = Keypair::from_seed([3; 32]);
+        let mut page = small();
+        page.version = 1_000_000;
+        let signed = SignedPage::sign(page.clone(), &key, 7);
+        let bytes = signed.to_bytes();
+        let opened = SignedPage::open(&bytes, 7, 1_000_000).unwrap();
+        assert_eq!(opened.page, page);
+        assert_eq!(opened.writer, NodeId(*key.public().as_bytes()));
+        // Another chain.
+        assert!(SignedPage::open(&bytes, 8, 1_000_000)
+            .unwrap_err()
+            .contains("signature"));
+        // Any byte changed anywhere: refused, never a different page.
+        for at in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[at] ^= 0x10;
+            assert!(SignedPage::open(&b, 7, 1_000_000).is_err(), "byte {at}");
+        }
+        // Cut short or with bytes after it.
+        assert!(SignedPage::open(&bytes[..bytes.len() - 1], 7, 1_000_000).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(SignedPage::open(&long, 7, 1_000_000).is_err());
+        // A version too far ahead of the reader's clock.
+        page.version = u64::MAX;
+        let pinned = SignedPage::sign(page, &key, 7).to_bytes();
+        assert!(SignedPage::open(&pinned, 7, 1_000)
+            .unwrap_err()
+            .contains("ahead"));
+        assert!(SignedPage::open(&bytes, 7, 1_000_000 - MAX_VERSION_AHEAD_MS).is_ok());
+        assert!(SignedPage::open(&bytes, 7, 999_999 - MAX_VERSION_AHEAD_MS).is_err());
+    }
+
+    #[test]
+    fn versions_follow_the_clock_and_never_repeat() {
+        assert_eq!(next_version(5_000, 0), 5_000);
+        assert_eq!(next_version(5_000, 5_000), 5_001);
+        assert_eq!(next_version(4_000, 9_000), 9_001);
+        assert_eq!(next_version(0, u64::MAX), u64::MAX);
+    }
+
+    #[test]
     fn set_holder_keeps_rows_valid() {
         let mut r = small();
         let b = 5;
@@ -1353,6 +1502,11 @@ mod tests {
             for cut in 0..bytes.len() {
                 prop_assert!(DataRecord::from_bytes(&bytes[..cut]).is_err());
             }
+        }
+
+        #[test]
+        fn random_signed_pages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = SignedPage::open(&bytes, 1, 0);
         }
 
         #[test]

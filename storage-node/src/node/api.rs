@@ -960,6 +960,7 @@ fn schemas() -> Value {
             "nonce": int_prop("Next nonce the chain expects"),
             "pending_nonce": int_prop("Next nonce counting this node's mempool"),
             "rnode_deposit": amount("RNode deposit"),
+            "rnode": { "type": "boolean", "description": "True when the deposit makes the account an RNode" },
             "economy_deposit": amount("Economy pool deposit"),
         })),
         "Tx": object(json!({

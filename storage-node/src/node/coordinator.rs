@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crypto_accel::{ChunkId, DataId, Decode, Encode};
 use dht::planner::{Action, AuditFailure, AuditOutcome, Candidate, Planner, PlannerConfig};
-use dht::record::{DataRecord, NodeId, Subnet};
+use dht::record::{DataRecord, NodeId, SignedPage, Subnet};
 use dht::wire::{ShardRequest, ShardResponse};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -847,8 +847,9 @@ impl Coordinator {
         let (Some(m), Some(map)) = (self.manifests.get(data), self.planner.shard_map(data)) else {
             return;
         };
-        let v = self.versions.entry(*data).or_insert(1);
-        *v += 1;
+        // The clock, so pages published by this node outrank its predecessor's.
+        let v = self.versions.entry(*data).or_insert(0);
+        *v = dht::record::next_version(now_ms(), *v);
         let built = DataRecord::pages_from_partial_map(
             *data,
             *v,
@@ -861,9 +862,11 @@ impl Coordinator {
         match built {
             Ok(pages) => {
                 for p in pages {
+                    let key = DataRecord::key(&p.data, p.page);
+                    let signed = SignedPage::sign(p, &self.key, self.chain_id);
                     let _ = self.net.send(NetCmd::PutRecord {
-                        key: DataRecord::key(&p.data, p.page),
-                        value: p.to_bytes(),
+                        key,
+                        value: signed.to_bytes(),
                     });
                 }
             }

@@ -29,7 +29,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use chain::{AccessPolicy, Address, Tx, TxPayload};
 use crypto_accel::{ChunkId, DataId, Decode, Encode, Hash, Keypair, ShardHeader};
 use dht::planner::{place, Candidate};
-use dht::record::{DataRecord, NodeId, Subnet};
+use dht::record::{DataRecord, NodeId, SignedPage, Subnet};
 use dht::wire::{ShardRequest, ShardResponse};
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
@@ -38,9 +38,11 @@ use libp2p::{identify, kad, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::client::ApiClient;
+use super::config::now_ms;
 use super::dataplane::{DataClient, SessionOffer};
 use super::lock;
 use super::net::{hardened_kad, identify_behaviour, ip_of, shard_behaviour, subnet_of, FrameCodec};
+use super::view::DataView;
 use crate::manifest::Manifest;
 use crate::pipeline::{
     open, seal_with_salt, OpenParams, OpenReport, PipelineError, PipelineResult, SealParams, Shard,
@@ -433,6 +435,70 @@ fn node_of(p: &StoragePeer) -> Candidate {
     }
 }
 
+/// The newest of the record pages `values` (as the DHT returned them) that is of `data`,
+/// signed for chain `chain_id`, not ahead of `now` by more than the allowed skew, and whose
+/// publisher `allowed` accepts.
+fn newest_page(
+    values: &[Vec<u8>],
+    data: &DataId,
+    chain_id: u32,
+    now: u64,
+    allowed: &mut dyn FnMut(&NodeId) -> bool,
+) -> Option<DataRecord> {
+    values
+        .iter()
+        .filter_map(|v| match SignedPage::open(v, chain_id, now) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!("ignoring a record page of {data}: {e}");
+                None
+            }
+        })
+        .filter(|s| s.page.data == *data && allowed(&s.writer))
+        .max_by_key(|s| s.page.version)
+        .map(|s| s.page)
+}
+
+/// Who may publish record pages of one data item, as the API node's chain says: its owner
+/// or an RNode. Each publisher is looked up once.
+struct Publishers<'a> {
+    api: &'a ApiClient,
+    data: DataId,
+    owner: Option<Option<NodeId>>,
+    seen: HashMap<NodeId, bool>,
+}
+
+impl<'a> Publishers<'a> {
+    fn new(api: &'a ApiClient, data: &DataId) -> Self {
+        Publishers {
+            api,
+            data: *data,
+            owner: None,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn may_publish(&mut self, writer: &NodeId) -> bool {
+        if let Some(&v) = self.seen.get(writer) {
+            return v;
+        }
+        let (api, data) = (self.api, self.data);
+        let owner = *self.owner.get_or_insert_with(|| {
+            api.get_json::<DataView>(&format!("/data/{data}"))
+                .ok()
+                .and_then(|d| Address::from_hex(&d.owner))
+                .map(|a| NodeId(a.0))
+        });
+        let v = owner == Some(*writer)
+            || api
+                .account(&Address(writer.0))
+                .map(|a| a.rnode)
+                .unwrap_or(false);
+        self.seen.insert(*writer, v);
+        v
+    }
+}
+
 impl Dfs {
     /// Connects through the node whose API is at `api`: reads its status (chain id, p2p
     /// addresses), starts a client peer, and waits until `min_storage` storage nodes are
@@ -670,7 +736,7 @@ impl Dfs {
         }
         let pages = DataRecord::pages_from_map(
             data,
-            1,
+            dht::record::next_version(now_ms(), 0),
             manifest.k,
             manifest.m,
             manifest.interval_blocks,
@@ -678,8 +744,12 @@ impl Dfs {
             &keepers,
         )
         .context("building the DHT record")?;
-        for p in &pages {
-            self.put_record(DataRecord::key(&p.data, p.page), p.to_bytes())?;
+        for p in pages {
+            let key = DataRecord::key(&p.data, p.page);
+            self.put_record(
+                key,
+                SignedPage::sign(p, &self.key, self.chain_id).to_bytes(),
+            )?;
         }
         Ok(PutReport {
             data,
@@ -748,14 +818,16 @@ impl Dfs {
         self.ask(|reply| Cmd::GetProviders { key, reply })
     }
 
-    /// The newest record pages of `data`, if the DHT has them.
+    /// The newest record pages of `data`, if the DHT has them. Only pages signed for this
+    /// chain by the data's owner or by an RNode count: anyone can store a page in the DHT,
+    /// and a node that kept a forged one hands it out like any other.
     pub fn record(&self, data: &DataId) -> Result<Option<Vec<DataRecord>>> {
-        let newest = |values: &[Vec<u8>]| -> Option<DataRecord> {
-            values
-                .iter()
-                .filter_map(|v| DataRecord::from_bytes(v).ok())
-                .filter(|r| r.data == *data)
-                .max_by_key(|r| r.version)
+        let now = now_ms();
+        let mut writers = Publishers::new(&self.api, data);
+        let mut newest = |values: &[Vec<u8>]| -> Option<DataRecord> {
+            newest_page(values, data, self.chain_id, now, &mut |w| {
+                writers.may_publish(w)
+            })
         };
         let first_page = self.get_records(&[DataRecord::key(data, 0)])?;
         let Some(first) = first_page.first().and_then(|v| newest(v)) else {
@@ -1595,6 +1667,65 @@ impl NetSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readers_take_the_newest_page_of_an_allowed_publisher_only() {
+        let data = DataId(Hash([5; 32]));
+        let (owner, rnode, stranger) = (
+            Keypair::from_seed([1; 32]),
+            Keypair::from_seed([2; 32]),
+            Keypair::from_seed([3; 32]),
+        );
+        let chain_id = 9;
+        let now = 1_000_000_000;
+        let page = |data: DataId, version: u64, holder: u8| {
+            let mut p = DataRecord::pages_from_map(
+                data,
+                version,
+                1,
+                1,
+                1,
+                &[vec![NodeId([holder; 32]), NodeId([holder + 1; 32])]],
+                &[],
+            )
+            .unwrap()
+            .remove(0);
+            p.version = version;
+            p
+        };
+        let signed = |p: DataRecord, k: &Keypair| SignedPage::sign(p, k, chain_id).to_bytes();
+        let mut allowed = |w: &NodeId| {
+            *w == NodeId(*owner.public().as_bytes()) || *w == NodeId(*rnode.public().as_bytes())
+        };
+        let genuine = signed(page(data, now - 10, 10), &owner);
+        let mut values = vec![
+            genuine.clone(),
+            // A stranger's page, newer.
+            signed(page(data, now, 20), &stranger),
+            // The owner's key named, but the signature is the stranger's.
+            {
+                let mut b = signed(page(data, now + 1, 30), &stranger);
+                b[5..37].copy_from_slice(owner.public().as_bytes());
+                b
+            },
+            // Another chain.
+            SignedPage::sign(page(data, now + 2, 40), &owner, chain_id + 1).to_bytes(),
+            // Another data item.
+            signed(page(DataId(Hash([6; 32])), now + 3, 50), &owner),
+            // Pinned far ahead of the clock.
+            signed(page(data, u64::MAX, 60), &owner),
+            // Garbage.
+            vec![0xff; 100],
+        ];
+        let got = newest_page(&values, &data, chain_id, now, &mut allowed).unwrap();
+        assert_eq!(got.nodes[0], NodeId([10; 32]));
+        // An RNode's newer page (a coordinator after a repair) wins.
+        values.push(signed(page(data, now - 5, 70), &rnode));
+        let got = newest_page(&values, &data, chain_id, now, &mut allowed).unwrap();
+        assert_eq!(got.nodes[0], NodeId([70; 32]));
+        // Nothing allowed: no record (the reader falls back to providers).
+        assert!(newest_page(&values, &data, chain_id, now, &mut |_| false).is_none());
+    }
 
     /// A block of `n` shards needing `k`, with the first `asked` indices in flight.
     fn block(n: u8, asked: u8) -> BlockState {

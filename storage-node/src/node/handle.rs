@@ -236,6 +236,7 @@ impl NodeApi for EngineHandle {
                 nonce: acct.nonce,
                 pending_nonce: e.mempool.pending_nonce(&a, acct.nonce),
                 rnode_deposit: amount(e.state.rnode_deposit(&a)),
+                rnode: e.state.is_rnode(&e.cfg, &a),
                 economy_deposit: amount(e.state.economy_deposit(&a)),
             }
         })

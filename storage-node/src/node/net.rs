@@ -16,12 +16,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chain::Address;
+use dht::record::{DataRecord, NodeId, SignedPage};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, identify, identity, kad, noise, ping, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::config::now_ms;
+use super::storage::ChainView;
+use crypto_accel::DataId;
 
 /// Largest consensus frame (a proposal of `MAX_BLOCK_TXS` transactions fits).
 pub const MAX_CONSENSUS_FRAME: usize = 64 << 20;
@@ -488,24 +493,20 @@ impl RateLimit {
 /// Addresses of one peer taken from its identify message (it chooses them).
 pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
-/// Validates an inbound DHT record: it must decode as a [`dht::record::DataRecord`] page
-/// stored under its own key; among versions the newest wins.
+/// Keeps a DHT record page that [`RecordGate::check`] let through, unless a page at least
+/// as new is kept under its key already (or the kept bytes are at their bound).
 pub fn accept_record(
     store: &mut kad::store::MemoryStore,
     kept: &mut RecordBytes,
+    chain_id: u32,
     record: kad::Record,
+    version: u64,
 ) {
-    use crypto_accel::Decode;
     use kad::store::RecordStore;
-    let Ok(page) = dht::record::DataRecord::from_bytes(&record.value) else {
-        return;
-    };
-    if record.key.as_ref() != dht::record::DataRecord::key(&page.data, page.page).as_slice() {
-        return;
-    }
     if let Some(old) = store.get(&record.key) {
-        if let Ok(o) = dht::record::DataRecord::from_bytes(&old.value) {
-            if o.version > page.version {
+        // A kept page passed the gate; its clock bound no longer matters.
+        if let Ok(o) = SignedPage::open(&old.value, chain_id, u64::MAX) {
+            if o.page.version >= version {
                 return;
             }
         }
@@ -518,6 +519,104 @@ pub fn accept_record(
     match store.put(record) {
         Ok(()) => kept.note(key, len),
         Err(e) => tracing::debug!("keeping a DHT record: {e}"),
+    }
+}
+
+/// Record pages whose publisher is being looked up on chain at once; more are dropped (the
+/// publisher stores its page on other nodes too, and republishes).
+const MAX_RECORD_CHECKS: usize = 32;
+/// Looks at the chain this many times, [`RECORD_CHECK_RETRY`] apart, while it cannot tell
+/// (the data's registration may be in a block this node has not applied yet).
+const RECORD_CHECK_TRIES: u32 = 4;
+const RECORD_CHECK_RETRY: Duration = Duration::from_secs(3);
+
+/// Decides which DHT record pages a node keeps. A page must be signed for this chain (see
+/// [`SignedPage`]) and stored under its own key, and its publisher must be the data's owner
+/// on chain or a storage node holding the RNode deposit (coordinators publish new versions
+/// after repairs). Anyone could otherwise replace the record of any data with one naming
+/// holders that do not exist.
+#[derive(Clone)]
+pub struct RecordGate {
+    chain_id: u32,
+    chain: Arc<dyn ChainView>,
+    checking: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for RecordGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordGate")
+            .field("chain_id", &self.chain_id)
+            .finish()
+    }
+}
+
+/// Whether `writer` may publish record pages of `data`; `None` while the chain cannot tell
+/// (it did not answer, or the data is not registered yet and the writer is no RNode).
+pub fn may_publish(chain: &dyn ChainView, writer: &NodeId, data: &DataId) -> Option<bool> {
+    let who = Address(writer.0);
+    let reg = chain.data(data);
+    if reg.as_ref().is_some_and(|d| d.owner == who) {
+        return Some(true);
+    }
+    match chain.is_rnode(&who)? {
+        true => Some(true),
+        false if reg.is_some() => Some(false),
+        false => None,
+    }
+}
+
+impl RecordGate {
+    /// The gate of a node on chain `chain_id` that follows the chain through `chain`.
+    pub fn new(chain_id: u32, chain: Arc<dyn ChainView>) -> RecordGate {
+        RecordGate {
+            chain_id,
+            chain,
+            checking: Arc::new(tokio::sync::Semaphore::new(MAX_RECORD_CHECKS)),
+        }
+    }
+
+    /// Checks an inbound page: the signature here, the publisher on a blocking thread. A
+    /// page that passes is sent on `keep` with its version.
+    fn check(&self, record: kad::Record, keep: &UnboundedSender<(kad::Record, u64)>) {
+        let signed = match SignedPage::open(&record.value, self.chain_id, now_ms()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("refusing a DHT record: {e}");
+                return;
+            }
+        };
+        let (data, page) = (signed.page.data, signed.page.page);
+        if record.key.as_ref() != DataRecord::key(&data, page).as_slice() {
+            tracing::debug!("refusing a DHT record stored under another key");
+            return;
+        }
+        let Ok(permit) = Arc::clone(&self.checking).try_acquire_owned() else {
+            tracing::debug!("dropping a DHT record: {MAX_RECORD_CHECKS} already being checked");
+            return;
+        };
+        let (chain, keep) = (Arc::clone(&self.chain), keep.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            for _ in 0..RECORD_CHECK_TRIES {
+                match may_publish(&*chain, &signed.writer, &data) {
+                    Some(true) => {
+                        let _ = keep.send((record, signed.page.version));
+                        return;
+                    }
+                    Some(false) => {
+                        tracing::debug!(
+                            "refusing a record of {data} from {}: neither its owner nor an RNode",
+                            signed.writer
+                        );
+                        return;
+                    }
+                    None => std::thread::sleep(RECORD_CHECK_RETRY),
+                }
+            }
+            tracing::debug!(
+                "dropping a record of {data}: the chain could not say who may publish it"
+            );
+        });
     }
 }
 
@@ -753,7 +852,9 @@ impl Net {
         stats: Arc<NetStats>,
         shard_jobs: Option<SyncSender<ShardJob>>,
         provide: Vec<crypto_accel::DataId>,
+        records: RecordGate,
     ) {
+        let (keep_tx, mut keep_rx) = tokio::sync::mpsc::unbounded_channel::<(kad::Record, u64)>();
         for d in provide {
             self.provide(d);
         }
@@ -787,6 +888,15 @@ impl Net {
         };
         loop {
             tokio::select! {
+                Some((record, version)) = keep_rx.recv() => {
+                    accept_record(
+                        self.swarm.behaviour_mut().kad.store_mut(),
+                        &mut record_bytes,
+                        records.chain_id,
+                        record,
+                        version,
+                    );
+                }
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return };
                     let cmd_kind = if matches!(cmd, NetCmd::ToValidators(_)) {
@@ -859,7 +969,15 @@ impl Net {
                         NetCmd::PutRecord { key, value } => {
                             let rec = kad::Record::new(kad::RecordKey::new(&key), value);
                             // Keep it locally too: this node is one of the record's holders.
-                            accept_record(self.swarm.behaviour_mut().kad.store_mut(), &mut record_bytes, rec.clone());
+                            if let Ok(p) = SignedPage::open(&rec.value, records.chain_id, u64::MAX) {
+                                accept_record(
+                                    self.swarm.behaviour_mut().kad.store_mut(),
+                                    &mut record_bytes,
+                                    records.chain_id,
+                                    rec.clone(),
+                                    p.page.version,
+                                );
+                            }
                             if let Err(e) = self.swarm.behaviour_mut().kad.put_record(rec, kad::Quorum::One) {
                                 tracing::warn!("putting a DHT record: {e}");
                             }
@@ -933,7 +1051,7 @@ impl Net {
                         }
                         BehaviourEvent::Kad(kad::Event::InboundRequest { request }) => match request {
                             kad::InboundRequest::PutRecord { record: Some(r), .. } => {
-                                accept_record(self.swarm.behaviour_mut().kad.store_mut(), &mut record_bytes, r);
+                                records.check(r, &keep_tx);
                             }
                             kad::InboundRequest::AddProvider { record: Some(mut r) } => {
                                 use kad::store::RecordStore;
@@ -1054,6 +1172,99 @@ impl Net {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A chain with one registered data item, its owner and one RNode.
+    struct Chain {
+        data: DataId,
+        owner: Address,
+        rnode: Address,
+        answers: bool,
+    }
+
+    impl ChainView for Chain {
+        fn data(&self, id: &DataId) -> Option<chain::DataRecord> {
+            (self.answers && *id == self.data).then_some(chain::DataRecord {
+                owner: self.owner,
+                merkle_root: crypto_accel::Hash([0; 32]),
+                size: 1,
+                k: 4,
+                m: 2,
+                intervals: chain::IntervalRange { start: 0, end: 1 },
+                policy: chain::AccessPolicy::GrantBased,
+                registered_at: 1,
+            })
+        }
+        fn may_read(&self, _: &Address, _: &DataId, _: u64) -> bool {
+            false
+        }
+        fn may_read_some(&self, _: &Address, _: &DataId) -> bool {
+            false
+        }
+        fn is_rnode(&self, who: &Address) -> Option<bool> {
+            self.answers.then_some(*who == self.rnode)
+        }
+    }
+
+    #[test]
+    fn only_owners_and_rnodes_publish_records() {
+        let node = |b: u8| NodeId([b; 32]);
+        let data = DataId(crypto_accel::Hash([9; 32]));
+        let mut c = Chain {
+            data,
+            owner: Address([1; 32]),
+            rnode: Address([2; 32]),
+            answers: true,
+        };
+        assert_eq!(may_publish(&c, &node(1), &data), Some(true));
+        assert_eq!(may_publish(&c, &node(2), &data), Some(true));
+        assert_eq!(may_publish(&c, &node(3), &data), Some(false));
+        // Data this node has not seen registered: only an RNode is known to be allowed.
+        let unknown = DataId(crypto_accel::Hash([8; 32]));
+        assert_eq!(may_publish(&c, &node(2), &unknown), Some(true));
+        assert_eq!(may_publish(&c, &node(1), &unknown), None);
+        // A chain that does not answer decides nothing.
+        c.answers = false;
+        assert_eq!(may_publish(&c, &node(2), &data), None);
+    }
+
+    #[test]
+    fn a_kept_record_page_is_replaced_only_by_a_newer_one() {
+        use crypto_accel::Encode;
+        use kad::store::RecordStore;
+        let key = crypto_accel::Keypair::from_seed([4; 32]);
+        let data = DataId(crypto_accel::Hash([5; 32]));
+        let page = |version: u64| {
+            let mut p = DataRecord::pages_from_map(
+                data,
+                version,
+                1,
+                1,
+                1,
+                &[vec![NodeId([6; 32]), NodeId([7; 32])]],
+                &[],
+            )
+            .unwrap()
+            .remove(0);
+            p.version = version;
+            let bytes = SignedPage::sign(p, &key, 3).to_bytes();
+            kad::Record::new(kad::RecordKey::new(&DataRecord::key(&data, 0)), bytes)
+        };
+        let mut store = kad::store::MemoryStore::new(PeerId::random());
+        let mut kept = RecordBytes::default();
+        let rk = kad::RecordKey::new(&DataRecord::key(&data, 0));
+        let version_kept = |store: &kad::store::MemoryStore| {
+            SignedPage::open(&store.get(&rk).unwrap().value, 3, u64::MAX)
+                .unwrap()
+                .page
+                .version
+        };
+        accept_record(&mut store, &mut kept, 3, page(20), 20);
+        assert_eq!(version_kept(&store), 20);
+        accept_record(&mut store, &mut kept, 3, page(10), 10);
+        assert_eq!(version_kept(&store), 20);
+        accept_record(&mut store, &mut kept, 3, page(30), 30);
+        assert_eq!(version_kept(&store), 30);
+    }
 
     fn addr(a: u8, b: u8) -> Multiaddr {
         format!("/ip4/{a}.{b}.7.9/tcp/4001").parse().unwrap()

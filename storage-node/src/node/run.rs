@@ -123,6 +123,7 @@ pub fn run(path: &Path) -> Result<()> {
     } else {
         (handle, None, Vec::new())
     };
+    let records = super::net::RecordGate::new(cfg.chain_id, Arc::new(handle.clone()));
     let api: Arc<dyn NodeApi> = Arc::new(handle);
     let net_events = ev_tx.clone();
     let result = rt.block_on(async move {
@@ -135,7 +136,8 @@ pub fn run(path: &Path) -> Result<()> {
         let server = tokio::spawn(super::api::serve(listener, api, async move {
             let _ = stop_rx.await;
         }));
-        let net_task = tokio::spawn(net.run(net_rx, net_events, stats, shard_jobs, provide));
+        let net_task =
+            tokio::spawn(net.run(net_rx, net_events, stats, shard_jobs, provide, records));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),

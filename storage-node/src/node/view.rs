@@ -66,6 +66,10 @@ pub struct AccountView {
     pub pending_nonce: u64,
     /// RNode deposit (base units, decimal string).
     pub rnode_deposit: String,
+    /// Whether the deposit makes the account an RNode (a storage node that may read shards
+    /// for repair and publish DHT records).
+    #[serde(default)]
+    pub rnode: bool,
     /// Economy pool deposit (base units, decimal string).
     pub economy_deposit: String,
 }

@@ -111,6 +111,7 @@ impl NodeApi for FakeNode {
             nonce: 6,
             pending_nonce: PENDING_NONCE,
             rnode_deposit: "0".into(),
+            rnode: false,
             economy_deposit: "0".into(),
         }
     }
