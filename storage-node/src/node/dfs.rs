@@ -42,6 +42,7 @@ use super::config::now_ms;
 use super::dataplane::{DataClient, SessionOffer};
 use super::lock;
 use super::net::{hardened_kad, identify_behaviour, ip_of, shard_behaviour, subnet_of, FrameCodec};
+use super::storage::TtlCache;
 use super::view::DataView;
 use crate::manifest::Manifest;
 use crate::pipeline::{
@@ -379,7 +380,12 @@ pub struct Dfs {
     key: Keypair,
     chain_id: u32,
     api: ApiClient,
+    /// Whether a key may publish record pages of a data item, as the chain said lately.
+    publishers: TtlCache<(DataId, NodeId)>,
 }
+
+/// How long a client trusts the chain's word on who may publish a data item's record.
+const PUBLISHER_TTL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Dfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -460,26 +466,26 @@ fn newest_page(
 }
 
 /// Who may publish record pages of one data item, as the API node's chain says: its owner
-/// or an RNode. Each publisher is looked up once.
+/// or an RNode. Answers are cached for [`PUBLISHER_TTL`].
 struct Publishers<'a> {
     api: &'a ApiClient,
+    cache: &'a TtlCache<(DataId, NodeId)>,
     data: DataId,
     owner: Option<Option<NodeId>>,
-    seen: HashMap<NodeId, bool>,
 }
 
 impl<'a> Publishers<'a> {
-    fn new(api: &'a ApiClient, data: &DataId) -> Self {
+    fn new(api: &'a ApiClient, cache: &'a TtlCache<(DataId, NodeId)>, data: &DataId) -> Self {
         Publishers {
             api,
+            cache,
             data: *data,
             owner: None,
-            seen: HashMap::new(),
         }
     }
 
     fn may_publish(&mut self, writer: &NodeId) -> bool {
-        if let Some(&v) = self.seen.get(writer) {
+        if let Some(v) = self.cache.get(&(self.data, *writer)) {
             return v;
         }
         let (api, data) = (self.api, self.data);
@@ -489,13 +495,21 @@ impl<'a> Publishers<'a> {
                 .and_then(|d| Address::from_hex(&d.owner))
                 .map(|a| NodeId(a.0))
         });
-        let v = owner == Some(*writer)
-            || api
-                .account(&Address(writer.0))
-                .map(|a| a.rnode)
-                .unwrap_or(false);
-        self.seen.insert(*writer, v);
-        v
+        if owner == Some(*writer) {
+            self.cache.insert((data, *writer), true);
+            return true;
+        }
+        match api.account(&Address(writer.0)) {
+            Ok(a) => {
+                self.cache.insert((data, *writer), a.rnode);
+                a.rnode
+            }
+            // Not remembered: the next read asks again.
+            Err(e) => {
+                tracing::debug!("asking whether record writer {writer} is an RNode: {e}");
+                false
+            }
+        }
     }
 }
 
@@ -586,6 +600,7 @@ impl Dfs {
             key,
             chain_id: status.chain_id,
             api,
+            publishers: TtlCache::new(PUBLISHER_TTL),
         };
         // Wait for enough storage nodes and a routing table that stopped growing (the
         // Kademlia bootstrap has run), or `wait`.
@@ -823,7 +838,7 @@ impl Dfs {
     /// and a node that kept a forged one hands it out like any other.
     pub fn record(&self, data: &DataId) -> Result<Option<Vec<DataRecord>>> {
         let now = now_ms();
-        let mut writers = Publishers::new(&self.api, data);
+        let mut writers = Publishers::new(&self.api, &self.publishers, data);
         let mut newest = |values: &[Vec<u8>]| -> Option<DataRecord> {
             newest_page(values, data, self.chain_id, now, &mut |w| {
                 writers.may_publish(w)

@@ -145,13 +145,13 @@ type AccessKey = (Address, DataId, Scope);
 /// Yes/no answers of the chain, each reused for `ttl`, at most [`ACCESS_CACHE`] kept: when
 /// full, stale answers go first, and only a flood of fresh ones empties the cache.
 #[derive(Debug)]
-struct TtlCache<K> {
+pub(crate) struct TtlCache<K> {
     map: Mutex<HashMap<K, (bool, Instant)>>,
     ttl: Duration,
 }
 
 impl<K: std::hash::Hash + Eq> TtlCache<K> {
-    fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         TtlCache {
             map: Mutex::new(HashMap::new()),
             ttl,
@@ -159,14 +159,14 @@ impl<K: std::hash::Hash + Eq> TtlCache<K> {
     }
 
     /// The answer for `key`, if one younger than the ttl is kept.
-    fn get(&self, key: &K) -> Option<bool> {
+    pub(crate) fn get(&self, key: &K) -> Option<bool> {
         lock(&self.map)
             .get(key)
             .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(ok, _)| *ok)
     }
 
-    fn insert(&self, key: K, ok: bool) {
+    pub(crate) fn insert(&self, key: K, ok: bool) {
         let mut cache = lock(&self.map);
         if cache.len() >= ACCESS_CACHE {
             cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
