@@ -1,8 +1,8 @@
 //! Audits and repair of the data a storage node coordinates.
 //!
-//! Every data item has one coordinator: the live storage node whose key is XOR-closest to
-//! the data id (every holder keeps the manifest, so when the coordinator dies the next
-//! closest takes over). The coordinator learns the shard map by asking every storage node
+//! Every data item has one coordinator: the live RNode (a storage node holding the RNode
+//! deposit) whose key is XOR-closest to the data id (every holder keeps the manifest, so
+//! when the coordinator dies the next closest takes over); repaired shards go to RNodes too. The coordinator learns the shard map by asking every storage node
 //! what it holds, feeds it to the pure [`Planner`], and carries out what `poll` decides:
 //! audit challenges (a random 1 KiB segment with its BLAKE3 path, checked against the
 //! shard's content id), and repairs (fetch k surviving shards, rebuild the lost ones,
@@ -390,25 +390,27 @@ impl Coordinator {
         // Repairs go only to nodes that answered just now: a node that died before this
         // coordinator ever audited it is not known dead to its planner, and every shard
         // placed on it would cost a timeout and a retry.
-        self.planner.set_candidates(
-            cands
-                .iter()
-                .filter(|c| c.node == self.me || reachable.contains(&c.node))
-                .copied()
-                .collect(),
-        );
-        // The coordinator of a data item is the XOR-closest storage node that answers: a
-        // dead coordinator is passed over at the next scan.
+        // Only RNodes (storage nodes holding the deposit) coordinate and take repaired
+        // shards: anyone can start a node that answers and then drops what it is given, but
+        // not without staking; and holders let only RNodes read shards for repair.
+        let live: Vec<Candidate> = cands
+            .iter()
+            .filter(|c| c.node == self.me || reachable.contains(&c.node))
+            .filter(|c| self.service.staked(&chain::Address(c.node.0)))
+            .copied()
+            .collect();
+        self.planner.set_candidates(live.clone());
+        // The coordinator of a data item is the XOR-closest RNode that answers: a dead
+        // coordinator is passed over at the next scan.
         let mut mine: HashSet<DataId> = HashSet::new();
-        for d in self.service.manifest_ids() {
-            let mut order: Vec<NodeId> = cands.iter().map(|c| c.node).collect();
-            order.sort_by_key(|n| dht::planner::distance(&n.0, d.as_bytes()));
-            if order
-                .into_iter()
-                .find(|n| *n == self.me || reachable.contains(n))
-                .is_some_and(|n| n == self.me)
-            {
-                mine.insert(d);
+        if live.iter().any(|c| c.node == self.me) {
+            for d in self.service.manifest_ids() {
+                let closest = live
+                    .iter()
+                    .min_by_key(|c| dht::planner::distance(&c.node.0, d.as_bytes()));
+                if closest.is_some_and(|c| c.node == self.me) {
+                    mine.insert(d);
+                }
             }
         }
         let gone: Vec<DataId> = self

@@ -382,6 +382,8 @@ pub struct Dfs {
     api: ApiClient,
     /// Whether a key may publish record pages of a data item, as the chain said lately.
     publishers: TtlCache<(DataId, NodeId)>,
+    /// Whether a storage node is an RNode, as the chain said lately.
+    rnodes: TtlCache<NodeId>,
 }
 
 /// How long a client trusts the chain's word on who may publish a data item's record.
@@ -601,6 +603,7 @@ impl Dfs {
             chain_id: status.chain_id,
             api,
             publishers: TtlCache::new(PUBLISHER_TTL),
+            rnodes: TtlCache::new(PUBLISHER_TTL),
         };
         // Wait for enough storage nodes and a routing table that stopped growing (the
         // Kademlia bootstrap has run), or `wait`.
@@ -658,6 +661,45 @@ impl Dfs {
         Ok(v)
     }
 
+    /// The storage nodes a put places `n` shards per block on: RNodes (storage nodes holding
+    /// the deposit) when there are at least `n`, since anyone can start a node that accepts
+    /// shards and drops them, but not without staking. A network with fewer RNodes (one
+    /// whose nodes have not staked yet) still stores data, on every storage node it has.
+    fn placement_peers(&self, n: usize) -> Result<Vec<StoragePeer>> {
+        let peers = self.peers()?;
+        let staked: Vec<StoragePeer> = peers
+            .iter()
+            .filter(|p| self.is_rnode(&p.node))
+            .cloned()
+            .collect();
+        if staked.len() >= n {
+            return Ok(staked);
+        }
+        tracing::warn!(
+            "only {} of {} storage nodes are RNodes, {n} needed: placing on all of them",
+            staked.len(),
+            peers.len()
+        );
+        Ok(peers)
+    }
+
+    /// Whether `node` holds the RNode deposit, as the API node's chain says (cached).
+    fn is_rnode(&self, node: &NodeId) -> bool {
+        if let Some(v) = self.rnodes.get(node) {
+            return v;
+        }
+        match self.api.account(&Address(node.0)) {
+            Ok(a) => {
+                self.rnodes.insert(*node, a.rnode);
+                a.rnode
+            }
+            Err(e) => {
+                tracing::debug!("asking whether {node} is an RNode: {e}");
+                false
+            }
+        }
+    }
+
     fn request_blocking(&self, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
         let cmds = self.cmds.clone();
         self.rt.block_on(request(&cmds, peer, req))
@@ -672,8 +714,8 @@ impl Dfs {
         policy: AccessPolicy,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<PutReport> {
-        let peers = self.peers()?;
         let n = usize::from(params.k) + usize::from(params.m);
+        let peers = self.placement_peers(n)?;
         if peers.len() < n {
             bail!(
                 "{} storage nodes reachable, {n} needed to place {}+{} shards on distinct nodes",

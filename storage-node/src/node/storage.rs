@@ -597,7 +597,7 @@ impl StorageService {
     }
 
     /// Whether `who` holds the RNode deposit (asked of the chain, cached briefly).
-    fn staked(&self, who: &Address) -> bool {
+    pub(crate) fn staked(&self, who: &Address) -> bool {
         if let Some(ok) = self.stake_cache.get(who) {
             return ok;
         }
