@@ -490,6 +490,39 @@ impl RateLimit {
     }
 }
 
+/// Direct consensus frames one peer outside the genesis committee may send per second.
+/// Proposers elected later are such peers and send one proposal per block; anyone else has
+/// no business sending consensus frames, and each costs the engine a decode and signature
+/// checks in the queue it shares with blocks and votes.
+pub const OUTSIDER_FRAMES_PER_PEER_PER_S: u32 = 16;
+/// Direct consensus frames all peers outside the genesis committee together may send per
+/// second: many identities cannot flood the engine either.
+pub const OUTSIDER_FRAMES_PER_S: u32 = 64;
+
+/// Counts direct consensus frames from outside the genesis committee.
+#[derive(Debug)]
+pub struct OutsiderFrames {
+    per_peer: RateLimit,
+    all: RateLimit,
+    everyone: PeerId,
+}
+
+impl OutsiderFrames {
+    /// The limits above.
+    pub fn new(local: PeerId) -> Self {
+        OutsiderFrames {
+            per_peer: RateLimit::new(OUTSIDER_FRAMES_PER_PEER_PER_S),
+            all: RateLimit::new(OUTSIDER_FRAMES_PER_S),
+            everyone: local,
+        }
+    }
+
+    /// Counts a frame from `peer` at `now`; false when it is over either limit.
+    pub fn allow(&mut self, peer: &PeerId, now: Instant) -> bool {
+        self.per_peer.allow(peer, now) && self.all.allow(&self.everyone, now)
+    }
+}
+
 /// Addresses of one peer taken from its identify message (it chooses them).
 pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
@@ -875,6 +908,7 @@ impl Net {
         }
         let mut pending: HashMap<u64, ResponseChannel<Vec<u8>>> = HashMap::new();
         let mut sync_limit = RateLimit::new(SYNC_REQUESTS_PER_PEER_PER_S);
+        let mut outsiders = OutsiderFrames::new(*self.swarm.local_peer_id());
         let mut record_bytes = RecordBytes::default();
         let mut next_id = 0u64;
         let mut rr = 0usize;
@@ -1122,6 +1156,11 @@ impl Net {
                             message: request_response::Message::Request { request, channel, .. },
                             ..
                         }) => {
+                            if !self.committee.contains(&peer) && !outsiders.allow(&peer, Instant::now()) {
+                                tracing::debug!("consensus frame from {peer} (outside the committee) over the limit");
+                                drop(channel);
+                                continue;
+                            }
                             // Ack at once; the frame is processed asynchronously.
                             let _ = self.swarm.behaviour_mut().consensus.send_response(channel, Vec::new());
                             send(NetEvent::Consensus { from: peer, data: request });
@@ -1360,6 +1399,25 @@ mod tests {
         k.note(key(0), page / 2);
         assert_eq!(k.total, fit * page - page / 2);
         assert!(k.fits(&key(u32::MAX), page / 2));
+    }
+
+    #[test]
+    fn consensus_frames_from_outside_the_committee_are_limited_per_peer_and_in_all() {
+        let mut o = OutsiderFrames::new(PeerId::random());
+        let t = Instant::now();
+        let peers: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
+        let per = OUTSIDER_FRAMES_PER_PEER_PER_S as usize;
+        assert_eq!((0..per + 5).filter(|_| o.allow(&peers[0], t)).count(), per);
+        // Frames refused per peer do not use up the shared budget.
+        let rest = OUTSIDER_FRAMES_PER_S as usize - per;
+        let passed = peers[1..]
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p, per))
+            .filter(|p| o.allow(p, t))
+            .count();
+        assert_eq!(passed, rest);
+        // A second later the budgets are back.
+        assert!(o.allow(&peers[9], t + Duration::from_secs(1)));
     }
 
     #[test]
