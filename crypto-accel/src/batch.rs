@@ -17,11 +17,14 @@
 //!
 //! The weights zᵢ are 128-bit values drawn from a BLAKE3 stream keyed by a hash of every
 //! item's hᵢ and sᵢ: unpredictable to whoever made the signatures, and the same on every node
-//! for the same batch. Batch and single verification agree on every honestly made signature.
-//! Like every ed25519 batch equation (dalek's included), ours may accept adversarial
-//! signatures with torsion components that strict single verification rejects; because the
-//! weights are a function of the batch, every node checking the same batch reaches the same
-//! verdict.
+//! for the same batch. Batch and single verification agree on every honestly made signature,
+//! and an R of small order is refused while preparing, as strict verification refuses it.
+//! Like every ed25519 batch equation (dalek's included), ours may still accept an adversarial
+//! signature whose R or A carries a torsion component that strict single verification
+//! rejects: whether it passes depends on its weight and on which items share its equation,
+//! so whoever assembles a batch can try variants until one passes (about 1 in 8), and nodes
+//! that split the same batch differently (by load or thread count) may disagree about it.
+//! Consensus code must therefore not let such a verdict decide alone what is valid on chain.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -139,7 +142,11 @@ impl VerifyBatch {
             let hram: [u8; 64] = hash.finalize().into();
             digest.update(&hram);
             digest.update(sig.s_bytes());
-            let r = CompressedEdwardsY(*sig.r_bytes()).decompress();
+            // A small-order R (the identity, say) satisfies the equation for every weight
+            // when s = h·a, yet strict verification rejects it: unusable, as strict says.
+            let r = CompressedEdwardsY(*sig.r_bytes())
+                .decompress()
+                .filter(|r| !r.is_small_order());
             let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes()));
             match (r, s) {
                 (Some(r), Some(s)) => {
@@ -183,8 +190,8 @@ struct Prepared {
     r: Vec<EdwardsPoint>,
     s: Vec<Scalar>,
     h: Vec<Scalar>,
-    /// Items whose R is not a curve point or whose s is not canonical, ascending: invalid
-    /// under any verification, and left out of every equation.
+    /// Items whose R is not a curve point (or has small order) or whose s is not canonical,
+    /// ascending: invalid under strict verification, and left out of every equation.
     unusable: Vec<usize>,
     usable: Vec<bool>,
     seed: [u8; 32],
@@ -572,9 +579,24 @@ mod tests {
                 17 => sig.0[32..].copy_from_slice(&[0xff; 32]),
                 // s is canonical but wrong.
                 29 => sig.0[33] ^= 0x01,
+                // R is the identity (small order) and s = h·a: the batch equation holds for
+                // every weight, strict verification refuses it.
+                37 => {
+                    let mut id = [0u8; 32];
+                    id[0] = 1;
+                    let a =
+                        ed25519_dalek::SigningKey::from_bytes(&[(i % 13) as u8; 32]).to_scalar();
+                    let mut h = Sha512::new();
+                    h.update(id);
+                    h.update(kp.public().as_bytes());
+                    h.update(d.signed_bytes(msg.as_bytes()));
+                    let h = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+                    sig.0[..32].copy_from_slice(&id);
+                    sig.0[32..].copy_from_slice((h * a).as_bytes());
+                }
                 _ => {}
             }
-            if matches!(i % 41, 5 | 17 | 29) {
+            if matches!(i % 41, 5 | 17 | 29 | 37) {
                 bad.push(i);
             }
             b.push(&kp.public(), d, msg.as_bytes(), &sig);
@@ -590,7 +612,7 @@ mod tests {
         // Malformed ones are found by preparing alone and left out of the equations...
         assert_eq!(
             prep.unusable,
-            vec![5, 17, 46, 58, 87, 99, 128, 140, 169, 181]
+            vec![5, 17, 37, 46, 58, 78, 87, 99, 119, 128, 140, 160, 169, 181]
         );
         // ...so an equation over a range whose only bad items are malformed holds.
         assert!(prep.equation_holds(&b, 0..20));
