@@ -1093,3 +1093,28 @@ fn audit_reports_raise_and_lower_the_holders_data_contribution() {
         },
     );
 }
+
+#[test]
+fn the_rnodes_closest_to_a_data_id_are_the_deposited_ones_by_xor_distance() {
+    let mut c = Chain::new(6, 1_000);
+    let target = [0x5au8; 32];
+    assert!(c.state.rnodes_closest(&c.cfg, &target, 3).is_empty());
+    // Users 0..5 stake, user 5 does not.
+    for i in 0..5 {
+        let k = c.users[i].clone();
+        c.ok(
+            &k,
+            TxPayload::RNodeDeposit {
+                amount: 200_000 * CPC,
+            },
+        );
+    }
+    let dist =
+        |a: &chain::Address| -> Vec<u8> { a.0.iter().zip(&target).map(|(x, y)| x ^ y).collect() };
+    let mut want: Vec<chain::Address> = (0..5).map(|i| c.u(i)).collect();
+    want.sort_by_key(dist);
+    assert_eq!(c.state.rnodes_closest(&c.cfg, &target, 3), want[..3]);
+    assert_eq!(c.state.rnodes_closest(&c.cfg, &target, 9), want);
+    assert!(!c.state.rnodes_closest(&c.cfg, &target, 9).contains(&c.u(5)));
+    assert!(c.state.rnodes_closest(&c.cfg, &target, 0).is_empty());
+}

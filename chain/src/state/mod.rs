@@ -685,6 +685,27 @@ impl State {
         self.rnode_deposit(addr) >= cfg.rnode_min_deposit
     }
 
+    /// The `n` RNodes whose addresses are XOR-closest to `target` (a data id), closest
+    /// first: the storage nodes that may coordinate that data.
+    pub fn rnodes_closest(&self, cfg: &ChainConfig, target: &[u8; 32], n: usize) -> Vec<Address> {
+        let dist = |a: &Address| -> [u8; 32] { std::array::from_fn(|i| a.0[i] ^ target[i]) };
+        let mut v: Vec<([u8; 32], Address)> = self
+            .tables
+            .rnodes
+            .iter()
+            .filter(|(_, f)| f.0 >= cfg.rnode_min_deposit)
+            .map(|(a, _)| (dist(a), *a))
+            .collect();
+        let n = n.min(v.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        v.select_nth_unstable(n - 1);
+        v.truncate(n);
+        v.sort_unstable();
+        v.into_iter().map(|(_, a)| a).collect()
+    }
+
     /// Proxy register `get_real_contract`.
     pub fn get_real_contract(&self, proxy: &Address) -> Option<Address> {
         self.tables.proxies.get(proxy).copied()

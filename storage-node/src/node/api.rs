@@ -990,6 +990,7 @@ fn schemas() -> Value {
         "Data": object(json!({
             "id": hexs("Data id"),
             "owner": hexs("Owner"),
+            "coordinators": { "type": "array", "items": hexs("RNode"), "description": "RNodes that may coordinate the data and publish its DHT record, XOR-closest first" },
             "merkle_root": hexs("Merkle root over the shards"),
             "size": int_prop("Plaintext size in bytes"),
             "k": int_prop("Data shards"),

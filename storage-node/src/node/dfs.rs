@@ -161,6 +161,8 @@ struct SwarmTask {
     finds: HashMap<kad::QueryId, (PeerId, oneshot::Sender<()>)>,
     /// The remote IP of the latest connection to each peer.
     ips: HashMap<PeerId, IpAddr>,
+    /// The chain whose signed record pages count towards a lookup's quorum.
+    chain_id: u32,
 }
 
 impl SwarmTask {
@@ -297,7 +299,11 @@ impl SwarmTask {
                 kad::QueryResult::GetRecord(r) => {
                     let mut enough = false;
                     if let Ok(kad::GetRecordOk::FoundRecord(p)) = r {
-                        if let Some((v, _)) = self.gets.get_mut(&id) {
+                        // Only pages signed for this chain count towards the quorum: a few
+                        // hostile nodes near the key must not end the lookup with garbage.
+                        let signed =
+                            SignedPage::open(&p.record.value, self.chain_id, now_ms()).is_ok();
+                        if let (true, Some((v, _))) = (signed, self.gets.get_mut(&id)) {
                             v.push(p.record.value);
                             enough = v.len() >= RECORD_QUORUM;
                         }
@@ -468,12 +474,13 @@ fn newest_page(
 }
 
 /// Who may publish record pages of one data item, as the API node's chain says: its owner
-/// or an RNode. Answers are cached for [`PUBLISHER_TTL`].
+/// or one of the RNodes that may coordinate it. Answers are cached for [`PUBLISHER_TTL`].
 struct Publishers<'a> {
     api: &'a ApiClient,
     cache: &'a TtlCache<(DataId, NodeId)>,
     data: DataId,
-    owner: Option<Option<NodeId>>,
+    /// (owner, coordinators), once asked; `None` inside when the API could not say.
+    allowed: Option<Option<(NodeId, Vec<NodeId>)>>,
 }
 
 impl<'a> Publishers<'a> {
@@ -482,7 +489,7 @@ impl<'a> Publishers<'a> {
             api,
             cache,
             data: *data,
-            owner: None,
+            allowed: None,
         }
     }
 
@@ -491,27 +498,28 @@ impl<'a> Publishers<'a> {
             return v;
         }
         let (api, data) = (self.api, self.data);
-        let owner = *self.owner.get_or_insert_with(|| {
-            api.get_json::<DataView>(&format!("/data/{data}"))
-                .ok()
-                .and_then(|d| Address::from_hex(&d.owner))
-                .map(|a| NodeId(a.0))
+        let allowed = self.allowed.get_or_insert_with(|| {
+            match api.get_json::<DataView>(&format!("/data/{data}")) {
+                Ok(d) => {
+                    let node = |hex: &str| Address::from_hex(hex).map(|a| NodeId(a.0));
+                    let owner = node(&d.owner)?;
+                    let coordinators = d.coordinators.iter().filter_map(|c| node(c)).collect();
+                    Some((owner, coordinators))
+                }
+                Err(e) => {
+                    tracing::debug!("asking who may publish the record of {data}: {e}");
+                    None
+                }
+            }
         });
-        if owner == Some(*writer) {
-            self.cache.insert((data, *writer), true);
-            return true;
-        }
-        match api.account(&Address(writer.0)) {
-            Ok(a) => {
-                self.cache.insert((data, *writer), a.rnode);
-                a.rnode
-            }
-            // Not remembered: the next read asks again.
-            Err(e) => {
-                tracing::debug!("asking whether record writer {writer} is an RNode: {e}");
-                false
-            }
-        }
+        // Not remembered when the API could not say (it may not have applied the
+        // registration yet): the next read asks again.
+        let Some((owner, coordinators)) = allowed else {
+            return false;
+        };
+        let v = owner == writer || coordinators.contains(writer);
+        self.cache.insert((data, *writer), v);
+        v
     }
 }
 
@@ -574,6 +582,7 @@ impl Dfs {
             providers: HashMap::new(),
             finds: HashMap::new(),
             ips: HashMap::new(),
+            chain_id: status.chain_id,
         };
         for a in &status.listen {
             let Ok(addr) = a.parse::<Multiaddr>() else {

@@ -10,7 +10,7 @@ use crypto_accel::{DataId, Hash};
 
 use super::config::Role;
 use super::engine::{BlockSummary, Engine, EngineEvent};
-use super::storage::{ChainView, StorageService};
+use super::storage::{ChainView, StorageService, COORDINATOR_CANDIDATES};
 use super::view::*;
 
 impl ChainView for EngineHandle {
@@ -34,6 +34,15 @@ impl ChainView for EngineHandle {
     fn is_rnode(&self, who: &Address) -> Option<bool> {
         let who = *who;
         self.query(move |e| e.state.is_rnode(&e.cfg, &who))
+    }
+
+    fn may_coordinate(&self, who: &Address, data: &DataId) -> Option<bool> {
+        let (who, data) = (*who, *data);
+        self.query(move |e| {
+            e.state
+                .rnodes_closest(&e.cfg, data.as_bytes(), COORDINATOR_CANDIDATES)
+                .contains(&who)
+        })
     }
 }
 
@@ -312,6 +321,12 @@ impl NodeApi for EngineHandle {
             e.state.data(&id).map(|d| DataView {
                 id: id.to_hex(),
                 owner: d.owner.to_hex(),
+                coordinators: e
+                    .state
+                    .rnodes_closest(&e.cfg, id.as_bytes(), COORDINATOR_CANDIDATES)
+                    .iter()
+                    .map(Address::to_hex)
+                    .collect(),
                 merkle_root: d.merkle_root.to_hex(),
                 size: d.size,
                 k: d.k,

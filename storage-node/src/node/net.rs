@@ -26,7 +26,6 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::config::now_ms;
 use super::storage::ChainView;
-use crypto_accel::DataId;
 
 /// Largest consensus frame (a proposal of `MAX_BLOCK_TXS` transactions fits).
 pub const MAX_CONSENSUS_FRAME: usize = 64 << 20;
@@ -526,6 +525,32 @@ impl OutsiderFrames {
 /// Addresses of one peer taken from its identify message (it chooses them).
 pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
+/// Whether a page of `version`, `len` bytes, may be kept under `key`: no page at least as
+/// new is kept there, and the kept bytes stay in bounds.
+fn record_is_news(
+    store: &kad::store::MemoryStore,
+    kept: &RecordBytes,
+    chain_id: u32,
+    key: &kad::RecordKey,
+    len: usize,
+    version: u64,
+) -> bool {
+    use kad::store::RecordStore;
+    if let Some(old) = store.get(key) {
+        // A kept page passed the gate; its clock bound no longer matters.
+        if let Ok(o) = SignedPage::open(&old.value, chain_id, u64::MAX) {
+            if o.page.version >= version {
+                return false;
+            }
+        }
+    }
+    if !kept.fits(key, len) {
+        tracing::debug!("not keeping a DHT record: {MAX_RECORD_BYTES_KEPT} bytes of them kept");
+        return false;
+    }
+    true
+}
+
 /// Keeps a DHT record page that [`RecordGate::check`] let through, unless a page at least
 /// as new is kept under its key already (or the kept bytes are at their bound).
 pub fn accept_record(
@@ -536,17 +561,8 @@ pub fn accept_record(
     version: u64,
 ) {
     use kad::store::RecordStore;
-    if let Some(old) = store.get(&record.key) {
-        // A kept page passed the gate; its clock bound no longer matters.
-        if let Ok(o) = SignedPage::open(&old.value, chain_id, u64::MAX) {
-            if o.page.version >= version {
-                return;
-            }
-        }
-    }
     let (key, len) = (record.key.clone(), record.value.len());
-    if !kept.fits(&key, len) {
-        tracing::debug!("not keeping a DHT record: {MAX_RECORD_BYTES_KEPT} bytes of them kept");
+    if !record_is_news(store, kept, chain_id, &key, len, version) {
         return;
     }
     match store.put(record) {
@@ -558,21 +574,27 @@ pub fn accept_record(
 /// Record pages whose publisher is being looked up on chain at once; more are dropped (the
 /// publisher stores its page on other nodes too, and republishes).
 const MAX_RECORD_CHECKS: usize = 32;
+/// Pages waiting for the chain to make up its mind at once (see [`RECORD_CHECK_TRIES`]):
+/// pages nobody may publish end here, so a flood of them fills this and not the above.
+const MAX_RECORD_RETRIES: usize = 4;
 /// Looks at the chain this many times, [`RECORD_CHECK_RETRY`] apart, while it cannot tell
-/// (the data's registration may be in a block this node has not applied yet).
+/// (the data's registration, or the publisher's deposit, may be in a block this node has
+/// not applied yet).
 const RECORD_CHECK_TRIES: u32 = 4;
 const RECORD_CHECK_RETRY: Duration = Duration::from_secs(3);
 
 /// Decides which DHT record pages a node keeps. A page must be signed for this chain (see
-/// [`SignedPage`]) and stored under its own key, and its publisher must be the data's owner
-/// on chain or a storage node holding the RNode deposit (coordinators publish new versions
-/// after repairs). Anyone could otherwise replace the record of any data with one naming
-/// holders that do not exist.
+/// [`SignedPage`]) and stored under its own key; its data must be registered on chain with
+/// the page's erasure code and no more blocks than the data has bytes; and its publisher
+/// must be the data's owner or a storage node holding the RNode deposit (coordinators
+/// publish new versions after repairs). Anyone could otherwise replace the record of any
+/// data with one naming holders that do not exist.
 #[derive(Clone)]
 pub struct RecordGate {
     chain_id: u32,
     chain: Arc<dyn ChainView>,
     checking: Arc<tokio::sync::Semaphore>,
+    retrying: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for RecordGate {
@@ -583,19 +605,23 @@ impl std::fmt::Debug for RecordGate {
     }
 }
 
-/// Whether `writer` may publish record pages of `data`; `None` while the chain cannot tell
-/// (it did not answer, or the data is not registered yet and the writer is no RNode).
-pub fn may_publish(chain: &dyn ChainView, writer: &NodeId, data: &DataId) -> Option<bool> {
+/// Whether `writer` may publish `page`; `None` while the chain cannot tell (it did not
+/// answer, the data is not registered here yet, or the writer is not an RNode yet).
+pub fn may_publish(chain: &dyn ChainView, writer: &NodeId, page: &DataRecord) -> Option<bool> {
+    let reg = chain.data(&page.data)?;
+    let blocks = page.total_blocks;
+    if u16::from(page.k) != reg.k
+        || u16::from(page.m) != reg.m
+        || blocks > reg.size.max(1)
+        || blocks > crate::manifest::MAX_BLOCKS as u64
+    {
+        return Some(false);
+    }
     let who = Address(writer.0);
-    let reg = chain.data(data);
-    if reg.as_ref().is_some_and(|d| d.owner == who) {
+    if reg.owner == who || chain.may_coordinate(&who, &page.data)? {
         return Some(true);
     }
-    match chain.is_rnode(&who)? {
-        true => Some(true),
-        false if reg.is_some() => Some(false),
-        false => None,
-    }
+    None
 }
 
 impl RecordGate {
@@ -605,6 +631,7 @@ impl RecordGate {
             chain_id,
             chain,
             checking: Arc::new(tokio::sync::Semaphore::new(MAX_RECORD_CHECKS)),
+            retrying: Arc::new(tokio::sync::Semaphore::new(MAX_RECORD_RETRIES)),
         }
     }
 
@@ -627,28 +654,40 @@ impl RecordGate {
             tracing::debug!("dropping a DHT record: {MAX_RECORD_CHECKS} already being checked");
             return;
         };
-        let (chain, keep) = (Arc::clone(&self.chain), keep.clone());
+        let (chain, keep, retrying) = (
+            Arc::clone(&self.chain),
+            keep.clone(),
+            Arc::clone(&self.retrying),
+        );
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            for _ in 0..RECORD_CHECK_TRIES {
-                match may_publish(&*chain, &signed.writer, &data) {
-                    Some(true) => {
-                        let _ = keep.send((record, signed.page.version));
-                        return;
+            let mut verdict = may_publish(&*chain, &signed.writer, &signed.page);
+            drop(permit);
+            if verdict.is_none() {
+                let Ok(_retry) = retrying.try_acquire_owned() else {
+                    tracing::debug!("dropping a record of {data}: {MAX_RECORD_RETRIES} pages already wait for the chain");
+                    return;
+                };
+                for _ in 1..RECORD_CHECK_TRIES {
+                    std::thread::sleep(RECORD_CHECK_RETRY);
+                    verdict = may_publish(&*chain, &signed.writer, &signed.page);
+                    if verdict.is_some() {
+                        break;
                     }
-                    Some(false) => {
-                        tracing::debug!(
-                            "refusing a record of {data} from {}: neither its owner nor an RNode",
-                            signed.writer
-                        );
-                        return;
-                    }
-                    None => std::thread::sleep(RECORD_CHECK_RETRY),
                 }
             }
-            tracing::debug!(
-                "dropping a record of {data}: the chain could not say who may publish it"
-            );
+            match verdict {
+                Some(true) => {
+                    let _ = keep.send((record, signed.page.version));
+                }
+                Some(false) => tracing::debug!(
+                    "refusing a record of {data} from {}: it does not match the registration",
+                    signed.writer
+                ),
+                None => tracing::debug!(
+                    "dropping a record of {data} from {}: not its owner nor an RNode, as far as this node knows",
+                    signed.writer
+                ),
+            }
         });
     }
 }
@@ -1002,18 +1041,20 @@ impl Net {
                         }
                         NetCmd::PutRecord { key, value } => {
                             let rec = kad::Record::new(kad::RecordKey::new(&key), value);
-                            // Keep it locally too: this node is one of the record's holders.
-                            if let Ok(p) = SignedPage::open(&rec.value, records.chain_id, u64::MAX) {
-                                accept_record(
-                                    self.swarm.behaviour_mut().kad.store_mut(),
-                                    &mut record_bytes,
-                                    records.chain_id,
-                                    rec.clone(),
-                                    p.page.version,
-                                );
+                            // Kad keeps what it publishes in the local store: publish only a
+                            // page newer than the one kept here, within the bytes bound.
+                            let Ok(p) = SignedPage::open(&rec.value, records.chain_id, u64::MAX) else {
+                                continue;
+                            };
+                            let (k, len) = (rec.key.clone(), rec.value.len());
+                            let kad = &mut self.swarm.behaviour_mut().kad;
+                            if !record_is_news(kad.store_mut(), &record_bytes, records.chain_id, &k, len, p.page.version) {
+                                tracing::debug!("not publishing page {} of {}: a newer one is kept", p.page.page, p.page.data);
+                                continue;
                             }
-                            if let Err(e) = self.swarm.behaviour_mut().kad.put_record(rec, kad::Quorum::One) {
-                                tracing::warn!("putting a DHT record: {e}");
+                            match kad.put_record(rec, kad::Quorum::One) {
+                                Ok(_) => record_bytes.note(k, len),
+                                Err(e) => tracing::warn!("putting a DHT record: {e}"),
                             }
                         }
                     }
@@ -1211,6 +1252,7 @@ impl Net {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crypto_accel::DataId;
 
     /// A chain with one registered data item, its owner and one RNode.
     struct Chain {
@@ -1245,25 +1287,41 @@ mod tests {
     }
 
     #[test]
-    fn only_owners_and_rnodes_publish_records() {
+    fn only_owners_and_rnodes_publish_records_of_registered_data() {
         let node = |b: u8| NodeId([b; 32]);
         let data = DataId(crypto_accel::Hash([9; 32]));
+        // Registered with k = 4, m = 2: the test chain's page needs k + m = 6 entries.
+        let page = |data: DataId, blocks: usize| {
+            let row: Vec<NodeId> = (10..16).map(node).collect();
+            DataRecord::pages_from_map(data, 5, 4, 2, 1, &vec![row; blocks], &[])
+                .unwrap()
+                .remove(0)
+        };
         let mut c = Chain {
             data,
             owner: Address([1; 32]),
             rnode: Address([2; 32]),
             answers: true,
         };
-        assert_eq!(may_publish(&c, &node(1), &data), Some(true));
-        assert_eq!(may_publish(&c, &node(2), &data), Some(true));
-        assert_eq!(may_publish(&c, &node(3), &data), Some(false));
-        // Data this node has not seen registered: only an RNode is known to be allowed.
-        let unknown = DataId(crypto_accel::Hash([8; 32]));
-        assert_eq!(may_publish(&c, &node(2), &unknown), Some(true));
+        let good = page(data, 1);
+        assert_eq!(may_publish(&c, &node(1), &good), Some(true));
+        assert_eq!(may_publish(&c, &node(2), &good), Some(true));
+        // Anyone else: perhaps an RNode whose deposit this node has not seen yet.
+        assert_eq!(may_publish(&c, &node(3), &good), None);
+        // Data this node has not seen registered: nobody, yet.
+        let unknown = page(DataId(crypto_accel::Hash([8; 32])), 1);
         assert_eq!(may_publish(&c, &node(1), &unknown), None);
+        assert_eq!(may_publish(&c, &node(2), &unknown), None);
+        // More blocks than the data has bytes (1): refused, whoever signs.
+        assert_eq!(may_publish(&c, &node(1), &page(data, 2)), Some(false));
+        // Another erasure code than the registration's.
+        let mut other = good.clone();
+        other.k = 3;
+        other.m = 3;
+        assert_eq!(may_publish(&c, &node(1), &other), Some(false));
         // A chain that does not answer decides nothing.
         c.answers = false;
-        assert_eq!(may_publish(&c, &node(2), &data), None);
+        assert_eq!(may_publish(&c, &node(2), &good), None);
     }
 
     #[test]

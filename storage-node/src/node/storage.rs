@@ -53,7 +53,19 @@ pub trait ChainView: Send + Sync {
     /// Whether `who` holds the RNode deposit at the current head; `None` if the chain did
     /// not answer in time.
     fn is_rnode(&self, who: &Address) -> Option<bool>;
+    /// Whether `who` is one of the [`COORDINATOR_CANDIDATES`] RNodes XOR-closest to `data`,
+    /// the ones that may coordinate it (and so publish its DHT record); `None` if the chain
+    /// did not answer in time.
+    fn may_coordinate(&self, who: &Address, data: &DataId) -> Option<bool> {
+        let _ = data;
+        self.is_rnode(who)
+    }
 }
+
+/// RNodes that may coordinate a data item: the ones XOR-closest to its id. Its coordinator
+/// is the closest that answers, so this many would have to be down at once before a repair
+/// could not be published.
+pub const COORDINATOR_CANDIDATES: usize = 8;
 
 /// Deliberate misbehaviour, for tests of audits and repair only (`[storage] fault`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

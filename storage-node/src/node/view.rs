@@ -131,6 +131,10 @@ pub struct DataView {
     pub id: String,
     /// Owner.
     pub owner: String,
+    /// The RNodes that may coordinate it (audits, repairs) and so publish its DHT record:
+    /// the ones whose keys are XOR-closest to its id, closest first.
+    #[serde(default)]
+    pub coordinators: Vec<String>,
     /// Merkle root over the shards.
     pub merkle_root: String,
     /// Plaintext size in bytes.

@@ -138,6 +138,7 @@ impl NodeApi for FakeNode {
         (*id == data_id()).then(|| DataView {
             id: id.to_hex(),
             owner: account_addr().to_hex(),
+            coordinators: vec![account_addr().to_hex()],
             merkle_root: Hash::ZERO.to_hex(),
             size: 1 << 20,
             k: 4,
