@@ -22,6 +22,9 @@ use super::view::{AccountView, StatusView};
 pub const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 /// Default fee of `cpchain tx …`, in CPC.
 pub const DEFAULT_FEE: &str = "0.001";
+/// [`DEFAULT_FEE`] in base units: the fee of the transactions nodes and clients send on
+/// their own (registrations, audit reports, stake deposits).
+pub const DEFAULT_FEE_AMOUNT: chain::Amount = chain::CPC / 1000;
 
 /// What went wrong talking to a node.
 #[derive(Debug, thiserror::Error)]
@@ -644,6 +647,7 @@ mod tests {
         assert_eq!(parse_cpc("1").unwrap(), CPC);
         assert_eq!(parse_cpc("1.5").unwrap(), CPC + CPC / 2);
         assert_eq!(parse_cpc("0.001").unwrap(), CPC / 1000);
+        assert_eq!(parse_cpc(DEFAULT_FEE).unwrap(), DEFAULT_FEE_AMOUNT);
         assert_eq!(parse_cpc(".5").unwrap(), CPC / 2);
         assert_eq!(parse_cpc("2.").unwrap(), 2 * CPC);
         assert_eq!(parse_cpc("0.000000000000000001").unwrap(), 1);

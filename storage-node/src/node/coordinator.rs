@@ -803,10 +803,7 @@ impl Coordinator {
         use super::view::NodeApi;
         let me = chain::Address(self.me.0);
         let mut nonce = self.chain.account(&me).pending_nonce;
-        let fee = match super::client::parse_cpc(super::client::DEFAULT_FEE) {
-            Ok(f) => f,
-            Err(_) => return,
-        };
+        let fee = super::client::DEFAULT_FEE_AMOUNT;
         let mut txs = Vec::new();
         let mut sent = Vec::new();
         for (node, st) in self.planner.holder_stats() {

@@ -840,8 +840,7 @@ impl Dfs {
             intervals: m.interval_range(),
             policy,
         };
-        let fee = super::client::parse_cpc(super::client::DEFAULT_FEE)
-            .map_err(|e| anyhow!("default fee: {e}"))?;
+        let fee = super::client::DEFAULT_FEE_AMOUNT;
         let tx = chain::SignedTx::sign(&self.key, self.chain_id, nonce, fee, payload);
         let hash = self
             .api

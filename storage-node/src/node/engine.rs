@@ -1279,7 +1279,7 @@ impl Engine {
 /// How long a sent RNode deposit has to become final before it is sent again.
 const STAKE_RETRY: Duration = Duration::from_secs(10);
 /// Fee of the deposit `[storage] stake` sends (the CLI's default fee).
-const STAKE_FEE: chain::Amount = chain::CPC / 1000;
+const STAKE_FEE: chain::Amount = super::client::DEFAULT_FEE_AMOUNT;
 
 /// The highest block number a peer could truthfully claim at `now_ms`, given our tip: a
 /// block follows its parent by at least a period, so the chain gains at most one block per
