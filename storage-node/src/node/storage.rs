@@ -433,7 +433,7 @@ impl StorageService {
             ShardRequest::Put { bytes } => self.put(bytes, now_ms),
             ShardRequest::Get { id, data, block } => self.get(id, &data, block, from),
             ShardRequest::GetManifest { data } => self.get_manifest(&data, from),
-            ShardRequest::Audit { id, nonce } => self.audit(id, nonce),
+            ShardRequest::Audit { id, nonce } => self.audit(id, nonce, from),
             ShardRequest::Held { data } => {
                 let mut v = self.held(&data);
                 v.truncate(dht::wire::MAX_HELD);
@@ -723,10 +723,19 @@ impl StorageService {
         }
     }
 
-    fn audit(&self, id: ChunkId, nonce: u64) -> ShardResponse {
+    fn audit(&self, id: ChunkId, nonce: u64, from: Option<&PublicKey>) -> ShardResponse {
         if !lock(&self.index).contains_key(&id) {
             self.counters.audits_missing.fetch_add(1, Ordering::Relaxed);
             return ShardResponse::NotFound;
+        }
+        // Coordinators, who audit, are RNodes. Anyone else could read a shard 1 KiB at a
+        // time through the proofs, without a grant. `Failed`, not `Refused`: an auditor
+        // whose deposit this node has not seen yet must not count the answer against us.
+        if !from.is_some_and(|k| self.staked(&Address::of(k))) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return ShardResponse::Failed(
+                "audits are answered to RNodes (storage nodes with the deposit) only".into(),
+            );
         }
         match self.read_shard(&id) {
             Ok(Some(b)) => match dht::proof::prove(&b, nonce) {
@@ -975,12 +984,22 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
     const BLOCK: u32 = 4096;
 
-    /// The chain as the storage role sees it: registrations, and grants by interval range.
-    #[derive(Default)]
+    /// The chain as the storage role sees it: registrations, grants by interval range, and
+    /// RNodes ([`auditor`] among them).
     struct FakeChain {
         data: Mutex<HashMap<DataId, DataRecord>>,
         grants: Mutex<HashMap<(Address, DataId), Range<u64>>>,
         rnodes: Mutex<HashSet<Address>>,
+    }
+
+    impl Default for FakeChain {
+        fn default() -> Self {
+            FakeChain {
+                data: Mutex::default(),
+                grants: Mutex::default(),
+                rnodes: Mutex::new(HashSet::from([Address::of(&auditor().public())])),
+            }
+        }
     }
 
     impl FakeChain {
@@ -1153,8 +1172,17 @@ mod tests {
         }
     }
 
+    /// The coordinator that audits in these tests: an RNode on every [`FakeChain`].
+    fn auditor() -> Keypair {
+        Keypair::from_seed([77; 32])
+    }
+
     fn audit(s: &StorageService, id: ChunkId, nonce: u64) -> ShardResponse {
-        s.handle(ShardRequest::Audit { id, nonce }, None, NOW)
+        s.handle(
+            ShardRequest::Audit { id, nonce },
+            Some(&auditor().public()),
+            NOW,
+        )
     }
 
     fn proof_of(r: ShardResponse) -> AuditProof {
@@ -1461,6 +1489,22 @@ mod tests {
         // (The unstaked answer is cached for a few seconds.)
         lock(&s.stake_cache.map).clear();
         assert_eq!(ask(), ShardResponse::Shard(d.bytes(1, 2)));
+    }
+
+    #[test]
+    fn audits_are_answered_to_rnodes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_chain, s, d) = committed(dir.path(), &SOME);
+        let id = d.shard_id(2, 5);
+        let stranger = Keypair::from_seed([78; 32]);
+        for from in [None, Some(&stranger.public())] {
+            let r = s.handle(ShardRequest::Audit { id, nonce: 1 }, from, NOW);
+            match r {
+                ShardResponse::Failed(why) => assert!(why.contains("RNodes"), "{why}"),
+                other => panic!("a proof for a non-RNode: {other:?}"),
+            }
+        }
+        dht::proof::verify(&id, 1, &proof_of(audit(&s, id, 1))).unwrap();
     }
 
     #[test]
