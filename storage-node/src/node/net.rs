@@ -368,7 +368,14 @@ pub fn identify_behaviour(key: &identity::Keypair) -> identify::Behaviour {
 pub struct SubnetGuard {
     members: HashMap<(u32, u64), HashSet<PeerId>>,
     at: HashMap<PeerId, (u32, u64)>,
+    /// When each peer was admitted ([`SubnetGuard::reconcile`] leaves young ones alone).
+    since: HashMap<PeerId, Instant>,
 }
+
+/// How long an admitted peer may stay out of the routing table before its place is freed:
+/// a peer offered to a full bucket waits there as pending while the bucket's oldest entry
+/// is pinged, and kad says nothing when it is then dropped.
+pub const PENDING_GRACE: Duration = Duration::from_secs(60);
 
 impl SubnetGuard {
     /// Whether `peer` at `addr` may enter the bucket it falls in relative to `local`;
@@ -390,7 +397,24 @@ impl SubnetGuard {
         }
         set.insert(*peer);
         self.at.insert(*peer, key);
+        self.since.insert(*peer, Instant::now());
         true
+    }
+
+    /// Frees the places of peers admitted more than [`PENDING_GRACE`] before `now` that are
+    /// not in the routing table (`in_table`): pending entries kad dropped without an event.
+    pub fn reconcile(&mut self, in_table: &HashSet<PeerId>, now: Instant) {
+        let stale: Vec<PeerId> = self
+            .since
+            .iter()
+            .filter(|(p, at)| {
+                !in_table.contains(*p) && now.saturating_duration_since(**at) > PENDING_GRACE
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale {
+            self.forget(&p);
+        }
     }
 
     /// Offers `peer` at `addr` to the routing table if [`SubnetGuard::admit`] lets it in,
@@ -411,6 +435,7 @@ impl SubnetGuard {
 
     /// Frees `peer`'s place (the routing table dropped it).
     pub fn forget(&mut self, peer: &PeerId) {
+        self.since.remove(peer);
         if let Some(key) = self.at.remove(peer) {
             if let Some(set) = self.members.get_mut(&key) {
                 set.remove(peer);
@@ -1072,7 +1097,13 @@ impl Net {
                     }
                 }
                 _ = kad_boot.tick() => {
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    let _ = kad.bootstrap();
+                    let in_table: HashSet<PeerId> = kad
+                        .kbuckets()
+                        .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                        .collect();
+                    guard.reconcile(&in_table, Instant::now());
                 }
                 ev = self.swarm.select_next_some() => match ev {
                     SwarmEvent::NewListenAddr { address, .. } => {
@@ -1552,5 +1583,17 @@ mod tests {
         g.forget(&greedy);
         assert!(g.is_empty() && g.members.is_empty());
         assert!(g.admit(&local, &peers[0], &addr(20, 1)));
+        // A peer kad never took (pending, then dropped without an event) keeps its place
+        // for a grace period, then loses it; one in the table keeps it.
+        assert!(g.admit(&local, &peers[1], &addr(30, 1)));
+        let table = HashSet::from([peers[0]]);
+        g.reconcile(&table, Instant::now());
+        assert_eq!(g.len(), 2);
+        g.reconcile(
+            &table,
+            Instant::now() + PENDING_GRACE + Duration::from_secs(1),
+        );
+        assert_eq!(g.len(), 1);
+        assert!(g.at.contains_key(&peers[0]) && g.since.len() == 1);
     }
 }
