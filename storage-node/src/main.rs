@@ -391,13 +391,13 @@ fn net_get(
     let report = match output {
         None => dfs.get(
             id,
-            BufWriter::with_capacity(1 << 20, io::stdout()),
+            BufWriter::with_capacity(OUT_BUF, io::stdout()),
             range,
             &|n| bar.set_position(n),
         )?,
         Some(p) if p.as_os_str() == "-" => dfs.get(
             id,
-            BufWriter::with_capacity(1 << 20, io::stdout()),
+            BufWriter::with_capacity(OUT_BUF, io::stdout()),
             range,
             &|n| bar.set_position(n),
         )?,
@@ -576,7 +576,7 @@ fn run(cli: Cli) -> Result<()> {
                     &manifest,
                     &owner,
                     &store,
-                    BufWriter::with_capacity(1 << 20, io::stdout()),
+                    BufWriter::with_capacity(OUT_BUF, io::stdout()),
                     &OpenParams {
                         range: *range,
                         ..OpenParams::default()
@@ -801,6 +801,11 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     Ok(())
 }
 
+/// Output buffer of `get`: smaller than a block's parts (a 1 MiB block at k = 10 has parts
+/// of 100 KiB), which `BufWriter` then passes straight through instead of copying them,
+/// while small writes (the edges of a ranged get) are still gathered.
+const OUT_BUF: usize = 64 << 10;
+
 /// Runs `get` writing to `out`. A regular file (or a new one) is written under a temporary
 /// name and renamed once `get` succeeds, so a failed get never leaves a partial file that
 /// looks complete; anything else that exists (a device such as `/dev/null`, a FIFO) is
@@ -812,11 +817,11 @@ fn write_output<T>(out: &Path, get: impl FnOnce(BufWriter<File>) -> Result<T>) -
             .write(true)
             .open(out)
             .with_context(|| format!("opening {}", out.display()))?;
-        return get(BufWriter::with_capacity(1 << 20, f));
+        return get(BufWriter::with_capacity(OUT_BUF, f));
     }
     let tmp = out.with_extension("cpchain-partial");
     let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    match get(BufWriter::with_capacity(1 << 20, f)) {
+    match get(BufWriter::with_capacity(OUT_BUF, f)) {
         Ok(r) => {
             fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
             Ok(r)

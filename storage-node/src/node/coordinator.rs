@@ -48,6 +48,8 @@ const REPAIR_BATCH: usize = 32;
 /// Most shard bytes one repair wave fetches (k survivors per block): 32 blocks of 1 MiB
 /// fit in one wave; blocks of 64 MiB go one at a time.
 const REPAIR_WAVE_BYTES: u64 = 64 << 20;
+/// How long a node's answer to "do you keep this manifest?" is trusted.
+const KEEPER_TTL: Duration = Duration::from_secs(600);
 /// How long a repair transfer may take.
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -135,6 +137,7 @@ pub fn spawn(
                 stats,
                 manifests: HashMap::new(),
                 versions: HashMap::new(),
+                keepers: HashMap::new(),
                 last_scan: None,
                 scans: 0,
                 back: HashSet::new(),
@@ -164,6 +167,8 @@ struct Coordinator {
     stats: Arc<CoordinatorStats>,
     manifests: HashMap<DataId, Manifest>,
     versions: HashMap<DataId, u64>,
+    /// Whether a node keeps a data item's manifest, and until when that answer is trusted.
+    keepers: HashMap<(DataId, NodeId), (bool, Instant)>,
     last_scan: Option<Instant>,
     /// Scans run so far (dead, disconnected nodes are probed only every few scans).
     scans: u64,
@@ -260,6 +265,31 @@ impl Coordinator {
             });
         }
         (c, peers)
+    }
+
+    /// Whether `node` keeps the manifest of `data`, asked with `GetManifest`. A yes is
+    /// trusted for [`KEEPER_TTL`]; a no, or no answer (taken as yes: two coordinators cost
+    /// more than a late one), for a minute.
+    fn keeps_manifest(&mut self, data: DataId, node: NodeId) -> bool {
+        if let Some((v, _)) = self.keepers.get(&(data, node)) {
+            return *v;
+        }
+        let answer = self
+            .request_many(
+                vec![(node, ShardRequest::GetManifest { data })],
+                QUICK_TIMEOUT,
+            )
+            .pop();
+        // Holders say "not found" before checking access, so a refusal means it keeps it.
+        let (keeps, ttl) = match answer {
+            Some(Ok(ShardResponse::Manifest(_) | ShardResponse::Refused(_))) => (true, KEEPER_TTL),
+            // It may get the manifest soon (a repair): ask again in a minute.
+            Some(Ok(ShardResponse::NotFound)) => (false, Duration::from_secs(60)),
+            _ => (true, Duration::from_secs(60)),
+        };
+        self.keepers
+            .insert((data, node), (keeps, Instant::now() + ttl));
+        keeps
     }
 
     /// Sends every request at once and waits for all answers (each `Err` after `timeout`):
@@ -402,14 +432,23 @@ impl Coordinator {
         self.planner.set_candidates(live.clone());
         // The coordinator of a data item is the XOR-closest RNode that answers: a dead
         // coordinator is passed over at the next scan.
+        // A closer RNode that does not keep the data's manifest (it joined, or staked, after
+        // the put) cannot coordinate it, and is passed over: otherwise every holder would
+        // defer to it and nobody would coordinate.
         let mut mine: HashSet<DataId> = HashSet::new();
         if live.iter().any(|c| c.node == self.me) {
+            self.keepers.retain(|_, (_, until)| *until > Instant::now());
             for d in self.service.manifest_ids() {
-                let closest = live
-                    .iter()
-                    .min_by_key(|c| dht::planner::distance(&c.node.0, d.as_bytes()));
-                if closest.is_some_and(|c| c.node == self.me) {
-                    mine.insert(d);
+                let mut order: Vec<NodeId> = live.iter().map(|c| c.node).collect();
+                order.sort_by_key(|n| dht::planner::distance(&n.0, d.as_bytes()));
+                for n in order {
+                    if n == self.me {
+                        mine.insert(d);
+                        break;
+                    }
+                    if self.keeps_manifest(d, n) {
+                        break;
+                    }
                 }
             }
         }
