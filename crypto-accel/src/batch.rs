@@ -546,19 +546,26 @@ mod tests {
     use super::*;
     use crate::keys::{Keypair, MessageKind};
 
-    fn batch(n: usize, bad: &[usize]) -> VerifyBatch {
+    /// `n` items signed by `keys` distinct keys, each signature then passed to `spoil`.
+    fn signed(n: usize, keys: usize, spoil: impl Fn(usize, &mut Signature)) -> VerifyBatch {
         let d = SigDomain::new(7, MessageKind::TEST);
         let mut b = VerifyBatch::new();
         for i in 0..n {
-            let kp = Keypair::from_seed([(i % 251) as u8; 32]);
+            let kp = Keypair::from_seed([(i % keys) as u8; 32]);
             let msg = format!("message {i}");
             let mut sig = kp.sign(d, msg.as_bytes());
-            if bad.contains(&i) {
-                sig.0[3] ^= 0x40;
-            }
+            spoil(i, &mut sig);
             b.push(&kp.public(), d, msg.as_bytes(), &sig);
         }
         b
+    }
+
+    fn batch(n: usize, bad: &[usize]) -> VerifyBatch {
+        signed(n, 251, |i, sig| {
+            if bad.contains(&i) {
+                sig.0[3] ^= 0x40;
+            }
+        })
     }
 
     #[test]
@@ -725,19 +732,13 @@ mod tests {
             chunk in 3usize..200,
             threads in 1usize..3,
         ) {
-            let d = SigDomain::new(9, MessageKind::TEST);
-            let mut b = VerifyBatch::new();
-            for i in 0..150usize {
-                let kp = Keypair::from_seed([(i % 37) as u8; 32]);
-                let msg = format!("prop {i}");
-                let mut sig = kp.sign(d, msg.as_bytes());
+            let b = signed(150, 37, |i, sig| {
                 for &(at, byte, bit) in &spoil {
                     if at == i {
                         sig.0[byte] ^= 1 << bit;
                     }
                 }
-                b.push(&kp.public(), d, msg.as_bytes(), &sig);
-            }
+            });
             let v = CpuBatchVerifier::new(CpuVerifierConfig { threads, chunk }).unwrap();
             proptest::prop_assert_eq!(v.verify(&b), verify_each(&b));
         }
