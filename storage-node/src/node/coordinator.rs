@@ -885,7 +885,12 @@ impl Coordinator {
         let (Some(m), Some(map)) = (self.manifests.get(data), self.planner.shard_map(data)) else {
             return;
         };
-        // The clock, so pages published by this node outrank its predecessor's.
+        // The clock, so pages published by this node outrank its predecessor's; and past
+        // the newest page anyone allowed published, in case that publisher's clock is ahead.
+        if !self.versions.contains_key(data) {
+            let seen = self.newest_version(data);
+            self.versions.insert(*data, seen);
+        }
         let v = self.versions.entry(*data).or_insert(0);
         *v = dht::record::next_version(now_ms(), *v);
         let built = DataRecord::pages_from_partial_map(
@@ -910,6 +915,40 @@ impl Coordinator {
             }
             Err(e) => self.note(format!("record of {data}: {e}")),
         }
+    }
+
+    /// The newest version of page 0 of `data`'s record in the DHT among pages whose
+    /// publisher may publish them (0 when none is found within [`QUICK_TIMEOUT`]).
+    fn newest_version(&self, data: &DataId) -> u64 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let key = DataRecord::key(data, 0);
+        if self.net.send(NetCmd::GetRecord { key, reply: tx }).is_err() {
+            return 0;
+        }
+        let t = Instant::now();
+        let mut rx = rx;
+        let copies = loop {
+            match rx.try_recv() {
+                Ok(v) => break v,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                    if t.elapsed() < QUICK_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(_) => break Vec::new(),
+            }
+        };
+        let now = now_ms();
+        copies
+            .iter()
+            .filter_map(|c| SignedPage::open(c, self.chain_id, now).ok())
+            .filter(|p| {
+                p.page.data == *data
+                    && super::net::may_publish(&self.chain, &p.writer, &p.page) == Some(true)
+            })
+            .map(|p| p.page.version)
+            .max()
+            .unwrap_or(0)
     }
 
     fn refresh_view(&self) {

@@ -253,6 +253,14 @@ pub enum NetCmd {
         /// Encoded page.
         value: Vec<u8>,
     },
+    /// Look a record page up in Kademlia: every copy found, as stored (signed pages), once
+    /// the lookup ends.
+    GetRecord {
+        /// Record key.
+        key: [u8; 32],
+        /// The copies found (none when the lookup failed).
+        reply: tokio::sync::oneshot::Sender<Vec<Vec<u8>>>,
+    },
 }
 
 /// A storage node this node knows of (from identify).
@@ -595,6 +603,11 @@ pub fn accept_record(
         Err(e) => tracing::debug!("keeping a DHT record: {e}"),
     }
 }
+
+type RecordsReply = tokio::sync::oneshot::Sender<Vec<Vec<u8>>>;
+
+/// Copies of a record page a lookup keeps (kad asks up to its replication factor).
+const MAX_RECORD_COPIES: usize = 32;
 
 /// Record pages whose publisher is being looked up on chain at once; more are dropped (the
 /// publisher stores its page on other nodes too, and republishes).
@@ -974,6 +987,8 @@ impl Net {
         let mut sync_limit = RateLimit::new(SYNC_REQUESTS_PER_PEER_PER_S);
         let mut outsiders = OutsiderFrames::new(*self.swarm.local_peer_id());
         let mut record_bytes = RecordBytes::default();
+        // Record lookups under way: the copies found so far, and who waits for them.
+        let mut record_gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordsReply)> = HashMap::new();
         let mut next_id = 0u64;
         let mut rr = 0usize;
         let mut outbound_sync: HashMap<OutboundRequestId, PeerId> = HashMap::new();
@@ -1064,6 +1079,10 @@ impl Net {
                             let id = self.swarm.behaviour_mut().shard.send_request(&peer, data);
                             shard_out.insert(id, reply);
                         }
+                        NetCmd::GetRecord { key, reply } => {
+                            let q = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
+                            record_gets.insert(q, (Vec::new(), reply));
+                        }
                         NetCmd::PutRecord { key, value } => {
                             let rec = kad::Record::new(kad::RecordKey::new(&key), value);
                             // Kad keeps what it publishes in the local store: publish only a
@@ -1145,6 +1164,23 @@ impl Net {
                             }
                             for a in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
                                 guard.add_address(&mut self.swarm.behaviour_mut().kad, &local, &peer_id, a);
+                            }
+                        }
+                        BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                            id,
+                            result: kad::QueryResult::GetRecord(r),
+                            step,
+                            ..
+                        }) => {
+                            if let (Ok(kad::GetRecordOk::FoundRecord(p)), Some((v, _))) = (&r, record_gets.get_mut(&id)) {
+                                if v.len() < MAX_RECORD_COPIES {
+                                    v.push(p.record.value.clone());
+                                }
+                            }
+                            if step.last || r.is_err() {
+                                if let Some((v, reply)) = record_gets.remove(&id) {
+                                    let _ = reply.send(v);
+                                }
                             }
                         }
                         BehaviourEvent::Kad(kad::Event::RoutingUpdated { old_peer: Some(gone), .. }) => {
