@@ -558,15 +558,14 @@ impl OutsiderFrames {
 /// Addresses of one peer taken from its identify message (it chooses them).
 pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
-/// Whether a page of `version`, `len` bytes, may be kept under `key`: no page at least as
-/// new is kept there, and the kept bytes stay in bounds.
+/// Whether a page of `version`, `len` bytes, for data of `owner` may be kept under `key`: no
+/// page at least as new is kept there, and the kept bytes stay in bounds.
 fn record_is_news(
     store: &kad::store::MemoryStore,
     kept: &RecordBytes,
     chain_id: u32,
     key: &kad::RecordKey,
-    len: usize,
-    version: u64,
+    (len, version, owner): (usize, u64, Option<&Address>),
 ) -> bool {
     use kad::store::RecordStore;
     if let Some(old) = store.get(key) {
@@ -577,34 +576,37 @@ fn record_is_news(
             }
         }
     }
-    if !kept.fits(key, len) {
-        tracing::debug!("not keeping a DHT record: {MAX_RECORD_BYTES_KEPT} bytes of them kept");
+    if !kept.fits(key, len, owner) {
+        tracing::debug!("not keeping a DHT record: the bytes kept for it are at their bound");
         return false;
     }
     true
 }
 
-/// Keeps a DHT record page that [`RecordGate::check`] let through, unless a page at least
-/// as new is kept under its key already (or the kept bytes are at their bound).
+/// Keeps a DHT record page that [`RecordGate::check`] let through (of `version`, for data of
+/// `owner`), unless a page at least as new is kept under its key already (or the kept bytes
+/// are at their bound).
 pub fn accept_record(
     store: &mut kad::store::MemoryStore,
     kept: &mut RecordBytes,
     chain_id: u32,
     record: kad::Record,
-    version: u64,
+    (version, owner): (u64, Address),
 ) {
     use kad::store::RecordStore;
     let (key, len) = (record.key.clone(), record.value.len());
-    if !record_is_news(store, kept, chain_id, &key, len, version) {
+    if !record_is_news(store, kept, chain_id, &key, (len, version, Some(&owner))) {
         return;
     }
     match store.put(record) {
-        Ok(()) => kept.note(key, len),
+        Ok(()) => kept.note(key, len, Some(owner)),
         Err(e) => tracing::debug!("keeping a DHT record: {e}"),
     }
 }
 
 type RecordsReply = tokio::sync::oneshot::Sender<Vec<Vec<u8>>>;
+/// A page the gate let through, with its version and its data's owner.
+type KeptPage = (kad::Record, (u64, Address));
 
 /// Copies of a record page a lookup keeps (kad asks up to its replication factor).
 const MAX_RECORD_COPIES: usize = 32;
@@ -675,7 +677,7 @@ impl RecordGate {
 
     /// Checks an inbound page: the signature here, the publisher on a blocking thread. A
     /// page that passes is sent on `keep` with its version.
-    fn check(&self, record: kad::Record, keep: &UnboundedSender<(kad::Record, u64)>) {
+    fn check(&self, record: kad::Record, keep: &UnboundedSender<KeptPage>) {
         let signed = match SignedPage::open(&record.value, self.chain_id, now_ms()) {
             Ok(s) => s,
             Err(e) => {
@@ -714,9 +716,12 @@ impl RecordGate {
                 }
             }
             match verdict {
-                Some(true) => {
-                    let _ = keep.send((record, signed.page.version));
-                }
+                Some(true) => match chain.data(&data) {
+                    Some(reg) => {
+                        let _ = keep.send((record, (signed.page.version, reg.owner)));
+                    }
+                    None => tracing::debug!("dropping a record of {data}: the chain stopped answering"),
+                },
                 Some(false) => tracing::debug!(
                     "refusing a record of {data} from {}: it does not match the registration",
                     signed.writer
@@ -734,24 +739,54 @@ impl RecordGate {
 /// one: without this, 65,536 pages of 60 KiB could take 4 GiB of every node's memory).
 pub const MAX_RECORD_BYTES_KEPT: usize = 256 << 20;
 
-/// The sizes of the DHT records kept, for [`MAX_RECORD_BYTES_KEPT`].
+/// Bytes of DHT record values kept at most for the data of one owner: one owner's pages
+/// (its own, or the ones coordinators publish for its data) cannot take the whole store.
+pub const MAX_RECORD_BYTES_PER_OWNER: usize = 64 << 20;
+
+/// The sizes of the DHT records kept, for [`MAX_RECORD_BYTES_KEPT`] and
+/// [`MAX_RECORD_BYTES_PER_OWNER`].
 #[derive(Debug, Default)]
 pub struct RecordBytes {
     sizes: HashMap<kad::RecordKey, usize>,
     total: usize,
+    owner_of: HashMap<kad::RecordKey, Address>,
+    by_owner: HashMap<Address, usize>,
 }
 
 impl RecordBytes {
-    /// Whether keeping `len` bytes under `key` (replacing what is there) stays in bounds.
-    pub fn fits(&self, key: &kad::RecordKey, len: usize) -> bool {
+    /// Whether keeping `len` bytes under `key` (replacing what is there) for data of `owner`
+    /// (`None`: this node's own page) stays in bounds.
+    pub fn fits(&self, key: &kad::RecordKey, len: usize, owner: Option<&Address>) -> bool {
         let old = self.sizes.get(key).copied().unwrap_or(0);
-        self.total - old + len <= MAX_RECORD_BYTES_KEPT
+        if self.total - old + len > MAX_RECORD_BYTES_KEPT {
+            return false;
+        }
+        let Some(o) = owner else { return true };
+        let mine = self.by_owner.get(o).copied().unwrap_or(0);
+        let replaced = if self.owner_of.get(key) == Some(o) {
+            old
+        } else {
+            0
+        };
+        mine - replaced + len <= MAX_RECORD_BYTES_PER_OWNER
     }
 
-    /// Records that `len` bytes are now kept under `key`.
-    pub fn note(&mut self, key: kad::RecordKey, len: usize) {
-        let old = self.sizes.insert(key, len).unwrap_or(0);
+    /// Records that `len` bytes are now kept under `key`, for data of `owner`.
+    pub fn note(&mut self, key: kad::RecordKey, len: usize, owner: Option<Address>) {
+        let old = self.sizes.insert(key.clone(), len).unwrap_or(0);
         self.total = self.total - old + len;
+        if let Some(o) = self.owner_of.remove(&key) {
+            if let Some(n) = self.by_owner.get_mut(&o) {
+                *n -= old;
+                if *n == 0 {
+                    self.by_owner.remove(&o);
+                }
+            }
+        }
+        if let Some(o) = owner {
+            self.owner_of.insert(key, o);
+            *self.by_owner.entry(o).or_default() += len;
+        }
     }
 }
 
@@ -964,7 +999,7 @@ impl Net {
         provide: Vec<crypto_accel::DataId>,
         records: RecordGate,
     ) {
-        let (keep_tx, mut keep_rx) = tokio::sync::mpsc::unbounded_channel::<(kad::Record, u64)>();
+        let (keep_tx, mut keep_rx) = tokio::sync::mpsc::unbounded_channel::<KeptPage>();
         for d in provide {
             self.provide(d);
         }
@@ -1001,13 +1036,13 @@ impl Net {
         };
         loop {
             tokio::select! {
-                Some((record, version)) = keep_rx.recv() => {
+                Some((record, page)) = keep_rx.recv() => {
                     accept_record(
                         self.swarm.behaviour_mut().kad.store_mut(),
                         &mut record_bytes,
                         records.chain_id,
                         record,
-                        version,
+                        page,
                     );
                 }
                 cmd = cmds.recv() => {
@@ -1092,12 +1127,12 @@ impl Net {
                             };
                             let (k, len) = (rec.key.clone(), rec.value.len());
                             let kad = &mut self.swarm.behaviour_mut().kad;
-                            if !record_is_news(kad.store_mut(), &record_bytes, records.chain_id, &k, len, p.page.version) {
+                            if !record_is_news(kad.store_mut(), &record_bytes, records.chain_id, &k, (len, p.page.version, None)) {
                                 tracing::debug!("not publishing page {} of {}: a newer one is kept", p.page.page, p.page.data);
                                 continue;
                             }
                             match kad.put_record(rec, kad::Quorum::One) {
-                                Ok(_) => record_bytes.note(k, len),
+                                Ok(_) => record_bytes.note(k, len, None),
                                 Err(e) => tracing::warn!("putting a DHT record: {e}"),
                             }
                         }
@@ -1422,11 +1457,11 @@ mod tests {
                 .page
                 .version
         };
-        accept_record(&mut store, &mut kept, 3, page(20), 20);
+        accept_record(&mut store, &mut kept, 3, page(20), (20, Address([1; 32])));
         assert_eq!(version_kept(&store), 20);
-        accept_record(&mut store, &mut kept, 3, page(10), 10);
+        accept_record(&mut store, &mut kept, 3, page(10), (10, Address([1; 32])));
         assert_eq!(version_kept(&store), 20);
-        accept_record(&mut store, &mut kept, 3, page(30), 30);
+        accept_record(&mut store, &mut kept, 3, page(30), (30, Address([1; 32])));
         assert_eq!(version_kept(&store), 30);
     }
 
@@ -1512,18 +1547,38 @@ mod tests {
     fn kept_record_bytes_are_bounded_and_replacements_count_once() {
         let mut k = RecordBytes::default();
         let key = |i: u32| kad::RecordKey::new(&i.to_le_bytes());
+        let owner = |i: u32| Address([(i % 251) as u8; 32]);
         let page = 60 << 10;
+        let per_owner = MAX_RECORD_BYTES_PER_OWNER / page;
         let fit = MAX_RECORD_BYTES_KEPT / page;
+        // Owners fill their budgets one after another until the store is full.
         for i in 0..fit as u32 {
-            assert!(k.fits(&key(i), page));
-            k.note(key(i), page);
+            let o = owner(i / per_owner as u32);
+            assert!(k.fits(&key(i), page, Some(&o)), "page {i}");
+            k.note(key(i), page, Some(o));
         }
         // Full: a new key is refused, a new version of a kept one is not.
-        assert!(!k.fits(&key(u32::MAX), page));
-        assert!(k.fits(&key(0), page));
-        k.note(key(0), page / 2);
+        assert!(!k.fits(&key(u32::MAX), page, None));
+        assert!(k.fits(&key(0), page, Some(&owner(0))));
+        k.note(key(0), page / 2, Some(owner(0)));
         assert_eq!(k.total, fit * page - page / 2);
-        assert!(k.fits(&key(u32::MAX), page / 2));
+        assert!(k.fits(&key(u32::MAX), page / 2, None));
+        // One owner's budget, in a store with room to spare.
+        let mut fresh = RecordBytes::default();
+        for i in 0..per_owner as u32 {
+            fresh.note(key(i), page, Some(owner(0)));
+        }
+        assert!(fresh.total + page <= MAX_RECORD_BYTES_KEPT);
+        assert!(!fresh.fits(&key(u32::MAX), page, Some(&owner(0))));
+        assert!(fresh.fits(&key(u32::MAX), page, Some(&owner(1))));
+        assert!(fresh.fits(&key(0), page, Some(&owner(0))));
+        // A page that moves to another owner leaves the first one's count.
+        let before = k.by_owner[&owner(0)];
+        k.note(key(2), page, Some(owner(7)));
+        assert_eq!(k.by_owner[&owner(0)], before - page);
+        // This node's own pages count in the store's total only.
+        k.note(key(3), page, None);
+        assert!(!k.owner_of.contains_key(&key(3)));
     }
 
     #[test]
