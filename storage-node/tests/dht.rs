@@ -28,6 +28,7 @@ trait DhtNet {
     fn live_shards_per_block(&self, data: &str, blocks: u64) -> Vec<(usize, usize)>;
     fn status(&self, i: usize) -> serde_json::Value;
     fn wait_serving(&self, nodes: &[usize]);
+    fn wait_staked(&self, via: usize);
 }
 
 impl DhtNet for Net {
@@ -116,6 +117,36 @@ impl DhtNet for Net {
             .ok()
             .and_then(|r| r.into_json().ok())
             .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until every node that stores (storage nodes and validators) holds the RNode
+    /// deposit, as node `via` sees the chain: puts place shards on RNodes only when there
+    /// are enough of them, and the test wants all sixteen.
+    fn wait_staked(&self, via: usize) {
+        let t = Instant::now();
+        for n in &self.file.nodes {
+            if !matches!(n.role, Role::Storage | Role::Validator) {
+                continue;
+            }
+            loop {
+                let a: serde_json::Value =
+                    ureq::get(&format!("{}/accounts/{}", self.api(via), n.address))
+                        .timeout(Duration::from_secs(5))
+                        .call()
+                        .ok()
+                        .and_then(|r| r.into_json().ok())
+                        .unwrap_or(serde_json::Value::Null);
+                if a["rnode"] == true {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(90),
+                    "{} has no RNode deposit 90 s after the start: {a}",
+                    n.name
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
     }
 
     /// Waits until each of `nodes` answers its API, has caught up and has peers.
@@ -210,6 +241,7 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     let mut net = Net::start_dht();
     let v0 = net.validator0();
     net.wait_height(v0, 3, Duration::from_secs(120), "devnet start");
+    net.wait_staked(v0);
     let api = net.api(v0).to_string();
     let work = net.dir.as_ref().unwrap().path().to_path_buf();
     let key = net.file.faucet_key.clone();
