@@ -510,7 +510,14 @@ impl Engine {
     }
 
     /// Runs until [`EngineEvent::Shutdown`] or until every sender is gone.
+    /// Tells the network layer who the current term's elected proposers are.
+    fn announce_elected(&self) {
+        let term = term_of(&self.cfg, self.store.head().number.saturating_add(1));
+        let _ = self.net.send(NetCmd::Elected(self.state.committee(term)));
+    }
+
     pub fn run(mut self, rx: Receiver<EngineEvent>) {
+        self.announce_elected();
         self.feed(None);
         loop {
             let now = now_ms();
@@ -1064,6 +1071,7 @@ impl Engine {
                 term,
                 &self.state.committee(term),
             )?;
+            let _ = self.net.send(NetCmd::Elected(self.state.committee(term)));
         }
         self.store
             .commit(block, cert, &receipt, &self.state)

@@ -253,6 +253,9 @@ pub enum NetCmd {
         /// Encoded page.
         value: Vec<u8>,
     },
+    /// The proposers elected for the current term: their direct consensus frames are not
+    /// counted against [`OUTSIDER_FRAMES_PER_S`] (the genesis committee's never are).
+    Elected(Vec<Address>),
     /// Look a record page up in Kademlia: every copy found, as stored (signed pages), once
     /// the lookup ends.
     GetRecord {
@@ -1021,6 +1024,7 @@ impl Net {
         let mut pending: HashMap<u64, ResponseChannel<Vec<u8>>> = HashMap::new();
         let mut sync_limit = RateLimit::new(SYNC_REQUESTS_PER_PEER_PER_S);
         let mut outsiders = OutsiderFrames::new(*self.swarm.local_peer_id());
+        let mut elected: HashSet<PeerId> = HashSet::new();
         let mut record_bytes = RecordBytes::default();
         // Record lookups under way: the copies found so far, and who waits for them.
         let mut record_gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordsReply)> = HashMap::new();
@@ -1113,6 +1117,9 @@ impl Net {
                         NetCmd::ShardRequest { peer, data, reply } => {
                             let id = self.swarm.behaviour_mut().shard.send_request(&peer, data);
                             shard_out.insert(id, reply);
+                        }
+                        NetCmd::Elected(v) => {
+                            elected = v.iter().filter_map(peer_id_of).collect();
                         }
                         NetCmd::GetRecord { key, reply } => {
                             let q = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
@@ -1299,7 +1306,8 @@ impl Net {
                             message: request_response::Message::Request { request, channel, .. },
                             ..
                         }) => {
-                            if !self.committee.contains(&peer) && !outsiders.allow(&peer, Instant::now()) {
+                            let insider = self.committee.contains(&peer) || elected.contains(&peer);
+                            if !insider && !outsiders.allow(&peer, Instant::now()) {
                                 tracing::debug!("consensus frame from {peer} (outside the committee) over the limit");
                                 drop(channel);
                                 continue;
