@@ -944,7 +944,10 @@ impl Coordinator {
             .filter_map(|c| SignedPage::open(c, self.chain_id, now).ok())
             .filter(|p| {
                 p.page.data == *data
-                    && super::net::may_publish(&self.chain, &p.writer, &p.page) == Some(true)
+                    && matches!(
+                        super::net::may_publish(&self.chain, &p.writer, &p.page),
+                        super::net::Publisher::Allowed { .. }
+                    )
             })
             .map(|p| p.page.version)
             .max()

@@ -648,23 +648,39 @@ impl std::fmt::Debug for RecordGate {
     }
 }
 
-/// Whether `writer` may publish `page`; `None` while the chain cannot tell (it did not
-/// answer, the data is not registered here yet, or the writer is not an RNode yet).
-pub fn may_publish(chain: &dyn ChainView, writer: &NodeId, page: &DataRecord) -> Option<bool> {
-    let reg = chain.data(&page.data)?;
+/// What the chain says of a page's publisher (see [`may_publish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publisher {
+    /// It may publish the page; the data belongs to `owner`.
+    Allowed {
+        /// The data's owner on chain.
+        owner: Address,
+    },
+    /// The page does not match the data's registration.
+    Refused,
+    /// The chain cannot tell yet: it did not answer, the data is not registered here yet,
+    /// or the writer is neither the owner nor (yet) a coordinator.
+    Undecided,
+}
+
+/// Whether `writer` may publish `page`.
+pub fn may_publish(chain: &dyn ChainView, writer: &NodeId, page: &DataRecord) -> Publisher {
+    let Some(reg) = chain.data(&page.data) else {
+        return Publisher::Undecided;
+    };
     let blocks = page.total_blocks;
     if u16::from(page.k) != reg.k
         || u16::from(page.m) != reg.m
         || blocks > reg.size.max(1)
         || blocks > crate::manifest::MAX_BLOCKS as u64
     {
-        return Some(false);
+        return Publisher::Refused;
     }
     let who = Address(writer.0);
-    if reg.owner == who || chain.may_coordinate(&who, &page.data)? {
-        return Some(true);
+    if reg.owner == who || chain.may_coordinate(&who, &page.data) == Some(true) {
+        return Publisher::Allowed { owner: reg.owner };
     }
-    None
+    Publisher::Undecided
 }
 
 impl RecordGate {
@@ -705,7 +721,7 @@ impl RecordGate {
         tokio::task::spawn_blocking(move || {
             let mut verdict = may_publish(&*chain, &signed.writer, &signed.page);
             drop(permit);
-            if verdict.is_none() {
+            if verdict == Publisher::Undecided {
                 let Ok(_retry) = retrying.try_acquire_owned() else {
                     tracing::debug!("dropping a record of {data}: {MAX_RECORD_RETRIES} pages already wait for the chain");
                     return;
@@ -713,23 +729,20 @@ impl RecordGate {
                 for _ in 1..RECORD_CHECK_TRIES {
                     std::thread::sleep(RECORD_CHECK_RETRY);
                     verdict = may_publish(&*chain, &signed.writer, &signed.page);
-                    if verdict.is_some() {
+                    if verdict != Publisher::Undecided {
                         break;
                     }
                 }
             }
             match verdict {
-                Some(true) => match chain.data(&data) {
-                    Some(reg) => {
-                        let _ = keep.send((record, (signed.page.version, reg.owner)));
-                    }
-                    None => tracing::debug!("dropping a record of {data}: the chain stopped answering"),
-                },
-                Some(false) => tracing::debug!(
+                Publisher::Allowed { owner } => {
+                    let _ = keep.send((record, (signed.page.version, owner)));
+                }
+                Publisher::Refused => tracing::debug!(
                     "refusing a record of {data} from {}: it does not match the registration",
                     signed.writer
                 ),
-                None => tracing::debug!(
+                Publisher::Undecided => tracing::debug!(
                     "dropping a record of {data} from {}: not its owner nor an RNode, as far as this node knows",
                     signed.writer
                 ),
@@ -1414,24 +1427,30 @@ mod tests {
             answers: true,
         };
         let good = page(data, 1);
-        assert_eq!(may_publish(&c, &node(1), &good), Some(true));
-        assert_eq!(may_publish(&c, &node(2), &good), Some(true));
+        let allowed = Publisher::Allowed {
+            owner: Address([1; 32]),
+        };
+        assert_eq!(may_publish(&c, &node(1), &good), allowed);
+        assert_eq!(may_publish(&c, &node(2), &good), allowed);
         // Anyone else: perhaps an RNode whose deposit this node has not seen yet.
-        assert_eq!(may_publish(&c, &node(3), &good), None);
+        assert_eq!(may_publish(&c, &node(3), &good), Publisher::Undecided);
         // Data this node has not seen registered: nobody, yet.
         let unknown = page(DataId(crypto_accel::Hash([8; 32])), 1);
-        assert_eq!(may_publish(&c, &node(1), &unknown), None);
-        assert_eq!(may_publish(&c, &node(2), &unknown), None);
+        assert_eq!(may_publish(&c, &node(1), &unknown), Publisher::Undecided);
+        assert_eq!(may_publish(&c, &node(2), &unknown), Publisher::Undecided);
         // More blocks than the data has bytes (1): refused, whoever signs.
-        assert_eq!(may_publish(&c, &node(1), &page(data, 2)), Some(false));
+        assert_eq!(
+            may_publish(&c, &node(1), &page(data, 2)),
+            Publisher::Refused
+        );
         // Another erasure code than the registration's.
         let mut other = good.clone();
         other.k = 3;
         other.m = 3;
-        assert_eq!(may_publish(&c, &node(1), &other), Some(false));
+        assert_eq!(may_publish(&c, &node(1), &other), Publisher::Refused);
         // A chain that does not answer decides nothing.
         c.answers = false;
-        assert_eq!(may_publish(&c, &node(2), &good), None);
+        assert_eq!(may_publish(&c, &node(2), &good), Publisher::Undecided);
     }
 
     #[test]
