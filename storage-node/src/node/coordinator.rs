@@ -910,6 +910,7 @@ impl Coordinator {
                     let _ = self.net.send(NetCmd::PutRecord {
                         key,
                         value: signed.to_bytes(),
+                        version: signed.page.version,
                     });
                 }
             }

@@ -250,8 +250,10 @@ pub enum NetCmd {
     PutRecord {
         /// Record key.
         key: [u8; 32],
-        /// Encoded page.
+        /// The signed page, encoded.
         value: Vec<u8>,
+        /// The page's version.
+        version: u64,
     },
     /// The proposers elected for the current term: their direct consensus frames are not
     /// counted against [`OUTSIDER_FRAMES_PER_S`] (the genesis committee's never are).
@@ -1138,17 +1140,14 @@ impl Net {
                             let q = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
                             record_gets.insert(q, (Vec::new(), reply));
                         }
-                        NetCmd::PutRecord { key, value } => {
+                        NetCmd::PutRecord { key, value, version } => {
                             let rec = kad::Record::new(kad::RecordKey::new(&key), value);
                             // Kad keeps what it publishes in the local store: publish only a
                             // page newer than the one kept here, within the bytes bound.
-                            let Ok(p) = SignedPage::open(&rec.value, records.chain_id, u64::MAX) else {
-                                continue;
-                            };
                             let (k, len) = (rec.key.clone(), rec.value.len());
                             let kad = &mut self.swarm.behaviour_mut().kad;
-                            if !record_is_news(kad.store_mut(), &record_bytes, records.chain_id, &k, (len, p.page.version, None)) {
-                                tracing::debug!("not publishing page {} of {}: a newer one is kept", p.page.page, p.page.data);
+                            if !record_is_news(kad.store_mut(), &record_bytes, records.chain_id, &k, (len, version, None)) {
+                                tracing::debug!("not publishing record page version {version}: a newer one is kept");
                                 continue;
                             }
                             match kad.put_record(rec, kad::Quorum::One) {
