@@ -104,7 +104,7 @@ enum Cmd {
     },
     GetRecord {
         key: [u8; 32],
-        reply: oneshot::Sender<Vec<Vec<u8>>>,
+        reply: RecordsReply,
     },
     GetProviders {
         key: [u8; 32],
@@ -136,7 +136,8 @@ impl Link {
     }
 }
 
-type RecordsReply = oneshot::Sender<Vec<Vec<u8>>>;
+/// The signed pages a record lookup found, opened (signature and clock checked) once.
+type RecordsReply = oneshot::Sender<Vec<SignedPage>>;
 
 /// Who may hold each shard: `[block][index]` → peers to ask, in order.
 type Holders = Vec<Vec<Vec<PeerId>>>;
@@ -156,7 +157,7 @@ struct SwarmTask {
     storage: HashMap<PeerId, StoragePeer>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
     puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
-    gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordsReply)>,
+    gets: HashMap<kad::QueryId, (Vec<SignedPage>, RecordsReply)>,
     providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     finds: HashMap<kad::QueryId, (PeerId, oneshot::Sender<()>)>,
     /// The remote IP of the latest connection to each peer.
@@ -301,11 +302,14 @@ impl SwarmTask {
                     if let Ok(kad::GetRecordOk::FoundRecord(p)) = r {
                         // Only pages signed for this chain count towards the quorum: a few
                         // hostile nodes near the key must not end the lookup with garbage.
-                        let signed =
-                            SignedPage::open(&p.record.value, self.chain_id, now_ms()).is_ok();
-                        if let (true, Some((v, _))) = (signed, self.gets.get_mut(&id)) {
-                            v.push(p.record.value);
-                            enough = v.len() >= RECORD_QUORUM;
+                        match SignedPage::open(&p.record.value, self.chain_id, now_ms()) {
+                            Ok(page) => {
+                                if let Some((v, _)) = self.gets.get_mut(&id) {
+                                    v.push(page);
+                                    enough = v.len() >= RECORD_QUORUM;
+                                }
+                            }
+                            Err(e) => tracing::debug!("ignoring a record page: {e}"),
                         }
                     }
                     if step.last || enough {
@@ -449,28 +453,18 @@ fn node_of(p: &StoragePeer) -> Candidate {
     }
 }
 
-/// The newest of the record pages `values` (as the DHT returned them) that is of `data`,
-/// signed for chain `chain_id`, not ahead of `now` by more than the allowed skew, and whose
-/// publisher `allowed` accepts.
+/// The newest of the record pages `pages` (opened as the lookup found them) that is of
+/// `data` and whose publisher `allowed` accepts.
 fn newest_page(
-    values: &[Vec<u8>],
+    pages: &[SignedPage],
     data: &DataId,
-    chain_id: u32,
-    now: u64,
     allowed: &mut dyn FnMut(&NodeId) -> bool,
 ) -> Option<DataRecord> {
-    values
+    pages
         .iter()
-        .filter_map(|v| match SignedPage::open(v, chain_id, now) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::debug!("ignoring a record page of {data}: {e}");
-                None
-            }
-        })
         .filter(|s| s.page.data == *data && allowed(&s.writer))
         .max_by_key(|s| s.page.version)
-        .map(|s| s.page)
+        .map(|s| s.page.clone())
 }
 
 /// Who may publish record pages of one data item, as the API node's chain says: its owner
@@ -872,7 +866,7 @@ impl Dfs {
     }
 
     /// The values found under each of `keys`, the lookups in flight at once.
-    fn get_records(&self, keys: &[[u8; 32]]) -> Result<Vec<Vec<Vec<u8>>>> {
+    fn get_records(&self, keys: &[[u8; 32]]) -> Result<Vec<Vec<SignedPage>>> {
         self.ask_all(
             keys.iter()
                 .map(|&key| move |reply| Cmd::GetRecord { key, reply }),
@@ -887,12 +881,9 @@ impl Dfs {
     /// chain by the data's owner or by an RNode count: anyone can store a page in the DHT,
     /// and a node that kept a forged one hands it out like any other.
     pub fn record(&self, data: &DataId) -> Result<Option<Vec<DataRecord>>> {
-        let now = now_ms();
         let mut writers = Publishers::new(&self.api, &self.publishers, data);
-        let mut newest = |values: &[Vec<u8>]| -> Option<DataRecord> {
-            newest_page(values, data, self.chain_id, now, &mut |w| {
-                writers.may_publish(w)
-            })
+        let mut newest = |pages: &[SignedPage]| -> Option<DataRecord> {
+            newest_page(pages, data, &mut |w| writers.may_publish(w))
         };
         let first_page = self.get_records(&[DataRecord::key(data, 0)])?;
         let Some(first) = first_page.first().and_then(|v| newest(v)) else {
@@ -1782,14 +1773,26 @@ mod tests {
             // Garbage.
             vec![0xff; 100],
         ];
-        let got = newest_page(&values, &data, chain_id, now, &mut allowed).unwrap();
+        // What a lookup keeps: the pages that open for this chain and clock.
+        let opened = |values: &[Vec<u8>]| -> Vec<SignedPage> {
+            values
+                .iter()
+                .filter_map(|v| SignedPage::open(v, chain_id, now).ok())
+                .collect()
+        };
+        assert_eq!(
+            opened(&values).len(),
+            3,
+            "the genuine, the stranger's, another data's"
+        );
+        let got = newest_page(&opened(&values), &data, &mut allowed).unwrap();
         assert_eq!(got.nodes[0], NodeId([10; 32]));
         // An RNode's newer page (a coordinator after a repair) wins.
         values.push(signed(page(data, now - 5, 70), &rnode));
-        let got = newest_page(&values, &data, chain_id, now, &mut allowed).unwrap();
+        let got = newest_page(&opened(&values), &data, &mut allowed).unwrap();
         assert_eq!(got.nodes[0], NodeId([70; 32]));
         // Nothing allowed: no record (the reader falls back to providers).
-        assert!(newest_page(&values, &data, chain_id, now, &mut |_| false).is_none());
+        assert!(newest_page(&opened(&values), &data, &mut |_| false).is_none());
     }
 
     /// A block of `n` shards needing `k`, with the first `asked` indices in flight.
