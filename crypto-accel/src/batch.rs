@@ -223,7 +223,6 @@ struct Prepared {
     /// Items whose R is not a curve point (or has small order) or whose s is not canonical,
     /// ascending: invalid under strict verification, and left out of every equation.
     unusable: Vec<usize>,
-    usable: Vec<bool>,
     seed: [u8; 32],
 }
 
@@ -244,7 +243,6 @@ impl Prepared {
             s: Vec::with_capacity(n),
             h: Vec::with_capacity(n),
             unusable: Vec::new(),
-            usable: vec![true; n],
             seed: [0; 32],
         };
         let mut seed = blake3::Hasher::new_derive_key(WEIGHT_CONTEXT);
@@ -253,14 +251,16 @@ impl Prepared {
             prep.r.extend(part.r);
             prep.s.extend(part.s);
             prep.h.extend(part.h);
-            for &i in &part.unusable {
-                prep.usable[i] = false;
-            }
             prep.unusable.extend(part.unusable);
             seed.update(&part.digest);
         }
         prep.seed = *seed.finalize().as_bytes();
         prep
+    }
+
+    /// Whether item `i` takes part in equations (see `unusable`).
+    fn usable(&self, i: usize) -> bool {
+        self.unusable.binary_search(&i).is_err()
     }
 
     /// Whether `Σ zᵢ·(sᵢ·B − Rᵢ − hᵢ·Aᵢ)` over `range` is the identity.
@@ -294,7 +294,7 @@ impl Prepared {
         let mut stack = vec![(range, false)];
         while let Some((r, known_bad)) = stack.pop() {
             if r.len() <= SINGLE_LEAF {
-                invalid.extend(r.filter(|&i| self.usable[i] && !batch.verify_one(i)));
+                invalid.extend(r.filter(|&i| self.usable(i) && !batch.verify_one(i)));
                 continue;
             }
             if !known_bad && self.equation_holds(batch, r.clone()) {
