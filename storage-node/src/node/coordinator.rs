@@ -1,8 +1,9 @@
 //! Audits and repair of the data a storage node coordinates.
 //!
 //! Every data item has one coordinator: the live RNode (a storage node holding the RNode
-//! deposit) whose key is XOR-closest to the data id (every holder keeps the manifest, so
-//! when the coordinator dies the next closest takes over); repaired shards go to RNodes too. The coordinator learns the shard map by asking every storage node
+//! deposit) whose key is XOR-closest to the data id among those that keep its manifest
+//! (every holder does, so when the coordinator dies the next closest takes over); repaired
+//! shards go to RNodes too. The coordinator learns the shard map by asking every storage node
 //! what it holds, feeds it to the pure [`Planner`], and carries out what `poll` decides:
 //! audit challenges (a random 1 KiB segment with its BLAKE3 path, checked against the
 //! shard's content id), and repairs (fetch k surviving shards, rebuild the lost ones,
@@ -887,15 +888,15 @@ impl Coordinator {
         };
         // The clock, so pages published by this node outrank its predecessor's; and past
         // the newest page anyone allowed published, in case that publisher's clock is ahead.
-        if !self.versions.contains_key(data) {
-            let seen = self.newest_version(data);
-            self.versions.insert(*data, seen);
-        }
-        let v = self.versions.entry(*data).or_insert(0);
-        *v = dht::record::next_version(now_ms(), *v);
+        let last = match self.versions.get(data) {
+            Some(&v) => v,
+            None => self.newest_version(data),
+        };
+        let v = dht::record::next_version(now_ms(), last);
+        self.versions.insert(*data, v);
         let built = DataRecord::pages_from_partial_map(
             *data,
-            *v,
+            v,
             m.k,
             m.m,
             m.interval_blocks,

@@ -1064,14 +1064,15 @@ impl Engine {
             // The election's writes reach the chain store only with the next block: keep
             // them beside it, so a node killed in between restarts with the same state.
             let term = next / self.cfg.term_len().max(1);
+            let elected = self.state.committee(term);
             save_pending_committee(
                 &self.node.data_dir,
                 hd.number,
                 &block.hash(),
                 term,
-                &self.state.committee(term),
+                &elected,
             )?;
-            let _ = self.net.send(NetCmd::Elected(self.state.committee(term)));
+            let _ = self.net.send(NetCmd::Elected(elected));
         }
         self.store
             .commit(block, cert, &receipt, &self.state)
