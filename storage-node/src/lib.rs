@@ -17,6 +17,6 @@ pub use pipeline::{
     PipelineError, PipelineResult, SealParams, Shard, ShardSink, ShardSource, StoreSink,
 };
 pub use store::{
-    Backend, BackendChoice, ChunkStore, CompactReport, PutTicket, RecoveryReport, StoreConfig,
-    StoreError, StoreResult, StoreStats,
+    Backend, BackendChoice, ChunkRegion, ChunkStore, CompactReport, PutTicket, RecoveryReport,
+    StoreConfig, StoreError, StoreResult, StoreStats,
 };

@@ -57,6 +57,25 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 
 const HEADER: u64 = 64;
 
+/// What `region` sends over a loopback TCP connection.
+fn send_region(region: &storage_node::ChunkRegion) -> Vec<u8> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let region = region.clone();
+    let sender = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        region.send_to(&sock).unwrap();
+    });
+    let mut got = Vec::new();
+    std::net::TcpStream::connect(addr)
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    sender.join().unwrap();
+    got
+}
+
 macro_rules! backend_tests {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -430,6 +449,33 @@ macro_rules! backend_tests {
                         assert_eq!(store.get(&id(n)).unwrap(), bytes(n, 4096));
                     }
                 }
+            }
+
+            #[test]
+            fn a_region_sends_the_stored_bytes_even_after_compaction_unlinks_its_segment() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(store) = open_cfg(dir.path(), |c| c.segment_bytes = 32 << 10) else { return };
+                for n in 0..60 {
+                    store.put(id(n), bytes(n, 3000)).unwrap();
+                }
+                let regions: Vec<_> = (0..60)
+                    .step_by(10)
+                    .map(|n| (n, store.region(&id(n)).unwrap()))
+                    .collect();
+                let first_segments = segment_files(dir.path());
+                for n in (0..60).filter(|n| n % 10 != 0) {
+                    store.delete(&id(n)).unwrap();
+                }
+                store.compact().unwrap();
+                assert!(
+                    !segment_files(dir.path()).contains(&first_segments[0]),
+                    "compaction kept the first segment"
+                );
+                for (n, r) in &regions {
+                    assert_eq!(r.len(), 3000);
+                    assert_eq!(send_region(r), bytes(*n, 3000), "chunk {n}");
+                }
+                assert!(matches!(store.region(&id(1)), Err(StoreError::NotFound { .. })));
             }
 
             #[test]

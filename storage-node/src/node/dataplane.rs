@@ -15,6 +15,18 @@
 //! that is replayed, reordered, cut or altered fails to open and ends the connection. The
 //! holder answers requests in order, as the peer that opened the session; a client pipelines
 //! requests and matches answers by order.
+//!
+//! **Shard bodies travel unencrypted.** An answer carrying a shard is a sealed frame whose
+//! plaintext is only the body's length and the kind [`ANSWER_SHARD_FOLLOWS`]; the shard's
+//! bytes follow it on the wire as they are, sent by the holder with `sendfile` straight from
+//! its page cache. Requests (which name the data and the shard) and every other answer stay
+//! sealed. A shard is the owner's ciphertext, erasure-coded, and every holder already sees
+//! it, so an eavesdropper learns no more than a holder does; and the reader checks each shard
+//! against its content id (BLAKE3), so a body altered in transit is refused like a wrong
+//! answer and the shard is asked of another holder, never used. Sealing it again cost two
+//! AES-GCM passes and two copies through user space per byte, a quarter of a loopback get's
+//! CPU. (A node that injects faults for tests still sends its altered shards sealed, as
+//! [`ANSWER_SHARD`].)
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -33,6 +45,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::lock;
+use crate::store::ChunkRegion;
 
 /// How long a session token waits for its connection.
 pub const SESSION_TTL: Duration = Duration::from_secs(30);
@@ -158,8 +171,15 @@ pub fn frame_encoding(msg: &impl Encode, bound: usize) -> Vec<u8> {
 
 /// What a holder's data connection does with one decoded request.
 pub trait Answer: Send + Sync + 'static {
-    /// Answers `req` (an encoded `ShardRequest`) as peer `from`.
-    fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>);
+    /// Answers `req` (an encoded `ShardRequest`) as peer `from`: either appends the answer
+    /// (see [`put_answer`]) to `out`, or returns the stored shard that is the answer, to be
+    /// sent unsealed after its length (then `out` is left as it was).
+    fn answer(
+        &self,
+        req: &[u8],
+        from: Option<&PublicKey>,
+        out: &mut Vec<u8>,
+    ) -> Option<ChunkRegion>;
 }
 
 #[derive(Debug)]
@@ -310,10 +330,17 @@ impl DataServer {
             opener.open(&mut body)?;
             out.clear();
             out.extend_from_slice(&[0; 4]);
-            answer.answer(&body, w.from.as_ref(), &mut out);
+            let region = answer.answer(&body, w.from.as_ref(), &mut out);
             drop(body);
+            if let Some(r) = &region {
+                out.truncate(4);
+                put_follows(r.len(), &mut out)?;
+            }
             sealer.seal(&mut out)?;
             stream.write_all(&out).context("writing an answer")?;
+            if let Some(r) = region {
+                r.send_to(&stream).context("sending a shard")?;
+            }
             if out.capacity() > 4 << 20 {
                 out = Vec::new();
             }
@@ -346,10 +373,40 @@ pub const ANSWER_ENCODED: u8 = 0;
 /// (read by the holder straight into the frame, kept by the client without a copy).
 pub const ANSWER_SHARD: u8 = 1;
 
+/// Last plaintext byte of an answer frame: the rest is the length (`u32` LE) of a shard
+/// whose raw bytes follow the frame on the wire, unsealed (see the module docs).
+pub const ANSWER_SHARD_FOLLOWS: u8 = 2;
+
 /// Appends `resp`, encoded, and its kind byte to `out`.
 pub fn put_answer(resp: &ShardResponse, out: &mut Vec<u8>) {
     resp.encode(out);
     out.push(ANSWER_ENCODED);
+}
+
+/// Appends the plaintext of an answer announcing a `len`-byte unsealed shard to `out`.
+fn put_follows(len: usize, out: &mut Vec<u8>) -> Result<()> {
+    anyhow::ensure!(
+        len <= dht::wire::MAX_SHARD_BYTES,
+        "a {len}-byte shard is over the limit"
+    );
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(ANSWER_SHARD_FOLLOWS);
+    Ok(())
+}
+
+/// The length of the unsealed shard an opened answer announces, if it announces one.
+fn follows(body: &[u8]) -> Result<Option<usize>, String> {
+    match body {
+        [l0, l1, l2, l3, ANSWER_SHARD_FOLLOWS] => {
+            let n = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
+            if n > dht::wire::MAX_SHARD_BYTES {
+                return Err(format!("a {n}-byte shard is over the limit"));
+            }
+            Ok(Some(n))
+        }
+        [.., ANSWER_SHARD_FOLLOWS] => Err("a garbled shard announcement".into()),
+        _ => Ok(None),
+    }
 }
 
 /// Reads an opened answer frame (see [`ANSWER_ENCODED`], [`ANSWER_SHARD`]).
@@ -463,25 +520,14 @@ async fn run_conn(
     closed: Arc<AtomicBool>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
-    // Frame bodies as read; opened here, in order.
+    // Answers as read and opened (in order, so the reader owns the opener), a shard that
+    // follows its frame unsealed already read after it.
     let (ftx, mut frames) = mpsc::unbounded_channel::<Result<Vec<u8>, String>>();
     let reader = tokio::spawn(async move {
         loop {
-            let mut prefix = [0u8; 4];
-            let r = async {
-                rd.read_exact(&mut prefix).await?;
-                let n = body_len(prefix).map_err(std::io::Error::other)?;
-                // Read into spare capacity: no zeroing of a buffer about to be overwritten.
-                let mut body = Vec::with_capacity(n);
-                (&mut rd).take(n as u64).read_to_end(&mut body).await?;
-                if body.len() != n {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                Ok::<_, std::io::Error>(body)
-            }
-            .await;
+            let r = read_answer_frame(&mut rd, &mut opener).await;
             let end = r.is_err();
-            if ftx.send(r.map_err(|e| e.to_string())).is_err() || end {
+            if ftx.send(r).is_err() || end {
                 return;
             }
         }
@@ -501,14 +547,11 @@ async fn run_conn(
                 }
             }
             body = frames.recv() => {
-                let mut body = match body {
+                let body = match body {
                     Some(Ok(b)) => b,
-                    Some(Err(e)) => break format!("reading: {e}"),
+                    Some(Err(e)) => break e,
                     None => break "the reader stopped".to_string(),
                 };
-                if let Err(e) = opener.open(&mut body) {
-                    break format!("{e:#}");
-                }
                 match waiting.pop_front() {
                     Some(reply) => {
                         let _ = reply.send(Ok(body));
@@ -528,6 +571,47 @@ async fn run_conn(
     while let Ok((_, reply)) = rx.try_recv() {
         let _ = reply.send(Err(err.clone()));
     }
+}
+
+/// Reads and opens one answer frame; for an answer announcing an unsealed shard, reads the
+/// shard after it and returns it as an [`ANSWER_SHARD`] answer.
+async fn read_answer_frame(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    opener: &mut FrameCipher,
+) -> Result<Vec<u8>, String> {
+    let mut prefix = [0u8; 4];
+    rd.read_exact(&mut prefix)
+        .await
+        .map_err(|e| format!("reading: {e}"))?;
+    let n = body_len(prefix).map_err(|e| format!("{e:#}"))?;
+    let mut body = read_n(rd, n, 0).await?;
+    opener.open(&mut body).map_err(|e| format!("{e:#}"))?;
+    let Some(len) = follows(&body)? else {
+        return Ok(body);
+    };
+    // Room for the kind byte: appending it moves nothing.
+    let mut shard = read_n(rd, len, 1).await?;
+    shard.push(ANSWER_SHARD);
+    Ok(shard)
+}
+
+/// Reads exactly `n` bytes into a buffer with `room` bytes of spare capacity after them.
+async fn read_n(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    n: usize,
+    room: usize,
+) -> Result<Vec<u8>, String> {
+    // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+    let mut buf = Vec::with_capacity(n + room);
+    (&mut *rd)
+        .take(n as u64)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("reading: {e}"))?;
+    if buf.len() != n {
+        return Err("reading: the connection closed inside an answer".into());
+    }
+    Ok(buf)
 }
 
 #[derive(Debug, Default)]
@@ -610,21 +694,50 @@ mod tests {
     use crypto_accel::Decode;
     use dht::wire::ShardRequest;
 
-    /// Answers `Get` with a large raw shard, `Held` for [`STALL_ID`] after 600 ms, anything
-    /// else with `Refused` naming the peer.
-    struct Echo;
+    /// Answers `Get` of block b with a large shard of `200_000 + b` bytes `b`: for odd
+    /// blocks from a chunk store, sent unsealed, for even blocks sealed in the frame;
+    /// `Held` for [`STALL_ID`] after 600 ms; anything else with `Refused` naming the peer.
+    struct Echo {
+        store: crate::store::ChunkStore,
+        _dir: tempfile::TempDir,
+    }
 
     /// The data id whose `Held` request the test holder answers only after a stall.
     const STALL_ID: [u8; 32] = [0xEE; 32];
 
+    fn stored(block: u64) -> crypto_accel::ChunkId {
+        crypto_accel::ChunkId::of(&block.to_le_bytes())
+    }
+
+    fn echo() -> Echo {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::ChunkStore::open(dir.path(), crate::store::StoreConfig::default())
+                .unwrap();
+        for b in (1..64u64).step_by(2) {
+            store
+                .put(stored(b), vec![b as u8; 200_000 + b as usize])
+                .unwrap();
+        }
+        Echo { store, _dir: dir }
+    }
+
     impl Answer for Echo {
-        fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>) {
+        fn answer(
+            &self,
+            req: &[u8],
+            from: Option<&PublicKey>,
+            out: &mut Vec<u8>,
+        ) -> Option<ChunkRegion> {
             let resp = match ShardRequest::from_bytes(req) {
+                Ok(ShardRequest::Get { block, .. }) if block % 2 == 1 => {
+                    return Some(self.store.region(&stored(block)).unwrap());
+                }
                 Ok(ShardRequest::Get { block, .. }) => {
-                    // Raw, as a holder answers a read: the bytes, then the kind.
+                    // Raw, as a faulty holder answers a read: the bytes, then the kind.
                     out.extend(std::iter::repeat_n(block as u8, 200_000 + block as usize));
                     out.push(ANSWER_SHARD);
-                    return;
+                    return None;
                 }
                 Ok(ShardRequest::Held { data }) if *data.as_bytes() == STALL_ID => {
                     std::thread::sleep(Duration::from_millis(600));
@@ -637,6 +750,7 @@ mod tests {
                 Err(e) => ShardResponse::Refused(format!("malformed: {e}")),
             };
             put_answer(&resp, out);
+            None
         }
     }
 
@@ -657,7 +771,7 @@ mod tests {
     }
 
     fn server() -> Arc<DataServer> {
-        DataServer::start(IpAddr::from([127, 0, 0, 1]), 0, Arc::new(Echo)).unwrap()
+        DataServer::start(IpAddr::from([127, 0, 0, 1]), 0, Arc::new(echo())).unwrap()
     }
 
     fn offer(s: &DataServer, from: Option<PublicKey>) -> SessionOffer {
@@ -762,6 +876,25 @@ mod tests {
                 Ok(ShardResponse::Shard(b)) if b.len() == 200_004
             ));
         });
+    }
+
+    #[test]
+    fn a_shard_announcement_is_exact_and_bounded() {
+        let mut a = Vec::new();
+        put_follows(1234, &mut a).unwrap();
+        assert_eq!(follows(&a), Ok(Some(1234)));
+        assert!(put_follows(dht::wire::MAX_SHARD_BYTES + 1, &mut Vec::new()).is_err());
+        let over = (dht::wire::MAX_SHARD_BYTES as u32 + 1).to_le_bytes();
+        let e = follows(&[over[0], over[1], over[2], over[3], ANSWER_SHARD_FOLLOWS]);
+        assert!(e.unwrap_err().contains("over the limit"));
+        // Too short, too long: garbled, not guessed at.
+        assert!(follows(&[1, 2, ANSWER_SHARD_FOLLOWS]).is_err());
+        assert!(follows(&[1, 2, 3, 4, 5, ANSWER_SHARD_FOLLOWS]).is_err());
+        // Other kinds are not announcements.
+        let mut enc = Vec::new();
+        put_answer(&ShardResponse::NotFound, &mut enc);
+        assert_eq!(follows(&enc), Ok(None));
+        assert_eq!(follows(&[]), Ok(None));
     }
 
     #[test]

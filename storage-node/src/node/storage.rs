@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lock;
 use crate::manifest::{Manifest, ManifestDir};
-use crate::store::{ChunkStore, StoreConfig, StoreError};
+use crate::store::{ChunkRegion, ChunkStore, StoreConfig, StoreError};
 
 /// Most uncommitted shards kept at once, whatever their size (the byte quota alone would
 /// let tiny shards fill memory with bookkeeping).
@@ -678,19 +678,8 @@ impl StorageService {
         out: &mut Vec<u8>,
         room: usize,
     ) -> Option<ShardResponse> {
-        let Some(h) = lock(&self.index).get(&id).copied() else {
-            return Some(ShardResponse::NotFound);
-        };
-        if h.data != *data || h.block != block {
-            // Say no more than the requester claimed: not where the shard really belongs.
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            return Some(ShardResponse::Refused(format!(
-                "shard {id} is not part of block {block} of data {data}"
-            )));
-        }
-        if let Err(why) = self.allowed(from, data, Scope::Interval(h.interval)) {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            return Some(ShardResponse::Refused(why));
+        if let Err(no) = self.may_read(id, data, block, from) {
+            return Some(no);
         }
         let start = out.len();
         match self.read_shard_into(&id, out, room) {
@@ -704,6 +693,63 @@ impl StorageService {
             Ok(false) => Some(ShardResponse::NotFound),
             Err(e) => Some(ShardResponse::Failed(format!("reading shard {id}: {e}"))),
         }
+    }
+
+    /// Serves a read of shard `id` of block `block` of `data` for `from` as the shard's
+    /// place in the store, for a data connection to send without copying it through this
+    /// process; `Err` is the answer to send instead. The store's checksum of the bytes is
+    /// not checked on this path: the reader checks them against their content id, and
+    /// audits (which read through the checksum) catch a holder whose disk rots. `Ok(None)`
+    /// means read the shard with [`StorageService::get_into`]: a node that injects faults
+    /// must serve the bytes it altered.
+    pub fn get_region(
+        &self,
+        id: ChunkId,
+        data: &DataId,
+        block: u64,
+        from: Option<&PublicKey>,
+    ) -> Result<Option<ChunkRegion>, ShardResponse> {
+        if self.fault != Fault::None {
+            return Ok(None);
+        }
+        self.may_read(id, data, block, from)?;
+        match self.store.region(&id) {
+            Ok(r) => {
+                self.counters.served.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .served_bytes
+                    .fetch_add(r.len() as u64, Ordering::Relaxed);
+                Ok(Some(r))
+            }
+            Err(StoreError::NotFound { .. }) => Err(ShardResponse::NotFound),
+            Err(e) => Err(ShardResponse::Failed(format!("reading shard {id}: {e}"))),
+        }
+    }
+
+    /// Whether `from` may read shard `id` as part of block `block` of `data`; `Err` is the
+    /// answer to send instead.
+    fn may_read(
+        &self,
+        id: ChunkId,
+        data: &DataId,
+        block: u64,
+        from: Option<&PublicKey>,
+    ) -> Result<(), ShardResponse> {
+        let Some(h) = lock(&self.index).get(&id).copied() else {
+            return Err(ShardResponse::NotFound);
+        };
+        if h.data != *data || h.block != block {
+            // Say no more than the requester claimed: not where the shard really belongs.
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(ShardResponse::Refused(format!(
+                "shard {id} is not part of block {block} of data {data}"
+            )));
+        }
+        if let Err(why) = self.allowed(from, data, Scope::Interval(h.interval)) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(ShardResponse::Refused(why));
+        }
+        Ok(())
     }
 
     fn get_manifest(&self, data: &DataId, from: Option<&PublicKey>) -> ShardResponse {
@@ -890,9 +936,23 @@ struct DataAnswer {
 }
 
 impl super::dataplane::Answer for DataAnswer {
-    fn answer(&self, req: &[u8], from: Option<&PublicKey>, out: &mut Vec<u8>) {
+    fn answer(
+        &self,
+        req: &[u8],
+        from: Option<&PublicKey>,
+        out: &mut Vec<u8>,
+    ) -> Option<ChunkRegion> {
         let req = ShardRequest::from_bytes(req);
         if let Ok(ShardRequest::Get { id, data, block }) = &req {
+            match self.service.get_region(*id, data, *block, from) {
+                // The shard goes from the page cache to the socket (see `dataplane`).
+                Ok(Some(region)) => return Some(region),
+                Err(resp) => {
+                    super::dataplane::put_answer(&resp, out);
+                    return None;
+                }
+                Ok(None) => {}
+            }
             // The shard's bytes go straight from the store into the answer frame, with room
             // left so that neither the kind byte nor the AEAD tag makes it grow (and move).
             let room = 1 + crypto_accel::TAG_LEN;
@@ -900,10 +960,11 @@ impl super::dataplane::Answer for DataAnswer {
                 None => out.push(super::dataplane::ANSWER_SHARD),
                 Some(resp) => super::dataplane::put_answer(&resp, out),
             }
-            return;
+            return None;
         }
         let resp = respond_to(&self.service, None, req, from, &self.net);
         super::dataplane::put_answer(&resp, out);
+        None
     }
 }
 

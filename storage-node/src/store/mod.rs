@@ -391,6 +391,29 @@ impl ChunkStore {
         r
     }
 
+    /// Where chunk `id`'s payload lies on disk, for sending it without a copy through this
+    /// process ([`ChunkRegion::send_to`]). The record's header is read and checked against
+    /// the index, but **the payload's checksum is not**: this is for callers whose reader
+    /// checks the bytes itself (a shard's content id). Holding the region keeps its segment
+    /// file open even if compaction unlinks it meanwhile.
+    pub fn region(&self, id: &ChunkId) -> StoreResult<ChunkRegion> {
+        let loc = self
+            .inner
+            .shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or(StoreError::NotFound { id: *id })?;
+        read_header(&loc, id)?;
+        Ok(ChunkRegion {
+            at: loc.offset + HEADER_LEN as u64,
+            len: loc.len,
+            seg: loc.seg,
+        })
+    }
+
     /// Whether a chunk is stored (durably, unless it came from a put not yet covered by
     /// [`ChunkStore::sync`]).
     pub fn contains(&self, id: &ChunkId) -> bool {
@@ -528,31 +551,86 @@ fn payload_crcs(items: &[(ChunkId, Vec<u8>)]) -> Vec<u32> {
 /// record's bytes first.
 const SPARE_READ_SLACK: usize = 64 << 10;
 
-/// Reads and checks one record, appending its payload to `out`: header fields must match
-/// the index, payload its crc32c.
-fn read_record(loc: &Location, id: &ChunkId, out: &mut Vec<u8>, room: usize) -> StoreResult<()> {
-    let corrupt = |reason: String| StoreError::Corrupt { id: *id, reason };
-    let where_ = || format!("{} offset {}", segment_file_name(&loc.seg), loc.offset);
-    let io_err = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            corrupt(format!("record truncated at {}", where_()))
-        } else {
-            StoreError::io("read segment", &loc.seg.path, e)
+/// A stored chunk's payload in its segment file (see [`ChunkStore::region`]).
+#[derive(Debug, Clone)]
+pub struct ChunkRegion {
+    seg: Arc<Segment>,
+    at: u64,
+    len: u32,
+}
+
+impl ChunkRegion {
+    /// The payload's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the payload to `out` (a blocking socket) with `sendfile`: the bytes go from
+    /// the page cache to the socket without passing through this process. A send timeout
+    /// set on the socket bounds each call; a file that ends early is an error, never short
+    /// output passed off as whole.
+    pub fn send_to(&self, out: impl std::os::fd::AsFd) -> std::io::Result<()> {
+        let mut at = self.at;
+        let end = self.at + u64::from(self.len);
+        while at < end {
+            let want = usize::try_from(end - at).unwrap_or(usize::MAX);
+            match rustix::fs::sendfile(&out, &self.seg.file, Some(&mut at), want) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                // A blocking socket with a send timeout reports the timeout as EAGAIN.
+                Err(rustix::io::Errno::AGAIN) => return Err(std::io::ErrorKind::TimedOut.into()),
+                Err(e) => return Err(e.into()),
+            }
         }
-    };
+        Ok(())
+    }
+}
+
+/// Reads one record's header and checks it against the index.
+fn read_header(loc: &Location, id: &ChunkId) -> StoreResult<RecordHeader> {
     let mut hb = [0u8; HEADER_LEN];
     loc.seg
         .file
         .read_exact_at(&mut hb, loc.offset)
-        .map_err(io_err)?;
+        .map_err(|e| record_io_err(loc, id, e))?;
     let header = RecordHeader::decode(&hb, u64::from(loc.len))
-        .map_err(|e| corrupt(format!("{} at {}", e.as_str(), where_())))?;
+        .map_err(|e| record_corrupt(loc, id, e.as_str()))?;
     if header.kind != RecordKind::Put || header.id != *id || header.len != loc.len {
-        return Err(corrupt(format!(
-            "header does not match the index at {}",
-            where_()
-        )));
+        return Err(record_corrupt(loc, id, "header does not match the index"));
     }
+    Ok(header)
+}
+
+fn record_corrupt(loc: &Location, id: &ChunkId, what: &str) -> StoreError {
+    StoreError::Corrupt {
+        id: *id,
+        reason: format!(
+            "{what} at {} offset {}",
+            segment_file_name(&loc.seg),
+            loc.offset
+        ),
+    }
+}
+
+fn record_io_err(loc: &Location, id: &ChunkId, e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        record_corrupt(loc, id, "record truncated")
+    } else {
+        StoreError::io("read segment", &loc.seg.path, e)
+    }
+}
+
+/// Reads and checks one record, appending its payload to `out`: header fields must match
+/// the index, payload its crc32c.
+fn read_record(loc: &Location, id: &ChunkId, out: &mut Vec<u8>, room: usize) -> StoreResult<()> {
+    let io_err = |e: std::io::Error| record_io_err(loc, id, e);
+    let header = read_header(loc, id)?;
     let start = out.len();
     let len = loc.len as usize;
     let at = loc.offset + HEADER_LEN as u64;
@@ -580,10 +658,7 @@ fn read_record(loc: &Location, id: &ChunkId, out: &mut Vec<u8>, room: usize) -> 
         out.truncate(start + len);
     }
     if crc32c::crc32c(&out[start..]) != header.payload_crc {
-        return Err(corrupt(format!(
-            "payload checksum mismatch at {}",
-            where_()
-        )));
+        return Err(record_corrupt(loc, id, "payload checksum mismatch"));
     }
     Ok(())
 }
