@@ -16,17 +16,20 @@
 //! holder answers requests in order, as the peer that opened the session; a client pipelines
 //! requests and matches answers by order.
 //!
-//! **Shard bodies travel unencrypted.** An answer carrying a shard is a sealed frame whose
-//! plaintext is only the body's length and the kind [`ANSWER_SHARD_FOLLOWS`]; the shard's
-//! bytes follow it on the wire as they are, sent by the holder with `sendfile` straight from
-//! its page cache. Requests (which name the data and the shard) and every other answer stay
-//! sealed. A shard is the owner's ciphertext, erasure-coded, and every holder already sees
-//! it, so an eavesdropper learns no more than a holder does; and the reader checks each shard
+//! **Shard bodies travel unencrypted.** A frame carrying a shard (an answer to a read, or an
+//! upload) is a sealed frame whose plaintext is only the shard's length and a kind
+//! ([`ANSWER_SHARD_FOLLOWS`], [`REQUEST_SHARD_FOLLOWS`]); the shard's bytes follow it on the
+//! wire as they are. A holder sends them with `sendfile` straight from its page cache. Every
+//! other request (they name the data and the shard) and answer stays sealed. A shard is the
+//! owner's ciphertext, erasure-coded, and every holder already sees it, so an eavesdropper
+//! learns no more than a holder does. Shards are content-addressed: the reader checks each
 //! against its content id (BLAKE3), so a body altered in transit is refused like a wrong
-//! answer and the shard is asked of another holder, never used. Sealing it again cost two
-//! AES-GCM passes and two copies through user space per byte, a quarter of a loopback get's
-//! CPU. (A node that injects faults for tests still sends its altered shards sealed, as
-//! [`ANSWER_SHARD`].)
+//! answer and asked of another holder, never used; a holder stores an upload under the hash
+//! of the bytes it received, so an altered upload is not the shard the owner commits, and
+//! the commit fails rather than keeping wrong bytes. Sealing shards again cost two AES-GCM
+//! passes and, on reads, two copies through user space per byte: a quarter of a loopback
+//! get's CPU. (A node that injects faults for tests still sends its altered shards sealed,
+//! as [`ANSWER_SHARD`].)
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -156,14 +159,29 @@ pub fn body_len(prefix: [u8; 4]) -> Result<usize> {
     Ok(n)
 }
 
-/// A frame buffer holding the encoding of `msg` after room for the length, encoded in place
-/// (no intermediate buffer); `bound` sizes it so that neither the encoding nor the seal's tag
-/// makes it grow.
-pub fn frame_encoding(msg: &impl Encode, bound: usize) -> Vec<u8> {
-    let mut f = Vec::with_capacity(4 + bound + TAG_LEN);
+/// Last plaintext byte of a request frame: the rest is an encoded `ShardRequest`.
+pub const REQUEST_ENCODED: u8 = 0;
+/// Last plaintext byte of a request frame: the rest is the length (`u32` LE) of a shard to
+/// store (a `Put`) whose raw bytes follow the frame on the wire, unsealed.
+pub const REQUEST_SHARD_FOLLOWS: u8 = 1;
+
+/// A request frame buffer holding the encoding of `req` and its kind byte after room for the
+/// length, encoded in place (no intermediate buffer); sized so that neither the encoding nor
+/// the seal's tag makes it grow.
+pub fn frame_encoding(req: &ShardRequest) -> Vec<u8> {
+    let mut f = Vec::with_capacity(4 + req.encoded_len_bound() + 1 + TAG_LEN);
     f.extend_from_slice(&[0; 4]);
-    msg.encode(&mut f);
+    req.encode(&mut f);
+    f.push(REQUEST_ENCODED);
     f
+}
+
+/// A request frame buffer announcing a `len`-byte shard to store, sent after it unsealed.
+fn put_frame(len: usize) -> Result<Vec<u8>, String> {
+    let mut f = Vec::with_capacity(4 + 5 + TAG_LEN);
+    f.extend_from_slice(&[0; 4]);
+    put_follows(len, REQUEST_SHARD_FOLLOWS, &mut f).map_err(|e| format!("{e:#}"))?;
+    Ok(f)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -180,6 +198,10 @@ pub trait Answer: Send + Sync + 'static {
         from: Option<&PublicKey>,
         out: &mut Vec<u8>,
     ) -> Option<ChunkRegion>;
+
+    /// Answers a `Put` of `shard` (received unsealed) as peer `from`, appending the answer
+    /// to `out`.
+    fn put(&self, shard: Vec<u8>, from: Option<&PublicKey>, out: &mut Vec<u8>);
 }
 
 #[derive(Debug)]
@@ -320,21 +342,33 @@ impl DataServer {
                 Err(e) => return Err(e).context("waiting for a frame"),
             }
             let n = body_len(prefix)?;
-            // Read into spare capacity: no zeroing of a buffer about to be overwritten.
-            let mut body = Vec::with_capacity(n);
-            (&mut stream)
-                .take(n as u64)
-                .read_to_end(&mut body)
-                .context("reading a frame")?;
-            anyhow::ensure!(body.len() == n, "the connection closed inside a frame");
+            let deadline = Instant::now() + FRAME_DEADLINE;
+            let mut body = read_vec_by(&mut stream, n, deadline).context("reading a frame")?;
             opener.open(&mut body)?;
             out.clear();
             out.extend_from_slice(&[0; 4]);
-            let region = answer.answer(&body, w.from.as_ref(), &mut out);
+            let announced = follows(&body, REQUEST_SHARD_FOLLOWS).map_err(anyhow::Error::msg)?;
+            let region = match announced {
+                Some(len) => {
+                    // The shard follows its frame and must be through by the same deadline.
+                    let shard =
+                        read_vec_by(&mut stream, len, deadline).context("reading a shard")?;
+                    answer.put(shard, w.from.as_ref(), &mut out);
+                    None
+                }
+                None => {
+                    anyhow::ensure!(
+                        body.pop() == Some(REQUEST_ENCODED),
+                        "a request of unknown kind"
+                    );
+                    answer.answer(&body, w.from.as_ref(), &mut out)
+                }
+            };
+            stream.set_read_timeout(Some(IDLE))?;
             drop(body);
             if let Some(r) = &region {
                 out.truncate(4);
-                put_follows(r.len(), &mut out)?;
+                put_follows(r.len(), ANSWER_SHARD_FOLLOWS, &mut out)?;
             }
             sealer.seal(&mut out)?;
             stream.write_all(&out).context("writing an answer")?;
@@ -367,6 +401,28 @@ fn read_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io
     Ok(())
 }
 
+/// Reads exactly `n` bytes from `stream` into a new buffer, failing once `deadline` passes
+/// however the bytes trickle in.
+fn read_vec_by(stream: &mut TcpStream, n: usize, deadline: Instant) -> std::io::Result<Vec<u8>> {
+    // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+    let mut buf = Vec::with_capacity(n);
+    while buf.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let want = (n - buf.len()) as u64;
+        match (&mut *stream).take(want).read_to_end(&mut buf) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf)
+}
+
 /// Last plaintext byte of an answer frame: the rest is an encoded `ShardResponse`.
 pub const ANSWER_ENCODED: u8 = 0;
 /// Last plaintext byte of an answer frame: the rest is the raw bytes of a `Shard` answer
@@ -383,28 +439,30 @@ pub fn put_answer(resp: &ShardResponse, out: &mut Vec<u8>) {
     out.push(ANSWER_ENCODED);
 }
 
-/// Appends the plaintext of an answer announcing a `len`-byte unsealed shard to `out`.
-fn put_follows(len: usize, out: &mut Vec<u8>) -> Result<()> {
+/// Appends the plaintext of a frame announcing a `len`-byte unsealed shard to `out`: the
+/// length, then `kind` ([`ANSWER_SHARD_FOLLOWS`] or [`REQUEST_SHARD_FOLLOWS`]).
+fn put_follows(len: usize, kind: u8, out: &mut Vec<u8>) -> Result<()> {
     anyhow::ensure!(
         len <= dht::wire::MAX_SHARD_BYTES,
         "a {len}-byte shard is over the limit"
     );
     out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.push(ANSWER_SHARD_FOLLOWS);
+    out.push(kind);
     Ok(())
 }
 
-/// The length of the unsealed shard an opened answer announces, if it announces one.
-fn follows(body: &[u8]) -> Result<Option<usize>, String> {
+/// The length of the unsealed shard an opened frame announces with `kind`, if it is such
+/// an announcement.
+fn follows(body: &[u8], kind: u8) -> Result<Option<usize>, String> {
     match body {
-        [l0, l1, l2, l3, ANSWER_SHARD_FOLLOWS] => {
+        [l0, l1, l2, l3, k] if *k == kind => {
             let n = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
             if n > dht::wire::MAX_SHARD_BYTES {
                 return Err(format!("a {n}-byte shard is over the limit"));
             }
             Ok(Some(n))
         }
-        [.., ANSWER_SHARD_FOLLOWS] => Err("a garbled shard announcement".into()),
+        [.., k] if *k == kind => Err("a garbled shard announcement".into()),
         _ => Ok(None),
     }
 }
@@ -428,11 +486,14 @@ pub fn read_answer(mut body: Vec<u8>) -> Result<ShardResponse, String> {
 // Client side.
 
 type Reply = oneshot::Sender<Result<Vec<u8>, String>>;
+/// A request frame, the unsealed shard it announces (an upload), and who waits for the
+/// answer.
+type Outgoing = (Vec<u8>, Option<Arc<Vec<u8>>>, Reply);
 
 /// A client's handle on one data connection.
 #[derive(Debug, Clone)]
 pub struct Conn {
-    tx: mpsc::UnboundedSender<(Vec<u8>, Reply)>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     load: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
     /// How long one answer may take before the connection is retired.
@@ -468,16 +529,26 @@ impl Conn {
 
     /// Sends `req`, encoded straight into its frame, and waits for the answer.
     pub async fn request(&self, req: &ShardRequest) -> Result<ShardResponse, String> {
-        let frame = frame_encoding(req, req.encoded_len_bound());
-        read_answer(self.request_raw(frame).await?)
+        read_answer(self.request_raw(frame_encoding(req), None).await?)
     }
 
-    /// Sends one request frame (4 bytes of room, then the plaintext) and waits for the
-    /// opened answer frame.
-    async fn request_raw(&self, frame: Vec<u8>) -> Result<Vec<u8>, String> {
+    /// Uploads `shard` (a `Put`, sent unsealed after its announcement) and waits for the
+    /// answer.
+    pub async fn put(&self, shard: Arc<Vec<u8>>) -> Result<ShardResponse, String> {
+        let frame = put_frame(shard.len())?;
+        read_answer(self.request_raw(frame, Some(shard)).await?)
+    }
+
+    /// Sends one request frame (4 bytes of room, then the plaintext) and the unsealed shard
+    /// it announces, if any, and waits for the opened answer frame.
+    async fn request_raw(
+        &self,
+        frame: Vec<u8>,
+        shard: Option<Arc<Vec<u8>>>,
+    ) -> Result<Vec<u8>, String> {
         let (tx, rx) = oneshot::channel();
         self.load.fetch_add(1, Ordering::AcqRel);
-        let sent = self.tx.send((frame, tx)).is_ok();
+        let sent = self.tx.send((frame, shard, tx)).is_ok();
         let r = if sent {
             match tokio::time::timeout(self.wait, rx).await {
                 Ok(Ok(r)) => r,
@@ -516,7 +587,7 @@ impl Conn {
 async fn run_conn(
     stream: tokio::net::TcpStream,
     (mut sealer, mut opener): (FrameCipher, FrameCipher),
-    mut rx: mpsc::UnboundedReceiver<(Vec<u8>, Reply)>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     closed: Arc<AtomicBool>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
@@ -536,7 +607,7 @@ async fn run_conn(
     let why = loop {
         tokio::select! {
             req = rx.recv() => {
-                let Some((mut frame, reply)) = req else { break "closed by the client".to_string() };
+                let Some((mut frame, shard, reply)) = req else { break "closed by the client".to_string() };
                 if let Err(e) = sealer.seal(&mut frame) {
                     let _ = reply.send(Err(format!("{e:#}")));
                     continue;
@@ -544,6 +615,11 @@ async fn run_conn(
                 waiting.push_back(reply);
                 if let Err(e) = wr.write_all(&frame).await {
                     break format!("writing: {e}");
+                }
+                if let Some(shard) = shard {
+                    if let Err(e) = wr.write_all(&shard).await {
+                        break format!("writing: {e}");
+                    }
                 }
             }
             body = frames.recv() => {
@@ -568,7 +644,7 @@ async fn run_conn(
     for reply in waiting.drain(..) {
         let _ = reply.send(Err(err.clone()));
     }
-    while let Ok((_, reply)) = rx.try_recv() {
+    while let Ok((_, _, reply)) = rx.try_recv() {
         let _ = reply.send(Err(err.clone()));
     }
 }
@@ -586,7 +662,7 @@ async fn read_answer_frame(
     let n = body_len(prefix).map_err(|e| format!("{e:#}"))?;
     let mut body = read_n(rd, n, 0).await?;
     opener.open(&mut body).map_err(|e| format!("{e:#}"))?;
-    let Some(len) = follows(&body)? else {
+    let Some(len) = follows(&body, ANSWER_SHARD_FOLLOWS)? else {
         return Ok(body);
     };
     // Room for the kind byte: appending it moves nothing.
@@ -752,6 +828,15 @@ mod tests {
             put_answer(&resp, out);
             None
         }
+
+        /// Stores the shard under its hash, as a holder does.
+        fn put(&self, shard: Vec<u8>, _from: Option<&PublicKey>, out: &mut Vec<u8>) {
+            let resp = match self.store.put(crypto_accel::ChunkId::of(&shard), shard) {
+                Ok(()) => ShardResponse::Stored,
+                Err(e) => ShardResponse::Failed(e.to_string()),
+            };
+            put_answer(&resp, out);
+        }
     }
 
     fn get(block: u64) -> ShardRequest {
@@ -771,7 +856,11 @@ mod tests {
     }
 
     fn server() -> Arc<DataServer> {
-        DataServer::start(IpAddr::from([127, 0, 0, 1]), 0, Arc::new(echo())).unwrap()
+        server_for(Arc::new(echo()))
+    }
+
+    fn server_for(echo: Arc<Echo>) -> Arc<DataServer> {
+        DataServer::start(IpAddr::from([127, 0, 0, 1]), 0, echo).unwrap()
     }
 
     fn offer(s: &DataServer, from: Option<PublicKey>) -> SessionOffer {
@@ -879,22 +968,82 @@ mod tests {
     }
 
     #[test]
+    fn uploads_travel_unsealed_between_sealed_frames_and_are_stored_by_their_hash() {
+        let echo = Arc::new(echo());
+        let s = server_for(Arc::clone(&echo));
+        let o = offer(&s, None);
+        rt().block_on(async {
+            let c = Conn::open(o.addr, o.key, o.token).await.unwrap();
+            let (one, two) = (Arc::new(vec![0x5A; 150_000]), Arc::new(vec![7; 10]));
+            // Uploads pipelined with reads of both kinds: frames and ciphers stay in step.
+            let (r3, r2) = (get(3), get(2));
+            let (a, b, g1, g2) = tokio::join!(
+                c.put(Arc::clone(&one)),
+                c.put(Arc::clone(&two)),
+                c.request(&r3),
+                c.request(&r2),
+            );
+            assert_eq!(a, Ok(ShardResponse::Stored));
+            assert_eq!(b, Ok(ShardResponse::Stored));
+            assert_eq!(g1, Ok(ShardResponse::Shard(vec![3; 200_003])));
+            assert_eq!(g2, Ok(ShardResponse::Shard(vec![2; 200_002])));
+            for shard in [&one, &two] {
+                let id = crypto_accel::ChunkId::of(shard);
+                assert_eq!(echo.store.get(&id).unwrap(), **shard);
+            }
+            // Over the limit: refused before anything is sent; the connection goes on.
+            let big = Arc::new(vec![0; dht::wire::MAX_SHARD_BYTES + 1]);
+            let e = c.put(big).await.unwrap_err();
+            assert!(e.contains("over the limit"), "{e}");
+            assert!(c.request(&get(5)).await.is_ok());
+        });
+    }
+
+    #[test]
+    fn an_upload_cut_short_ends_the_connection_and_stores_nothing() {
+        let echo = Arc::new(echo());
+        let s = server_for(Arc::clone(&echo));
+        let o = offer(&s, None);
+        let chunks = echo.store.stats().chunks;
+        let mut raw = TcpStream::connect(o.addr).unwrap();
+        raw.write_all(&o.token).unwrap();
+        let (mut sealer, _) = FrameCipher::client(&o.key).unwrap();
+        let mut f = put_frame(1000).unwrap();
+        sealer.seal(&mut f).unwrap();
+        raw.write_all(&f).unwrap();
+        raw.write_all(&[1; 999]).unwrap();
+        raw.shutdown(std::net::Shutdown::Write).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The holder hangs up without an answer.
+        let mut buf = Vec::new();
+        let _ = raw.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "answered {} bytes", buf.len());
+        assert_eq!(echo.store.stats().chunks, chunks);
+    }
+
+    #[test]
     fn a_shard_announcement_is_exact_and_bounded() {
         let mut a = Vec::new();
-        put_follows(1234, &mut a).unwrap();
-        assert_eq!(follows(&a), Ok(Some(1234)));
-        assert!(put_follows(dht::wire::MAX_SHARD_BYTES + 1, &mut Vec::new()).is_err());
+        let k = ANSWER_SHARD_FOLLOWS;
+        put_follows(1234, k, &mut a).unwrap();
+        assert_eq!(follows(&a, k), Ok(Some(1234)));
+        // The kinds of answers and requests are told apart.
+        assert_eq!(follows(&a, REQUEST_SHARD_FOLLOWS), Ok(None));
+        assert!(put_follows(dht::wire::MAX_SHARD_BYTES + 1, k, &mut Vec::new()).is_err());
+        assert!(put_frame(dht::wire::MAX_SHARD_BYTES + 1).is_err());
         let over = (dht::wire::MAX_SHARD_BYTES as u32 + 1).to_le_bytes();
-        let e = follows(&[over[0], over[1], over[2], over[3], ANSWER_SHARD_FOLLOWS]);
+        let e = follows(&[over[0], over[1], over[2], over[3], k], k);
         assert!(e.unwrap_err().contains("over the limit"));
         // Too short, too long: garbled, not guessed at.
-        assert!(follows(&[1, 2, ANSWER_SHARD_FOLLOWS]).is_err());
-        assert!(follows(&[1, 2, 3, 4, 5, ANSWER_SHARD_FOLLOWS]).is_err());
+        assert!(follows(&[1, 2, k], k).is_err());
+        assert!(follows(&[1, 2, 3, 4, 5, k], k).is_err());
         // Other kinds are not announcements.
         let mut enc = Vec::new();
         put_answer(&ShardResponse::NotFound, &mut enc);
-        assert_eq!(follows(&enc), Ok(None));
-        assert_eq!(follows(&[]), Ok(None));
+        assert_eq!(follows(&enc, k), Ok(None));
+        assert_eq!(follows(&[], k), Ok(None));
+        let req = frame_encoding(&get(1));
+        assert_eq!(follows(&req[4..], REQUEST_SHARD_FOLLOWS), Ok(None));
     }
 
     #[test]
@@ -920,8 +1069,10 @@ mod tests {
         let req = ShardRequest::Put {
             bytes: vec![3; 100_000],
         };
-        let mut f = frame_encoding(&req, req.encoded_len_bound());
-        assert_eq!(f, frame_of(&req.to_bytes()));
+        let mut f = frame_encoding(&req);
+        let mut plain = req.to_bytes();
+        plain.push(REQUEST_ENCODED);
+        assert_eq!(f, frame_of(&plain));
         let (cap, ptr) = (f.capacity(), f.as_ptr());
         let (mut sealer, mut opener) = (
             FrameCipher::client(&[8; 32]).unwrap().0,
@@ -935,7 +1086,7 @@ mod tests {
         );
         let mut body = f[4..].to_vec();
         opener.open(&mut body).unwrap();
-        assert_eq!(body, req.to_bytes());
+        assert_eq!(body, plain);
     }
 
     #[test]

@@ -1092,9 +1092,28 @@ fn describe(r: &ShardResponse) -> String {
 async fn request(link: &Link, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
     match link.plane.conn(peer, || open_session(link, peer)).await {
         Some(conn) => conn.request(req).await.map_err(|e| anyhow!("{peer}: {e}")),
+        None => ask_over_libp2p(link, peer, req).await,
+    }
+}
+
+async fn ask_over_libp2p(link: &Link, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
+    let bytes = over_libp2p(link, peer, req.to_bytes()).await?;
+    ShardResponse::from_vec(bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
+}
+
+/// Uploads `shard` to `peer`: over a data connection, unsealed after its announcement (see
+/// [`super::dataplane`]), else as a `Put` over libp2p.
+async fn put_shard(link: &Link, peer: PeerId, shard: &Arc<Vec<u8>>) -> Result<ShardResponse> {
+    match link.plane.conn(peer, || open_session(link, peer)).await {
+        Some(conn) => conn
+            .put(Arc::clone(shard))
+            .await
+            .map_err(|e| anyhow!("{peer}: {e}")),
         None => {
-            let bytes = over_libp2p(link, peer, req.to_bytes()).await?;
-            ShardResponse::from_vec(bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
+            let req = ShardRequest::Put {
+                bytes: shard.to_vec(),
+            };
+            ask_over_libp2p(link, peer, &req).await
         }
     }
 }
@@ -1202,13 +1221,13 @@ impl ShardSink for NetSink {
                 let placement = self.placement;
                 self.rt.spawn(async move {
                     let _permit = permit;
-                    let req = ShardRequest::Put { bytes };
+                    let shard = Arc::new(bytes);
                     let mut target = target;
                     let mut tried = vec![target];
                     for attempt in 0..=PUT_RETRIES {
                         let peer = peers.iter().find(|p| p.node == target).map(|p| p.peer);
                         let outcome = match peer {
-                            Some(p) => request(&cmds, p, &req).await,
+                            Some(p) => put_shard(&cmds, p, &shard).await,
                             None => Err(anyhow!("unknown node")),
                         };
                         match outcome {

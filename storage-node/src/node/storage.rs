@@ -966,6 +966,12 @@ impl super::dataplane::Answer for DataAnswer {
         super::dataplane::put_answer(&resp, out);
         None
     }
+
+    fn put(&self, shard: Vec<u8>, from: Option<&PublicKey>, out: &mut Vec<u8>) {
+        let req = Ok(ShardRequest::Put { bytes: shard });
+        let resp = respond_to(&self.service, None, req, from, &self.net);
+        super::dataplane::put_answer(&resp, out);
+    }
 }
 
 /// Starts the data listener on `ip:port` (see [`super::dataplane`]).
