@@ -2,7 +2,7 @@
 //!
 //! This crate is pure: no sockets, no clocks, no threads. The node (crate `storage-node`)
 //! wires it to libp2p: Kademlia routing under `/cpchain/kad/1` and the shard transfer
-//! protocol `/cpchain/shard/2`, whose messages live in [`wire`].
+//! protocol `/cpchain/shard/3`, whose messages live in [`wire`].
 //!
 //! - [`record`]: the improved DHT record, mapping each data block to the key material needed
 //!   to read it (the interval index and the slot for its PRE capsule) and to its shard map.

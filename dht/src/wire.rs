@@ -1,4 +1,4 @@
-//! The shard transfer protocol `/cpchain/shard/2`: one request, one response, each a
+//! The shard transfer protocol `/cpchain/shard/3`: one request, one response, each a
 //! length-prefixed frame of the canonical encoding. Shard bytes travel here, never through
 //! Kademlia records (whose store is synchronous and capped at 64 KiB).
 //!
@@ -17,13 +17,18 @@
 //! over the noise-authenticated stream, a fresh 32-byte key; the holder answers with a TCP
 //! port and a single-use token. The client connects there, sends the token, and from then
 //! on both sides exchange the same encoded requests and responses as AES-256-GCM frames under
-//! that key (nonces: direction and frame counter). The holder treats the connection as the
-//! peer that opened the session. The frame format is in `storage_node::node::dataplane`.
+//! that key (nonces: direction and frame counter), except that a shard's own bytes (a read's
+//! answer, an upload) follow a sealed frame announcing their length, unsealed: shards are
+//! ciphertext and content-addressed. The holder treats the connection as the peer that
+//! opened the session. The frame format is in `storage_node::node::dataplane`. (Protocol 2
+//! sealed shard bytes on data connections too; its data connections do not interoperate
+//! with protocol 3's, so the protocol name changed and peers of different versions do not
+//! negotiate the shard protocol at all.)
 
 use crypto_accel::{put_bytes, ChunkId, CodecError, CodecResult, DataId, Decode, Encode, Reader};
 
 /// Protocol name.
-pub const SHARD_PROTOCOL: &str = "/cpchain/shard/2";
+pub const SHARD_PROTOCOL: &str = "/cpchain/shard/3";
 /// Largest shard accepted (a 256 MiB block over k = 10 is 25.6 MiB).
 pub const MAX_SHARD_BYTES: usize = 32 << 20;
 /// Largest encoded manifest accepted.

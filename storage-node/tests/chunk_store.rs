@@ -65,7 +65,8 @@ fn send_region(region: &storage_node::ChunkRegion) -> Vec<u8> {
     let region = region.clone();
     let sender = std::thread::spawn(move || {
         let (sock, _) = listener.accept().unwrap();
-        region.send_to(&sock).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        region.send_to(&sock, deadline).unwrap();
     });
     let mut got = Vec::new();
     std::net::TcpStream::connect(addr)

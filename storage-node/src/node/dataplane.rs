@@ -17,19 +17,27 @@
 //! requests and matches answers by order.
 //!
 //! **Shard bodies travel unencrypted.** A frame carrying a shard (an answer to a read, or an
-//! upload) is a sealed frame whose plaintext is only the shard's length and a kind
-//! ([`ANSWER_SHARD_FOLLOWS`], [`REQUEST_SHARD_FOLLOWS`]); the shard's bytes follow it on the
-//! wire as they are. A holder sends them with `sendfile` straight from its page cache. Every
-//! other request (they name the data and the shard) and answer stays sealed. A shard is the
-//! owner's ciphertext, erasure-coded, and every holder already sees it, so an eavesdropper
-//! learns no more than a holder does. Shards are content-addressed: the reader checks each
-//! against its content id (BLAKE3), so a body altered in transit is refused like a wrong
-//! answer and asked of another holder, never used; a holder stores an upload under the hash
-//! of the bytes it received, so an altered upload is not the shard the owner commits, and
-//! the commit fails rather than keeping wrong bytes. Sealing shards again cost two AES-GCM
-//! passes and, on reads, two copies through user space per byte: a quarter of a loopback
-//! get's CPU. (A node that injects faults for tests still sends its altered shards sealed,
-//! as [`ANSWER_SHARD`].)
+//! upload) is a sealed frame whose plaintext is only the shard's length (and, for an upload,
+//! its content id) and a kind ([`ANSWER_SHARD_FOLLOWS`], [`REQUEST_SHARD_FOLLOWS`]); the
+//! shard's bytes follow it on the wire as they are. A holder sends them with `sendfile`
+//! straight from its page cache. Every other request and answer stays sealed. Sealing
+//! shards again cost two AES-GCM passes and, on reads, two copies through user space per
+//! byte: a quarter of a loopback get's CPU.
+//!
+//! What this gives up, and what it keeps:
+//! - *Integrity is kept.* Shards are content-addressed. A reader checks each shard against
+//!   its content id (BLAKE3), so bytes altered on the way are refused like a wrong answer
+//!   and asked of another holder, never used. A holder stores an upload only if it hashes to
+//!   the id sealed in its announcement, so altered bytes are refused at once, not kept while
+//!   the owner believes the shard placed (and the owner's commit checks that each holder
+//!   confirms every shard it stored).
+//! - *Confidentiality of the data is kept:* a shard is the owner's ciphertext, erasure-coded.
+//! - *Given up, to an eavesdropper on the path:* the ciphertext itself (which every holder
+//!   sees anyway, but which the holder's grant check would not hand to a stranger), and which
+//!   shards a connection carries: a shard's BLAKE3 is its id, and the public records map ids
+//!   to data. An observer could already see which holders a reader talks to and how much.
+//! (A node that injects faults for tests still sends its altered shards sealed, as
+//! [`ANSWER_SHARD`].)
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -39,7 +47,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use crypto_accel::{block_nonce, Aead, AeadAlgo, Encode, IntervalKey, PublicKey, TAG_LEN};
+use crypto_accel::{block_nonce, Aead, AeadAlgo, ChunkId, Encode, IntervalKey, PublicKey, TAG_LEN};
 use dht::wire::{
     ShardRequest, ShardResponse, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, SESSION_TOKEN_LEN,
 };
@@ -161,8 +169,10 @@ pub fn body_len(prefix: [u8; 4]) -> Result<usize> {
 
 /// Last plaintext byte of a request frame: the rest is an encoded `ShardRequest`.
 pub const REQUEST_ENCODED: u8 = 0;
-/// Last plaintext byte of a request frame: the rest is the length (`u32` LE) of a shard to
-/// store (a `Put`) whose raw bytes follow the frame on the wire, unsealed.
+/// Last plaintext byte of a request frame: the rest is the length (`u32` LE) and content id
+/// (32 bytes) of a shard to store (a `Put`) whose raw bytes follow the frame on the wire,
+/// unsealed. The holder stores them only if they hash to that id: bytes altered on the way
+/// are refused, not kept as a shard the owner then believes placed.
 pub const REQUEST_SHARD_FOLLOWS: u8 = 1;
 
 /// A request frame buffer holding the encoding of `req` and its kind byte after room for the
@@ -176,12 +186,40 @@ pub fn frame_encoding(req: &ShardRequest) -> Vec<u8> {
     f
 }
 
-/// A request frame buffer announcing a `len`-byte shard to store, sent after it unsealed.
-fn put_frame(len: usize) -> Result<Vec<u8>, String> {
-    let mut f = Vec::with_capacity(4 + 5 + TAG_LEN);
+/// Length of the plaintext of an upload announcement: length, content id, kind.
+const UPLOAD_ANNOUNCEMENT: usize = 4 + 32 + 1;
+
+/// A request frame buffer announcing shard `id` of `len` bytes to store, sent after it
+/// unsealed.
+fn put_frame(id: &ChunkId, len: usize) -> Result<Vec<u8>, String> {
+    if len > dht::wire::MAX_SHARD_BYTES {
+        return Err(format!("a {len}-byte shard is over the limit"));
+    }
+    let mut f = Vec::with_capacity(4 + UPLOAD_ANNOUNCEMENT + TAG_LEN);
     f.extend_from_slice(&[0; 4]);
-    put_follows(len, REQUEST_SHARD_FOLLOWS, &mut f).map_err(|e| format!("{e:#}"))?;
+    f.extend_from_slice(&(len as u32).to_le_bytes());
+    f.extend_from_slice(id.as_bytes());
+    f.push(REQUEST_SHARD_FOLLOWS);
     Ok(f)
+}
+
+/// The content id and length of the shard an opened request announces, if it announces one.
+fn upload_announced(body: &[u8]) -> Result<Option<(ChunkId, usize)>, String> {
+    if body.last() != Some(&REQUEST_SHARD_FOLLOWS) {
+        return Ok(None);
+    }
+    if body.len() != UPLOAD_ANNOUNCEMENT {
+        return Err("a garbled upload announcement".into());
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&body[..4]);
+    let n = u32::from_le_bytes(len) as usize;
+    if n > dht::wire::MAX_SHARD_BYTES {
+        return Err(format!("a {n}-byte shard is over the limit"));
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&body[4..36]);
+    Ok(Some((ChunkId::from_bytes(id), n)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -199,9 +237,10 @@ pub trait Answer: Send + Sync + 'static {
         out: &mut Vec<u8>,
     ) -> Option<ChunkRegion>;
 
-    /// Answers a `Put` of `shard` (received unsealed) as peer `from`, appending the answer
-    /// to `out`.
-    fn put(&self, shard: Vec<u8>, from: Option<&PublicKey>, out: &mut Vec<u8>);
+    /// Answers a `Put` of `shard` (received unsealed, announced as content id `id`) as peer
+    /// `from`, appending the answer to `out`. Bytes that do not hash to `id` were altered on
+    /// the way and must not be stored.
+    fn put(&self, id: ChunkId, shard: Vec<u8>, from: Option<&PublicKey>, out: &mut Vec<u8>);
 }
 
 #[derive(Debug)]
@@ -308,11 +347,8 @@ impl DataServer {
     /// Serves one connection until the client closes it, it idles, or a frame is bad.
     fn serve(&self, mut stream: TcpStream, answer: &dyn Answer) -> Result<()> {
         stream.set_nodelay(true)?;
-        // A client that stops reading must not hold this thread: an answer (at most a
-        // frame) gets this long to leave.
-        stream.set_write_timeout(Some(FRAME_DEADLINE))?;
         let mut token = [0u8; SESSION_TOKEN_LEN];
-        read_by(&mut stream, &mut token, Instant::now() + TOKEN_DEADLINE)
+        read_by(&stream, &mut token, Instant::now() + TOKEN_DEADLINE)
             .context("reading the session token")?;
         let w = self
             .take(&token)
@@ -331,29 +367,23 @@ impl DataServer {
                 Ok(0) => return Ok(()),
                 Ok(4) => {}
                 Ok(got) => {
-                    read_by(
-                        &mut stream,
-                        &mut prefix[got..],
-                        Instant::now() + FRAME_DEADLINE,
-                    )
-                    .context("reading a frame")?;
+                    read_by(&stream, &mut prefix[got..], Instant::now() + FRAME_DEADLINE)
+                        .context("reading a frame")?;
                     stream.set_read_timeout(Some(IDLE))?;
                 }
                 Err(e) => return Err(e).context("waiting for a frame"),
             }
             let n = body_len(prefix)?;
             let deadline = Instant::now() + FRAME_DEADLINE;
-            let mut body = read_vec_by(&mut stream, n, deadline).context("reading a frame")?;
+            let mut body = read_vec_by(&stream, n, deadline).context("reading a frame")?;
             opener.open(&mut body)?;
             out.clear();
             out.extend_from_slice(&[0; 4]);
-            let announced = follows(&body, REQUEST_SHARD_FOLLOWS).map_err(anyhow::Error::msg)?;
-            let region = match announced {
-                Some(len) => {
+            let region = match upload_announced(&body).map_err(anyhow::Error::msg)? {
+                Some((id, len)) => {
                     // The shard follows its frame and must be through by the same deadline.
-                    let shard =
-                        read_vec_by(&mut stream, len, deadline).context("reading a shard")?;
-                    answer.put(shard, w.from.as_ref(), &mut out);
+                    let shard = read_vec_by(&stream, len, deadline).context("reading a shard")?;
+                    answer.put(id, shard, w.from.as_ref(), &mut out);
                     None
                 }
                 None => {
@@ -371,9 +401,14 @@ impl DataServer {
                 put_follows(r.len(), ANSWER_SHARD_FOLLOWS, &mut out)?;
             }
             sealer.seal(&mut out)?;
-            stream.write_all(&out).context("writing an answer")?;
+            // A client that stops reading must not hold this thread: an answer, the shard
+            // after it included, gets FRAME_DEADLINE to leave.
+            let deadline = Instant::now() + FRAME_DEADLINE;
+            Deadlined::new(&stream, deadline)
+                .write_all(&out)
+                .context("writing an answer")?;
             if let Some(r) = region {
-                r.send_to(&stream).context("sending a shard")?;
+                r.send_to(&stream, deadline).context("sending a shard")?;
             }
             if out.capacity() > 4 << 20 {
                 out = Vec::new();
@@ -382,43 +417,63 @@ impl DataServer {
     }
 }
 
-/// Fills `buf` from `stream`, failing once `deadline` passes however the bytes trickle in.
-fn read_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
-    let mut got = 0;
-    while got < buf.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
+/// A connection whose reads and writes must all end by `deadline`: each system call is
+/// given the time left as its timeout, so bytes that trickle in (or out, to a client that
+/// reads slowly) cannot stretch a frame past the deadline.
+struct Deadlined<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a> Deadlined<'a> {
+    fn new(stream: &'a TcpStream, deadline: Instant) -> Deadlined<'a> {
+        Deadlined { stream, deadline }
+    }
+
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(std::io::ErrorKind::TimedOut.into());
         }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf[got..]) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        Ok(left)
     }
-    Ok(())
+}
+
+impl Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        let mut s = self.stream;
+        s.read(buf)
+    }
+}
+
+impl Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        let mut s = self.stream;
+        s.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Fills `buf` from `stream`, failing once `deadline` passes however the bytes trickle in.
+fn read_by(stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+    Deadlined::new(stream, deadline).read_exact(buf)
 }
 
 /// Reads exactly `n` bytes from `stream` into a new buffer, failing once `deadline` passes
 /// however the bytes trickle in.
-fn read_vec_by(stream: &mut TcpStream, n: usize, deadline: Instant) -> std::io::Result<Vec<u8>> {
+fn read_vec_by(stream: &TcpStream, n: usize, deadline: Instant) -> std::io::Result<Vec<u8>> {
     // Read into spare capacity: no zeroing of a buffer about to be overwritten.
     let mut buf = Vec::with_capacity(n);
-    while buf.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(left))?;
-        let want = (n - buf.len()) as u64;
-        match (&mut *stream).take(want).read_to_end(&mut buf) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    Deadlined::new(stream, deadline)
+        .take(n as u64)
+        .read_to_end(&mut buf)?;
+    if buf.len() != n {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     Ok(buf)
 }
@@ -534,8 +589,8 @@ impl Conn {
 
     /// Uploads `shard` (a `Put`, sent unsealed after its announcement) and waits for the
     /// answer.
-    pub async fn put(&self, shard: Arc<Vec<u8>>) -> Result<ShardResponse, String> {
-        let frame = put_frame(shard.len())?;
+    pub async fn put(&self, id: &ChunkId, shard: Arc<Vec<u8>>) -> Result<ShardResponse, String> {
+        let frame = put_frame(id, shard.len())?;
         read_answer(self.request_raw(frame, Some(shard)).await?)
     }
 
@@ -613,13 +668,20 @@ async fn run_conn(
                     continue;
                 }
                 waiting.push_back(reply);
-                if let Err(e) = wr.write_all(&frame).await {
-                    break format!("writing: {e}");
-                }
-                if let Some(shard) = shard {
-                    if let Err(e) = wr.write_all(&shard).await {
-                        break format!("writing: {e}");
+                // A holder that stops reading must not hold this connection (and the
+                // shard) for good: the request, its shard included, gets FRAME_DEADLINE.
+                let sent = tokio::time::timeout(FRAME_DEADLINE, async {
+                    wr.write_all(&frame).await?;
+                    if let Some(shard) = &shard {
+                        wr.write_all(shard).await?;
                     }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break format!("writing: {e}"),
+                    Err(_) => break format!("writing: stalled for {} s", FRAME_DEADLINE.as_secs()),
                 }
             }
             body = frames.recv() => {
@@ -829,11 +891,15 @@ mod tests {
             None
         }
 
-        /// Stores the shard under its hash, as a holder does.
-        fn put(&self, shard: Vec<u8>, _from: Option<&PublicKey>, out: &mut Vec<u8>) {
-            let resp = match self.store.put(crypto_accel::ChunkId::of(&shard), shard) {
-                Ok(()) => ShardResponse::Stored,
-                Err(e) => ShardResponse::Failed(e.to_string()),
+        /// Stores the shard under its hash if that is the announced id, as a holder does.
+        fn put(&self, id: ChunkId, shard: Vec<u8>, _: Option<&PublicKey>, out: &mut Vec<u8>) {
+            let resp = if ChunkId::of(&shard) != id {
+                ShardResponse::Failed("altered".into())
+            } else {
+                match self.store.put(id, shard) {
+                    Ok(()) => ShardResponse::Stored,
+                    Err(e) => ShardResponse::Failed(e.to_string()),
+                }
             };
             put_answer(&resp, out);
         }
@@ -977,9 +1043,10 @@ mod tests {
             let (one, two) = (Arc::new(vec![0x5A; 150_000]), Arc::new(vec![7; 10]));
             // Uploads pipelined with reads of both kinds: frames and ciphers stay in step.
             let (r3, r2) = (get(3), get(2));
+            let (id1, id2) = (ChunkId::of(&one), ChunkId::of(&two));
             let (a, b, g1, g2) = tokio::join!(
-                c.put(Arc::clone(&one)),
-                c.put(Arc::clone(&two)),
+                c.put(&id1, Arc::clone(&one)),
+                c.put(&id2, Arc::clone(&two)),
                 c.request(&r3),
                 c.request(&r2),
             );
@@ -987,13 +1054,16 @@ mod tests {
             assert_eq!(b, Ok(ShardResponse::Stored));
             assert_eq!(g1, Ok(ShardResponse::Shard(vec![3; 200_003])));
             assert_eq!(g2, Ok(ShardResponse::Shard(vec![2; 200_002])));
-            for shard in [&one, &two] {
-                let id = crypto_accel::ChunkId::of(shard);
-                assert_eq!(echo.store.get(&id).unwrap(), **shard);
-            }
+            assert_eq!(echo.store.get(&id1).unwrap(), *one);
+            assert_eq!(echo.store.get(&id2).unwrap(), *two);
+            // Bytes that are not the announced shard (altered on the way) are not kept.
+            let other = Arc::new(vec![9; 500]);
+            let r = c.put(&id1, Arc::clone(&other)).await;
+            assert_eq!(r, Ok(ShardResponse::Failed("altered".into())));
+            assert!(!echo.store.contains(&ChunkId::of(&other)));
             // Over the limit: refused before anything is sent; the connection goes on.
             let big = Arc::new(vec![0; dht::wire::MAX_SHARD_BYTES + 1]);
-            let e = c.put(big).await.unwrap_err();
+            let e = c.put(&id1, big).await.unwrap_err();
             assert!(e.contains("over the limit"), "{e}");
             assert!(c.request(&get(5)).await.is_ok());
         });
@@ -1008,7 +1078,7 @@ mod tests {
         let mut raw = TcpStream::connect(o.addr).unwrap();
         raw.write_all(&o.token).unwrap();
         let (mut sealer, _) = FrameCipher::client(&o.key).unwrap();
-        let mut f = put_frame(1000).unwrap();
+        let mut f = put_frame(&ChunkId::of(&[1; 1000]), 1000).unwrap();
         sealer.seal(&mut f).unwrap();
         raw.write_all(&f).unwrap();
         raw.write_all(&[1; 999]).unwrap();
@@ -1030,7 +1100,19 @@ mod tests {
         // The kinds of answers and requests are told apart.
         assert_eq!(follows(&a, REQUEST_SHARD_FOLLOWS), Ok(None));
         assert!(put_follows(dht::wire::MAX_SHARD_BYTES + 1, k, &mut Vec::new()).is_err());
-        assert!(put_frame(dht::wire::MAX_SHARD_BYTES + 1).is_err());
+        let id = ChunkId::of(b"x");
+        assert!(put_frame(&id, dht::wire::MAX_SHARD_BYTES + 1).is_err());
+        let up = put_frame(&id, 77).unwrap();
+        assert_eq!(upload_announced(&up[4..]), Ok(Some((id, 77))));
+        assert!(upload_announced(&up[5..]).is_err(), "short");
+        let mut long = up[4..].to_vec();
+        long.insert(0, 0);
+        assert!(upload_announced(&long).is_err(), "long");
+        let mut over = up[4..].to_vec();
+        over[..4].copy_from_slice(&(dht::wire::MAX_SHARD_BYTES as u32 + 1).to_le_bytes());
+        assert!(upload_announced(&over)
+            .unwrap_err()
+            .contains("over the limit"));
         let over = (dht::wire::MAX_SHARD_BYTES as u32 + 1).to_le_bytes();
         let e = follows(&[over[0], over[1], over[2], over[3], k], k);
         assert!(e.unwrap_err().contains("over the limit"));
@@ -1043,7 +1125,7 @@ mod tests {
         assert_eq!(follows(&enc, k), Ok(None));
         assert_eq!(follows(&[], k), Ok(None));
         let req = frame_encoding(&get(1));
-        assert_eq!(follows(&req[4..], REQUEST_SHARD_FOLLOWS), Ok(None));
+        assert_eq!(upload_announced(&req[4..]), Ok(None));
     }
 
     #[test]

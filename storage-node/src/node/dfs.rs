@@ -780,6 +780,11 @@ impl Dfs {
             .iter()
             .filter_map(|n| peer_of(n).map(|p| (*n, p)))
             .collect();
+        // How many shards each node stored: its commit must confirm at least those.
+        let mut placed_on: HashMap<NodeId, u32> = HashMap::new();
+        for node in map.iter().flatten() {
+            *placed_on.entry(*node).or_default() += 1;
+        }
         let cmds = self.cmds.clone();
         let results = self.rt.block_on(async {
             let futs = commits.iter().map(|(node, peer)| {
@@ -787,7 +792,8 @@ impl Dfs {
                     manifest: manifest_bytes.clone(),
                     keep_manifest: keepers.contains(node),
                 };
-                commit_with_retry(&cmds, *peer, req)
+                let stored = placed_on.get(node).copied().unwrap_or(0);
+                commit_with_retry(&cmds, *peer, req, stored)
             });
             futures::future::join_all(futs).await
         });
@@ -1103,10 +1109,15 @@ async fn ask_over_libp2p(link: &Link, peer: PeerId, req: &ShardRequest) -> Resul
 
 /// Uploads `shard` to `peer`: over a data connection, unsealed after its announcement (see
 /// [`super::dataplane`]), else as a `Put` over libp2p.
-async fn put_shard(link: &Link, peer: PeerId, shard: &Arc<Vec<u8>>) -> Result<ShardResponse> {
+async fn put_shard(
+    link: &Link,
+    peer: PeerId,
+    id: &ChunkId,
+    shard: &Arc<Vec<u8>>,
+) -> Result<ShardResponse> {
     match link.plane.conn(peer, || open_session(link, peer)).await {
         Some(conn) => conn
-            .put(Arc::clone(shard))
+            .put(id, Arc::clone(shard))
             .await
             .map_err(|e| anyhow!("{peer}: {e}")),
         None => {
@@ -1158,12 +1169,22 @@ async fn open_session(link: &Link, peer: PeerId) -> Result<SessionOffer, String>
     })
 }
 
-async fn commit_with_retry(cmds: &Link, peer: PeerId, req: ShardRequest) -> Result<()> {
+/// Commits the manifest on `peer`, which stored `stored` of its shards: it must confirm
+/// holding at least those (one it lost, or never got as sent, fails the put).
+async fn commit_with_retry(
+    cmds: &Link,
+    peer: PeerId,
+    req: ShardRequest,
+    stored: u32,
+) -> Result<()> {
     // A node may be a block behind the registration: retry for a while.
     let t = Instant::now();
     loop {
         match request(cmds, peer, &req).await {
-            Ok(ShardResponse::Committed { .. }) => return Ok(()),
+            Ok(ShardResponse::Committed { confirmed }) if confirmed >= stored => return Ok(()),
+            Ok(ShardResponse::Committed { confirmed }) => {
+                bail!("committing on {peer}: it holds {confirmed} of the {stored} shards it stored")
+            }
             Ok(ShardResponse::Refused(r)) if r.contains("not registered") => {}
             Ok(other) => bail!("committing on {peer}: {}", describe(&other)),
             Err(e) => bail!("committing on {peer}: {e}"),
@@ -1227,7 +1248,7 @@ impl ShardSink for NetSink {
                     for attempt in 0..=PUT_RETRIES {
                         let peer = peers.iter().find(|p| p.node == target).map(|p| p.peer);
                         let outcome = match peer {
-                            Some(p) => put_shard(&cmds, p, &shard).await,
+                            Some(p) => put_shard(&cmds, p, &id, &shard).await,
                             None => Err(anyhow!("unknown node")),
                         };
                         match outcome {
@@ -1571,6 +1592,11 @@ fn spawn_fetch(
                 Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
                     got = Some(b);
                     break;
+                }
+                // Wrong bytes: a bad holder, or bytes altered on the way (shards travel
+                // unsealed); like a transport error, worth asking again later.
+                Ok(ShardResponse::Shard(_)) => {
+                    tracing::warn!("{peer} sent wrong bytes for shard {index} of block {block}")
                 }
                 Ok(ShardResponse::Refused(r)) => {
                     unreachable = false;

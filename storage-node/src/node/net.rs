@@ -356,7 +356,7 @@ pub fn hardened_kad(peer: PeerId, mode: kad::Mode) -> kad::Behaviour<kad::store:
     k
 }
 
-/// The shard protocol behaviour (`/cpchain/shard/2`): `Full` on storage nodes, `Outbound`
+/// The shard protocol behaviour (`/cpchain/shard/3`): `Full` on storage nodes, `Outbound`
 /// elsewhere (clients, validators auditing nothing).
 pub fn shard_behaviour(support: ProtocolSupport) -> request_response::Behaviour<FrameCodec> {
     request_response::Behaviour::with_codec(

@@ -447,7 +447,25 @@ impl StorageService {
     }
 
     fn put(&self, bytes: Vec<u8>, now_ms: u64) -> ShardResponse {
+        self.put_as(ChunkId::of(&bytes), bytes, now_ms)
+    }
+
+    /// A `Put` of shard `expected` whose bytes arrived unsealed (see
+    /// [`super::dataplane`]): stored only if they hash to `expected`, so that bytes altered
+    /// on the way are refused rather than kept while the owner believes the shard placed.
+    pub fn put_expecting(&self, expected: ChunkId, bytes: Vec<u8>, now_ms: u64) -> ShardResponse {
         let id = ChunkId::of(&bytes);
+        if id != expected {
+            return ShardResponse::Failed(format!(
+                "the bytes received are not shard {expected} (altered on the way?); \
+                 nothing stored"
+            ));
+        }
+        self.put_as(id, bytes, now_ms)
+    }
+
+    /// Stores `bytes`, whose content id is `id`, as an uncommitted shard.
+    fn put_as(&self, id: ChunkId, bytes: Vec<u8>, now_ms: u64) -> ShardResponse {
         if lock(&self.index).contains_key(&id) {
             return ShardResponse::Stored;
         }
@@ -967,9 +985,10 @@ impl super::dataplane::Answer for DataAnswer {
         None
     }
 
-    fn put(&self, shard: Vec<u8>, from: Option<&PublicKey>, out: &mut Vec<u8>) {
-        let req = Ok(ShardRequest::Put { bytes: shard });
-        let resp = respond_to(&self.service, None, req, from, &self.net);
+    fn put(&self, id: ChunkId, shard: Vec<u8>, _: Option<&PublicKey>, out: &mut Vec<u8>) {
+        let resp = self
+            .service
+            .put_expecting(id, shard, super::config::now_ms());
         super::dataplane::put_answer(&resp, out);
     }
 }

@@ -407,6 +407,12 @@ impl ChunkStore {
             .cloned()
             .ok_or(StoreError::NotFound { id: *id })?;
         read_header(&loc, id)?;
+        // A segment cut short (damage) is refused here, before anything is sent, rather
+        // than in the middle of a send.
+        let end = loc.offset + HEADER_LEN as u64 + u64::from(loc.len);
+        if loc.seg.file_len()? < end {
+            return Err(record_corrupt(&loc, id, "record truncated"));
+        }
         Ok(ChunkRegion {
             at: loc.offset + HEADER_LEN as u64,
             len: loc.len,
@@ -571,15 +577,24 @@ impl ChunkRegion {
     }
 
     /// Writes the payload to `out` (a blocking socket) with `sendfile`: the bytes go from
-    /// the page cache to the socket without passing through this process. A send timeout
-    /// set on the socket bounds each call; a file that ends early is an error, never short
-    /// output passed off as whole.
-    pub fn send_to(&self, out: impl std::os::fd::AsFd) -> std::io::Result<()> {
+    /// the page cache to the socket without passing through this process. Every call is
+    /// given the time left until `deadline` (a reader that drains slowly cannot stretch the
+    /// send); a file that ends early is an error, never short output passed off as whole.
+    pub fn send_to(
+        &self,
+        out: &std::net::TcpStream,
+        deadline: std::time::Instant,
+    ) -> std::io::Result<()> {
         let mut at = self.at;
         let end = self.at + u64::from(self.len);
         while at < end {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            out.set_write_timeout(Some(left))?;
             let want = usize::try_from(end - at).unwrap_or(usize::MAX);
-            match rustix::fs::sendfile(&out, &self.seg.file, Some(&mut at), want) {
+            match rustix::fs::sendfile(out, &self.seg.file, Some(&mut at), want) {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => {}
