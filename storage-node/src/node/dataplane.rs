@@ -36,6 +36,7 @@
 //!   sees anyway, but which the holder's grant check would not hand to a stranger), and which
 //!   shards a connection carries: a shard's BLAKE3 is its id, and the public records map ids
 //!   to data. An observer could already see which holders a reader talks to and how much.
+//!
 //! (A node that injects faults for tests still sends its altered shards sealed, as
 //! [`ANSWER_SHARD`].)
 

@@ -374,15 +374,7 @@ impl ChunkStore {
         out: &mut Vec<u8>,
         room: usize,
     ) -> StoreResult<()> {
-        let loc = self
-            .inner
-            .shared
-            .index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
-            .ok_or(StoreError::NotFound { id: *id })?;
+        let loc = self.location(id)?;
         let start = out.len();
         let r = read_record(&loc, id, out, room);
         if r.is_err() {
@@ -397,15 +389,7 @@ impl ChunkStore {
     /// checks the bytes itself (a shard's content id). Holding the region keeps its segment
     /// file open even if compaction unlinks it meanwhile.
     pub fn region(&self, id: &ChunkId) -> StoreResult<ChunkRegion> {
-        let loc = self
-            .inner
-            .shared
-            .index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
-            .ok_or(StoreError::NotFound { id: *id })?;
+        let loc = self.location(id)?;
         read_header(&loc, id)?;
         // A segment cut short (damage) is refused here, before anything is sent, rather
         // than in the middle of a send.
@@ -418,6 +402,18 @@ impl ChunkStore {
             len: loc.len,
             seg: loc.seg,
         })
+    }
+
+    /// Where the live record of chunk `id` is.
+    fn location(&self, id: &ChunkId) -> StoreResult<Location> {
+        self.inner
+            .shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or(StoreError::NotFound { id: *id })
     }
 
     /// Whether a chunk is stored (durably, unless it came from a put not yet covered by
