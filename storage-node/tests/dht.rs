@@ -278,6 +278,41 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     let out = work.join("out.bin");
     assert_get_identical(&api, &key, &id, &out, &data, "all nodes up");
 
+    // A client that keeps shard bytes sealed in transit puts and gets through the same
+    // holders (sealed Puts, answers sealed whole).
+    let small = &data[..3 << 20];
+    let small_in = work.join("small.bin");
+    std::fs::write(&small_in, small).unwrap();
+    let (k, sealed) = (key.to_str().unwrap(), "--sealed-transfers");
+    let o = cpchain(&[
+        "put",
+        small_in.to_str().unwrap(),
+        "--node",
+        &api,
+        "--key",
+        k,
+        sealed,
+    ]);
+    assert!(o.status.success(), "sealed put failed: {}", stderr(&o));
+    let small_id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let small_out = work.join("small.out");
+    let o = cpchain(&[
+        "get",
+        &small_id,
+        "-o",
+        small_out.to_str().unwrap(),
+        "--node",
+        &api,
+        "--key",
+        k,
+        sealed,
+    ]);
+    assert!(o.status.success(), "sealed get failed: {}", stderr(&o));
+    assert!(
+        std::fs::read(&small_out).unwrap() == small,
+        "sealed get: different bytes"
+    );
+
     // kill -9 four holders (storage nodes holding shards) → identical bytes.
     let holders: Vec<usize> = {
         let h = net.holdings(&id);

@@ -958,18 +958,21 @@ impl super::dataplane::Answer for DataAnswer {
         &self,
         req: &[u8],
         from: Option<&PublicKey>,
+        unsealed: bool,
         out: &mut Vec<u8>,
     ) -> Option<ChunkRegion> {
         let req = ShardRequest::from_bytes(req);
         if let Ok(ShardRequest::Get { id, data, block }) = &req {
-            match self.service.get_region(*id, data, *block, from) {
-                // The shard goes from the page cache to the socket (see `dataplane`).
-                Ok(Some(region)) => return Some(region),
-                Err(resp) => {
-                    super::dataplane::put_answer(&resp, out);
-                    return None;
+            if unsealed {
+                match self.service.get_region(*id, data, *block, from) {
+                    // The shard goes from the page cache to the socket (see `dataplane`).
+                    Ok(Some(region)) => return Some(region),
+                    Err(resp) => {
+                        super::dataplane::put_answer(&resp, out);
+                        return None;
+                    }
+                    Ok(None) => {}
                 }
-                Ok(None) => {}
             }
             // The shard's bytes go straight from the store into the answer frame, with room
             // left so that neither the kind byte nor the AEAD tag makes it grow (and move).
