@@ -174,9 +174,9 @@ struct NetArgs {
     discover_s: u64,
     /// Keep shard bytes encrypted in transit too. By default they travel between holders and
     /// clients as they are stored (the owner's ciphertext, checked against its content id):
-    /// an eavesdropper on the path sees the ciphertext and which shards move. Costs about a
-    /// quarter more CPU on a get.
-    #[arg(long)]
+    /// an eavesdropper on the path sees the ciphertext and, from its hash, which shards move.
+    /// Costs about a quarter more CPU on a get.
+    #[arg(long, conflicts_with = "local")]
     sealed_transfers: bool,
 }
 

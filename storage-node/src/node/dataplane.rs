@@ -26,11 +26,12 @@
 //!
 //! What this gives up, and what it keeps:
 //! - *Integrity is kept.* Shards are content-addressed. A reader checks each shard against
-//!   its content id (BLAKE3), so bytes altered on the way are refused like a wrong answer
-//!   and asked of another holder, never used. A holder stores an upload only if it hashes to
-//!   the id sealed in its announcement, so altered bytes are refused at once, not kept while
-//!   the owner believes the shard placed (and the owner's commit checks that each holder
-//!   confirms every shard it stored).
+//!   its content id (BLAKE3), so bytes altered on the way are never used: the reader asks
+//!   the same holder once more with the answer sealed whole (read through the store's
+//!   checksum), then others. A holder stores an upload only if it hashes to the id sealed in
+//!   its announcement, so altered bytes are refused at once, not kept while the owner
+//!   believes the shard placed (and after its commit the owner asks each holder which shards
+//!   it holds: every shard it stored must be there).
 //! - *Confidentiality of the data is kept:* a shard is the owner's ciphertext, erasure-coded.
 //! - *Given up, to an eavesdropper on the path:* the ciphertext itself (which every holder
 //!   sees anyway, but which the holder's grant check would not hand to a stranger), and which
@@ -814,8 +815,8 @@ pub struct SessionOffer {
 
 impl DataClient {
     /// A client whose connections keep shard bytes sealed in transit both ways: an
-    /// eavesdropper sees neither the ciphertext nor which shards move, for about a quarter
-    /// more CPU on a get.
+    /// eavesdropper sees neither the ciphertext nor the shards' ids (only sizes, timing and
+    /// which holders), for about a quarter more CPU on a get.
     pub fn sealed() -> DataClient {
         DataClient {
             sealed: true,
@@ -880,7 +881,8 @@ mod tests {
     use dht::wire::ShardRequest;
 
     /// Answers `Get` of block b with a large shard of `200_000 + b` bytes `b`: for odd
-    /// blocks from a chunk store, sent unsealed, for even blocks sealed in the frame;
+    /// blocks from a chunk store (sent unsealed unless the request asks for it sealed), for
+    /// even blocks sealed in the frame; a sealed `Put` by storing it under its hash;
     /// `Held` for [`STALL_ID`] after 600 ms; anything else with `Refused` naming the peer.
     struct Echo {
         store: crate::store::ChunkStore,

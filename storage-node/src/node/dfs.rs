@@ -787,10 +787,13 @@ impl Dfs {
             .iter()
             .filter_map(|n| peer_of(n).map(|p| (*n, p)))
             .collect();
-        // How many shards each node stored: its commit must confirm at least those.
-        let mut placed_on: HashMap<NodeId, u32> = HashMap::new();
-        for node in map.iter().flatten() {
-            *placed_on.entry(*node).or_default() += 1;
+        // Which shards each node stored: after its commit it must hold every one of them.
+        let mut placed_on: HashMap<NodeId, Vec<(u64, u8)>> = HashMap::new();
+        for (b, row) in map.iter().enumerate() {
+            for (i, node) in row.iter().enumerate() {
+                let at = (b as u64, i as u8);
+                placed_on.entry(*node).or_default().push(at);
+            }
         }
         let cmds = self.cmds.clone();
         let results = self.rt.block_on(async {
@@ -799,8 +802,8 @@ impl Dfs {
                     manifest: manifest_bytes.clone(),
                     keep_manifest: keepers.contains(node),
                 };
-                let stored = placed_on.get(node).copied().unwrap_or(0);
-                commit_with_retry(&cmds, *peer, req, stored)
+                let stored = placed_on.get(node).map_or(&[][..], Vec::as_slice);
+                commit_with_retry(&cmds, *peer, req, data, stored)
             });
             futures::future::join_all(futs).await
         });
@@ -1109,6 +1112,19 @@ async fn request(link: &Link, peer: PeerId, req: &ShardRequest) -> Result<ShardR
     }
 }
 
+/// [`request`] with the answer sealed whole on a data connection (see
+/// [`super::dataplane::REQUEST_SEALED`]); libp2p answers are always sealed by noise.
+async fn request_sealed(link: &Link, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
+    match link.plane.conn(peer, || open_session(link, peer)).await {
+        Some(conn) => conn
+            .sealed()
+            .request(req)
+            .await
+            .map_err(|e| anyhow!("{peer}: {e}")),
+        None => ask_over_libp2p(link, peer, req).await,
+    }
+}
+
 async fn ask_over_libp2p(link: &Link, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
     let bytes = over_libp2p(link, peer, req.to_bytes()).await?;
     ShardResponse::from_vec(bytes).map_err(|e| anyhow!("{peer} answered garbage: {e}"))
@@ -1176,21 +1192,24 @@ async fn open_session(link: &Link, peer: PeerId) -> Result<SessionOffer, String>
     })
 }
 
-/// Commits the manifest on `peer`, which stored `stored` of its shards: it must confirm
-/// holding at least those (one it lost, or never got as sent, fails the put).
+/// Commits the manifest of `data` on `peer`, which stored the shards `stored` (block,
+/// index): after the commit it must hold every one of them. One it lost (a restart before
+/// the commit, an upload older than the pending-shard lifetime) fails the put, rather than
+/// a record naming a holder that has nothing.
 async fn commit_with_retry(
     cmds: &Link,
     peer: PeerId,
     req: ShardRequest,
-    stored: u32,
+    data: DataId,
+    stored: &[(u64, u8)],
 ) -> Result<()> {
     // A node may be a block behind the registration: retry for a while.
     let t = Instant::now();
     loop {
         match request(cmds, peer, &req).await {
-            Ok(ShardResponse::Committed { confirmed }) if confirmed >= stored => return Ok(()),
-            Ok(ShardResponse::Committed { confirmed }) => {
-                bail!("committing on {peer}: it holds {confirmed} of the {stored} shards it stored")
+            Ok(ShardResponse::Committed { .. }) if stored.is_empty() => return Ok(()),
+            Ok(ShardResponse::Committed { .. }) => {
+                return check_held(cmds, peer, data, stored).await;
             }
             Ok(ShardResponse::Refused(r)) if r.contains("not registered") => {}
             Ok(other) => bail!("committing on {peer}: {}", describe(&other)),
@@ -1200,6 +1219,27 @@ async fn commit_with_retry(
             bail!("committing on {peer}: the node did not see the registration within 30 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asks `peer` which shards of `data` it holds; every one of `stored` must be among them.
+async fn check_held(cmds: &Link, peer: PeerId, data: DataId, stored: &[(u64, u8)]) -> Result<()> {
+    let held = match request(cmds, peer, &ShardRequest::Held { data }).await {
+        Ok(ShardResponse::Held(v)) => v.into_iter().collect::<HashSet<(u64, u8)>>(),
+        Ok(other) => bail!("asking {peer} what it holds: {}", describe(&other)),
+        Err(e) => bail!("asking {peer} what it holds: {e}"),
+    };
+    let lost: Vec<&(u64, u8)> = stored.iter().filter(|s| !held.contains(s)).collect();
+    match lost.first() {
+        None => Ok(()),
+        Some((b, i)) => bail!(
+            "{peer} committed but holds only {} of the {} shards stored there (shard {i} of \
+             block {b} is missing: the node restarted, or the upload took longer than the \
+             {} min an uncommitted shard is kept)",
+            stored.len() - lost.len(),
+            stored.len(),
+            super::storage::PENDING_TTL_MS / 60_000
+        ),
     }
 }
 
@@ -1600,10 +1640,22 @@ fn spawn_fetch(
                     got = Some(b);
                     break;
                 }
-                // Wrong bytes: a bad holder, or bytes altered on the way (shards travel
-                // unsealed); like a transport error, worth asking again later.
+                // Wrong bytes: altered on the way (shards travel unsealed), or rotten on
+                // the holder's disk (unsealed answers skip its checksum). Asked once more
+                // sealed whole, which rules out both; wrong again is the holder's answer.
                 Ok(ShardResponse::Shard(_)) => {
-                    tracing::warn!("{peer} sent wrong bytes for shard {index} of block {block}")
+                    tracing::warn!("{peer} sent wrong bytes for shard {index} of block {block}");
+                    match request_sealed(&cmds, *peer, &req).await {
+                        Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
+                            got = Some(b);
+                            break;
+                        }
+                        Ok(other) => {
+                            unreachable = false;
+                            tracing::warn!("{peer} asked again, sealed: {}", describe(&other))
+                        }
+                        Err(e) => tracing::debug!("{peer} asked again, sealed: {e}"),
+                    }
                 }
                 Ok(ShardResponse::Refused(r)) => {
                     unreachable = false;
