@@ -20,8 +20,9 @@
 //! that key (nonces: direction and frame counter), except that a shard's own bytes (a read's
 //! answer, an upload) follow a sealed frame announcing their length, unsealed: shards are
 //! ciphertext and content-addressed. A client may ask for any answer sealed whole, and
-//! upload sealed `Put`s, to keep shards sealed in transit. The holder treats the connection as the peer that
-//! opened the session. The frame format is in `storage_node::node::dataplane`. (Protocol 2
+//! upload sealed `Put`s, to keep shards sealed in transit. The holder treats the connection
+//! as the peer that opened the session. The frame format is in
+//! `storage_node::node::dataplane`. (Protocol 2
 //! sealed shard bytes on data connections too; its data connections do not interoperate
 //! with protocol 3's, so the protocol name changed and peers of different versions do not
 //! negotiate the shard protocol at all.)

@@ -205,12 +205,18 @@ pub fn frame_encoding(req: &ShardRequest, sealed: bool) -> Vec<u8> {
 /// Length of the plaintext of an upload announcement: length, content id, kind.
 const UPLOAD_ANNOUNCEMENT: usize = 4 + 32 + 1;
 
-/// A request frame buffer announcing shard `id` of `len` bytes to store, sent after it
-/// unsealed.
-fn put_frame(id: &ChunkId, len: usize) -> Result<Vec<u8>, String> {
+/// `len` if a shard of that many bytes is within [`dht::wire::MAX_SHARD_BYTES`].
+fn shard_len(len: usize) -> Result<usize, String> {
     if len > dht::wire::MAX_SHARD_BYTES {
         return Err(format!("a {len}-byte shard is over the limit"));
     }
+    Ok(len)
+}
+
+/// A request frame buffer announcing shard `id` of `len` bytes to store, sent after it
+/// unsealed.
+fn put_frame(id: &ChunkId, len: usize) -> Result<Vec<u8>, String> {
+    shard_len(len)?;
     let mut f = Vec::with_capacity(4 + UPLOAD_ANNOUNCEMENT + TAG_LEN);
     f.extend_from_slice(&[0; 4]);
     f.extend_from_slice(&(len as u32).to_le_bytes());
@@ -229,10 +235,7 @@ fn upload_announced(body: &[u8]) -> Result<Option<(ChunkId, usize)>, String> {
     }
     let mut len = [0u8; 4];
     len.copy_from_slice(&body[..4]);
-    let n = u32::from_le_bytes(len) as usize;
-    if n > dht::wire::MAX_SHARD_BYTES {
-        return Err(format!("a {n}-byte shard is over the limit"));
-    }
+    let n = shard_len(u32::from_le_bytes(len) as usize)?;
     let mut id = [0u8; 32];
     id.copy_from_slice(&body[4..36]);
     Ok(Some((ChunkId::from_bytes(id), n)))
@@ -387,7 +390,6 @@ impl DataServer {
                 Ok(got) => {
                     read_by(&stream, &mut prefix[got..], Instant::now() + FRAME_DEADLINE)
                         .context("reading a frame")?;
-                    stream.set_read_timeout(Some(IDLE))?;
                 }
                 Err(e) => return Err(e).context("waiting for a frame"),
             }
@@ -413,11 +415,12 @@ impl DataServer {
                     answer.answer(&body, w.from.as_ref(), unsealed, &mut out)
                 }
             };
+            // The frame's reads changed the timeout: the next wait for a frame idles again.
             stream.set_read_timeout(Some(IDLE))?;
             drop(body);
             if let Some(r) = &region {
                 out.truncate(4);
-                put_follows(r.len(), ANSWER_SHARD_FOLLOWS, &mut out)?;
+                put_follows(r.len(), &mut out).map_err(anyhow::Error::msg)?;
             }
             sealer.seal(&mut out)?;
             // A client that stops reading must not hold this thread: an answer, the shard
@@ -513,30 +516,22 @@ pub fn put_answer(resp: &ShardResponse, out: &mut Vec<u8>) {
     out.push(ANSWER_ENCODED);
 }
 
-/// Appends the plaintext of a frame announcing a `len`-byte unsealed shard to `out`: the
-/// length, then `kind` ([`ANSWER_SHARD_FOLLOWS`] or [`REQUEST_SHARD_FOLLOWS`]).
-fn put_follows(len: usize, kind: u8, out: &mut Vec<u8>) -> Result<()> {
-    anyhow::ensure!(
-        len <= dht::wire::MAX_SHARD_BYTES,
-        "a {len}-byte shard is over the limit"
-    );
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.push(kind);
+/// Appends the plaintext of an answer announcing a `len`-byte unsealed shard to `out`: the
+/// length, then [`ANSWER_SHARD_FOLLOWS`].
+fn put_follows(len: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    out.extend_from_slice(&(shard_len(len)? as u32).to_le_bytes());
+    out.push(ANSWER_SHARD_FOLLOWS);
     Ok(())
 }
 
-/// The length of the unsealed shard an opened frame announces with `kind`, if it is such
-/// an announcement.
-fn follows(body: &[u8], kind: u8) -> Result<Option<usize>, String> {
+/// The length of the unsealed shard an opened answer announces, if it is such an
+/// announcement.
+fn follows(body: &[u8]) -> Result<Option<usize>, String> {
     match body {
-        [l0, l1, l2, l3, k] if *k == kind => {
-            let n = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
-            if n > dht::wire::MAX_SHARD_BYTES {
-                return Err(format!("a {n}-byte shard is over the limit"));
-            }
-            Ok(Some(n))
+        [l0, l1, l2, l3, ANSWER_SHARD_FOLLOWS] => {
+            shard_len(u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize).map(Some)
         }
-        [.., k] if *k == kind => Err("a garbled shard announcement".into()),
+        [.., ANSWER_SHARD_FOLLOWS] => Err("a garbled shard announcement".into()),
         _ => Ok(None),
     }
 }
@@ -759,7 +754,7 @@ async fn read_answer_frame(
     let n = body_len(prefix).map_err(|e| format!("{e:#}"))?;
     let mut body = read_n(rd, n, 0).await?;
     opener.open(&mut body).map_err(|e| format!("{e:#}"))?;
-    let Some(len) = follows(&body, ANSWER_SHARD_FOLLOWS)? else {
+    let Some(len) = follows(&body)? else {
         return Ok(body);
     };
     // Room for the kind byte: appending it moves nothing.
@@ -1197,11 +1192,11 @@ mod tests {
     fn a_shard_announcement_is_exact_and_bounded() {
         let mut a = Vec::new();
         let k = ANSWER_SHARD_FOLLOWS;
-        put_follows(1234, k, &mut a).unwrap();
-        assert_eq!(follows(&a, k), Ok(Some(1234)));
+        put_follows(1234, &mut a).unwrap();
+        assert_eq!(follows(&a), Ok(Some(1234)));
         // The kinds of answers and requests are told apart.
-        assert_eq!(follows(&a, REQUEST_SHARD_FOLLOWS), Ok(None));
-        assert!(put_follows(dht::wire::MAX_SHARD_BYTES + 1, k, &mut Vec::new()).is_err());
+        assert_eq!(upload_announced(&a), Ok(None));
+        assert!(put_follows(dht::wire::MAX_SHARD_BYTES + 1, &mut Vec::new()).is_err());
         let id = ChunkId::of(b"x");
         assert!(put_frame(&id, dht::wire::MAX_SHARD_BYTES + 1).is_err());
         let up = put_frame(&id, 77).unwrap();
@@ -1216,16 +1211,18 @@ mod tests {
             .unwrap_err()
             .contains("over the limit"));
         let over = (dht::wire::MAX_SHARD_BYTES as u32 + 1).to_le_bytes();
-        let e = follows(&[over[0], over[1], over[2], over[3], k], k);
+        let e = follows(&[over[0], over[1], over[2], over[3], k]);
         assert!(e.unwrap_err().contains("over the limit"));
         // Too short, too long: garbled, not guessed at.
-        assert!(follows(&[1, 2, k], k).is_err());
-        assert!(follows(&[1, 2, 3, 4, 5, k], k).is_err());
+        assert!(follows(&[1, 2, k]).is_err());
+        assert!(follows(&[1, 2, 3, 4, 5, k]).is_err());
         // Other kinds are not announcements.
         let mut enc = Vec::new();
         put_answer(&ShardResponse::NotFound, &mut enc);
-        assert_eq!(follows(&enc, k), Ok(None));
-        assert_eq!(follows(&[], k), Ok(None));
+        assert_eq!(follows(&enc), Ok(None));
+        assert_eq!(follows(&[]), Ok(None));
+        let up = put_frame(&id, 77).unwrap();
+        assert_eq!(follows(&up[4..]), Ok(None));
         let req = frame_encoding(&get(1), false);
         assert_eq!(upload_announced(&req[4..]), Ok(None));
     }

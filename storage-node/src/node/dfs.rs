@@ -1106,21 +1106,23 @@ fn describe(r: &ShardResponse) -> String {
 /// Sends one shard request to `peer`: over a data connection when the holder offers one
 /// (encoded straight into its frame), else over the libp2p shard protocol.
 async fn request(link: &Link, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
-    match link.plane.conn(peer, || open_session(link, peer)).await {
-        Some(conn) => conn.request(req).await.map_err(|e| anyhow!("{peer}: {e}")),
-        None => ask_over_libp2p(link, peer, req).await,
-    }
+    ask(link, peer, req, false).await
 }
 
 /// [`request`] with the answer sealed whole on a data connection (see
 /// [`super::dataplane::REQUEST_SEALED`]); libp2p answers are always sealed by noise.
 async fn request_sealed(link: &Link, peer: PeerId, req: &ShardRequest) -> Result<ShardResponse> {
+    ask(link, peer, req, true).await
+}
+
+/// Asks `peer` over a data connection (sealed whole if `sealed`, else as the client's
+/// connections do), or over libp2p when the holder offers none.
+async fn ask(link: &Link, peer: PeerId, req: &ShardRequest, sealed: bool) -> Result<ShardResponse> {
     match link.plane.conn(peer, || open_session(link, peer)).await {
-        Some(conn) => conn
-            .sealed()
-            .request(req)
-            .await
-            .map_err(|e| anyhow!("{peer}: {e}")),
+        Some(conn) => {
+            let conn = if sealed { conn.sealed() } else { conn };
+            conn.request(req).await.map_err(|e| anyhow!("{peer}: {e}"))
+        }
         None => ask_over_libp2p(link, peer, req).await,
     }
 }

@@ -702,10 +702,7 @@ impl StorageService {
         let start = out.len();
         match self.read_shard_into(&id, out, room) {
             Ok(true) => {
-                self.counters.served.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .served_bytes
-                    .fetch_add((out.len() - start) as u64, Ordering::Relaxed);
+                self.count_served(out.len() - start);
                 None
             }
             Ok(false) => Some(ShardResponse::NotFound),
@@ -733,15 +730,20 @@ impl StorageService {
         self.may_read(id, data, block, from)?;
         match self.store.region(&id) {
             Ok(r) => {
-                self.counters.served.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .served_bytes
-                    .fetch_add(r.len() as u64, Ordering::Relaxed);
+                self.count_served(r.len());
                 Ok(Some(r))
             }
             Err(StoreError::NotFound { .. }) => Err(ShardResponse::NotFound),
             Err(e) => Err(ShardResponse::Failed(format!("reading shard {id}: {e}"))),
         }
+    }
+
+    /// Counts one shard of `bytes` served to a reader.
+    fn count_served(&self, bytes: usize) {
+        self.counters.served.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .served_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Whether `from` may read shard `id` as part of block `block` of `data`; `Err` is the
