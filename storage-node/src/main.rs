@@ -429,6 +429,14 @@ fn net_get(
         report.open.shards_missing,
         report.open.shards_corrupt
     );
+    if report.shards_wrong > 0 {
+        eprintln!(
+            "{} shards came with wrong bytes and were asked for again, sealed: {} then came \
+             intact (changed on the way); the rest were refused or wrong again (damaged on \
+             their holder's disk, say) and other shards stood in for them",
+            report.shards_wrong, report.shards_wrong_recovered
+        );
+    }
     Ok(())
 }
 

@@ -1,13 +1,15 @@
 //! The data layer with real processes on loopback: 4 validators (which also store), 1
 //! proposer and 12 storage nodes. Put 100 MiB through `cpchain put`; kill -9 four holders →
 //! `cpchain get` returns identical bytes; restarted nodes serve their shards again; after
-//! two nodes die, repair brings every block back to 14 live shards; a node that starts
-//! flipping bits is caught by audits; a reader without a grant is refused; five holders of
-//! one block killed → a clear "unrecoverable" error and no output file.
+//! two nodes die, repair brings every block back to 14 live shards; a holder whose disk rots
+//! is worked around (its wrong bytes counted, asked again sealed); a put whose holder keeps
+//! nothing fails by name; a node that starts flipping bits is caught by audits; a reader
+//! without a grant is refused; five holders of one block killed → a clear "unrecoverable"
+//! error and no output file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -183,6 +185,62 @@ fn set_toml(path: &Path, key: &str, value: &str) {
         })
         .collect();
     std::fs::write(path, out.join("\n") + "\n").unwrap();
+}
+
+/// The shard store of the node configured at `config`.
+fn shard_dir(config: &Path) -> PathBuf {
+    let node = storage_node::node::config::NodeConfig::load(config).unwrap();
+    node.data_dir.join("storage").join("shards")
+}
+
+/// Flips the middle byte of every stored shard in the segment files under `dir`, in place
+/// (a record is a 64-byte header, magic `CPCR`, kind at byte 5, payload length as `u32` LE at
+/// byte 48, then the payload: see `storage_node::store`). Returns what was flipped.
+fn flip_record_bytes(dir: &Path) -> Vec<(PathBuf, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut flipped = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("seg-")
+        {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let mut pos = 0usize;
+        while pos + 64 <= bytes.len() && &bytes[pos..pos + 4] == b"CPCR" {
+            let len = u32::from_le_bytes(bytes[pos + 48..pos + 52].try_into().unwrap()) as usize;
+            if pos + 64 + len > bytes.len() {
+                break;
+            }
+            if bytes[pos + 5] == 1 && len > 0 {
+                let at = pos + 64 + len / 2;
+                file.write_at(&[bytes[at] ^ 0x20], at as u64).unwrap();
+                flipped.push((path.clone(), at as u64));
+            }
+            pos += 64 + len;
+        }
+    }
+    flipped
+}
+
+/// Undoes [`flip_record_bytes`].
+fn flip_back(flipped: &[(PathBuf, u64)]) {
+    use std::os::unix::fs::FileExt;
+    for (path, at) in flipped {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8];
+        file.read_exact_at(&mut b, *at).unwrap();
+        file.write_at(&[b[0] ^ 0x20], *at).unwrap();
+    }
 }
 
 fn cpchain(args: &[&str]) -> Output {
@@ -389,12 +447,87 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     assert!(repaired > 0, "repair must be counted");
     assert_get_identical(&api, &key, &id, &out, &data, "after repair");
 
-    // A node that starts flipping bits is caught by audits: within 5 rounds.
+    // A holder whose disk rots sends wrong bytes on the unsealed path, which skips its
+    // checksum: the reader asks it again sealed, the holder's checksum refuses, and other
+    // shards stand in. Every shard this node holds gets one byte flipped in place (the
+    // running node reads the same page cache), and is flipped back afterwards. The node
+    // chosen holds the most data shards (index < 10), which a reader asks for first.
+    let h = net.holdings(&id);
+    let rot = *net
+        .storage_nodes()
+        .iter()
+        .filter(|i| net.children[**i].is_some())
+        .max_by_key(|i| {
+            h.iter()
+                .filter(|((_, x), v)| *x < 10 && v.contains(i))
+                .count()
+        })
+        .unwrap();
+    let flipped = flip_record_bytes(&shard_dir(&net.file.nodes[rot].config));
+    assert!(!flipped.is_empty(), "node {rot} holds no shard records");
+    let o = get(&api, &key, &id, &out);
+    flip_back(&flipped);
+    assert!(
+        o.status.success(),
+        "get with a rotten holder: {}",
+        stderr(&o)
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "get with a rotten holder returned different bytes"
+    );
+    let e = stderr(&o);
+    eprintln!("a holder's disk rotted: {}", e.trim());
+    assert!(
+        e.contains("came with wrong bytes") && e.contains(": 0 then came intact"),
+        "the get must report the wrong shards, none of which a sealed ask can mend: {e}"
+    );
+
+    // The node that will flip bits (below), and another that keeps nothing (first).
     let liar = *net
         .storage_nodes()
         .iter()
         .find(|i| net.children[**i].is_some())
         .unwrap();
+    // A holder that acknowledges uploads and commits but then holds nothing (the
+    // `delete` fault): the owner's check after the commit fails the put by name, rather
+    // than publishing a record that names a holder with nothing.
+    let forgetful = *net
+        .storage_nodes()
+        .iter()
+        .find(|i| net.children[**i].is_some() && **i != liar)
+        .unwrap();
+    net.kill9(forgetful);
+    set_toml(&net.file.nodes[forgetful].config, "fault", "\"delete\"");
+    net.restart(forgetful);
+    net.wait_serving(&[forgetful]);
+    let lost_in = work.join("lost.bin");
+    std::fs::write(&lost_in, &data[SIZE - (10 << 20)..]).unwrap();
+    let o = cpchain(&[
+        "put",
+        lost_in.to_str().unwrap(),
+        "--node",
+        &api,
+        "--key",
+        key.to_str().unwrap(),
+        "--discover-s",
+        "60",
+    ]);
+    let e = stderr(&o);
+    eprintln!("put with a holder that keeps nothing: {}", e.trim());
+    assert!(
+        !o.status.success(),
+        "a put whose holder kept nothing must fail"
+    );
+    assert!(
+        e.contains("committed but holds only 0 of"),
+        "the put must name the holder that kept nothing: {e}"
+    );
+    net.kill9(forgetful);
+    set_toml(&net.file.nodes[forgetful].config, "fault", "\"none\"");
+    net.restart(forgetful);
+
+    // A node that starts flipping bits is caught by audits: within 5 rounds.
     net.kill9(liar);
     set_toml(&net.file.nodes[liar].config, "fault", "\"bit-flip\"");
     net.restart(liar);

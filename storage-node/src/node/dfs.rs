@@ -439,6 +439,11 @@ pub struct GetReport {
     pub manifest_s: f64,
     /// Seconds in all.
     pub total_s: f64,
+    /// Shards whose bytes did not match their content id when sent unsealed (changed on the
+    /// way, or rotten on the holder's disk), each then asked for once more sealed.
+    pub shards_wrong: u64,
+    /// Of those, the shards the sealed ask brought back intact (changed on the way, then).
+    pub shards_wrong_recovered: u64,
 }
 
 /// The libp2p peer id of a node id (the same ed25519 key).
@@ -1034,6 +1039,10 @@ impl Dfs {
         };
         let r = open(&m, &self.key, &source, writer, &params, progress);
         source.stop();
+        let (shards_wrong, shards_wrong_recovered) = {
+            let s = lock(&source.state.0);
+            (s.wrong, s.wrong_recovered)
+        };
         let report = r.map_err(|e| match e {
             PipelineError::Unrecoverable {
                 block, have, need, ..
@@ -1051,6 +1060,8 @@ impl Dfs {
             locate_s,
             manifest_s,
             total_s: t.elapsed().as_secs_f64(),
+            shards_wrong,
+            shards_wrong_recovered,
         })
     }
 }
@@ -1236,8 +1247,8 @@ async fn check_held(cmds: &Link, peer: PeerId, data: DataId, stored: &[(u64, u8)
         None => Ok(()),
         Some((b, i)) => bail!(
             "{peer} committed but holds only {} of the {} shards stored there (shard {i} of \
-             block {b} is missing: the node restarted, or the upload took longer than the \
-             {} min an uncommitted shard is kept)",
+             block {b} is missing: the node restarted, the upload took longer than the {} min \
+             an uncommitted shard is kept, or the node does not keep what it acknowledges)",
             stored.len() - lost.len(),
             stored.len(),
             super::storage::PENDING_TTL_MS / 60_000
@@ -1472,6 +1483,10 @@ struct SourceState {
     looked_up: HashSet<PeerId>,
     /// Blocks the fetcher may have in flight now (grows to [`GET_WINDOW`]).
     window: usize,
+    /// Answers with wrong bytes (see [`GetReport::shards_wrong`]).
+    wrong: u64,
+    /// Of those, the ones a sealed ask then brought back intact.
+    wrong_recovered: u64,
 }
 
 /// The hedge: when a block still lacks shards this long after its k requests went out, one
@@ -1647,8 +1662,10 @@ fn spawn_fetch(
                 // sealed whole, which rules out both; wrong again is the holder's answer.
                 Ok(ShardResponse::Shard(_)) => {
                     tracing::warn!("{peer} sent wrong bytes for shard {index} of block {block}");
+                    lock(&st.0).wrong += 1;
                     match request_sealed(&cmds, *peer, &req).await {
                         Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
+                            lock(&st.0).wrong_recovered += 1;
                             got = Some(b);
                             break;
                         }
