@@ -432,8 +432,9 @@ fn net_get(
     if report.shards_wrong > 0 {
         eprintln!(
             "{} shards came with wrong bytes and were asked for again, sealed: {} then came \
-             intact (changed on the way); the rest were refused or wrong again (damaged on \
-             their holder's disk, say) and other shards stood in for them",
+             intact (changed on the way); the sealed ask did not mend the rest (refused, wrong \
+             again or unanswered: damaged on their holder's disk, say), and other shards or \
+             holders stood in for them",
             report.shards_wrong, report.shards_wrong_recovered
         );
     }

@@ -489,16 +489,21 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
         .iter()
         .find(|i| net.children[**i].is_some())
         .unwrap();
-    // A holder that acknowledges uploads and commits but then holds nothing (the
-    // `delete` fault): the owner's check after the commit fails the put by name, rather
-    // than publishing a record that names a holder with nothing.
+    // A holder that acknowledges uploads but keeps none (the `forget-uploads` fault, as a
+    // node that restarts between upload and commit): the owner's check after the commit
+    // fails the put by name, rather than publishing a record that names a holder with
+    // nothing. 10 + 3 shards per block on the 14 live nodes leaves one spare node.
     let forgetful = *net
         .storage_nodes()
         .iter()
         .find(|i| net.children[**i].is_some() && **i != liar)
         .unwrap();
     net.kill9(forgetful);
-    set_toml(&net.file.nodes[forgetful].config, "fault", "\"delete\"");
+    set_toml(
+        &net.file.nodes[forgetful].config,
+        "fault",
+        "\"forget-uploads\"",
+    );
     net.restart(forgetful);
     net.wait_serving(&[forgetful]);
     let lost_in = work.join("lost.bin");
@@ -512,6 +517,8 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
         key.to_str().unwrap(),
         "--discover-s",
         "60",
+        "-m",
+        "3",
     ]);
     let e = stderr(&o);
     eprintln!("put with a holder that keeps nothing: {}", e.trim());
@@ -526,6 +533,7 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     net.kill9(forgetful);
     set_toml(&net.file.nodes[forgetful].config, "fault", "\"none\"");
     net.restart(forgetful);
+    net.wait_serving(&[forgetful]);
 
     // A node that starts flipping bits is caught by audits: within 5 rounds.
     net.kill9(liar);

@@ -83,8 +83,8 @@ pub struct StorageSection {
     /// Milliseconds between audit rounds of the data this node coordinates.
     #[serde(default = "default_audit_period_ms")]
     pub audit_period_ms: u64,
-    /// Deliberate misbehaviour for tests of audits and repair: "none", "delete" or
-    /// "bit-flip". Never set this on a real node.
+    /// Deliberate misbehaviour for tests of audits, repair and puts: "none", "delete",
+    /// "bit-flip" or "forget-uploads". Never set this on a real node.
     #[serde(default)]
     pub fault: super::storage::Fault,
     /// Serve bulk shard transfers on data connections (see `node::dataplane`); when off,
@@ -308,7 +308,8 @@ impl NodeConfig {
              workers = {workers}\n\
              # Milliseconds between audit rounds of the data this node coordinates.\n\
              audit_period_ms = {audit}\n\
-             # Deliberate misbehaviour for tests only: \"none\", \"delete\", \"bit-flip\".\n\
+             # Deliberate misbehaviour for tests only: \"none\", \"delete\", \"bit-flip\",\n\
+             # \"forget-uploads\".\n\
              fault = \"{fault}\"\n\
              # Deposit the RNode minimum from this node's balance if it is not staked yet:\n\
              # peers let only staked storage nodes read without a grant (audits, repair).\n\
@@ -320,6 +321,7 @@ impl NodeConfig {
                 super::storage::Fault::None => "none",
                 super::storage::Fault::Delete => "delete",
                 super::storage::Fault::BitFlip => "bit-flip",
+                super::storage::Fault::ForgetUploads => "forget-uploads",
             },
             name = self.name,
             data = self.data_dir.display(),

@@ -439,10 +439,11 @@ pub struct GetReport {
     pub manifest_s: f64,
     /// Seconds in all.
     pub total_s: f64,
-    /// Shards whose bytes did not match their content id when sent unsealed (changed on the
-    /// way, or rotten on the holder's disk), each then asked for once more sealed.
+    /// Shards that some holder sent with bytes that did not match their content id
+    /// (changed on the way, or rotten on the holder's disk); the holder was then asked once
+    /// more with the answer sealed. Counted once per shard however often it came wrong.
     pub shards_wrong: u64,
-    /// Of those, the shards the sealed ask brought back intact (changed on the way, then).
+    /// Of those, the shards a sealed ask brought back intact (changed on the way, then).
     pub shards_wrong_recovered: u64,
 }
 
@@ -1039,17 +1040,22 @@ impl Dfs {
         };
         let r = open(&m, &self.key, &source, writer, &params, progress);
         source.stop();
+        // Fetches still in flight are no longer waited for; what they find is not counted.
         let (shards_wrong, shards_wrong_recovered) = {
             let s = lock(&source.state.0);
-            (s.wrong, s.wrong_recovered)
+            (s.wrong.len() as u64, s.wrong_recovered.len() as u64)
         };
         let report = r.map_err(|e| match e {
             PipelineError::Unrecoverable {
                 block, have, need, ..
             } => anyhow!(
                 "unrecoverable: {have} of {need} shards reachable for block {block} \
-                 ({} placed, {need} needed)",
-                usize::from(m.k) + usize::from(m.m)
+                 ({} placed, {need} needed){}",
+                usize::from(m.k) + usize::from(m.m),
+                match shards_wrong {
+                    0 => String::new(),
+                    n => format!("; {n} shards came from their holders with wrong bytes"),
+                }
             ),
             e => anyhow::Error::from(e),
         })?;
@@ -1483,10 +1489,10 @@ struct SourceState {
     looked_up: HashSet<PeerId>,
     /// Blocks the fetcher may have in flight now (grows to [`GET_WINDOW`]).
     window: usize,
-    /// Answers with wrong bytes (see [`GetReport::shards_wrong`]).
-    wrong: u64,
+    /// Shards some holder sent with wrong bytes (see [`GetReport::shards_wrong`]).
+    wrong: HashSet<ChunkId>,
     /// Of those, the ones a sealed ask then brought back intact.
-    wrong_recovered: u64,
+    wrong_recovered: HashSet<ChunkId>,
 }
 
 /// The hedge: when a block still lacks shards this long after its k requests went out, one
@@ -1662,10 +1668,12 @@ fn spawn_fetch(
                 // sealed whole, which rules out both; wrong again is the holder's answer.
                 Ok(ShardResponse::Shard(_)) => {
                     tracing::warn!("{peer} sent wrong bytes for shard {index} of block {block}");
-                    lock(&st.0).wrong += 1;
+                    // It answered: not a holder to wait for and ask again later.
+                    unreachable = false;
+                    lock(&st.0).wrong.insert(id);
                     match request_sealed(&cmds, *peer, &req).await {
                         Ok(ShardResponse::Shard(b)) if ChunkId::of(&b) == id => {
-                            lock(&st.0).wrong_recovered += 1;
+                            lock(&st.0).wrong_recovered.insert(id);
                             got = Some(b);
                             break;
                         }

@@ -67,7 +67,7 @@ pub trait ChainView: Send + Sync {
 /// could not be published.
 pub const COORDINATOR_CANDIDATES: usize = 8;
 
-/// Deliberate misbehaviour, for tests of audits and repair only (`[storage] fault`).
+/// Deliberate misbehaviour, for tests of audits, repair and puts only (`[storage] fault`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fault {
@@ -78,6 +78,9 @@ pub enum Fault {
     Delete,
     /// Flips a bit in every shard it serves or proves.
     BitFlip,
+    /// Acknowledges every uploaded shard without keeping it (as a node that restarts
+    /// between a put's upload and its commit would); honest otherwise.
+    ForgetUploads,
 }
 
 /// Where a held shard belongs.
@@ -466,6 +469,9 @@ impl StorageService {
 
     /// Stores `bytes`, whose content id is `id`, as an uncommitted shard.
     fn put_as(&self, id: ChunkId, bytes: Vec<u8>, now_ms: u64) -> ShardResponse {
+        if self.fault == Fault::ForgetUploads {
+            return ShardResponse::Stored;
+        }
         if lock(&self.index).contains_key(&id) {
             return ShardResponse::Stored;
         }
