@@ -268,6 +268,20 @@ fn sample(n: usize) -> Vec<u8> {
     v
 }
 
+/// `cpchain put FILE` through the node at `api`, with `extra` arguments.
+fn put(api: &str, key: &Path, file: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "put",
+        file.to_str().unwrap(),
+        "--node",
+        api,
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    cpchain(&args)
+}
+
 fn get(api: &str, key: &Path, data: &str, out: &Path) -> Output {
     let _ = std::fs::remove_file(out);
     cpchain(&[
@@ -309,16 +323,7 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
 
     // Put: 100 MiB, 10 + 4, over the network. Storage nodes need a moment to be found.
     let t = Instant::now();
-    let o = cpchain(&[
-        "put",
-        input.to_str().unwrap(),
-        "--node",
-        &api,
-        "--key",
-        key.to_str().unwrap(),
-        "--discover-s",
-        "60",
-    ]);
+    let o = put(&api, &key, &input, &["--discover-s", "60"]);
     assert!(o.status.success(), "put failed: {}", stderr(&o));
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
     assert_eq!(id.len(), 64, "put printed {id:?}");
@@ -342,15 +347,7 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     let small_in = work.join("small.bin");
     std::fs::write(&small_in, small).unwrap();
     let (k, sealed) = (key.to_str().unwrap(), "--sealed-transfers");
-    let o = cpchain(&[
-        "put",
-        small_in.to_str().unwrap(),
-        "--node",
-        &api,
-        "--key",
-        k,
-        sealed,
-    ]);
+    let o = put(&api, &key, &small_in, &[sealed]);
     assert!(o.status.success(), "sealed put failed: {}", stderr(&o));
     let small_id = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let small_out = work.join("small.out");
@@ -508,18 +505,7 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     net.wait_serving(&[forgetful]);
     let lost_in = work.join("lost.bin");
     std::fs::write(&lost_in, &data[SIZE - (10 << 20)..]).unwrap();
-    let o = cpchain(&[
-        "put",
-        lost_in.to_str().unwrap(),
-        "--node",
-        &api,
-        "--key",
-        key.to_str().unwrap(),
-        "--discover-s",
-        "60",
-        "-m",
-        "3",
-    ]);
+    let o = put(&api, &key, &lost_in, &["--discover-s", "60", "-m", "3"]);
     let e = stderr(&o);
     eprintln!("put with a holder that keeps nothing: {}", e.trim());
     assert!(
