@@ -268,32 +268,29 @@ fn sample(n: usize) -> Vec<u8> {
     v
 }
 
+/// `cpchain ARGS…` as a client of the node at `api`, signing with `key`.
+fn as_client(api: &str, key: &Path, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--node", api, "--key", key.to_str().unwrap()]);
+    cpchain(&all)
+}
+
 /// `cpchain put FILE` through the node at `api`, with `extra` arguments.
 fn put(api: &str, key: &Path, file: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "put",
-        file.to_str().unwrap(),
-        "--node",
-        api,
-        "--key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    cpchain(&args)
+    let args = [&["put", file.to_str().unwrap()], extra].concat();
+    as_client(api, key, &args)
 }
 
 fn get(api: &str, key: &Path, data: &str, out: &Path) -> Output {
+    get_with(api, key, data, out, &[])
+}
+
+/// `cpchain get DATA -o OUT` through the node at `api`, with `extra` arguments; removes any
+/// earlier `out` first.
+fn get_with(api: &str, key: &Path, data: &str, out: &Path, extra: &[&str]) -> Output {
     let _ = std::fs::remove_file(out);
-    cpchain(&[
-        "get",
-        data,
-        "-o",
-        out.to_str().unwrap(),
-        "--node",
-        api,
-        "--key",
-        key.to_str().unwrap(),
-    ])
+    let args = [&["get", data, "-o", out.to_str().unwrap()], extra].concat();
+    as_client(api, key, &args)
 }
 
 fn assert_get_identical(api: &str, key: &Path, data: &str, out: &Path, want: &[u8], what: &str) {
@@ -346,22 +343,12 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     let small = &data[..3 << 20];
     let small_in = work.join("small.bin");
     std::fs::write(&small_in, small).unwrap();
-    let (k, sealed) = (key.to_str().unwrap(), "--sealed-transfers");
+    let sealed = "--sealed-transfers";
     let o = put(&api, &key, &small_in, &[sealed]);
     assert!(o.status.success(), "sealed put failed: {}", stderr(&o));
     let small_id = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let small_out = work.join("small.out");
-    let o = cpchain(&[
-        "get",
-        &small_id,
-        "-o",
-        small_out.to_str().unwrap(),
-        "--node",
-        &api,
-        "--key",
-        k,
-        sealed,
-    ]);
+    let o = get_with(&api, &key, &small_id, &small_out, &[sealed]);
     assert!(o.status.success(), "sealed get failed: {}", stderr(&o));
     assert!(
         std::fs::read(&small_out).unwrap() == small,

@@ -1678,7 +1678,6 @@ fn spawn_fetch(
                             break;
                         }
                         Ok(other) => {
-                            unreachable = false;
                             tracing::warn!("{peer} asked again, sealed: {}", describe(&other))
                         }
                         Err(e) => tracing::debug!("{peer} asked again, sealed: {e}"),
