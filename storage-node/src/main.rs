@@ -135,6 +135,9 @@ enum Command {
         /// Only bytes A to B (exclusive), e.g. `--range 0-1048576`.
         #[arg(long, value_parser = parse_range)]
         range: Option<(u64, u64)>,
+        /// Test hook: start knowing no holder, so every block is found by a second lookup.
+        #[arg(long, hide = true)]
+        test_blind_start: bool,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -401,8 +404,12 @@ fn net_get(
     id: &DataId,
     output: Option<&Path>,
     range: Option<(u64, u64)>,
+    blind: bool,
 ) -> Result<()> {
-    let dfs = net.connect(reader, 1, net.discover_s.min(3))?;
+    let mut dfs = net.connect(reader, 1, net.discover_s.min(3))?;
+    if blind {
+        dfs.start_gets_blind();
+    }
     let bar = bytes_bar(None, "fetching");
     let report = match output {
         None => dfs.get(
@@ -429,6 +436,13 @@ fn net_get(
         report.open.shards_missing,
         report.open.shards_corrupt
     );
+    if report.relocations > 0 {
+        eprintln!(
+            "more lookups of the data: {} (every known holder of some block had failed: \
+             its shards had moved, by repair say)",
+            report.relocations
+        );
+    }
     if report.shards_wrong > 0 {
         eprintln!(
             "{} shards came with wrong bytes and were asked for again, sealed: {} then came \
@@ -576,12 +590,20 @@ fn run(cli: Cli) -> Result<()> {
             data_id,
             output,
             range,
+            test_blind_start,
             net,
         } => {
             let id = parse_data_id(data_id)?;
             let owner = net.key(&home)?;
             if !net.local {
-                return net_get(net, owner, &id, output.as_deref(), *range);
+                return net_get(
+                    net,
+                    owner,
+                    &id,
+                    output.as_deref(),
+                    *range,
+                    *test_blind_start,
+                );
             }
             let Some(output) = output else {
                 bail!("--local needs -o FILE (or -o - for standard output)");

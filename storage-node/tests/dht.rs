@@ -431,6 +431,21 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     assert!(repaired > 0, "repair must be counted");
     assert_get_identical(&api, &key, &id, &out, &data, "after repair");
 
+    // A get whose holders moved after it began finds them by locating the data again. Made
+    // certain here by a client that starts knowing no holder at all.
+    let o = get_with(&api, &key, &id, &out, &["--test-blind-start"]);
+    assert!(o.status.success(), "blind get: {}", stderr(&o));
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "blind get returned different bytes"
+    );
+    let e = stderr(&o);
+    eprintln!("a get that knew no holder: {}", e.trim());
+    assert!(
+        e.contains("more lookups of the data: 1 "),
+        "one more lookup must find every block: {e}"
+    );
+
     // A holder whose disk rots sends wrong bytes on the unsealed path, which skips its
     // checksum: the reader asks it again sealed, the holder's checksum refuses, and other
     // shards stand in. Every shard this node holds gets one byte flipped in place (the

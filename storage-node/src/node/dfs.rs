@@ -16,13 +16,15 @@
 //! Get: read the record (falling back to provider records), fetch the manifest from a
 //! holder, then stream blocks: for each block ask k holders at once, and one more (parity)
 //! if the block is still short after twice the recent shard latency (the hedge); use the
-//! first k good shards; a failure moves on to the next untried shard. Every shard is checked
-//! against its content id and every block authenticated before a byte is written.
+//! first k good shards; a failure moves on to the next untried shard. A block whose known
+//! holders all failed is asked again of any new holders a second lookup names (repair may
+//! have moved its shards since the get began). Every shard is checked against its content id
+//! and every block authenticated before a byte is written.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -394,6 +396,8 @@ pub struct Dfs {
     publishers: TtlCache<(DataId, NodeId)>,
     /// Whether a storage node is an RNode, as the chain said lately.
     rnodes: TtlCache<NodeId>,
+    /// Test hook (see [`Dfs::start_gets_blind`]).
+    blind: bool,
 }
 
 /// How long a client trusts the chain's word on who may publish a data item's record.
@@ -445,6 +449,9 @@ pub struct GetReport {
     pub shards_wrong: u64,
     /// Of those, the shards a sealed ask brought back intact (changed on the way, then).
     pub shards_wrong_recovered: u64,
+    /// Times the data was located again because every known holder of a block failed
+    /// (repair had moved shards since the get began, say).
+    pub relocations: u8,
 }
 
 /// The libp2p peer id of a node id (the same ed25519 key).
@@ -620,6 +627,7 @@ impl Dfs {
             api,
             publishers: TtlCache::new(PUBLISHER_TTL),
             rnodes: TtlCache::new(PUBLISHER_TTL),
+            blind: false,
         };
         // Wait for enough storage nodes and a routing table that stopped growing (the
         // Kademlia bootstrap has run), or `wait`.
@@ -1012,6 +1020,13 @@ impl Dfs {
         )
     }
 
+    /// Test hook: gets start knowing no holder, so each block first fails with nobody to
+    /// ask and is found by a second lookup: the path a get takes when repair moved the
+    /// shards after it began, made certain.
+    pub fn start_gets_blind(&mut self) {
+        self.blind = true;
+    }
+
     /// Fetches, verifies, decrypts and writes `data` (or the byte range `range`) to `out`.
     pub fn get<W: Write + Send>(
         &self,
@@ -1025,8 +1040,19 @@ impl Dfs {
         let locate_s = t.elapsed().as_secs_f64();
         let m = self.fetch_manifest(data, &manifest_peers)?;
         let manifest_s = t.elapsed().as_secs_f64();
-        let holders = self.holders(holders, &m);
-        let source = NetSource::start(self, &m, holders, range.map(|(a, b)| block_span(&m, a, b)));
+        let holders = if self.blind {
+            let n = usize::from(m.k) + usize::from(m.m);
+            vec![vec![Vec::new(); n]; m.blocks.len()]
+        } else {
+            self.holders(holders, &m)
+        };
+        // Used when every known holder of a block failed: repair may have moved shards.
+        let relocate = || -> Result<Holders> {
+            let (_, located) = self.locate(data)?;
+            Ok(self.holders(located, &m))
+        };
+        let span = range.map(|(a, b)| block_span(&m, a, b));
+        let source = NetSource::start(self, &m, holders, span, &relocate);
         let first = Arc::new(Mutex::new(None::<f64>));
         let first2 = Arc::clone(&first);
         let writer = FirstByte {
@@ -1041,20 +1067,28 @@ impl Dfs {
         let r = open(&m, &self.key, &source, writer, &params, progress);
         source.stop();
         // Fetches still in flight are no longer waited for; what they find is not counted.
-        let (shards_wrong, shards_wrong_recovered) = {
+        let (shards_wrong, shards_wrong_recovered, relocations) = {
             let s = lock(&source.state.0);
-            (s.wrong.len() as u64, s.wrong_recovered.len() as u64)
+            (
+                s.wrong.len() as u64,
+                s.wrong_recovered.len() as u64,
+                s.relocations,
+            )
         };
         let report = r.map_err(|e| match e {
             PipelineError::Unrecoverable {
                 block, have, need, ..
             } => anyhow!(
                 "unrecoverable: {have} of {need} shards reachable for block {block} \
-                 ({} placed, {need} needed){}",
+                 ({} placed, {need} needed){}{}",
                 usize::from(m.k) + usize::from(m.m),
                 match shards_wrong {
                     0 => String::new(),
                     n => format!("; {n} shards came from their holders with wrong bytes"),
+                },
+                match relocations {
+                    0 => String::new(),
+                    n => format!("; {n} more lookups of the data found no other holder"),
                 }
             ),
             e => anyhow::Error::from(e),
@@ -1068,6 +1102,7 @@ impl Dfs {
             total_s: t.elapsed().as_secs_f64(),
             shards_wrong,
             shards_wrong_recovered,
+            relocations,
         })
     }
 }
@@ -1373,7 +1408,11 @@ impl ShardSink for NetSink {
 enum Slot {
     Pending,
     Ready(Vec<u8>),
+    /// Every holder asked failed. The block may still be asked again if the data is
+    /// located again and the shard has holders not asked yet.
     Failed,
+    /// Handed to the pipeline, or dropped once its block was complete.
+    Taken,
 }
 
 #[derive(Default)]
@@ -1392,6 +1431,10 @@ struct BlockState {
     deferred: Vec<u8>,
     /// Per shard index: times it was deferred.
     attempts: Vec<u8>,
+    /// (shard index, holder) pairs asked so far.
+    asked: HashSet<(u8, PeerId)>,
+    /// The [`SourceState::located`] generation of holders this block was last asked with.
+    located: u32,
     /// Nothing more will arrive.
     done: bool,
 }
@@ -1462,7 +1505,42 @@ impl BlockState {
         self.outstanding = self.outstanding.saturating_sub(1);
         self.untried.extend(indices.iter().rev());
     }
+
+    /// The block failed short and the data was located again, giving `rows` (per shard
+    /// index, its holders now): reopens the block for every missing shard that has a holder
+    /// not asked yet, and returns those indices (each to be asked once, lowest first). An
+    /// empty answer leaves the block failed.
+    fn reopen(&mut self, rows: &[Vec<PeerId>]) -> Vec<u8> {
+        let fresh: Vec<u8> = (0..self.ready.len())
+            .filter(|&i| !self.ready[i])
+            .filter_map(|i| u8::try_from(i).ok())
+            .filter(|&i| {
+                rows.get(usize::from(i))
+                    .is_some_and(|row| row.iter().any(|p| !self.asked.contains(&(i, *p))))
+            })
+            .collect();
+        if fresh.is_empty() || self.outstanding > 0 {
+            return Vec::new();
+        }
+        self.done = false;
+        self.deferred.clear();
+        self.untried = fresh.iter().rev().copied().collect();
+        for &i in &fresh {
+            if let Some(a) = self.attempts.get_mut(usize::from(i)) {
+                *a = 0;
+            }
+        }
+        fresh
+    }
 }
+
+/// Times a get may read the record (or providers) again to find holders of a block whose
+/// known holders all failed: the coordinator may have moved shards, by repair, since the get
+/// began, and a record written moments ago may reach a reader only on a later lookup.
+const RELOCATIONS: u8 = 3;
+
+/// The least time between two such lookups.
+const RELOCATE_GAP: Duration = Duration::from_secs(1);
 
 /// How many times a shard whose holder is unreachable is asked again. A holder that just
 /// restarted, or whose address the client has not learnt yet, answers on the next try.
@@ -1493,6 +1571,15 @@ struct SourceState {
     wrong: HashSet<ChunkId>,
     /// Of those, the ones a sealed ask then brought back intact.
     wrong_recovered: HashSet<ChunkId>,
+    /// Per block, per shard index, who may hold the shard, as last located.
+    holders: Arc<Holders>,
+    /// Generation of `holders`: times a new lookup changed them.
+    located: u32,
+    /// Lookups made after the first, and when the last one ended.
+    relocations: u8,
+    relocated_at: Option<Instant>,
+    /// A lookup is running (on some thread waiting in `fetch`).
+    relocating: bool,
 }
 
 /// The hedge: when a block still lacks shards this long after its k requests went out, one
@@ -1508,22 +1595,35 @@ const HEDGE_MIN: Duration = Duration::from_millis(20);
 /// Shards prefetched from the network for [`open`]: the fetcher keeps a window of blocks in
 /// flight, k shards each plus a hedged (k+1)-th when the block is slow (see [`hedge_delay`]);
 /// `fetch` waits for a shard, or answers "missing" once its block has k good shards without
-/// it or every holder failed.
-struct NetSource {
+/// it or every holder failed; a block whose holders all failed is first asked again of the
+/// holders a new lookup names (see [`RELOCATIONS`]).
+struct NetSource<'a> {
     state: Arc<(Mutex<SourceState>, Condvar)>,
     where_: HashMap<ChunkId, (u64, u8)>,
-    ids: Vec<Vec<ChunkId>>,
+    ids: Vec<Arc<[ChunkId]>>,
     window: Arc<Semaphore>,
+    rt: tokio::runtime::Handle,
+    cmds: Link,
+    data: DataId,
+    /// Locates the data again: the holders as the DHT has them now.
+    relocate: &'a (dyn Fn() -> Result<Holders> + Sync),
 }
 
-impl NetSource {
-    fn start(dfs: &Dfs, m: &Manifest, holders: Holders, span: Option<(u64, u64)>) -> NetSource {
+impl<'a> NetSource<'a> {
+    fn start(
+        dfs: &Dfs,
+        m: &Manifest,
+        holders: Holders,
+        span: Option<(u64, u64)>,
+        relocate: &'a (dyn Fn() -> Result<Holders> + Sync),
+    ) -> NetSource<'a> {
         let k = usize::from(m.k);
         let n = k + usize::from(m.m);
         let state = Arc::new((
             Mutex::new(SourceState {
                 k,
                 window: GET_WINDOW_START,
+                holders: Arc::new(holders),
                 ..Default::default()
             }),
             Condvar::new(),
@@ -1535,14 +1635,19 @@ impl NetSource {
             }
         }
         let window = Arc::new(Semaphore::new(GET_WINDOW_START));
+        let ids: Vec<Arc<[ChunkId]>> = m
+            .blocks
+            .iter()
+            .map(|e| e.shards.as_slice().into())
+            .collect();
         let (lo, hi) = span.unwrap_or((0, m.blocks.len() as u64));
         let blocks: Vec<(u64, Arc<[ChunkId]>)> = (lo..hi.min(m.blocks.len() as u64))
-            .map(|b| (b, m.blocks[b as usize].shards.as_slice().into()))
+            .map(|b| (b, Arc::clone(&ids[b as usize])))
             .collect();
-        let holders = Arc::new(holders);
         let (cmds, data) = (dfs.cmds.clone(), m.data_id());
-        let (st, win) = (Arc::clone(&state), Arc::clone(&window));
+        let (st, win, cmds2) = (Arc::clone(&state), Arc::clone(&window), cmds.clone());
         dfs.rt.spawn(async move {
+            let cmds = cmds2;
             for (b, ids) in blocks {
                 let Ok(permit) = Arc::clone(&win).acquire_owned().await else {
                     return;
@@ -1556,12 +1661,14 @@ impl NetSource {
                     // Data shards first (no decoding), then parity: k at once, one more if
                     // the block is slow (the hedge).
                     let order: Vec<u8> = (0..n as u8).collect();
+                    let located = s.located;
                     s.blocks.insert(
                         b,
                         BlockState {
                             ready: vec![false; n],
                             attempts: vec![0; n],
                             untried: order.into_iter().rev().collect(),
+                            located,
                             ..Default::default()
                         },
                     );
@@ -1570,15 +1677,10 @@ impl NetSource {
                     }
                 }
                 for _ in 0..k {
-                    spawn_fetch(&st, &cmds, data, b, &ids, &holders);
+                    spawn_fetch(&st, &cmds, data, b, &ids);
                 }
                 let delay = hedge_delay(lock(&st.0).latency_ms);
-                let (st, cmds, ids, holders) = (
-                    Arc::clone(&st),
-                    cmds.clone(),
-                    Arc::clone(&ids),
-                    Arc::clone(&holders),
-                );
+                let (st, cmds, ids) = (Arc::clone(&st), cmds.clone(), Arc::clone(&ids));
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let slow = lock(&st.0)
@@ -1586,7 +1688,7 @@ impl NetSource {
                         .get(&b)
                         .is_some_and(|bs| !bs.done && bs.have() < k);
                     if slow {
-                        spawn_fetch(&st, &cmds, data, b, &ids, &holders);
+                        spawn_fetch(&st, &cmds, data, b, &ids);
                     }
                 });
             }
@@ -1594,8 +1696,12 @@ impl NetSource {
         NetSource {
             state,
             where_,
-            ids: m.blocks.iter().map(|e| e.shards.clone()).collect(),
+            ids,
             window,
+            rt: dfs.rt.handle().clone(),
+            cmds,
+            data,
+            relocate,
         }
     }
 
@@ -1607,27 +1713,25 @@ impl NetSource {
     }
 }
 
+/// Asks for the next untried shard of `block` (must run inside the client's runtime).
 fn spawn_fetch(
     st: &Arc<(Mutex<SourceState>, Condvar)>,
     cmds: &Link,
     data: DataId,
     block: u64,
     ids: &Arc<[ChunkId]>,
-    holders: &Arc<Holders>,
 ) {
-    let index = {
+    let (index, who) = {
         let mut s = lock(&st.0);
+        let holders = Arc::clone(&s.holders);
         let Some(bs) = s.blocks.get_mut(&block) else {
             return;
         };
         if bs.done {
             return;
         }
-        match bs.untried.pop() {
-            Some(i) => {
-                bs.outstanding += 1;
-                i
-            }
+        let index = match bs.untried.pop() {
+            Some(i) => i,
             None => {
                 if bs.outstanding == 0 && bs.deferred.is_empty() {
                     bs.done = true;
@@ -1635,22 +1739,22 @@ fn spawn_fetch(
                 }
                 return;
             }
-        }
+        };
+        bs.outstanding += 1;
+        let mut who: Vec<PeerId> = holders
+            .get(block as usize)
+            .and_then(|r| r.get(usize::from(index)))
+            .cloned()
+            .unwrap_or_default();
+        // Holders not asked yet first (after a new lookup, the ones it added).
+        who.sort_by_key(|p| bs.asked.contains(&(index, *p)));
+        bs.asked.extend(who.iter().map(|p| (index, *p)));
+        (index, who)
     };
     let Some(id) = ids.get(usize::from(index)).copied() else {
         return;
     };
-    let who: Vec<PeerId> = holders
-        .get(block as usize)
-        .and_then(|r| r.get(usize::from(index)))
-        .cloned()
-        .unwrap_or_default();
-    let (st, cmds, ids, holders) = (
-        Arc::clone(st),
-        cmds.clone(),
-        Arc::clone(ids),
-        Arc::clone(holders),
-    );
+    let (st, cmds, ids) = (Arc::clone(st), cmds.clone(), Arc::clone(ids));
     tokio::spawn(async move {
         let mut got = None;
         // Only transport errors (nobody answered) are worth asking again.
@@ -1721,12 +1825,13 @@ fn spawn_fetch(
             after
         };
         if let After::Next = after {
-            spawn_fetch(&st, &cmds, data, block, &ids, &holders);
+            spawn_fetch(&st, &cmds, data, block, &ids);
         }
         if let After::Retry(delay, indices) = after {
             tokio::time::sleep(delay).await;
             let peers: Vec<PeerId> = {
                 let mut s = lock(&st.0);
+                let holders = Arc::clone(&s.holders);
                 let row = holders.get(block as usize);
                 let mut new = Vec::new();
                 for i in &indices {
@@ -1758,13 +1863,13 @@ fn spawn_fetch(
                 bs.retry_due(&indices);
             }
             for _ in &indices {
-                spawn_fetch(&st, &cmds, data, block, &ids, &holders);
+                spawn_fetch(&st, &cmds, data, block, &ids);
             }
         }
     });
 }
 
-impl ShardSource for NetSource {
+impl ShardSource for NetSource<'_> {
     /// Only shards whose hash equals their id become `Ready` (see `spawn_fetch`).
     fn checks_ids(&self) -> bool {
         true
@@ -1782,7 +1887,7 @@ impl ShardSource for NetSource {
             }
             match s.slots.get(id) {
                 Some(Slot::Ready(_)) => {
-                    let Some(Slot::Ready(b)) = s.slots.insert(*id, Slot::Failed) else {
+                    let Some(Slot::Ready(b)) = s.slots.insert(*id, Slot::Taken) else {
                         return Ok(None);
                     };
                     let k = s.k;
@@ -1796,10 +1901,17 @@ impl ShardSource for NetSource {
                     }
                     return Ok(Some(b));
                 }
-                Some(Slot::Failed) => return Ok(None),
-                Some(Slot::Pending) => {
+                Some(Slot::Taken) => return Ok(None),
+                // A failed shard is waited for like a pending one: its block may be asked
+                // again (see `reopen`), and the pipeline asks for each shard only once.
+                Some(Slot::Pending | Slot::Failed) => {
                     if let Some(bs) = s.blocks.get(&block) {
                         if bs.done {
+                            let reopened;
+                            (s, reopened) = self.reopen(s, block);
+                            if reopened {
+                                continue;
+                            }
                             return Ok(None);
                         }
                         // The pipeline asks in index order: if enough later shards are
@@ -1827,7 +1939,94 @@ impl ShardSource for NetSource {
     }
 }
 
-impl NetSource {
+impl NetSource<'_> {
+    /// `block` is done: complete, or every holder asked failed. If it is short, asks again
+    /// for its missing shards that have holders not asked yet, locating the data again
+    /// (at most [`RELOCATIONS`] times per get, one lookup at a time) when the holders known
+    /// now have nothing new. Returns the guard and whether the block is open again.
+    fn reopen<'g>(
+        &'g self,
+        mut s: MutexGuard<'g, SourceState>,
+        block: u64,
+    ) -> (MutexGuard<'g, SourceState>, bool) {
+        let (m, cv) = &*self.state;
+        loop {
+            let (k, located, stopped) = (s.k, s.located, s.stopped);
+            let Some(bs) = s.blocks.get_mut(&block) else {
+                return (s, false);
+            };
+            if stopped || bs.have() >= k {
+                return (s, false);
+            }
+            if !bs.done {
+                // Another thread reopened it.
+                return (s, true);
+            }
+            if bs.located < located {
+                bs.located = located;
+                let holders = Arc::clone(&s.holders);
+                let rows = holders.get(block as usize).map_or(&[][..], Vec::as_slice);
+                let Some(bs) = s.blocks.get_mut(&block) else {
+                    return (s, false);
+                };
+                let fresh = bs.reopen(rows);
+                // As many asked at once as the block lacks; a failure asks the next.
+                let asks = fresh.len().min(k.saturating_sub(bs.have()));
+                let Some(ids) = self.ids.get(block as usize) else {
+                    return (s, false);
+                };
+                if fresh.is_empty() {
+                    continue;
+                }
+                for c in fresh.iter().filter_map(|i| ids.get(usize::from(*i))) {
+                    if let Some(slot @ Slot::Failed) = s.slots.get_mut(c) {
+                        *slot = Slot::Pending;
+                    }
+                }
+                drop(s);
+                tracing::info!(
+                    "block {block}: asking again for {} shards the data's new holders have",
+                    fresh.len()
+                );
+                let _rt = self.rt.enter();
+                for _ in 0..asks {
+                    spawn_fetch(&self.state, &self.cmds, self.data, block, ids);
+                }
+                return (lock(m), true);
+            }
+            if s.relocating {
+                s = cv
+                    .wait_timeout(s, Duration::from_millis(200))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+                continue;
+            }
+            if s.relocations >= RELOCATIONS {
+                return (s, false);
+            }
+            s.relocating = true;
+            s.relocations += 1;
+            let pause = s
+                .relocated_at
+                .map_or(Duration::ZERO, |t| RELOCATE_GAP.saturating_sub(t.elapsed()));
+            drop(s);
+            std::thread::sleep(pause);
+            let found = (self.relocate)();
+            s = lock(m);
+            s.relocating = false;
+            s.relocated_at = Some(Instant::now());
+            match found {
+                Ok(h) if h != *s.holders => {
+                    s.holders = Arc::new(h);
+                    s.located += 1;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("locating {} again: {e:#}", self.data),
+            }
+            cv.notify_all();
+        }
+    }
+
     fn finish_block(&self, s: &mut SourceState, block: u64) {
         if let Some(bs) = s.blocks.get_mut(&block) {
             if !bs.done {
@@ -1838,9 +2037,9 @@ impl NetSource {
         // Drop whatever else of the block arrived; free a window slot, and one more while
         // the window grows.
         if let Some(ids) = self.ids.get(block as usize) {
-            for c in ids {
+            for c in ids.iter() {
                 if let Some(Slot::Ready(_)) = s.slots.get(c) {
-                    s.slots.insert(*c, Slot::Failed);
+                    s.slots.insert(*c, Slot::Taken);
                 }
             }
         }
@@ -2002,6 +2201,43 @@ mod tests {
         assert_eq!(b.finish(2, false, true, 2), (false, After::Nothing));
         assert!(b.done);
         assert!(retry_delay(1) < retry_delay(2) && retry_delay(2) < retry_delay(3));
+    }
+
+    #[test]
+    fn a_failed_block_is_reopened_only_for_missing_shards_with_holders_not_asked_yet() {
+        let (old, new) = (PeerId::random(), PeerId::random());
+        // k = 2 of 4; shard 0 arrives, the holders of 1, 2 and 3 answer "not held".
+        let mut b = block(4, 4);
+        b.untried.clear();
+        b.asked.extend((0..4).map(|i| (i, old)));
+        b.finish(0, true, false, 2);
+        for i in 1..4 {
+            b.finish(i, false, false, 2);
+        }
+        assert!(b.done && b.have() == 1);
+        // The same holders, located again: nothing new to ask.
+        let same = vec![vec![old]; 4];
+        assert!(b.reopen(&same).is_empty());
+        assert!(b.done, "still failed");
+        // Repair moved shards 0 and 2 (0 already arrived) and 3 (kept by the old holder
+        // too): the missing shards with a holder not asked yet are asked again, lowest
+        // first, each with its retries back.
+        b.attempts[3] = SHARD_RETRIES;
+        let moved = vec![vec![new], vec![old], vec![old, new], vec![new]];
+        assert_eq!(b.reopen(&moved), vec![2, 3]);
+        assert!(!b.done);
+        assert_eq!(b.untried, vec![3, 2]);
+        assert_eq!(b.attempts[3], 0);
+        // Once asked, they are not new any more.
+        b.asked.extend([(2, new), (3, new)]);
+        b.untried.clear();
+        b.outstanding += 2;
+        b.finish(2, false, false, 2);
+        b.finish(3, false, false, 2);
+        assert!(b.done);
+        assert!(b.reopen(&moved).is_empty());
+        // A row list shorter than the block (a bogus record) reopens nothing it lacks.
+        assert!(b.reopen(&moved[..1]).is_empty());
     }
 
     #[test]
