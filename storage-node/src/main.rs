@@ -438,8 +438,8 @@ fn net_get(
     );
     if report.relocations > 0 {
         eprintln!(
-            "more lookups of the data: {} (every known holder of some block had failed: \
-             its shards had moved, by repair say)",
+            "more lookups of the data: {} (every known holder of some block had failed; \
+             its shards may have moved since the get began, by repair say)",
             report.relocations
         );
     }
@@ -604,6 +604,9 @@ fn run(cli: Cli) -> Result<()> {
                     *range,
                     *test_blind_start,
                 );
+            }
+            if *test_blind_start {
+                bail!("--test-blind-start is for gets over the network, not --local");
             }
             let Some(output) = output else {
                 bail!("--local needs -o FILE (or -o - for standard output)");

@@ -450,7 +450,7 @@ pub struct GetReport {
     /// Of those, the shards a sealed ask brought back intact (changed on the way, then).
     pub shards_wrong_recovered: u64,
     /// Times the data was located again because every known holder of a block failed
-    /// (repair had moved shards since the get began, say).
+    /// (repair may have moved shards since the get began).
     pub relocations: u8,
 }
 
@@ -1020,9 +1020,9 @@ impl Dfs {
         )
     }
 
-    /// Test hook: gets start knowing no holder, so each block first fails with nobody to
-    /// ask and is found by a second lookup: the path a get takes when repair moved the
-    /// shards after it began, made certain.
+    /// Test hook: gets start knowing no holder, so the blocks asked for before a second
+    /// lookup fail with nobody to ask and are asked again of the holders it names: the path
+    /// a get takes when repair moved shards after it began, made certain.
     pub fn start_gets_blind(&mut self) {
         self.blind = true;
     }
@@ -1052,7 +1052,14 @@ impl Dfs {
             Ok(self.holders(located, &m))
         };
         let span = range.map(|(a, b)| block_span(&m, a, b));
-        let source = NetSource::start(self, &m, holders, span, &relocate);
+        let source = NetSource::start(
+            self.rt.handle(),
+            self.cmds.clone(),
+            &m,
+            holders,
+            span,
+            &relocate,
+        );
         let first = Arc::new(Mutex::new(None::<f64>));
         let first2 = Arc::clone(&first);
         let writer = FirstByte {
@@ -1067,12 +1074,12 @@ impl Dfs {
         let r = open(&m, &self.key, &source, writer, &params, progress);
         source.stop();
         // Fetches still in flight are no longer waited for; what they find is not counted.
-        let (shards_wrong, shards_wrong_recovered, relocations) = {
+        let (shards_wrong, shards_wrong_recovered, lookups) = {
             let s = lock(&source.state.0);
             (
                 s.wrong.len() as u64,
                 s.wrong_recovered.len() as u64,
-                s.relocations,
+                s.lookups.clone(),
             )
         };
         let report = r.map_err(|e| match e {
@@ -1086,10 +1093,7 @@ impl Dfs {
                     0 => String::new(),
                     n => format!("; {n} shards came from their holders with wrong bytes"),
                 },
-                match relocations {
-                    0 => String::new(),
-                    n => format!("; {n} more lookups of the data found no other holder"),
-                }
+                lookups.describe()
             ),
             e => anyhow::Error::from(e),
         })?;
@@ -1102,7 +1106,7 @@ impl Dfs {
             total_s: t.elapsed().as_secs_f64(),
             shards_wrong,
             shards_wrong_recovered,
-            relocations,
+            relocations: lookups.made,
         })
     }
 }
@@ -1534,6 +1538,81 @@ impl BlockState {
     }
 }
 
+/// The lookups a get made after its first (see [`RELOCATIONS`]).
+#[derive(Debug, Default, Clone)]
+struct Lookups {
+    made: u8,
+    /// Those that named a holder not known before.
+    found: u8,
+    /// Those that failed, and the last one's error.
+    failed: u8,
+    last_error: Option<String>,
+}
+
+impl Lookups {
+    /// For an error message: what the lookups did, or nothing if none was made.
+    fn describe(&self) -> String {
+        if self.made == 0 {
+            return String::new();
+        }
+        let mut out = format!(
+            "; {} more lookups of the data ({} named new holders",
+            self.made, self.found
+        );
+        if let Some(e) = &self.last_error {
+            out += &format!(", {} failed, the last with: {e}", self.failed);
+        }
+        out + ")"
+    }
+}
+
+/// Clears [`SourceState::relocating`] when dropped, and wakes whoever waits for it.
+struct Relocating<'a>(&'a (Mutex<SourceState>, Condvar));
+
+impl Drop for Relocating<'_> {
+    fn drop(&mut self) {
+        let (m, cv) = self.0;
+        let mut s = lock(m);
+        s.relocating = false;
+        s.relocated_at = Some(Instant::now());
+        cv.notify_all();
+    }
+}
+
+/// `old` with the holders `new` names added in front of each cell's (the newest word
+/// first), shaped `blocks` × `n` whatever shape `new` has; `None` when `new` adds nobody.
+/// Nothing known is dropped: a lookup may find an older record version, or fall back to
+/// providers that know less than the record did.
+fn merge_holders(old: &Holders, new: &Holders, blocks: usize, n: usize) -> Option<Holders> {
+    let cell = |h: &Holders, b: usize, i: usize| -> Vec<PeerId> {
+        h.get(b).and_then(|r| r.get(i)).cloned().unwrap_or_default()
+    };
+    let mut added = false;
+    let merged = (0..blocks)
+        .map(|b| {
+            (0..n)
+                .map(|i| {
+                    let was = cell(old, b, i);
+                    let mut now: Vec<PeerId> = Vec::with_capacity(was.len() + 1);
+                    for p in cell(new, b, i) {
+                        if !now.contains(&p) {
+                            added |= !was.contains(&p);
+                            now.push(p);
+                        }
+                    }
+                    for p in was {
+                        if !now.contains(&p) {
+                            now.push(p);
+                        }
+                    }
+                    now
+                })
+                .collect()
+        })
+        .collect();
+    added.then_some(merged)
+}
+
 /// Times a get may read the record (or providers) again to find holders of a block whose
 /// known holders all failed: the coordinator may have moved shards, by repair, since the get
 /// began, and a record written moments ago may reach a reader only on a later lookup.
@@ -1576,7 +1655,7 @@ struct SourceState {
     /// Generation of `holders`: times a new lookup changed them.
     located: u32,
     /// Lookups made after the first, and when the last one ended.
-    relocations: u8,
+    lookups: Lookups,
     relocated_at: Option<Instant>,
     /// A lookup is running (on some thread waiting in `fetch`).
     relocating: bool,
@@ -1605,13 +1684,16 @@ struct NetSource<'a> {
     rt: tokio::runtime::Handle,
     cmds: Link,
     data: DataId,
+    /// Shards per block (k + m).
+    n: usize,
     /// Locates the data again: the holders as the DHT has them now.
     relocate: &'a (dyn Fn() -> Result<Holders> + Sync),
 }
 
 impl<'a> NetSource<'a> {
     fn start(
-        dfs: &Dfs,
+        rt: &tokio::runtime::Handle,
+        cmds: Link,
         m: &Manifest,
         holders: Holders,
         span: Option<(u64, u64)>,
@@ -1644,9 +1726,9 @@ impl<'a> NetSource<'a> {
         let blocks: Vec<(u64, Arc<[ChunkId]>)> = (lo..hi.min(m.blocks.len() as u64))
             .map(|b| (b, Arc::clone(&ids[b as usize])))
             .collect();
-        let (cmds, data) = (dfs.cmds.clone(), m.data_id());
+        let data = m.data_id();
         let (st, win, cmds2) = (Arc::clone(&state), Arc::clone(&window), cmds.clone());
-        dfs.rt.spawn(async move {
+        rt.spawn(async move {
             let cmds = cmds2;
             for (b, ids) in blocks {
                 let Ok(permit) = Arc::clone(&win).acquire_owned().await else {
@@ -1698,9 +1780,10 @@ impl<'a> NetSource<'a> {
             where_,
             ids,
             window,
-            rt: dfs.rt.handle().clone(),
+            rt: rt.clone(),
             cmds,
             data,
+            n,
             relocate,
         }
     }
@@ -1723,6 +1806,10 @@ fn spawn_fetch(
 ) {
     let (index, who) = {
         let mut s = lock(&st.0);
+        if s.stopped {
+            // The get is over; nobody wants more shards.
+            return;
+        }
         let holders = Arc::clone(&s.holders);
         let Some(bs) = s.blocks.get_mut(&block) else {
             return;
@@ -1950,6 +2037,9 @@ impl NetSource<'_> {
         block: u64,
     ) -> (MutexGuard<'g, SourceState>, bool) {
         let (m, cv) = &*self.state;
+        let Some(ids) = self.ids.get(block as usize) else {
+            return (s, false);
+        };
         loop {
             let (k, located, stopped) = (s.k, s.located, s.stopped);
             let Some(bs) = s.blocks.get_mut(&block) else {
@@ -1959,8 +2049,11 @@ impl NetSource<'_> {
                 return (s, false);
             }
             if !bs.done {
-                // Another thread reopened it.
                 return (s, true);
+            }
+            if bs.outstanding > 0 {
+                // Not reached: a block is done only when nothing is in flight.
+                return (s, false);
             }
             if bs.located < located {
                 bs.located = located;
@@ -1970,14 +2063,11 @@ impl NetSource<'_> {
                     return (s, false);
                 };
                 let fresh = bs.reopen(rows);
-                // As many asked at once as the block lacks; a failure asks the next.
-                let asks = fresh.len().min(k.saturating_sub(bs.have()));
-                let Some(ids) = self.ids.get(block as usize) else {
-                    return (s, false);
-                };
                 if fresh.is_empty() {
                     continue;
                 }
+                // As many asked at once as the block lacks; a failure asks the next.
+                let asks = fresh.len().min(k.saturating_sub(bs.have()));
                 for c in fresh.iter().filter_map(|i| ids.get(usize::from(*i))) {
                     if let Some(slot @ Slot::Failed) = s.slots.get_mut(c) {
                         *slot = Slot::Pending;
@@ -1985,7 +2075,7 @@ impl NetSource<'_> {
                 }
                 drop(s);
                 tracing::info!(
-                    "block {block}: asking again for {} shards the data's new holders have",
+                    "block {block}: asking again for {} shards that new holders may have",
                     fresh.len()
                 );
                 let _rt = self.rt.enter();
@@ -2001,29 +2091,41 @@ impl NetSource<'_> {
                     .unwrap_or_else(|p| p.into_inner().0);
                 continue;
             }
-            if s.relocations >= RELOCATIONS {
+            if s.lookups.made >= RELOCATIONS {
                 return (s, false);
             }
             s.relocating = true;
-            s.relocations += 1;
+            s.lookups.made += 1;
             let pause = s
                 .relocated_at
                 .map_or(Duration::ZERO, |t| RELOCATE_GAP.saturating_sub(t.elapsed()));
+            let old = Arc::clone(&s.holders);
             drop(s);
+            // Clears `relocating` however the lookup ends, a panic included: the other
+            // threads waiting for it would otherwise wait forever.
+            let ending = Relocating(&self.state);
             std::thread::sleep(pause);
             let found = (self.relocate)();
+            let merged = match found {
+                Ok(h) => Ok(merge_holders(&old, &h, self.ids.len(), self.n)),
+                Err(e) => Err(e),
+            };
             s = lock(m);
-            s.relocating = false;
-            s.relocated_at = Some(Instant::now());
-            match found {
-                Ok(h) if h != *s.holders => {
+            match merged {
+                Ok(Some(h)) => {
                     s.holders = Arc::new(h);
                     s.located += 1;
+                    s.lookups.found += 1;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!("locating {} again: {e:#}", self.data),
+                Ok(None) => {}
+                Err(e) => {
+                    s.lookups.failed += 1;
+                    s.lookups.last_error = Some(format!("{e:#}"));
+                }
             }
-            cv.notify_all();
+            drop(s);
+            drop(ending);
+            s = lock(m);
         }
     }
 
@@ -2238,6 +2340,189 @@ mod tests {
         assert!(b.reopen(&moved).is_empty());
         // A row list shorter than the block (a bogus record) reopens nothing it lacks.
         assert!(b.reopen(&moved[..1]).is_empty());
+    }
+
+    #[test]
+    fn a_new_lookup_adds_holders_in_front_and_drops_none() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let old: Holders = vec![vec![vec![a], vec![b]], vec![vec![a], vec![]]];
+        // A poorer answer (block 1 unknown to it) that moved block 0's first shard to c.
+        let new: Holders = vec![vec![vec![c], vec![b]]];
+        let merged = merge_holders(&old, &new, 2, 2).unwrap();
+        assert_eq!(
+            merged,
+            vec![vec![vec![c, a], vec![b]], vec![vec![a], vec![]]]
+        );
+        // Nobody new: nothing to do.
+        assert!(merge_holders(&merged, &new, 2, 2).is_none());
+        assert!(merge_holders(&merged, &Vec::new(), 2, 2).is_none());
+        // Shaped by the manifest whatever the answer's shape: a hostile record's extra
+        // blocks and indices are not kept.
+        let big: Holders = vec![vec![vec![c]; 50]; 10];
+        let m = merge_holders(&old, &big, 2, 2).unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(m.iter().all(|r| r.len() == 2));
+    }
+
+    /// A network of shard holders for [`NetSource`] tests, answering the client's commands
+    /// as its swarm task would: each peer holds the shards listed for it and answers "not
+    /// held" for the rest; peers not listed do not answer at all. No data connections.
+    fn fake_network(
+        rt: &tokio::runtime::Runtime,
+        held: HashMap<PeerId, HashMap<ChunkId, Vec<u8>>>,
+    ) -> Link {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
+        rt.spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    Cmd::Request { peer, data, reply } => {
+                        let Some(h) = held.get(&peer) else {
+                            let _ = reply.send(Err("connection refused".into()));
+                            continue;
+                        };
+                        let answer = match ShardRequest::from_bytes(&data) {
+                            Ok(ShardRequest::Get { id, .. }) => match h.get(&id) {
+                                Some(b) => ShardResponse::Shard(b.clone()),
+                                None => ShardResponse::NotFound,
+                            },
+                            _ => ShardResponse::Refused("not in this test".into()),
+                        };
+                        let _ = reply.send(Ok(answer.to_bytes()));
+                    }
+                    Cmd::FindPeer { reply, .. } => {
+                        let _ = reply.send(());
+                    }
+                    Cmd::PeerIp { reply, .. } => {
+                        let _ = reply.send(None);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Link {
+            cmds: tx,
+            plane: Arc::new(DataClient::default()),
+        }
+    }
+
+    /// 16 blocks of 2 + 1 shards, sealed in memory: the data, its manifest, its shards.
+    fn sealed_sample(owner: &Keypair) -> (Vec<u8>, Manifest, HashMap<ChunkId, Vec<u8>>) {
+        let params = SealParams {
+            k: 2,
+            m: 1,
+            block_size: 1024,
+            ..Default::default()
+        };
+        let data: Vec<u8> = (0..16 * 1024 - 100).map(|i| (i * 7 % 251) as u8).collect();
+        let mut mem = crate::pipeline::MemoryShards::default();
+        let m = crate::pipeline::seal(&data[..], owner, &params, &mut mem, &|_| {}).unwrap();
+        (data, m, mem.shards)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_get_asks_the_holders_a_new_lookup_names_and_keeps_those_it_knew() {
+        let rt = runtime();
+        let owner = Keypair::from_seed([7; 32]);
+        let (data, m, shards) = sealed_sample(&owner);
+        let (gone, moved, stayed) = (PeerId::random(), PeerId::random(), PeerId::random());
+        // Repair moved block 0's shards from `gone` (down) to `moved`; the rest stay.
+        let block0: HashSet<ChunkId> = m.blocks[0].shards.iter().copied().collect();
+        let (b0, rest): (HashMap<_, _>, HashMap<_, _>) =
+            shards.into_iter().partition(|(id, _)| block0.contains(id));
+        let link = fake_network(&rt, HashMap::from([(moved, b0), (stayed, rest)]));
+        let blocks = m.blocks.len();
+        let first: Holders = (0..blocks)
+            .map(|b| vec![vec![if b == 0 { gone } else { stayed }]; 3])
+            .collect();
+        // The new lookup knows only where block 0 went (a poorer answer than the first):
+        // blocks fetched after it must still find `stayed`.
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let relocate = || -> Result<Holders> {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut h = vec![vec![Vec::new(); 3]; blocks];
+            h[0] = vec![vec![moved]; 3];
+            Ok(h)
+        };
+        let source = NetSource::start(rt.handle(), link, &m, first, None, &relocate);
+        let mut out = Vec::new();
+        let r = open(
+            &m,
+            &owner,
+            &source,
+            &mut out,
+            &OpenParams::default(),
+            &|_| {},
+        );
+        source.stop();
+        assert!(r.is_ok(), "{:?}", r.err());
+        assert!(out == data, "different bytes");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let l = lock(&source.state.0).lookups.clone();
+        assert_eq!((l.made, l.found, l.failed), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_get_gives_up_after_its_lookups_and_says_what_they_did() {
+        let rt = runtime();
+        let owner = Keypair::from_seed([8; 32]);
+        let (_, m, shards) = sealed_sample(&owner);
+        let (gone, stayed) = (PeerId::random(), PeerId::random());
+        let block0: HashSet<ChunkId> = m.blocks[0].shards.iter().copied().collect();
+        let rest: HashMap<_, _> = shards
+            .into_iter()
+            .filter(|(id, _)| !block0.contains(id))
+            .collect();
+        let link = fake_network(&rt, HashMap::from([(stayed, rest)]));
+        let blocks = m.blocks.len();
+        let first: Holders = (0..blocks)
+            .map(|b| vec![vec![if b == 0 { gone } else { stayed }]; 3])
+            .collect();
+        // Block 0 is lost: the first lookup fails, the others name the same holders.
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let same = first.clone();
+        let relocate = || -> Result<Holders> {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => bail!("no route to the record"),
+                _ => Ok(same.clone()),
+            }
+        };
+        let source = NetSource::start(rt.handle(), link, &m, first, None, &relocate);
+        let t = Instant::now();
+        let r = open(
+            &m,
+            &owner,
+            &source,
+            std::io::sink(),
+            &OpenParams::default(),
+            &|_| {},
+        );
+        source.stop();
+        assert!(
+            matches!(r, Err(PipelineError::Unrecoverable { block: 0, .. })),
+            "{r:?}"
+        );
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            usize::from(RELOCATIONS)
+        );
+        assert!(
+            t.elapsed() >= RELOCATE_GAP * u32::from(RELOCATIONS - 1),
+            "lookups are spaced"
+        );
+        let l = lock(&source.state.0).lookups.clone();
+        assert_eq!(
+            l.describe(),
+            "; 3 more lookups of the data (0 named new holders, 1 failed, the last with: \
+             no route to the record)"
+        );
     }
 
     #[test]
