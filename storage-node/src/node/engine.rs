@@ -509,13 +509,13 @@ impl Engine {
             .collect()
     }
 
-    /// Runs until [`EngineEvent::Shutdown`] or until every sender is gone.
     /// Tells the network layer who the current term's elected proposers are.
     fn announce_elected(&self) {
         let term = term_of(&self.cfg, self.store.head().number.saturating_add(1));
         let _ = self.net.send(NetCmd::Elected(self.state.committee(term)));
     }
 
+    /// Runs until [`EngineEvent::Shutdown`] or until every sender is gone.
     pub fn run(mut self, rx: Receiver<EngineEvent>) {
         self.announce_elected();
         self.feed(None);

@@ -542,6 +542,8 @@ pub struct OutsiderFrames {
     per_peer: RateLimit,
     all: RateLimit,
     everyone: PeerId,
+    /// The proposers elected for the current term, whose frames are not counted.
+    elected: HashSet<PeerId>,
 }
 
 impl OutsiderFrames {
@@ -551,12 +553,25 @@ impl OutsiderFrames {
             per_peer: RateLimit::new(OUTSIDER_FRAMES_PER_PEER_PER_S),
             all: RateLimit::new(OUTSIDER_FRAMES_PER_S),
             everyone: local,
+            elected: HashSet::new(),
         }
     }
 
     /// Counts a frame from `peer` at `now`; false when it is over either limit.
     pub fn allow(&mut self, peer: &PeerId, now: Instant) -> bool {
         self.per_peer.allow(peer, now) && self.all.allow(&self.everyone, now)
+    }
+
+    /// The proposers elected for the current term (replacing the last term's).
+    pub fn set_elected(&mut self, elected: impl IntoIterator<Item = PeerId>) {
+        self.elected = elected.into_iter().collect();
+    }
+
+    /// Whether a consensus frame from `peer` at `now` is let through: always from the
+    /// genesis `committee` and the current term's elected proposers, within the limits
+    /// (and counted) from anyone else.
+    pub fn admit(&mut self, committee: &HashSet<PeerId>, peer: &PeerId, now: Instant) -> bool {
+        committee.contains(peer) || self.elected.contains(peer) || self.allow(peer, now)
     }
 }
 
@@ -1039,7 +1054,6 @@ impl Net {
         let mut pending: HashMap<u64, ResponseChannel<Vec<u8>>> = HashMap::new();
         let mut sync_limit = RateLimit::new(SYNC_REQUESTS_PER_PEER_PER_S);
         let mut outsiders = OutsiderFrames::new(*self.swarm.local_peer_id());
-        let mut elected: HashSet<PeerId> = HashSet::new();
         let mut record_bytes = RecordBytes::default();
         // Record lookups under way: the copies found so far, and who waits for them.
         let mut record_gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordsReply)> = HashMap::new();
@@ -1134,7 +1148,7 @@ impl Net {
                             shard_out.insert(id, reply);
                         }
                         NetCmd::Elected(v) => {
-                            elected = v.iter().filter_map(peer_id_of).collect();
+                            outsiders.set_elected(v.iter().filter_map(peer_id_of));
                         }
                         NetCmd::GetRecord { key, reply } => {
                             let q = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
@@ -1318,8 +1332,7 @@ impl Net {
                             message: request_response::Message::Request { request, channel, .. },
                             ..
                         }) => {
-                            let insider = self.committee.contains(&peer) || elected.contains(&peer);
-                            if !insider && !outsiders.allow(&peer, Instant::now()) {
+                            if !outsiders.admit(&self.committee, &peer, Instant::now()) {
                                 tracing::debug!("consensus frame from {peer} (outside the committee) over the limit");
                                 drop(channel);
                                 continue;
@@ -1624,6 +1637,36 @@ mod tests {
         assert_eq!(passed, rest);
         // A second later the budgets are back.
         assert!(o.allow(&peers[9], t + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn the_committee_and_this_terms_elected_proposers_pass_without_limit() {
+        let mut o = OutsiderFrames::new(PeerId::random());
+        let t = Instant::now();
+        let (validator, proposer, outsider) =
+            (PeerId::random(), PeerId::random(), PeerId::random());
+        let committee = HashSet::from([validator]);
+        o.set_elected([proposer]);
+        let many = 10 * OUTSIDER_FRAMES_PER_S as usize;
+        assert!((0..many).all(|_| o.admit(&committee, &validator, t)));
+        assert!((0..many).all(|_| o.admit(&committee, &proposer, t)));
+        // Their frames used none of the outsiders' budget.
+        let per = OUTSIDER_FRAMES_PER_PEER_PER_S as usize;
+        assert_eq!(
+            (0..per + 5)
+                .filter(|_| o.admit(&committee, &outsider, t))
+                .count(),
+            per
+        );
+        // The next term elects someone else: last term's proposer is an outsider again.
+        o.set_elected([outsider]);
+        assert!(o.admit(&committee, &outsider, t), "elected now");
+        assert_eq!(
+            (0..per + 5)
+                .filter(|_| o.admit(&committee, &proposer, t))
+                .count(),
+            per
+        );
     }
 
     #[test]
