@@ -295,14 +295,30 @@ fn get_with(api: &str, key: &Path, data: &str, out: &Path, extra: &[&str]) -> Ou
 
 fn assert_get_identical(api: &str, key: &Path, data: &str, out: &Path, want: &[u8], what: &str) {
     let t = Instant::now();
-    let o = get(api, key, data, out);
-    assert!(o.status.success(), "{what}: get failed: {}", stderr(&o));
-    let got = std::fs::read(out).unwrap();
-    assert!(got == want, "{what}: get returned different bytes");
+    assert_get_identical_with(api, key, data, out, want, &[], what);
     eprintln!(
         "{what}: identical bytes in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// `get_with` must succeed and write `want`; returns its standard error, printed.
+fn assert_get_identical_with(
+    api: &str,
+    key: &Path,
+    data: &str,
+    out: &Path,
+    want: &[u8],
+    extra: &[&str],
+    what: &str,
+) -> String {
+    let o = get_with(api, key, data, out, extra);
+    assert!(o.status.success(), "{what}: get failed: {}", stderr(&o));
+    let got = std::fs::read(out).unwrap();
+    assert!(got == want, "{what}: get returned different bytes");
+    let e = stderr(&o);
+    eprintln!("{what}: {}", e.trim());
+    e
 }
 
 #[test]
@@ -433,14 +449,8 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
 
     // A get whose holders moved after it began finds them by locating the data again. Made
     // certain here by a client that starts knowing no holder at all.
-    let o = get_with(&api, &key, &id, &out, &["--test-blind-start"]);
-    assert!(o.status.success(), "blind get: {}", stderr(&o));
-    assert!(
-        std::fs::read(&out).unwrap() == data,
-        "blind get returned different bytes"
-    );
-    let e = stderr(&o);
-    eprintln!("a get that knew no holder: {}", e.trim());
+    let what = "a get that knew no holder";
+    let e = assert_get_identical_with(&api, &key, &id, &out, &data, &["--test-blind-start"], what);
     assert!(
         e.contains("more lookups of the data: "),
         "one more lookup must find every block: {e}"
@@ -464,19 +474,9 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
         .unwrap();
     let flipped = flip_record_bytes(&shard_dir(&net.file.nodes[rot].config));
     assert!(!flipped.is_empty(), "node {rot} holds no shard records");
-    let o = get(&api, &key, &id, &out);
+    let what = "a holder's disk rotted";
+    let e = assert_get_identical_with(&api, &key, &id, &out, &data, &[], what);
     flip_back(&flipped);
-    assert!(
-        o.status.success(),
-        "get with a rotten holder: {}",
-        stderr(&o)
-    );
-    assert!(
-        std::fs::read(&out).unwrap() == data,
-        "get with a rotten holder returned different bytes"
-    );
-    let e = stderr(&o);
-    eprintln!("a holder's disk rotted: {}", e.trim());
     assert!(
         e.contains("came with wrong bytes") && e.contains(": 0 then came intact"),
         "the get must report the wrong shards, none of which a sealed ask can mend: {e}"

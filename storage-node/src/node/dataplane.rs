@@ -999,13 +999,7 @@ mod tests {
         }
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use super::super::test_runtime as rt;
 
     #[test]
     fn frames_open_only_in_order_and_unaltered() {

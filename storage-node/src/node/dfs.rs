@@ -2419,13 +2419,7 @@ mod tests {
         (data, m, mem.shards)
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use super::super::test_runtime as runtime;
 
     #[test]
     fn a_get_asks_the_holders_a_new_lookup_names_and_keeps_those_it_knew() {

@@ -17,6 +17,17 @@ pub mod sizer;
 pub mod storage;
 pub mod view;
 
+/// A 2-worker tokio runtime for tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Locks `m`; a poisoned lock only means another thread panicked mid-update, and the data
 /// behind every lock here stays usable.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
