@@ -1292,11 +1292,12 @@ async fn check_held(cmds: &Link, peer: PeerId, data: DataId, stored: &[(u64, u8)
         None => Ok(()),
         Some((b, i)) => bail!(
             "{peer} committed but holds only {} of the {} shards stored there (shard {i} of \
-             block {b} is missing: the node restarted, the upload took longer than the {} min \
-             an uncommitted shard is kept, or the node does not keep what it acknowledges)",
+             block {b} is missing: the node restarted, the upload sent it nothing new for \
+             {} min or took over {} min, or the node does not keep what it acknowledges)",
             stored.len() - lost.len(),
             stored.len(),
-            super::storage::PENDING_TTL_MS / 60_000
+            super::storage::PENDING_TTL_MS / 60_000,
+            super::storage::PENDING_MAX_MS / 60_000
         ),
     }
 }

@@ -6,7 +6,9 @@
 //! same Merkle root and owner), saves it, and confirms every pending shard it lists; the
 //! shard → (data, block, index) index is rebuilt at start from the saved manifests and the
 //! chunk store, so a restarted node serves what it held. Pending shards that no commit
-//! claims within [`PENDING_TTL_MS`] are deleted. Reads are served only to a reader whose
+//! claims are deleted once their uploader has sent this node nothing new for
+//! [`PENDING_TTL_MS`], and at the latest [`PENDING_MAX_MS`] after they came: a long upload
+//! keeps what it placed here while it goes on. Reads are served only to a reader whose
 //! key (the requesting peer's noise-authenticated identity) holds a right on chain (owner,
 //! public data or a live grant), to other storage nodes (repair) and to this node itself;
 //! refusals say why.
@@ -31,8 +33,13 @@ use crate::store::{ChunkRegion, ChunkStore, StoreConfig, StoreError};
 /// let tiny shards fill memory with bookkeeping).
 pub const MAX_PENDING_SHARDS: usize = 1 << 20;
 
-/// How long an uncommitted shard is kept.
+/// How long an uncommitted shard is kept after its uploader's last new shard here (or after
+/// it came, when the uploader is not known: an anonymous peer, or a restart in between).
 pub const PENDING_TTL_MS: u64 = 10 * 60 * 1000;
+/// The longest an uncommitted shard is kept however its uploader goes on: an upload (and
+/// its commit) must end within this. Bounds how long a peer that never commits can hold a
+/// node's pending quota with one upload.
+pub const PENDING_MAX_MS: u64 = 60 * 60 * 1000;
 /// Most bytes of uncommitted shards a node keeps (beyond it `Put` is refused).
 pub const PENDING_QUOTA: u64 = 8 << 30;
 /// How long an access decision is reused.
@@ -203,6 +210,8 @@ enum Scope {
 struct Pending {
     at_ms: u64,
     len: u64,
+    /// Who uploaded it, when known.
+    uploader: Option<[u8; 32]>,
 }
 
 /// A storage node's shard service. Thread-safe; `handle` may run on several threads.
@@ -219,9 +228,11 @@ pub struct StorageService {
     by_data: Mutex<HashMap<DataId, BTreeSet<(u64, u8)>>>,
     pending: Mutex<HashMap<ChunkId, Pending>>,
     pending_bytes: AtomicU64,
+    /// Per uploader, when it last put a new shard here (see [`PENDING_TTL_MS`]).
+    last_put: Mutex<HashMap<[u8; 32], u64>>,
     /// Shards [`StorageService::expire_pending`] has chosen to delete and is deleting: a
     /// commit does not confirm them and a put is asked to retry until the delete is done.
-    /// Locks nest in the order `index`, `pending`, `expiring`.
+    /// Locks nest in the order `index`, `pending`, `expiring`, `last_put`.
     expiring: Mutex<HashSet<ChunkId>>,
     access: TtlCache<AccessKey>,
     /// Whether storage peers are staked, by address (see `staked`).
@@ -277,6 +288,7 @@ impl StorageService {
             by_data: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             pending_bytes: AtomicU64::new(0),
+            last_put: Mutex::new(HashMap::new()),
             expiring: Mutex::new(HashSet::new()),
             access: TtlCache::new(ACCESS_TTL),
             stake_cache: TtlCache::new(STAKE_TTL),
@@ -315,6 +327,7 @@ impl StorageService {
                 Pending {
                     at_ms: now,
                     len: *len,
+                    uploader: None,
                 },
             );
             self.pending_bytes.fetch_add(*len, Ordering::Relaxed);
@@ -433,7 +446,7 @@ impl StorageService {
                 }
                 Err(e) => ShardResponse::Refused(format!("the manifest does not decode: {e}")),
             },
-            ShardRequest::Put { bytes } => self.put(bytes, now_ms),
+            ShardRequest::Put { bytes } => self.put(bytes, from, now_ms),
             ShardRequest::Get { id, data, block } => self.get(id, &data, block, from),
             ShardRequest::GetManifest { data } => self.get_manifest(&data, from),
             ShardRequest::Audit { id, nonce } => self.audit(id, nonce, from),
@@ -449,14 +462,20 @@ impl StorageService {
         (resp, None)
     }
 
-    fn put(&self, bytes: Vec<u8>, now_ms: u64) -> ShardResponse {
-        self.put_as(ChunkId::of(&bytes), bytes, now_ms)
+    fn put(&self, bytes: Vec<u8>, from: Option<&PublicKey>, now_ms: u64) -> ShardResponse {
+        self.put_as(ChunkId::of(&bytes), bytes, from, now_ms)
     }
 
     /// A `Put` of shard `expected` whose bytes arrived unsealed (see
     /// [`super::dataplane`]): stored only if they hash to `expected`, so that bytes altered
     /// on the way are refused rather than kept while the owner believes the shard placed.
-    pub fn put_expecting(&self, expected: ChunkId, bytes: Vec<u8>, now_ms: u64) -> ShardResponse {
+    pub fn put_expecting(
+        &self,
+        expected: ChunkId,
+        bytes: Vec<u8>,
+        from: Option<&PublicKey>,
+        now_ms: u64,
+    ) -> ShardResponse {
         let id = ChunkId::of(&bytes);
         if id != expected {
             return ShardResponse::Failed(format!(
@@ -464,11 +483,18 @@ impl StorageService {
                  nothing stored"
             ));
         }
-        self.put_as(id, bytes, now_ms)
+        self.put_as(id, bytes, from, now_ms)
     }
 
-    /// Stores `bytes`, whose content id is `id`, as an uncommitted shard.
-    fn put_as(&self, id: ChunkId, bytes: Vec<u8>, now_ms: u64) -> ShardResponse {
+    /// Stores `bytes`, whose content id is `id`, as an uncommitted shard uploaded by `from`.
+    fn put_as(
+        &self,
+        id: ChunkId,
+        bytes: Vec<u8>,
+        from: Option<&PublicKey>,
+        now_ms: u64,
+    ) -> ShardResponse {
+        let uploader = from.map(|k| *k.as_bytes());
         if self.fault == Fault::ForgetUploads {
             return ShardResponse::Stored;
         }
@@ -512,7 +538,7 @@ impl StorageService {
             if stored {
                 // Our write may have landed after the delete: keep it pending (and counted)
                 // so that it expires rather than sits on disk unaccounted for.
-                self.keep_pending(&mut p, id, now_ms, len);
+                self.keep_pending(&mut p, id, now_ms, len, uploader);
             } else {
                 self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
             }
@@ -521,16 +547,33 @@ impl StorageService {
             ));
         }
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
-        self.keep_pending(&mut p, id, now_ms, len);
+        self.keep_pending(&mut p, id, now_ms, len, uploader);
         ShardResponse::Stored
     }
 
-    /// Records a put of `len` bytes (already reserved in `pending_bytes`) as pending. Put
-    /// twice while pending, a shard is counted once, and it still expires when the first
-    /// put's time is up (putting again does not keep a shard uncommitted forever).
-    fn keep_pending(&self, p: &mut HashMap<ChunkId, Pending>, id: ChunkId, now_ms: u64, len: u64) {
+    /// Records a put of `len` bytes (already reserved in `pending_bytes`) by `uploader` as
+    /// pending. Put twice while pending, a shard is counted once and keeps its first put's
+    /// time, and the repeat does not count as the uploader going on: only new shards keep
+    /// an upload's shards from expiring.
+    fn keep_pending(
+        &self,
+        p: &mut HashMap<ChunkId, Pending>,
+        id: ChunkId,
+        now_ms: u64,
+        len: u64,
+        uploader: Option<[u8; 32]>,
+    ) {
         if let std::collections::hash_map::Entry::Vacant(e) = p.entry(id) {
-            e.insert(Pending { at_ms: now_ms, len });
+            e.insert(Pending {
+                at_ms: now_ms,
+                len,
+                uploader,
+            });
+            if let Some(u) = uploader {
+                let mut last = lock(&self.last_put);
+                let t = last.entry(u).or_insert(now_ms);
+                *t = (*t).max(now_ms);
+            }
         } else {
             self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
         }
@@ -827,19 +870,31 @@ impl StorageService {
         }
     }
 
-    /// Deletes uncommitted shards older than [`PENDING_TTL_MS`]; returns how many expired.
-    /// What expires is decided under the index and pending locks, so a commit or a put
-    /// racing with it neither loses a shard it was just told is kept nor is counted twice.
+    /// Deletes the uncommitted shards whose uploader sent nothing new here for
+    /// [`PENDING_TTL_MS`], or that came over [`PENDING_MAX_MS`] ago; returns how many
+    /// expired. What expires is decided under the index and pending locks, so a commit or a
+    /// put racing with it neither loses a shard it was just told is kept nor is counted twice.
     pub fn expire_pending(&self, now_ms: u64) -> usize {
         let (expired, doomed) = {
             let index = lock(&self.index);
             let mut pending = lock(&self.pending);
             let mut expiring = lock(&self.expiring);
+            let mut last = lock(&self.last_put);
+            let idle = |t: u64| now_ms.saturating_sub(t) > PENDING_TTL_MS;
             let old: Vec<ChunkId> = pending
                 .iter()
-                .filter(|(_, p)| now_ms.saturating_sub(p.at_ms) > PENDING_TTL_MS)
+                .filter(|(_, p)| {
+                    let active = p
+                        .uploader
+                        .and_then(|u| last.get(&u).copied())
+                        .map_or(p.at_ms, |t| t.max(p.at_ms));
+                    idle(active) || now_ms.saturating_sub(p.at_ms) > PENDING_MAX_MS
+                })
                 .map(|(c, _)| *c)
                 .collect();
+            // An uploader idle that long keeps nothing alive any more.
+            last.retain(|_, t| !idle(*t));
+            drop(last);
             let mut doomed = Vec::new();
             for c in &old {
                 if let Some(p) = pending.remove(c) {
@@ -996,10 +1051,10 @@ impl super::dataplane::Answer for DataAnswer {
         None
     }
 
-    fn put(&self, id: ChunkId, shard: Vec<u8>, _: Option<&PublicKey>, out: &mut Vec<u8>) {
+    fn put(&self, id: ChunkId, shard: Vec<u8>, from: Option<&PublicKey>, out: &mut Vec<u8>) {
         let resp = self
             .service
-            .put_expecting(id, shard, super::config::now_ms());
+            .put_expecting(id, shard, from, super::config::now_ms());
         super::dataplane::put_answer(&resp, out);
     }
 }
@@ -1758,6 +1813,56 @@ mod tests {
         assert_eq!(d.commit(&s).0, ShardResponse::Committed { confirmed: 1 });
         assert_eq!(s.expire_pending(u64::MAX), 0);
         assert_eq!(s.held(&d.id()), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn an_upload_that_goes_on_keeps_its_shards_until_it_pauses_or_its_hour_is_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Arc::new(FakeChain::default());
+        let s = open(dir.path(), &chain, Fault::None);
+        let d = sealed();
+        let (uploader, other) = (Keypair::from_seed([40; 32]), Keypair::from_seed([41; 32]));
+        const MIN: u64 = 60 * 1000;
+        let put = |(b, i): (u64, u8), who: Option<&Keypair>, at: u64| {
+            let req = ShardRequest::Put {
+                bytes: d.bytes(b, i),
+            };
+            assert_eq!(
+                s.handle(req, who.map(|k| k.public()).as_ref(), at),
+                ShardResponse::Stored
+            );
+        };
+        let is_pending = |(b, i): (u64, u8)| lock(&s.pending).contains_key(&d.shard_id(b, i));
+        // A long upload: a new shard every 9 minutes. Beside it, an anonymous shard and
+        // one of another uploader that stops.
+        put((0, 0), Some(&uploader), NOW);
+        put((0, 1), None, NOW);
+        put((0, 2), Some(&other), NOW);
+        for (n, i) in (1..=6).zip(3..) {
+            put(
+                (u64::from(i) / 6, i % 6),
+                Some(&uploader),
+                NOW + 9 * MIN * n,
+            );
+        }
+        // After 11 minutes the anonymous and the stopped uploads are gone; the going one
+        // keeps even its first shard.
+        assert_eq!(s.expire_pending(NOW + 11 * MIN), 2);
+        assert!(is_pending((0, 0)));
+        assert!(!is_pending((0, 1)) && !is_pending((0, 2)));
+        // Putting an old shard again is not going on.
+        put((0, 0), Some(&uploader), NOW + 60 * MIN);
+        // Its hour is up for the first shard however the upload goes on; the others wait.
+        assert_eq!(s.expire_pending(NOW + 60 * MIN), 0);
+        assert_eq!(s.expire_pending(NOW + 60 * MIN + 1), 1);
+        assert!(!is_pending((0, 0)));
+        assert_eq!(pending(&s), 6);
+        // Ten minutes after its last new shard (at 54 minutes), the upload's shards expire.
+        assert_eq!(s.expire_pending(NOW + 64 * MIN), 0);
+        assert_eq!(s.expire_pending(NOW + 64 * MIN + 1), 6);
+        assert_eq!(pending(&s), 0);
+        assert_eq!(s.pending_bytes.load(Ordering::Relaxed), 0);
+        assert!(lock(&s.last_put).is_empty(), "idle uploaders are forgotten");
     }
 
     #[test]
