@@ -1252,8 +1252,8 @@ async fn open_session(link: &Link, peer: PeerId) -> Result<SessionOffer, String>
 
 /// Commits the manifest of `data` on `peer`, which stored the shards `stored` (block,
 /// index): after the commit it must hold every one of them. One it lost (a restart before
-/// the commit, an upload older than the pending-shard lifetime) fails the put, rather than
-/// a record naming a holder that has nothing.
+/// the commit, an uncommitted shard expired: see [`super::storage::PENDING_TTL_MS`]) fails
+/// the put, rather than a record naming a holder that has nothing.
 async fn commit_with_retry(
     cmds: &Link,
     peer: PeerId,

@@ -1650,7 +1650,7 @@ mod tests {
         let many = 10 * OUTSIDER_FRAMES_PER_S as usize;
         assert!((0..many).all(|_| o.admit(&committee, &validator, t)));
         assert!((0..many).all(|_| o.admit(&committee, &proposer, t)));
-        // Their frames used none of the outsiders' budget.
+        // Their frames used none of the outsiders' budgets, per peer or in all.
         let per = OUTSIDER_FRAMES_PER_PEER_PER_S as usize;
         assert_eq!(
             (0..per + 5)
@@ -1658,9 +1658,18 @@ mod tests {
                 .count(),
             per
         );
-        // The next term elects someone else: last term's proposer is an outsider again.
+        let others: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
+        let passed = others
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p, per))
+            .filter(|p| o.admit(&committee, p, t))
+            .count();
+        assert_eq!(passed, OUTSIDER_FRAMES_PER_S as usize - per);
+        // The next term elects someone else: last term's proposer is an outsider again
+        // (a second later, when the budgets are back).
         o.set_elected([outsider]);
         assert!(o.admit(&committee, &outsider, t), "elected now");
+        let t = t + Duration::from_secs(1);
         assert_eq!(
             (0..per + 5)
                 .filter(|_| o.admit(&committee, &proposer, t))

@@ -37,8 +37,11 @@ pub const MAX_PENDING_SHARDS: usize = 1 << 20;
 /// it came, when the uploader is not known: an anonymous peer, or a restart in between).
 pub const PENDING_TTL_MS: u64 = 10 * 60 * 1000;
 /// The longest an uncommitted shard is kept however its uploader goes on: an upload (and
-/// its commit) must end within this. Bounds how long a peer that never commits can hold a
-/// node's pending quota with one upload.
+/// its commit) must end within this. The price of long uploads: a peer that never commits
+/// can hold pending space this long (six times [`PENDING_TTL_MS`]) by putting one new
+/// shard, however small, every ten minutes, so the extension holds only while the node's
+/// uncommitted shards take at most half of [`PENDING_QUOTA`]; past that, every pending
+/// shard expires [`PENDING_TTL_MS`] after it came, as if its uploader had stopped.
 pub const PENDING_MAX_MS: u64 = 60 * 60 * 1000;
 /// Most bytes of uncommitted shards a node keeps (beyond it `Put` is refused).
 pub const PENDING_QUOTA: u64 = 8 << 30;
@@ -537,8 +540,9 @@ impl StorageService {
         if doomed || !stored {
             if stored {
                 // Our write may have landed after the delete: keep it pending (and counted)
-                // so that it expires rather than sits on disk unaccounted for.
-                self.keep_pending(&mut p, id, now_ms, len, uploader);
+                // so that it expires rather than sits on disk unaccounted for. Failed, so
+                // not the uploader going on (it will put the shard elsewhere).
+                self.keep_pending(&mut p, id, now_ms, len, None);
             } else {
                 self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
             }
@@ -881,11 +885,14 @@ impl StorageService {
             let mut expiring = lock(&self.expiring);
             let mut last = lock(&self.last_put);
             let idle = |t: u64| now_ms.saturating_sub(t) > PENDING_TTL_MS;
+            // Past half the quota, going on no longer keeps anything: pending space is
+            // then kept for uploads that commit within the ten minutes.
+            let crowded = self.pending_bytes.load(Ordering::Relaxed) > PENDING_QUOTA / 2;
             let old: Vec<ChunkId> = pending
                 .iter()
                 .filter(|(_, p)| {
-                    let active = p
-                        .uploader
+                    let going = p.uploader.filter(|_| !crowded);
+                    let active = going
                         .and_then(|u| last.get(&u).copied())
                         .map_or(p.at_ms, |t| t.max(p.at_ms));
                     idle(active) || now_ms.saturating_sub(p.at_ms) > PENDING_MAX_MS
@@ -1823,35 +1830,42 @@ mod tests {
         let d = sealed();
         let (uploader, other) = (Keypair::from_seed([40; 32]), Keypair::from_seed([41; 32]));
         const MIN: u64 = 60 * 1000;
-        let put = |(b, i): (u64, u8), who: Option<&Keypair>, at: u64| {
-            let req = ShardRequest::Put {
-                bytes: d.bytes(b, i),
+        // Over libp2p (`handle`), or over a data connection (`put_expecting`).
+        let put = |(b, i): (u64, u8), who: Option<&Keypair>, at: u64, plane: bool| {
+            let (bytes, key) = (d.bytes(b, i), who.map(|k| k.public()));
+            let r = if plane {
+                s.put_expecting(d.shard_id(b, i), bytes, key.as_ref(), at)
+            } else {
+                s.handle(ShardRequest::Put { bytes }, key.as_ref(), at)
             };
-            assert_eq!(
-                s.handle(req, who.map(|k| k.public()).as_ref(), at),
-                ShardResponse::Stored
-            );
+            assert_eq!(r, ShardResponse::Stored);
         };
         let is_pending = |(b, i): (u64, u8)| lock(&s.pending).contains_key(&d.shard_id(b, i));
-        // A long upload: a new shard every 9 minutes. Beside it, an anonymous shard and
-        // one of another uploader that stops.
-        put((0, 0), Some(&uploader), NOW);
-        put((0, 1), None, NOW);
-        put((0, 2), Some(&other), NOW);
-        for (n, i) in (1..=6).zip(3..) {
-            put(
-                (u64::from(i) / 6, i % 6),
-                Some(&uploader),
-                NOW + 9 * MIN * n,
-            );
+        // A long upload, a new shard every 9 minutes (over both paths). Beside it two
+        // anonymous shards, 9 minutes apart, and one of another uploader that stops.
+        put((0, 0), Some(&uploader), NOW, false);
+        put((0, 1), None, NOW, false);
+        put((0, 2), Some(&other), NOW, true);
+        let mut expired = 0;
+        for (n, i) in (1..=6).zip(3u8..) {
+            let at = NOW + 9 * MIN * n;
+            put((u64::from(i) / 6, i % 6), Some(&uploader), at, n % 2 == 0);
+            if n == 1 {
+                put((2, 5), None, at, false);
+            }
+            expired += s.expire_pending(at + 1);
+            if n == 2 {
+                // At 18 minutes: the first anonymous shard and the stopped upload are gone;
+                // the going upload keeps even its first shard, the later anonymous one
+                // its own 10 minutes.
+                assert_eq!(expired, 2);
+                assert!(is_pending((0, 0)) && is_pending((2, 5)));
+                assert!(!is_pending((0, 1)) && !is_pending((0, 2)));
+            }
         }
-        // After 11 minutes the anonymous and the stopped uploads are gone; the going one
-        // keeps even its first shard.
-        assert_eq!(s.expire_pending(NOW + 11 * MIN), 2);
-        assert!(is_pending((0, 0)));
-        assert!(!is_pending((0, 1)) && !is_pending((0, 2)));
+        assert_eq!(expired, 3, "the later anonymous shard went at 19 minutes");
         // Putting an old shard again is not going on.
-        put((0, 0), Some(&uploader), NOW + 60 * MIN);
+        put((0, 0), Some(&uploader), NOW + 60 * MIN, false);
         // Its hour is up for the first shard however the upload goes on; the others wait.
         assert_eq!(s.expire_pending(NOW + 60 * MIN), 0);
         assert_eq!(s.expire_pending(NOW + 60 * MIN + 1), 1);
@@ -1863,6 +1877,16 @@ mod tests {
         assert_eq!(pending(&s), 0);
         assert_eq!(s.pending_bytes.load(Ordering::Relaxed), 0);
         assert!(lock(&s.last_put).is_empty(), "idle uploaders are forgotten");
+        // A crowded node keeps no shard past its ten minutes, going on or not.
+        let later = NOW + 100 * MIN;
+        put((1, 5), Some(&uploader), later, false);
+        put((2, 0), Some(&uploader), later + 9 * MIN, false);
+        s.pending_bytes
+            .fetch_add(PENDING_QUOTA / 2, Ordering::Relaxed);
+        assert_eq!(s.expire_pending(later + 10 * MIN + 1), 1);
+        s.pending_bytes
+            .fetch_sub(PENDING_QUOTA / 2, Ordering::Relaxed);
+        assert!(is_pending((2, 0)) && !is_pending((1, 5)));
     }
 
     #[test]
