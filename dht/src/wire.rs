@@ -6,7 +6,8 @@
 //! registers the data on chain, then sends every holder a `Commit` with the manifest. The
 //! holder checks the manifest against the chain (registered, same root and owner) and
 //! confirms the pending shards the manifest lists; pending shards that no commit claims are
-//! deleted after a grace period. Reads (`Get`, `GetManifest`) are served only when the chain
+//! deleted after a grace period, which a long upload renews with its new shards or, for a
+//! node that had none of them lately, with `KeepPending`. Reads (`Get`, `GetManifest`) are served only when the chain
 //! gives the reader a right to the data. The reader is the peer that sends the request: a
 //! peer's libp2p identity is its ed25519 chain key, and noise authenticates that key on every
 //! connection, so a read needs no signature of its own and cannot be replayed (protocol 1
@@ -101,12 +102,17 @@ pub enum ShardRequest {
         /// AES-256-GCM key of the data connection.
         key: [u8; 32],
     },
+    /// The sender is still uploading, though it had nothing new for this node lately: keep
+    /// its pending shards as if one had just come (a long upload spreads over many nodes,
+    /// and a node may go minutes without a shard of it).
+    KeepPending,
 }
 
 /// A storage node's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardResponse {
-    /// The shard is kept (pending until committed).
+    /// The shard is kept (pending until committed); to `KeepPending`, the sender's pending
+    /// shards are.
     Stored,
     /// The commit was accepted; this many shards of it are held here.
     Committed {
@@ -190,6 +196,7 @@ impl Encode for ShardRequest {
                 out.push(6);
                 key.encode(out);
             }
+            ShardRequest::KeepPending => out.push(7),
         }
     }
 }
@@ -221,6 +228,7 @@ impl Decode for ShardRequest {
                 data: DataId::decode(r)?,
             },
             6 => ShardRequest::OpenSession { key: r.array()? },
+            7 => ShardRequest::KeepPending,
             t => {
                 return Err(CodecError::BadTag {
                     what: "shard request",
@@ -368,6 +376,7 @@ mod tests {
                 data: DataId::from_bytes([1; 32]),
             },
             ShardRequest::OpenSession { key: [9; 32] },
+            ShardRequest::KeepPending,
         ]
     }
 

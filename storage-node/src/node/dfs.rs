@@ -760,6 +760,8 @@ impl Dfs {
             permits: Arc::new(Semaphore::new(PUT_CONCURRENCY)),
             shared: Arc::new(Mutex::new(PutShared::default())),
         };
+        // Until every holder has the commit.
+        let keepalive = KeepAlive::start(&self.rt, self.cmds.clone(), Arc::clone(&sink.shared));
         let manifest = seal_with_salt(input, &self.key, params, salt, &mut sink, progress)?;
         let upload_s = t.elapsed().as_secs_f64();
         let shared = lock(&sink.shared);
@@ -824,6 +826,7 @@ impl Dfs {
         for r in results {
             r?;
         }
+        drop(keepalive);
         let pages = DataRecord::pages_from_map(
             data,
             dht::record::next_version(now_ms(), 0),
@@ -1307,6 +1310,56 @@ struct PutShared {
     placed: HashMap<ChunkId, NodeId>,
     errors: Vec<String>,
     retries: u64,
+    /// Per node that stored a shard of the upload, when it last stored one (or last heard
+    /// that the upload goes on).
+    last_sent: HashMap<PeerId, Instant>,
+}
+
+/// A node that stored shards of an upload and had nothing new for this long is told that
+/// the upload goes on (`KeepPending`), well within [`super::storage::PENDING_TTL_MS`].
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(4 * 60);
+/// How often the upload looks for such nodes.
+const KEEPALIVE_CHECK: Duration = Duration::from_secs(30);
+
+/// Keeps an upload's pending shards alive on the nodes it placed them on while it goes on
+/// (see [`KEEPALIVE_IDLE`]); stops when dropped.
+struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl KeepAlive {
+    fn start(rt: &tokio::runtime::Runtime, cmds: Link, shared: Arc<Mutex<PutShared>>) -> Self {
+        KeepAlive(rt.spawn(async move {
+            loop {
+                tokio::time::sleep(KEEPALIVE_CHECK).await;
+                let idle: Vec<PeerId> = lock(&shared)
+                    .last_sent
+                    .iter()
+                    .filter(|(_, t)| t.elapsed() >= KEEPALIVE_IDLE)
+                    .map(|(p, _)| *p)
+                    .collect();
+                let asks = idle.iter().map(|p| {
+                    let cmds = &cmds;
+                    async move { (*p, request(cmds, *p, &ShardRequest::KeepPending).await) }
+                });
+                for (p, r) in futures::future::join_all(asks).await {
+                    match r {
+                        Ok(ShardResponse::Stored) => {
+                            lock(&shared).last_sent.insert(p, Instant::now());
+                        }
+                        Ok(other) => {
+                            tracing::debug!("the upload goes on, told {p}: {}", describe(&other))
+                        }
+                        Err(e) => tracing::debug!("the upload goes on, told {p}: {e}"),
+                    }
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct NetSink {
@@ -1359,7 +1412,11 @@ impl ShardSink for NetSink {
                         };
                         match outcome {
                             Ok(ShardResponse::Stored) => {
-                                lock(&shared).placed.insert(id, target);
+                                let mut sh = lock(&shared);
+                                sh.placed.insert(id, target);
+                                if let Some(p) = peer {
+                                    sh.last_sent.insert(p, Instant::now());
+                                }
                                 return;
                             }
                             Ok(other) => tracing::debug!("put on {target:?}: {}", describe(&other)),

@@ -458,6 +458,7 @@ impl StorageService {
                 v.truncate(dht::wire::MAX_HELD);
                 ShardResponse::Held(v)
             }
+            ShardRequest::KeepPending => self.keep_uploading(from, now_ms),
             ShardRequest::OpenSession { .. } => {
                 ShardResponse::Refused("this node offers no data connections".into())
             }
@@ -553,6 +554,23 @@ impl StorageService {
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
         self.keep_pending(&mut p, id, now_ms, len, uploader);
         ShardResponse::Stored
+    }
+
+    /// The uploader `from` goes on, with nothing new for this node: its pending shards are
+    /// kept as if one had just come. `NotFound` when nothing of its is pending here (or
+    /// it was idle too long: then its shards are due to expire, and are not brought back).
+    fn keep_uploading(&self, from: Option<&PublicKey>, now_ms: u64) -> ShardResponse {
+        let Some(k) = from else {
+            return ShardResponse::NotFound;
+        };
+        let mut last = lock(&self.last_put);
+        match last.get_mut(k.as_bytes()) {
+            Some(t) if now_ms.saturating_sub(*t) <= PENDING_TTL_MS => {
+                *t = (*t).max(now_ms);
+                ShardResponse::Stored
+            }
+            _ => ShardResponse::NotFound,
+        }
     }
 
     /// Records a put of `len` bytes (already reserved in `pending_bytes`) by `uploader` as
@@ -1887,6 +1905,42 @@ mod tests {
         s.pending_bytes
             .fetch_sub(PENDING_QUOTA / 2, Ordering::Relaxed);
         assert!(is_pending((2, 0)) && !is_pending((1, 5)));
+    }
+
+    #[test]
+    fn an_upload_with_nothing_new_for_a_node_keeps_its_shards_there_by_saying_it_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Arc::new(FakeChain::default());
+        let s = open(dir.path(), &chain, Fault::None);
+        let d = sealed();
+        let (uploader, stranger) = (Keypair::from_seed([42; 32]), Keypair::from_seed([43; 32]));
+        const MIN: u64 = 60 * 1000;
+        let keep = |who: Option<&Keypair>, at: u64| {
+            s.handle(
+                ShardRequest::KeepPending,
+                who.map(|k| k.public()).as_ref(),
+                at,
+            )
+        };
+        let req = ShardRequest::Put {
+            bytes: d.bytes(0, 0),
+        };
+        assert_eq!(
+            s.handle(req, Some(&uploader.public()), NOW),
+            ShardResponse::Stored
+        );
+        // Only the uploader of pending shards can keep them; anonymous or not, others
+        // are told nothing of theirs is here.
+        assert_eq!(keep(None, NOW + 4 * MIN), ShardResponse::NotFound);
+        assert_eq!(keep(Some(&stranger), NOW + 4 * MIN), ShardResponse::NotFound);
+        assert_eq!(keep(Some(&uploader), NOW + 8 * MIN), ShardResponse::Stored);
+        assert_eq!(s.expire_pending(NOW + 17 * MIN), 0, "kept at 8 minutes");
+        assert_eq!(keep(Some(&uploader), NOW + 16 * MIN), ShardResponse::Stored);
+        assert_eq!(s.expire_pending(NOW + 26 * MIN), 0);
+        // Silent for over ten minutes: too late, nothing is brought back.
+        assert_eq!(keep(Some(&uploader), NOW + 26 * MIN + 1), ShardResponse::NotFound);
+        assert_eq!(s.expire_pending(NOW + 26 * MIN + 1), 1);
+        assert_eq!(pending(&s), 0);
     }
 
     #[test]
