@@ -761,7 +761,12 @@ impl Dfs {
             shared: Arc::new(Mutex::new(PutShared::default())),
         };
         // Until every holder has the commit.
-        let keepalive = KeepAlive::start(&self.rt, self.cmds.clone(), Arc::clone(&sink.shared));
+        let keepalive = KeepAlive::start(
+            self.rt.handle(),
+            self.cmds.clone(),
+            Arc::clone(&sink.shared),
+            (KEEPALIVE_CHECK, KEEPALIVE_IDLE),
+        );
         let manifest = seal_with_salt(input, &self.key, params, salt, &mut sink, progress)?;
         let upload_s = t.elapsed().as_secs_f64();
         let shared = lock(&sink.shared);
@@ -1326,14 +1331,21 @@ const KEEPALIVE_CHECK: Duration = Duration::from_secs(30);
 struct KeepAlive(tokio::task::JoinHandle<()>);
 
 impl KeepAlive {
-    fn start(rt: &tokio::runtime::Runtime, cmds: Link, shared: Arc<Mutex<PutShared>>) -> Self {
+    /// Every `check`, tells the nodes idle for `idle` (in production [`KEEPALIVE_CHECK`]
+    /// and [`KEEPALIVE_IDLE`]).
+    fn start(
+        rt: &tokio::runtime::Handle,
+        cmds: Link,
+        shared: Arc<Mutex<PutShared>>,
+        (check, idle): (Duration, Duration),
+    ) -> Self {
         KeepAlive(rt.spawn(async move {
             loop {
-                tokio::time::sleep(KEEPALIVE_CHECK).await;
+                tokio::time::sleep(check).await;
                 let idle: Vec<PeerId> = lock(&shared)
                     .last_sent
                     .iter()
-                    .filter(|(_, t)| t.elapsed() >= KEEPALIVE_IDLE)
+                    .filter(|(_, t)| t.elapsed() >= idle)
                     .map(|(p, _)| *p)
                     .collect();
                 let asks = idle.iter().map(|p| {
@@ -2443,6 +2455,7 @@ mod tests {
                                 Some(b) => ShardResponse::Shard(b.clone()),
                                 None => ShardResponse::NotFound,
                             },
+                            Ok(ShardRequest::KeepPending) if !h.is_empty() => ShardResponse::Stored,
                             _ => ShardResponse::Refused("not in this test".into()),
                         };
                         let _ = reply.send(Ok(answer.to_bytes()));
@@ -2519,6 +2532,37 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         let l = lock(&source.state.0).lookups.clone();
         assert_eq!((l.made, l.found, l.failed), (1, 1, 0));
+    }
+
+    #[test]
+    fn an_upload_tells_the_nodes_it_had_nothing_new_for_that_it_goes_on() {
+        let rt = runtime();
+        let (busy, quiet, gone) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let shard = HashMap::from([(ChunkId::of(b"s"), b"s".to_vec())]);
+        let link = fake_network(&rt, HashMap::from([(busy, shard.clone()), (quiet, shard)]));
+        let shared = Arc::new(Mutex::new(PutShared::default()));
+        // Long beside the checks, so a slow machine cannot make the busy node due too.
+        let idle = Duration::from_secs(3);
+        let start = Instant::now();
+        let long_ago = start.checked_sub(idle).unwrap();
+        lock(&shared).last_sent =
+            HashMap::from([(busy, start), (quiet, long_ago), (gone, long_ago)]);
+        let keep = KeepAlive::start(
+            rt.handle(),
+            link,
+            Arc::clone(&shared),
+            (Duration::from_millis(50), idle),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let told = |p: &PeerId| lock(&shared).last_sent[p] > start;
+        // The quiet node was told (and answered); the busy one had news lately; the one
+        // that does not answer stays due.
+        assert!(told(&quiet) && !told(&busy) && !told(&gone));
+        drop(keep);
+        // Due again, but nobody tells it any more.
+        lock(&shared).last_sent.insert(quiet, long_ago);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!told(&quiet), "stopped when dropped");
     }
 
     #[test]

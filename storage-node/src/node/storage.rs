@@ -1932,13 +1932,19 @@ mod tests {
         // Only the uploader of pending shards can keep them; anonymous or not, others
         // are told nothing of theirs is here.
         assert_eq!(keep(None, NOW + 4 * MIN), ShardResponse::NotFound);
-        assert_eq!(keep(Some(&stranger), NOW + 4 * MIN), ShardResponse::NotFound);
+        assert_eq!(
+            keep(Some(&stranger), NOW + 4 * MIN),
+            ShardResponse::NotFound
+        );
         assert_eq!(keep(Some(&uploader), NOW + 8 * MIN), ShardResponse::Stored);
         assert_eq!(s.expire_pending(NOW + 17 * MIN), 0, "kept at 8 minutes");
         assert_eq!(keep(Some(&uploader), NOW + 16 * MIN), ShardResponse::Stored);
         assert_eq!(s.expire_pending(NOW + 26 * MIN), 0);
         // Silent for over ten minutes: too late, nothing is brought back.
-        assert_eq!(keep(Some(&uploader), NOW + 26 * MIN + 1), ShardResponse::NotFound);
+        assert_eq!(
+            keep(Some(&uploader), NOW + 26 * MIN + 1),
+            ShardResponse::NotFound
+        );
         assert_eq!(s.expire_pending(NOW + 26 * MIN + 1), 1);
         assert_eq!(pending(&s), 0);
     }
