@@ -940,20 +940,12 @@ impl Coordinator {
                 Err(_) => break Vec::new(),
             }
         };
-        let now = now_ms();
-        copies
-            .iter()
-            .filter_map(|c| SignedPage::open(c, self.chain_id, now).ok())
-            .filter(|p| {
-                p.page.data == *data
-                    && matches!(
-                        super::net::may_publish(&self.chain, &p.writer, &p.page),
-                        super::net::Publisher::Allowed { .. }
-                    )
-            })
-            .map(|p| p.page.version)
-            .max()
-            .unwrap_or(0)
+        newest_allowed_version(&copies, self.chain_id, now_ms(), data, &mut |p| {
+            matches!(
+                super::net::may_publish(&self.chain, &p.writer, &p.page),
+                super::net::Publisher::Allowed { .. }
+            )
+        })
     }
 
     fn refresh_view(&self) {
@@ -972,5 +964,85 @@ impl Coordinator {
             })
             .collect();
         *lock(&self.stats.holders) = v;
+    }
+}
+
+/// The newest version among `copies` (signed pages as a record lookup found them) of pages
+/// of `data` that open for `chain_id` at `now` and whose publisher `allowed` accepts; 0 when
+/// there is none. A coordinator that takes over publishes past it, so its pages outrank its
+/// predecessor's even when the predecessor's clock ran ahead of its own.
+fn newest_allowed_version(
+    copies: &[Vec<u8>],
+    chain_id: u32,
+    now: u64,
+    data: &DataId,
+    allowed: &mut dyn FnMut(&SignedPage) -> bool,
+) -> u64 {
+    copies
+        .iter()
+        .filter_map(|c| SignedPage::open(c, chain_id, now).ok())
+        .filter(|p| p.page.data == *data && allowed(p))
+        .map(|p| p.page.version)
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crypto_accel::{Hash, Keypair};
+
+    #[test]
+    fn a_coordinator_taking_over_publishes_past_its_predecessors_newest_allowed_page() {
+        let chain_id = 5;
+        let now = 2_000_000_000_000;
+        let data = DataId(Hash([1; 32]));
+        let (owner, before, stranger) = (
+            Keypair::from_seed([1; 32]),
+            Keypair::from_seed([2; 32]),
+            Keypair::from_seed([3; 32]),
+        );
+        let page = |data: DataId, version: u64, k: &Keypair, chain: u32| {
+            let p = DataRecord::pages_from_map(
+                data,
+                version,
+                1,
+                1,
+                1,
+                &[vec![NodeId([7; 32]), NodeId([8; 32])]],
+                &[],
+            )
+            .unwrap()
+            .remove(0);
+            SignedPage::sign(p, k, chain).to_bytes()
+        };
+        let mut allowed = |p: &SignedPage| {
+            p.writer == NodeId(*owner.public().as_bytes())
+                || p.writer == NodeId(*before.public().as_bytes())
+        };
+        // The predecessor's clock ran 3 minutes ahead of ours.
+        let ahead = now + 3 * 60 * 1000;
+        let copies = vec![
+            page(data, now - 10, &owner, chain_id),
+            page(data, ahead, &before, chain_id),
+            // Newer, but nobody allowed, another chain, another data item, or too far
+            // ahead of the clock to open.
+            page(data, ahead + 1, &stranger, chain_id),
+            page(data, ahead + 2, &before, chain_id + 1),
+            page(DataId(Hash([2; 32])), ahead + 3, &before, chain_id),
+            page(data, u64::MAX, &before, chain_id),
+            vec![0xff; 40],
+        ];
+        let newest = newest_allowed_version(&copies, chain_id, now, &data, &mut allowed);
+        assert_eq!(newest, ahead);
+        let mine = dht::record::next_version(now, newest);
+        assert!(
+            mine > ahead,
+            "the new coordinator's page outranks its predecessor's"
+        );
+        assert_eq!(
+            newest_allowed_version(&[], chain_id, now, &data, &mut allowed),
+            0
+        );
     }
 }
