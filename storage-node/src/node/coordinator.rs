@@ -431,25 +431,16 @@ impl Coordinator {
             .copied()
             .collect();
         self.planner.set_candidates(live.clone());
-        // The coordinator of a data item is the XOR-closest RNode that answers: a dead
-        // coordinator is passed over at the next scan.
-        // A closer RNode that does not keep the data's manifest (it joined, or staked, after
-        // the put) cannot coordinate it, and is passed over: otherwise every holder would
-        // defer to it and nobody would coordinate.
+        // The coordinator of a data item is the XOR-closest RNode that answers (see
+        // `coordinates`): a dead coordinator is passed over at the next scan.
         let mut mine: HashSet<DataId> = HashSet::new();
         if live.iter().any(|c| c.node == self.me) {
             self.keepers.retain(|_, (_, until)| *until > Instant::now());
+            let (me, nodes): (NodeId, Vec<NodeId>) =
+                (self.me, live.iter().map(|c| c.node).collect());
             for d in self.service.manifest_ids() {
-                let mut order: Vec<NodeId> = live.iter().map(|c| c.node).collect();
-                order.sort_by_key(|n| dht::planner::distance(&n.0, d.as_bytes()));
-                for n in order {
-                    if n == self.me {
-                        mine.insert(d);
-                        break;
-                    }
-                    if self.keeps_manifest(d, n) {
-                        break;
-                    }
+                if coordinates(me, &d, &nodes, &mut |n| self.keeps_manifest(d, n)) {
+                    mine.insert(d);
                 }
             }
         }
@@ -967,6 +958,29 @@ impl Coordinator {
     }
 }
 
+/// Whether `me` coordinates `data` among the live RNodes `live`: it is the XOR-closest of
+/// them to the data id, passing over closer ones that `keeps` says do not keep the data's
+/// manifest. Those joined, or staked, after the put and cannot coordinate the data; if every
+/// holder deferred to them, nobody would.
+fn coordinates(
+    me: NodeId,
+    data: &DataId,
+    live: &[NodeId],
+    keeps: &mut dyn FnMut(NodeId) -> bool,
+) -> bool {
+    let mut order = live.to_vec();
+    order.sort_by_key(|n| dht::planner::distance(&n.0, data.as_bytes()));
+    for n in order {
+        if n == me {
+            return true;
+        }
+        if keeps(n) {
+            return false;
+        }
+    }
+    false
+}
+
 /// The newest version among `copies` (signed pages as a record lookup found them) of pages
 /// of `data` that open for `chain_id` at `now` and whose publisher `allowed` accepts; 0 when
 /// there is none. A coordinator that takes over publishes past it, so its pages outrank its
@@ -991,6 +1005,31 @@ fn newest_allowed_version(
 mod tests {
     use super::*;
     use crypto_accel::{Hash, Keypair};
+
+    #[test]
+    fn exactly_one_holder_coordinates_even_when_a_closer_rnode_lacks_the_manifest() {
+        let data = DataId(Hash([9; 32]));
+        let mut nodes: Vec<NodeId> = (1..=5u8)
+            .map(|i| NodeId([i.wrapping_mul(37); 32]))
+            .collect();
+        nodes.sort_by_key(|n| dht::planner::distance(&n.0, data.as_bytes()));
+        // Who elects itself, when `keepers` keep the manifest (each node asks the others).
+        let elected = |keepers: &[NodeId]| -> Vec<NodeId> {
+            keepers
+                .iter()
+                .copied()
+                .filter(|&me| coordinates(me, &data, &nodes, &mut |n| keepers.contains(&n)))
+                .collect()
+        };
+        // Everyone keeps it: the closest coordinates.
+        assert_eq!(elected(&nodes), vec![nodes[0]]);
+        // The two closest staked after the put and keep nothing: the next one coordinates,
+        // not nobody (every holder deferring to the closest was the deadlock).
+        assert_eq!(elected(&nodes[2..]), vec![nodes[2]]);
+        // A node that is not live coordinates nothing.
+        let stranger = NodeId([200; 32]);
+        assert!(!coordinates(stranger, &data, &nodes, &mut |_| true));
+    }
 
     #[test]
     fn a_coordinator_taking_over_publishes_past_its_predecessors_newest_allowed_page() {
