@@ -31,6 +31,7 @@ trait DhtNet {
     fn status(&self, i: usize) -> serde_json::Value;
     fn wait_serving(&self, nodes: &[usize]);
     fn wait_staked(&self, via: usize);
+    fn restart_with_fault(&mut self, i: usize, fault: &str);
 }
 
 impl DhtNet for Net {
@@ -151,6 +152,13 @@ impl DhtNet for Net {
         }
     }
 
+    /// Kills node `i`, sets its `[storage] fault` (see `Fault`), and starts it again.
+    fn restart_with_fault(&mut self, i: usize, fault: &str) {
+        self.kill9(i);
+        set_toml(&self.file.nodes[i].config, "fault", &format!("\"{fault}\""));
+        self.restart(i);
+    }
+
     /// Waits until each of `nodes` answers its API, has caught up and has peers.
     fn wait_serving(&self, nodes: &[usize]) {
         let t = Instant::now();
@@ -193,12 +201,11 @@ fn shard_dir(config: &Path) -> PathBuf {
     node.data_dir.join("storage").join("shards")
 }
 
-/// Flips the middle byte of every stored shard in the segment files under `dir`, in place
-/// (a record is a 64-byte header, magic `CPCR`, kind at byte 5, payload length as `u32` LE at
-/// byte 48, then the payload: see `storage_node::store`). Returns what was flipped.
-fn flip_record_bytes(dir: &Path) -> Vec<(PathBuf, u64)> {
-    use std::os::unix::fs::FileExt;
-    let mut flipped = Vec::new();
+/// Where the middle byte of every stored shard is in the segment files under `dir` (a record
+/// is a 64-byte header, magic `CPCR`, kind at byte 5, payload length as `u32` LE at byte 48,
+/// then the payload: see `storage_node::store`).
+fn shard_middles(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if !path
@@ -210,7 +217,6 @@ fn flip_record_bytes(dir: &Path) -> Vec<(PathBuf, u64)> {
             continue;
         }
         let bytes = std::fs::read(&path).unwrap();
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let mut pos = 0usize;
         while pos + 64 <= bytes.len() && &bytes[pos..pos + 4] == b"CPCR" {
             let len = u32::from_le_bytes(bytes[pos + 48..pos + 52].try_into().unwrap()) as usize;
@@ -218,20 +224,18 @@ fn flip_record_bytes(dir: &Path) -> Vec<(PathBuf, u64)> {
                 break;
             }
             if bytes[pos + 5] == 1 && len > 0 {
-                let at = pos + 64 + len / 2;
-                file.write_at(&[bytes[at] ^ 0x20], at as u64).unwrap();
-                flipped.push((path.clone(), at as u64));
+                found.push((path.clone(), (pos + 64 + len / 2) as u64));
             }
             pos += 64 + len;
         }
     }
-    flipped
+    found
 }
 
-/// Undoes [`flip_record_bytes`].
-fn flip_back(flipped: &[(PathBuf, u64)]) {
+/// Flips one bit of the byte at each of `places`, in place; a second call undoes the first.
+fn flip_bytes(places: &[(PathBuf, u64)]) {
     use std::os::unix::fs::FileExt;
-    for (path, at) in flipped {
+    for (path, at) in places {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -472,11 +476,12 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
                 .count()
         })
         .unwrap();
-    let flipped = flip_record_bytes(&shard_dir(&net.file.nodes[rot].config));
+    let flipped = shard_middles(&shard_dir(&net.file.nodes[rot].config));
     assert!(!flipped.is_empty(), "node {rot} holds no shard records");
+    flip_bytes(&flipped);
     let what = "a holder's disk rotted";
     let e = assert_get_identical_with(&api, &key, &id, &out, &data, &[], what);
-    flip_back(&flipped);
+    flip_bytes(&flipped);
     assert!(
         e.contains("came with wrong bytes") && e.contains(": 0 then came intact"),
         "the get must report the wrong shards, none of which a sealed ask can mend: {e}"
@@ -497,13 +502,7 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
         .iter()
         .find(|i| net.children[**i].is_some() && **i != liar)
         .unwrap();
-    net.kill9(forgetful);
-    set_toml(
-        &net.file.nodes[forgetful].config,
-        "fault",
-        "\"forget-uploads\"",
-    );
-    net.restart(forgetful);
+    net.restart_with_fault(forgetful, "forget-uploads");
     net.wait_serving(&[forgetful]);
     let lost_in = work.join("lost.bin");
     std::fs::write(&lost_in, &data[SIZE - (10 << 20)..]).unwrap();
@@ -518,15 +517,11 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
         e.contains("committed but holds only 0 of"),
         "the put must name the holder that kept nothing: {e}"
     );
-    net.kill9(forgetful);
-    set_toml(&net.file.nodes[forgetful].config, "fault", "\"none\"");
-    net.restart(forgetful);
+    net.restart_with_fault(forgetful, "none");
     net.wait_serving(&[forgetful]);
 
     // A node that starts flipping bits is caught by audits: within 5 rounds.
-    net.kill9(liar);
-    set_toml(&net.file.nodes[liar].config, "fault", "\"bit-flip\"");
-    net.restart(liar);
+    net.restart_with_fault(liar, "bit-flip");
     let liar_key = net.file.nodes[liar].address.clone();
     let t = Instant::now();
     let rounds = 5;

@@ -43,6 +43,12 @@ pub const PENDING_TTL_MS: u64 = 10 * 60 * 1000;
 /// uncommitted shards take at most half of [`PENDING_QUOTA`]; past that, every pending
 /// shard expires [`PENDING_TTL_MS`] after it came, as if its uploader had stopped.
 pub const PENDING_MAX_MS: u64 = 60 * 60 * 1000;
+/// Whether an upload last heard of at `since` (ms) has been silent longer than
+/// [`PENDING_TTL_MS`] at `now_ms`: its pending shards expire.
+fn idle_too_long(now_ms: u64, since: u64) -> bool {
+    now_ms.saturating_sub(since) > PENDING_TTL_MS
+}
+
 /// Most bytes of uncommitted shards a node keeps (beyond it `Put` is refused).
 pub const PENDING_QUOTA: u64 = 8 << 30;
 /// How long an access decision is reused.
@@ -565,7 +571,7 @@ impl StorageService {
         };
         let mut last = lock(&self.last_put);
         match last.get_mut(k.as_bytes()) {
-            Some(t) if now_ms.saturating_sub(*t) <= PENDING_TTL_MS => {
+            Some(t) if !idle_too_long(now_ms, *t) => {
                 *t = (*t).max(now_ms);
                 ShardResponse::Stored
             }
@@ -902,7 +908,7 @@ impl StorageService {
             let mut pending = lock(&self.pending);
             let mut expiring = lock(&self.expiring);
             let mut last = lock(&self.last_put);
-            let idle = |t: u64| now_ms.saturating_sub(t) > PENDING_TTL_MS;
+            let idle = |t: u64| idle_too_long(now_ms, t);
             // Past half the quota, going on no longer keeps anything: pending space is
             // then kept for uploads that commit within the ten minutes.
             let crowded = self.pending_bytes.load(Ordering::Relaxed) > PENDING_QUOTA / 2;
@@ -1159,6 +1165,8 @@ mod tests {
     use std::ops::Range;
 
     const NOW: u64 = 1_700_000_000_000;
+    /// A minute, in the milliseconds the service's clocks count.
+    const MIN: u64 = 60 * 1000;
     const BLOCK: u32 = 4096;
 
     /// The chain as the storage role sees it: registrations, grants by interval range, and
@@ -1843,11 +1851,8 @@ mod tests {
     #[test]
     fn an_upload_that_goes_on_keeps_its_shards_until_it_pauses_or_its_hour_is_up() {
         let dir = tempfile::tempdir().unwrap();
-        let chain = Arc::new(FakeChain::default());
-        let s = open(dir.path(), &chain, Fault::None);
-        let d = sealed();
+        let (_chain, s, d) = uploaded(dir.path(), &[]);
         let (uploader, other) = (Keypair::from_seed([40; 32]), Keypair::from_seed([41; 32]));
-        const MIN: u64 = 60 * 1000;
         // Over libp2p (`handle`), or over a data connection (`put_expecting`).
         let put = |(b, i): (u64, u8), who: Option<&Keypair>, at: u64, plane: bool| {
             let (bytes, key) = (d.bytes(b, i), who.map(|k| k.public()));
@@ -1910,11 +1915,8 @@ mod tests {
     #[test]
     fn an_upload_with_nothing_new_for_a_node_keeps_its_shards_there_by_saying_it_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let chain = Arc::new(FakeChain::default());
-        let s = open(dir.path(), &chain, Fault::None);
-        let d = sealed();
+        let (_chain, s, d) = uploaded(dir.path(), &[]);
         let (uploader, stranger) = (Keypair::from_seed([42; 32]), Keypair::from_seed([43; 32]));
-        const MIN: u64 = 60 * 1000;
         let keep = |who: Option<&Keypair>, at: u64| {
             s.handle(
                 ShardRequest::KeepPending,
