@@ -242,7 +242,7 @@ pub fn run(a: &DhtArgs) -> Result<String> {
              ({:.2}×); local open {open_cpu:.2}, network get {get_cpu:.2} ({:.2}×).\n\n\
              Put: {:.1} s sealing and uploading ({} uploads moved to another node), {:.1} s \
              registering on chain, committing on {} holders and publishing the record. \
-             Get: {} blocks rebuilt from parity (hedge), {} shards not used.\n\n\
+             Get: {} blocks rebuilt from parity (hedge), {} slow shards passed over, {} shards missing.\n\n\
              Time to first byte of a 1 MiB ranged get (warm client, record lookup + manifest + \
              first block), {} gets: p50 {p50:.0} ms, p99 {p99:.0} ms; of the whole {} MiB get: \
              {:.0} ms (record found after {:.0} ms, manifest after {:.0} ms).\n",
@@ -259,7 +259,8 @@ pub fn run(a: &DhtArgs) -> Result<String> {
             put.register_s,
             put.holders,
             got.open.blocks_reconstructed,
-            got.open.shards_missing,
+            got.shards_slow,
+            got.shards_unreachable(),
             a.ttfb_gets,
             a.size >> 20,
             got.first_byte_s * 1000.0,

@@ -428,12 +428,13 @@ fn net_get(
     };
     bar.finish_and_clear();
     eprintln!(
-        "fetched {} at {:.0} MiB/s, first byte after {:.0} ms ({} blocks rebuilt, {} shards missing, {} rejected)",
+        "fetched {} at {:.0} MiB/s, first byte after {:.0} ms ({} blocks rebuilt, {} shards missing, {} slow shards passed over, {} rejected)",
         human(report.open.bytes),
         mib_per_s(report.open.bytes, report.total_s),
         report.first_byte_s * 1000.0,
         report.open.blocks_reconstructed,
-        report.open.shards_missing,
+        report.shards_unreachable(),
+        report.shards_slow,
         report.open.shards_corrupt
     );
     if report.relocations > 0 {

@@ -433,7 +433,9 @@ pub struct PutReport {
 /// What a get did.
 #[derive(Debug, Clone)]
 pub struct GetReport {
-    /// The pipeline's account (bytes, rebuilt blocks, missing and rejected shards).
+    /// The pipeline's account (bytes, rebuilt blocks, missing and rejected shards). Its
+    /// `shards_missing` counts the [`shards_slow`](Self::shards_slow) too: see
+    /// [`GetReport::shards_unreachable`].
     pub open: OpenReport,
     /// Seconds until the first plaintext byte was written.
     pub first_byte_s: f64,
@@ -443,6 +445,9 @@ pub struct GetReport {
     pub manifest_s: f64,
     /// Seconds in all.
     pub total_s: f64,
+    /// Shards not waited for because k others of their block had already come (the hedge
+    /// asked a parity shard and it won): a slow holder, not a lost shard.
+    pub shards_slow: u64,
     /// Shards that some holder sent with bytes that did not match their content id
     /// (changed on the way, or rotten on the holder's disk); the holder was then asked once
     /// more with the answer sealed. Counted once per shard however often it came wrong.
@@ -452,6 +457,14 @@ pub struct GetReport {
     /// Times the data was located again because every known holder of a block failed
     /// (repair may have moved shards since the get began).
     pub relocations: u8,
+}
+
+impl GetReport {
+    /// Shards the get wanted but no holder gave: missing, refused or unreachable, and not
+    /// merely slower than the parity that replaced them.
+    pub fn shards_unreachable(&self) -> u64 {
+        self.open.shards_missing.saturating_sub(self.shards_slow)
+    }
 }
 
 /// The libp2p peer id of a node id (the same ed25519 key).
@@ -1082,9 +1095,10 @@ impl Dfs {
         let r = open(&m, &self.key, &source, writer, &params, progress);
         source.stop();
         // Fetches still in flight are no longer waited for; what they find is not counted.
-        let (shards_wrong, shards_wrong_recovered, lookups) = {
+        let (shards_slow, shards_wrong, shards_wrong_recovered, lookups) = {
             let s = lock(&source.state.0);
             (
+                s.slow,
                 s.wrong.len() as u64,
                 s.wrong_recovered.len() as u64,
                 s.lookups.clone(),
@@ -1112,6 +1126,7 @@ impl Dfs {
             locate_s,
             manifest_s,
             total_s: t.elapsed().as_secs_f64(),
+            shards_slow,
             shards_wrong,
             shards_wrong_recovered,
             relocations: lookups.made,
@@ -1716,6 +1731,9 @@ struct SourceState {
     looked_up: HashSet<PeerId>,
     /// Blocks the fetcher may have in flight now (grows to [`GET_WINDOW`]).
     window: usize,
+    /// Shards passed over because k others of their block came first (see
+    /// [`GetReport::shards_slow`]).
+    slow: u64,
     /// Shards some holder sent with wrong bytes (see [`GetReport::shards_wrong`]).
     wrong: HashSet<ChunkId>,
     /// Of those, the ones a sealed ask then brought back intact.
@@ -2061,8 +2079,13 @@ impl ShardSource for NetSource<'_> {
                 Some(Slot::Taken) => return Ok(None),
                 // A failed shard is waited for like a pending one: its block may be asked
                 // again (see `reopen`), and the pipeline asks for each shard only once.
-                Some(Slot::Pending | Slot::Failed) => {
+                Some(slot @ (Slot::Pending | Slot::Failed)) => {
+                    let pending = matches!(slot, Slot::Pending);
                     if let Some(bs) = s.blocks.get(&block) {
+                        // Still on its way from a holder that has not failed it: passing
+                        // it over below makes it slow, not missing.
+                        let slow =
+                            pending && bs.attempts.get(usize::from(index)).is_some_and(|a| *a == 0);
                         if bs.done {
                             let reopened;
                             (s, reopened) = self.reopen(s, block);
@@ -2081,6 +2104,9 @@ impl ShardSource for NetSource<'_> {
                             .filter(|r| **r)
                             .count();
                         if later >= s.k.saturating_sub(bs.taken) {
+                            if slow {
+                                s.slow += 1;
+                            }
                             return Ok(None);
                         }
                     }
@@ -2441,6 +2467,15 @@ mod tests {
         rt: &tokio::runtime::Runtime,
         held: HashMap<PeerId, HashMap<ChunkId, Vec<u8>>>,
     ) -> Link {
+        slow_fake_network(rt, held, HashMap::new())
+    }
+
+    /// [`fake_network`] where each peer in `slow` answers that much later.
+    fn slow_fake_network(
+        rt: &tokio::runtime::Runtime,
+        held: HashMap<PeerId, HashMap<ChunkId, Vec<u8>>>,
+        slow: HashMap<PeerId, Duration>,
+    ) -> Link {
         let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
         rt.spawn(async move {
             while let Some(cmd) = rx.recv().await {
@@ -2458,7 +2493,17 @@ mod tests {
                             Ok(ShardRequest::KeepPending) if !h.is_empty() => ShardResponse::Stored,
                             _ => ShardResponse::Refused("not in this test".into()),
                         };
-                        let _ = reply.send(Ok(answer.to_bytes()));
+                        match slow.get(&peer) {
+                            Some(&d) => {
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(d).await;
+                                    let _ = reply.send(Ok(answer.to_bytes()));
+                                });
+                            }
+                            None => {
+                                let _ = reply.send(Ok(answer.to_bytes()));
+                            }
+                        }
                     }
                     Cmd::FindPeer { reply, .. } => {
                         let _ = reply.send(());
@@ -2532,6 +2577,70 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         let l = lock(&source.state.0).lookups.clone();
         assert_eq!((l.made, l.found, l.failed), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_slow_holder_passed_over_by_the_hedge_is_slow_not_missing() {
+        let rt = runtime();
+        let owner = Keypair::from_seed([8; 32]);
+        let (data, m, shards) = sealed_sample(&owner);
+        let (laggard, quick, gone) = (PeerId::random(), PeerId::random(), PeerId::random());
+        // Every block's first data shard sits on a holder that answers only after the get
+        // is over; the hedge (after at least 20 ms) asks the parity shard of `quick`, which
+        // holds the rest. Block 1's first shard is said to be on a holder that is down.
+        let firsts: HashSet<ChunkId> = m.blocks.iter().map(|b| b.shards[0]).collect();
+        let (late, rest): (HashMap<_, _>, HashMap<_, _>) =
+            shards.into_iter().partition(|(id, _)| firsts.contains(id));
+        let link = slow_fake_network(
+            &rt,
+            HashMap::from([(laggard, late), (quick, rest)]),
+            HashMap::from([(laggard, Duration::from_secs(120))]),
+        );
+        let blocks = m.blocks.len();
+        let holders: Holders = (0..blocks)
+            .map(|b| {
+                vec![
+                    vec![if b == 1 { gone } else { laggard }],
+                    vec![quick],
+                    vec![quick],
+                ]
+            })
+            .collect();
+        let relocate = || -> Result<Holders> { Ok(Vec::new()) };
+        let source = NetSource::start(rt.handle(), link, &m, holders, None, &relocate);
+        let mut out = Vec::new();
+        let r = open(
+            &m,
+            &owner,
+            &source,
+            &mut out,
+            &OpenParams::default(),
+            &|_| {},
+        );
+        source.stop();
+        let open_report = r.unwrap();
+        assert!(out == data, "different bytes");
+        let slow = lock(&source.state.0).slow;
+        let report = GetReport {
+            open: open_report,
+            first_byte_s: 0.0,
+            locate_s: 0.0,
+            manifest_s: 0.0,
+            total_s: 0.0,
+            shards_slow: slow,
+            shards_wrong: 0,
+            shards_wrong_recovered: 0,
+            relocations: 0,
+        };
+        let all = blocks as u64;
+        assert_eq!(report.open.blocks_reconstructed, all);
+        assert_eq!(report.open.shards_missing, all);
+        assert_eq!(
+            report.shards_slow,
+            all - 1,
+            "every block but the one whose holder is down"
+        );
+        assert_eq!(report.shards_unreachable(), 1);
     }
 
     #[test]
