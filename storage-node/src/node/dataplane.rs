@@ -453,11 +453,7 @@ impl<'a> Deadlined<'a> {
     }
 
     fn left(&self) -> std::io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        Ok(left)
+        crate::store::time_left(self.deadline)
     }
 }
 

@@ -584,11 +584,7 @@ impl ChunkRegion {
         let mut at = self.at;
         let end = self.at + u64::from(self.len);
         while at < end {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(std::io::ErrorKind::TimedOut.into());
-            }
-            out.set_write_timeout(Some(left))?;
+            out.set_write_timeout(Some(time_left(deadline)?))?;
             let want = usize::try_from(end - at).unwrap_or(usize::MAX);
             match rustix::fs::sendfile(out, &self.seg.file, Some(&mut at), want) {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
@@ -601,6 +597,16 @@ impl ChunkRegion {
         }
         Ok(())
     }
+}
+
+/// The time left until `deadline`, as a socket timeout: a `TimedOut` error once it has
+/// passed (a zero timeout would mean "none" to the socket).
+pub(crate) fn time_left(deadline: std::time::Instant) -> std::io::Result<std::time::Duration> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    Ok(left)
 }
 
 /// Reads one record's header and checks it against the index.
@@ -871,6 +877,15 @@ fn uring_runtime() -> Result<tokio_uring::Runtime, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passed_deadline_is_a_timeout_never_a_zero_socket_timeout() {
+        let now = std::time::Instant::now();
+        let err = time_left(now).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        let left = time_left(now + std::time::Duration::from_secs(60)).unwrap();
+        assert!(left > std::time::Duration::ZERO && left <= std::time::Duration::from_secs(60));
+    }
 
     #[test]
     fn a_record_claiming_the_last_sequence_number_is_reported_not_wrapped() {
