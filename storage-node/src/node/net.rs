@@ -342,18 +342,22 @@ pub fn hardened_kad(peer: PeerId, mode: kad::Mode) -> kad::Behaviour<kad::store:
         .set_kbucket_inserts(kad::BucketInserts::Manual)
         .set_record_ttl(None)
         .set_provider_record_ttl(Some(Duration::from_secs(48 * 3600)));
-    let store = kad::store::MemoryStore::with_config(
+    let mut k = kad::Behaviour::with_config(peer, record_store(peer), cfg);
+    k.set_mode(Some(mode));
+    k
+}
+
+/// Kad's store of records and provider announcements, sized for many data items.
+fn record_store(peer: PeerId) -> kad::store::MemoryStore {
+    kad::store::MemoryStore::with_config(
         peer,
         kad::store::MemoryStoreConfig {
-            max_records: 1 << 16,
+            max_records: MAX_RECORDS_KEPT,
             max_value_bytes: 64 << 10,
             max_providers_per_key: 64,
             max_provided_keys: 1 << 16,
         },
-    );
-    let mut k = kad::Behaviour::with_config(peer, store, cfg);
-    k.set_mode(Some(mode));
-    k
+    )
 }
 
 /// The shard protocol behaviour (`/cpchain/shard/3`): `Full` on storage nodes, `Outbound`
@@ -578,11 +582,12 @@ impl OutsiderFrames {
 /// Addresses of one peer taken from its identify message (it chooses them).
 pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
-/// Whether a page of `version`, `len` bytes, for data of `owner` may be kept under `key`: no
-/// page at least as new is kept there, and the kept bytes stay in bounds.
-fn record_is_news(
-    store: &kad::store::MemoryStore,
-    kept: &RecordBytes,
+/// Makes room for a page of `version`, `len` bytes, for data of `owner` (`None`: this
+/// node's own) under `key`: true when no page at least as new is kept there and the kept
+/// bytes stay in bounds, after evicting what [`RecordBytes::make_room`] chose.
+fn make_room_for_news(
+    store: &mut kad::store::MemoryStore,
+    kept: &mut RecordBytes,
     chain_id: u32,
     key: &kad::RecordKey,
     (len, version, owner): (usize, u64, Option<&Address>),
@@ -596,9 +601,19 @@ fn record_is_news(
             }
         }
     }
-    if !kept.fits(key, len, owner) {
+    let Some(evict) = kept.make_room(key, len, owner) else {
         tracing::debug!("not keeping a DHT record: the bytes kept for it are at their bound");
         return false;
+    };
+    if !evict.is_empty() {
+        tracing::debug!(
+            "evicting {} DHT record pages of the owner with the most kept here",
+            evict.len()
+        );
+    }
+    for k in &evict {
+        store.remove(k);
+        kept.forget(k);
     }
     true
 }
@@ -615,7 +630,7 @@ pub fn accept_record(
 ) {
     use kad::store::RecordStore;
     let (key, len) = (record.key.clone(), record.value.len());
-    if !record_is_news(store, kept, chain_id, &key, (len, version, Some(&owner))) {
+    if !make_room_for_news(store, kept, chain_id, &key, (len, version, Some(&owner))) {
         return;
     }
     match store.put(record) {
@@ -776,49 +791,155 @@ pub const MAX_RECORD_BYTES_KEPT: usize = 256 << 20;
 /// (its own, or the ones coordinators publish for its data) cannot take the whole store.
 pub const MAX_RECORD_BYTES_PER_OWNER: usize = 64 << 20;
 
+/// Every kept page counts as at least this many bytes, so the byte bounds bound the number
+/// of pages too: [`MAX_RECORD_BYTES_KEPT`] / this is the store's page limit, and tiny pages
+/// cannot fill it while leaving the bytes unused.
+pub const RECORD_CHARGE_MIN: usize = 4 << 10;
+
+/// Pages kept at most (kad's own store limit).
+pub const MAX_RECORDS_KEPT: usize = MAX_RECORD_BYTES_KEPT / RECORD_CHARGE_MIN;
+
+/// The bytes a page of `len` bytes counts as.
+fn record_charge(len: usize) -> usize {
+    len.max(RECORD_CHARGE_MIN)
+}
+
 /// The sizes of the DHT records kept, for [`MAX_RECORD_BYTES_KEPT`] and
 /// [`MAX_RECORD_BYTES_PER_OWNER`].
-#[derive(Debug, Default)]
+///
+/// When the store is full, a page makes room by evicting pages of the owner that has the
+/// most kept here, as long as that owner would still have more than the newcomer's owner
+/// after the page is kept: shares move toward equal and never swap back and forth, and a
+/// few owners that fill the store early cannot keep everyone else's pages out. Among an
+/// owner's pages the one whose key is farthest from this node goes first (the nodes closest
+/// to a key are the ones lookups ask). This node's own pages never go, and take room from
+/// the biggest owner whatever its size.
+#[derive(Debug)]
 pub struct RecordBytes {
+    /// This node, for the distance to a page's key.
+    local: kad::KBucketKey<PeerId>,
+    /// Charge of every kept page (see [`record_charge`]).
     sizes: HashMap<kad::RecordKey, usize>,
     total: usize,
     owner_of: HashMap<kad::RecordKey, Address>,
-    by_owner: HashMap<Address, usize>,
+    owners: HashMap<Address, OwnerPages>,
+}
+
+/// One owner's kept pages.
+#[derive(Debug, Default)]
+struct OwnerPages {
+    bytes: usize,
+    /// By distance from this node (unique: XOR with one key is one-to-one).
+    keys: std::collections::BTreeMap<kad::KBucketDistance, kad::RecordKey>,
 }
 
 impl RecordBytes {
-    /// Whether keeping `len` bytes under `key` (replacing what is there) for data of `owner`
-    /// (`None`: this node's own page) stays in bounds.
-    pub fn fits(&self, key: &kad::RecordKey, len: usize, owner: Option<&Address>) -> bool {
-        let old = self.sizes.get(key).copied().unwrap_or(0);
-        if self.total - old + len > MAX_RECORD_BYTES_KEPT {
-            return false;
+    /// The account of the records kept by node `local`.
+    pub fn new(local: PeerId) -> RecordBytes {
+        RecordBytes {
+            local: kad::KBucketKey::from(local),
+            sizes: HashMap::new(),
+            total: 0,
+            owner_of: HashMap::new(),
+            owners: HashMap::new(),
         }
-        let Some(o) = owner else { return true };
-        let mine = self.by_owner.get(o).copied().unwrap_or(0);
-        let replaced = if self.owner_of.get(key) == Some(o) {
-            old
-        } else {
-            0
+    }
+
+    /// How far `key` is from this node.
+    fn distance(&self, key: &kad::RecordKey) -> kad::KBucketDistance {
+        self.local.distance(&kad::KBucketKey::new(key.to_vec()))
+    }
+
+    /// Bytes that `owner`'s pages count as here.
+    fn owner_bytes(&self, owner: &Address) -> usize {
+        self.owners.get(owner).map_or(0, |o| o.bytes)
+    }
+
+    /// Whether `len` bytes may be kept under `key` (replacing what is there) for data of
+    /// `owner` (`None`: this node's own page), and if so the pages to evict first to make
+    /// room (often none). `None` when the page may not be kept.
+    pub fn make_room(
+        &self,
+        key: &kad::RecordKey,
+        len: usize,
+        owner: Option<&Address>,
+    ) -> Option<Vec<kad::RecordKey>> {
+        let charge = record_charge(len);
+        let old = self.sizes.get(key).copied().unwrap_or(0);
+        // What the page's owner will have kept here with it.
+        let after = match owner {
+            Some(o) => {
+                let replaced = if self.owner_of.get(key) == Some(o) {
+                    old
+                } else {
+                    0
+                };
+                let after = self.owner_bytes(o) - replaced + charge;
+                if after > MAX_RECORD_BYTES_PER_OWNER {
+                    return None;
+                }
+                after
+            }
+            None => 0,
         };
-        mine - replaced + len <= MAX_RECORD_BYTES_PER_OWNER
+        let mut over = (self.total - old + charge).saturating_sub(MAX_RECORD_BYTES_KEPT);
+        let mut evict = Vec::new();
+        let mut taken: HashMap<&Address, usize> = HashMap::new();
+        while over > 0 {
+            // The owner with the most left after the evictions planned so far.
+            let (big, left) = self
+                .owners
+                .iter()
+                .map(|(a, p)| (a, p.bytes - taken.get(a).copied().unwrap_or(0)))
+                .max_by_key(|(a, left)| (*left, **a))?;
+            if left <= after || Some(big) == owner {
+                return None;
+            }
+            let far = self
+                .owners
+                .get(big)?
+                .keys
+                .values()
+                .rev()
+                .find(|k| *k != key && !evict.contains(*k))?;
+            let c = self.sizes.get(far).copied().unwrap_or(0);
+            *taken.entry(big).or_default() += c;
+            over = over.saturating_sub(c);
+            evict.push(far.clone());
+        }
+        Some(evict)
     }
 
     /// Records that `len` bytes are now kept under `key`, for data of `owner`.
     pub fn note(&mut self, key: kad::RecordKey, len: usize, owner: Option<Address>) {
-        let old = self.sizes.insert(key.clone(), len).unwrap_or(0);
-        self.total = self.total - old + len;
-        if let Some(o) = self.owner_of.remove(&key) {
-            if let Some(n) = self.by_owner.get_mut(&o) {
-                *n -= old;
-                if *n == 0 {
-                    self.by_owner.remove(&o);
+        self.forget(&key);
+        let charge = record_charge(len);
+        self.sizes.insert(key.clone(), charge);
+        self.total += charge;
+        if let Some(o) = owner {
+            self.owner_of.insert(key.clone(), o);
+            let d = self.distance(&key);
+            let pages = self.owners.entry(o).or_default();
+            pages.bytes += charge;
+            pages.keys.insert(d, key);
+        }
+    }
+
+    /// Records that nothing is kept under `key` any more.
+    pub fn forget(&mut self, key: &kad::RecordKey) {
+        let Some(old) = self.sizes.remove(key) else {
+            return;
+        };
+        self.total -= old;
+        if let Some(o) = self.owner_of.remove(key) {
+            let d = self.distance(key);
+            if let Some(pages) = self.owners.get_mut(&o) {
+                pages.bytes -= old;
+                pages.keys.remove(&d);
+                if pages.keys.is_empty() {
+                    self.owners.remove(&o);
                 }
             }
-        }
-        if let Some(o) = owner {
-            self.owner_of.insert(key, o);
-            *self.by_owner.entry(o).or_default() += len;
         }
     }
 }
@@ -1054,7 +1175,7 @@ impl Net {
         let mut pending: HashMap<u64, ResponseChannel<Vec<u8>>> = HashMap::new();
         let mut sync_limit = RateLimit::new(SYNC_REQUESTS_PER_PEER_PER_S);
         let mut outsiders = OutsiderFrames::new(*self.swarm.local_peer_id());
-        let mut record_bytes = RecordBytes::default();
+        let mut record_bytes = RecordBytes::new(*self.swarm.local_peer_id());
         // Record lookups under way: the copies found so far, and who waits for them.
         let mut record_gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordsReply)> = HashMap::new();
         let mut next_id = 0u64;
@@ -1160,7 +1281,7 @@ impl Net {
                             // page newer than the one kept here, within the bytes bound.
                             let (k, len) = (rec.key.clone(), rec.value.len());
                             let kad = &mut self.swarm.behaviour_mut().kad;
-                            if !record_is_news(kad.store_mut(), &record_bytes, records.chain_id, &k, (len, version, None)) {
+                            if !make_room_for_news(kad.store_mut(), &mut record_bytes, records.chain_id, &k, (len, version, None)) {
                                 tracing::debug!("not publishing record page version {version}: a newer one is kept");
                                 continue;
                             }
@@ -1487,8 +1608,9 @@ mod tests {
             let bytes = SignedPage::sign(p, &key, 3).to_bytes();
             kad::Record::new(kad::RecordKey::new(&DataRecord::key(&data, 0)), bytes)
         };
-        let mut store = kad::store::MemoryStore::new(PeerId::random());
-        let mut kept = RecordBytes::default();
+        let local = PeerId::random();
+        let mut store = kad::store::MemoryStore::new(local);
+        let mut kept = RecordBytes::new(local);
         let rk = kad::RecordKey::new(&DataRecord::key(&data, 0));
         let version_kept = |store: &kad::store::MemoryStore| {
             SignedPage::open(&store.get(&rk).unwrap().value, 3, u64::MAX)
@@ -1584,40 +1706,144 @@ mod tests {
 
     #[test]
     fn kept_record_bytes_are_bounded_and_replacements_count_once() {
-        let mut k = RecordBytes::default();
+        let mut k = RecordBytes::new(PeerId::random());
         let key = |i: u32| kad::RecordKey::new(&i.to_le_bytes());
         let owner = |i: u32| Address([(i % 251) as u8; 32]);
         let page = 60 << 10;
+        let fits = |k: &RecordBytes, i: u32, len: usize, o: Option<&Address>| {
+            k.make_room(&key(i), len, o).is_some_and(|e| e.is_empty())
+        };
         let per_owner = MAX_RECORD_BYTES_PER_OWNER / page;
         let fit = MAX_RECORD_BYTES_KEPT / page;
         // Owners fill their budgets one after another until the store is full.
         for i in 0..fit as u32 {
             let o = owner(i / per_owner as u32);
-            assert!(k.fits(&key(i), page, Some(&o)), "page {i}");
+            assert!(fits(&k, i, page, Some(&o)), "page {i}");
             k.note(key(i), page, Some(o));
         }
-        // Full: a new key is refused, a new version of a kept one is not.
-        assert!(!k.fits(&key(u32::MAX), page, None));
-        assert!(k.fits(&key(0), page, Some(&owner(0))));
+        // Full: a new version of a kept page still fits without evicting anything.
+        assert!(fits(&k, 0, page, Some(&owner(0))));
         k.note(key(0), page / 2, Some(owner(0)));
         assert_eq!(k.total, fit * page - page / 2);
-        assert!(k.fits(&key(u32::MAX), page / 2, None));
+        assert!(fits(&k, u32::MAX, page / 2, None));
         // One owner's budget, in a store with room to spare.
-        let mut fresh = RecordBytes::default();
+        let mut fresh = RecordBytes::new(PeerId::random());
         for i in 0..per_owner as u32 {
             fresh.note(key(i), page, Some(owner(0)));
         }
         assert!(fresh.total + page <= MAX_RECORD_BYTES_KEPT);
-        assert!(!fresh.fits(&key(u32::MAX), page, Some(&owner(0))));
-        assert!(fresh.fits(&key(u32::MAX), page, Some(&owner(1))));
-        assert!(fresh.fits(&key(0), page, Some(&owner(0))));
+        assert!(fresh
+            .make_room(&key(u32::MAX), page, Some(&owner(0)))
+            .is_none());
+        assert!(fits(&fresh, u32::MAX, page, Some(&owner(1))));
+        assert!(fits(&fresh, 0, page, Some(&owner(0))));
         // A page that moves to another owner leaves the first one's count.
-        let before = k.by_owner[&owner(0)];
+        let before = k.owner_bytes(&owner(0));
         k.note(key(2), page, Some(owner(7)));
-        assert_eq!(k.by_owner[&owner(0)], before - page);
+        assert_eq!(k.owner_bytes(&owner(0)), before - page);
         // This node's own pages count in the store's total only.
         k.note(key(3), page, None);
         assert!(!k.owner_of.contains_key(&key(3)));
+        // Tiny pages count as RECORD_CHARGE_MIN: the byte bound bounds the page count.
+        let mut tiny = RecordBytes::new(PeerId::random());
+        tiny.note(key(1), 10, Some(owner(1)));
+        assert_eq!(tiny.total, RECORD_CHARGE_MIN);
+        tiny.forget(&key(1));
+        assert_eq!((tiny.total, tiny.owners.len(), tiny.sizes.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_full_record_store_evicts_the_biggest_owners_farthest_pages_for_a_smaller_owner() {
+        let mut k = RecordBytes::new(PeerId::random());
+        let key = |i: u32| kad::RecordKey::new(&i.to_le_bytes());
+        let owner = |i: u8| Address([i; 32]);
+        let page = 64 << 10;
+        let per_owner = (MAX_RECORD_BYTES_PER_OWNER / page) as u32;
+        // Four owners fill the store with their whole budgets.
+        for i in 0..4 * per_owner {
+            let o = owner((i / per_owner) as u8);
+            let evict = k.make_room(&key(i), page, Some(&o)).unwrap();
+            assert!(evict.is_empty());
+            k.note(key(i), page, Some(o));
+        }
+        assert_eq!(k.total, MAX_RECORD_BYTES_KEPT);
+        // A fifth owner's page evicts one of the biggest owner's pages (the ties go to the
+        // greatest address, owner 3), the one farthest from this node.
+        let evict = k.make_room(&key(1 << 20), page, Some(&owner(9))).unwrap();
+        assert_eq!(evict.len(), 1);
+        assert_eq!(k.owner_of[&evict[0]], owner(3));
+        let distance = |r: &kad::RecordKey| k.local.distance(&kad::KBucketKey::new(r.to_vec()));
+        let farthest = k.owners[&owner(3)]
+            .keys
+            .values()
+            .map(distance)
+            .max()
+            .unwrap();
+        assert_eq!(distance(&evict[0]), farthest);
+        // A page of the smallest charge still needs one eviction, however small.
+        assert_eq!(
+            k.make_room(&key(1 << 20), 10, Some(&owner(9)))
+                .unwrap()
+                .len(),
+            1
+        );
+        // The newcomer keeps gaining until it would hold more than the owner it takes from:
+        // shares meet in the middle and never swap back and forth.
+        let mut fifth = 0u32;
+        while let Some(evict) = k.make_room(&key((1 << 20) + fifth), page, Some(&owner(9))) {
+            for e in &evict {
+                k.forget(e);
+            }
+            k.note(key((1 << 20) + fifth), page, Some(owner(9)));
+            fifth += 1;
+            assert!(k.total <= MAX_RECORD_BYTES_KEPT);
+        }
+        let shares: Vec<usize> = (0..4).map(|o| k.owner_bytes(&owner(o))).collect();
+        let newcomer = k.owner_bytes(&owner(9));
+        assert!(
+            shares.iter().all(|s| newcomer <= *s + page),
+            "{shares:?} vs {newcomer}"
+        );
+        assert!(
+            shares.iter().all(|s| *s <= newcomer + page),
+            "{shares:?} vs {newcomer}"
+        );
+        // A big owner cannot make room by evicting a smaller one.
+        assert!(k.make_room(&key(2 << 20), page, Some(&owner(0))).is_none());
+        // This node's own pages take room from the biggest owner whatever its size.
+        assert_eq!(k.make_room(&key(3 << 20), page, None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_page_accepted_into_a_full_store_takes_the_place_of_the_evicted_one() {
+        use kad::store::RecordStore;
+        let local = PeerId::random();
+        let mut store = record_store(local);
+        let mut kept = RecordBytes::new(local);
+        let key = |i: u32| kad::RecordKey::new(&i.to_le_bytes());
+        let rec = |i: u32| kad::Record::new(key(i), vec![1; 10]);
+        // Tiny pages (each counts as RECORD_CHARGE_MIN): four owners fill kad's page limit.
+        let per_owner = (MAX_RECORD_BYTES_PER_OWNER / RECORD_CHARGE_MIN) as u32;
+        for i in 0..4 * per_owner {
+            let o = Address([(i / per_owner) as u8; 32]);
+            accept_record(&mut store, &mut kept, 3, rec(i), (1, o));
+        }
+        assert_eq!(store.records().count(), MAX_RECORDS_KEPT);
+        let before: HashSet<kad::RecordKey> = store.records().map(|r| r.key.clone()).collect();
+        accept_record(
+            &mut store,
+            &mut kept,
+            3,
+            rec(u32::MAX),
+            (1, Address([9; 32])),
+        );
+        let after: HashSet<kad::RecordKey> = store.records().map(|r| r.key.clone()).collect();
+        assert_eq!(after.len(), MAX_RECORDS_KEPT);
+        assert!(after.contains(&key(u32::MAX)));
+        let gone: Vec<_> = before.difference(&after).collect();
+        assert_eq!(gone.len(), 1);
+        assert!(!kept.sizes.contains_key(gone[0]));
+        assert_eq!(kept.total, MAX_RECORD_BYTES_KEPT);
     }
 
     #[test]
