@@ -160,3 +160,63 @@ fn status_and_tx_use_the_local_node_without_flags() {
         );
     }
 }
+
+#[test]
+fn a_one_node_chain_from_init_proposes_every_block_itself() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("mynode");
+    // The default period (1 s, impeach timeout 2 s): a loaded test machine must not
+    // delay the lone proposer into a real impeachment.
+    let o = cpchain(home.path(), &["init", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A free port for the API instead of the default 8645 (tests run side by side).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.join("node.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("127.0.0.1:8645"), "{text}");
+    std::fs::write(
+        &cfg,
+        text.replace("127.0.0.1:8645", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_cpchain"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["node", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(home.path().join("node.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    let start = std::time::Instant::now();
+    let mut height = None;
+    while start.elapsed() < std::time::Duration::from_secs(60) {
+        height = storage_node::node::devnet::height_of(&api);
+        if height.is_some_and(|h| h >= 7) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let impeachments: serde_json::Value = ureq::get(&format!("{api}/impeachments"))
+        .call()
+        .ok()
+        .and_then(|r| r.into_json().ok())
+        .unwrap_or_default();
+    let _ = node.kill();
+    let _ = node.wait();
+    let log = std::fs::read_to_string(home.path().join("node.log")).unwrap_or_default();
+    assert!(
+        height.is_some_and(|h| h >= 7),
+        "height {height:?}; log:\n{log}"
+    );
+    // The only proposer is always up: no block of the chain may be an impeach block.
+    assert_eq!(
+        impeachments.as_array().map(Vec::len),
+        Some(0),
+        "{impeachments}; log:\n{log}"
+    );
+}

@@ -1182,7 +1182,7 @@ impl Engine {
             if b.header.number == number {
                 // Re-send while the height is undecided (lost messages, late peers).
                 self.send_proposal(b);
-                self.propose_at = Some((number, now_ms() + 500));
+                self.resend_later(number);
                 return;
             }
         }
@@ -1216,7 +1216,17 @@ impl Engine {
         self.sizer.proposed(number, b.txs.len(), Instant::now());
         self.sent_block = Some(b.clone());
         self.send_proposal(b);
-        self.propose_at = Some((number, now_ms() + 500));
+        self.resend_later(number);
+    }
+
+    /// Schedules a re-send of our proposal for `number` while that height is undecided. A
+    /// lone validator decides it inside `send_proposal`, and [`Self::after_step`] may then
+    /// have scheduled our turn at the next height: that must not be overwritten (on a
+    /// one-node chain every second block was impeached).
+    fn resend_later(&mut self, number: u64) {
+        if self.machine.height() == number {
+            self.propose_at = Some((number, now_ms() + 500));
+        }
     }
 
     /// Verifies, in one batch, the selected transactions whose signatures were deferred;
