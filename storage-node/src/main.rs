@@ -97,6 +97,9 @@ enum Command {
         /// Signing key file [default: the key in --home].
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Seconds to wait for the transaction to be final (0: print its hash and return).
+        #[arg(long, default_value_t = 30, value_name = "S")]
+        wait_s: u64,
         #[command(subcommand)]
         cmd: node::client::TxCmd,
     },
@@ -516,12 +519,18 @@ fn run(cli: Cli) -> Result<()> {
         | Command::Init { .. }
         | Command::Node { .. }
         | Command::Status { .. } => {}
-        Command::Tx { api, key, cmd } => {
+        Command::Tx {
+            api,
+            key,
+            wait_s,
+            cmd,
+        } => {
             let kp = match key {
                 Some(k) => node::config::load_key(k)?,
                 None => load_key(&home)?,
             };
-            node::client::run_tx(&api_or_local(api), &kp, cmd.clone())?;
+            let wait = std::time::Duration::from_secs(*wait_s);
+            node::client::run_tx(&api_or_local(api), &kp, cmd.clone(), wait)?;
         }
         Command::Keys {
             cmd: KeysCmd::New { force },

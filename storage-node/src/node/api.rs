@@ -972,6 +972,8 @@ fn schemas() -> Value {
             "call": str_prop("Payload kind, e.g. transfer, register_data, grant"),
             "summary": str_prop("Human-readable payload summary"),
             "block": nullable(int_prop("Block that includes it, once final")),
+            "dropped": nullable(str_prop("Why the node dropped it from its pool unincluded \
+                (it could no longer apply, so no block will include it)")),
         })),
         "Block": object(json!({
             "number": int_prop("Height"),

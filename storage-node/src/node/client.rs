@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::api::{MAX_BATCH_BODY, MAX_BATCH_TXS};
-use super::view::{AccountView, StatusView};
+use super::view::{AccountView, StatusView, TxView};
 
 /// Largest response body the client reads, in bytes.
 pub const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
@@ -562,8 +562,9 @@ pub fn build_tx(
     Ok((tx, bytes))
 }
 
-/// `cpchain tx …`: builds, signs and submits the transaction; prints its hash.
-pub fn run_tx(api: &str, key: &Keypair, cmd: TxCmd) -> anyhow::Result<()> {
+/// `cpchain tx …`: builds, signs and submits the transaction; prints its hash, then waits
+/// up to `wait` for it to be final (says in which block), failing if the node drops it.
+pub fn run_tx(api: &str, key: &Keypair, cmd: TxCmd, wait: Duration) -> anyhow::Result<()> {
     let client = ApiClient::new(api);
     let (tx, bytes) = build_tx(&client, key, cmd)?;
     let hash = client
@@ -576,7 +577,51 @@ pub fn run_tx(api: &str, key: &Keypair, cmd: TxCmd) -> anyhow::Result<()> {
         tx.from,
         tx.nonce
     );
-    Ok(())
+    if wait.is_zero() {
+        return Ok(());
+    }
+    let start = std::time::Instant::now();
+    loop {
+        match client.get_json::<TxView>(&format!("/txs/{}", hash.to_hex())) {
+            Ok(TxView {
+                block: Some(b), ..
+            }) => {
+                eprintln!("final in block {b}");
+                return Ok(());
+            }
+            Ok(TxView {
+                dropped: Some(why),
+                ..
+            }) => anyhow::bail!(
+                "the transaction will not be included: {why} (the node dropped it and nothing \
+                 was spent; its nonce {} is free for the next one)",
+                tx.nonce
+            ),
+            Ok(_) => {}
+            Err(ClientError::Server { status: 404, .. }) => anyhow::bail!(
+                "the node no longer holds the transaction (pushed out by higher fees, or left \
+                 waiting too long behind a missing nonce): send it again"
+            ),
+            // A busy or restarting node: the transaction may still go through.
+            Err(e) => tracing::debug!("asking for tx {}: {e}", hash.to_hex()),
+        }
+        if start.elapsed() >= wait {
+            let next = client.account(&tx.from).map(|a| a.nonce).ok();
+            eprintln!(
+                "not final after {} s: still pending{} (--wait-s to wait longer; \
+                 cpchain status shows the chain)",
+                wait.as_secs(),
+                match next {
+                    Some(n) if n < tx.nonce => format!(
+                        ", behind nonce {n} of this account, which no block has included yet"
+                    ),
+                    _ => String::new(),
+                }
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `cpchain status`: prints the node's status.

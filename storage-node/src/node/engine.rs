@@ -1078,7 +1078,7 @@ impl Engine {
             .commit(block, cert, &receipt, &self.state)
             .context("committing to the chain store")?;
         let expired = self.mempool.expirations();
-        self.mempool.on_block(block, &self.state);
+        self.mempool.on_block(block, &self.state, &self.cfg);
         if self.mempool.expirations() > expired {
             tracing::info!(
                 "dropped {} transactions that waited {} blocks behind a nonce gap",

@@ -146,6 +146,7 @@ fn tx_view(t: &Tx, block: Option<u64>) -> TxView {
                 call: call.into(),
                 summary,
                 block,
+                dropped: None,
             }
         }
         Tx::Penalty { proposer, number } => TxView {
@@ -157,6 +158,7 @@ fn tx_view(t: &Tx, block: Option<u64>) -> TxView {
             call: "penalty".into(),
             summary: format!("impeached {proposer} at {number}"),
             block,
+            dropped: None,
         },
     }
 }
@@ -284,6 +286,12 @@ impl NodeApi for EngineHandle {
         self.query(move |e| -> anyhow::Result<Option<TxView>> {
             if let Some(t) = e.mempool.get(&h) {
                 return Ok(Some(tx_view(&Tx::Signed(t.clone()), None)));
+            }
+            if let Some((t, why)) = e.mempool.dropped(&h) {
+                return Ok(Some(TxView {
+                    dropped: Some(why.to_string()),
+                    ..tx_view(&Tx::Signed(t.clone()), None)
+                }));
             }
             let Some(n) = e.tx_index.get(&h).copied() else {
                 return Ok(None);

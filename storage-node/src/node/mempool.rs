@@ -21,7 +21,7 @@
 //! [`chain::State::select_valid`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 
 use chain::{Address, Amount, Block, ChainConfig, SignedTx, State, Tx, TxPayload};
@@ -227,7 +227,16 @@ pub struct Mempool {
     height: u64,
     /// Decompressed sender keys.
     keys: chain::KeyCache,
+    /// The latest transactions dropped because they could no longer apply, with why
+    /// (at most [`DROPPED_KEPT`], oldest out first).
+    dropped: VecDeque<(Hash, SignedTx, String)>,
+    /// Transactions dropped because they could no longer apply, in all.
+    dropped_invalid: u64,
 }
+
+/// Dropped transactions remembered for [`Mempool::dropped`] (transactions are at most
+/// 64 KiB, so at most 16 MiB).
+const DROPPED_KEPT: usize = 256;
 
 /// The value `payload` moves out of the sender's balance when it applies (besides the fee).
 fn payload_spend(payload: &TxPayload) -> Amount {
@@ -257,7 +266,23 @@ impl Mempool {
             expired: 0,
             height: 0,
             keys: chain::KeyCache::default(),
+            dropped: VecDeque::new(),
+            dropped_invalid: 0,
         }
+    }
+
+    /// A transaction this pool dropped without its being included, because it could no
+    /// longer apply (it never will), and why; only the latest few are remembered.
+    pub fn dropped(&self, hash: &Hash) -> Option<(&SignedTx, &str)> {
+        self.dropped
+            .iter()
+            .find(|(h, _, _)| h == hash)
+            .map(|(_, t, why)| (t, why.as_str()))
+    }
+
+    /// Transactions dropped because they could no longer apply, in all.
+    pub fn dropped_invalid(&self) -> u64 {
+        self.dropped_invalid
     }
 
     /// The pool's limits.
@@ -765,10 +790,18 @@ impl Mempool {
     /// nonce (included elsewhere under another hash, or superseded), and every transaction
     /// that has waited behind a nonce gap for `stranded_blocks` blocks. Sweeps every pending
     /// sender, so a missed block is caught up too.
-    pub fn on_block(&mut self, block: &Block, state: &State) {
+    ///
+    /// A sender the block moved on has a new next transaction, which was checked against
+    /// the chain only if it was already next when it arrived: it is checked now, and
+    /// dropped if it cannot apply (a campaign for too many terms, say), since no block
+    /// would ever include it and every later nonce of its sender would wait behind it for
+    /// good. See [`Mempool::dropped`].
+    pub fn on_block(&mut self, block: &Block, state: &State, cfg: &ChainConfig) {
         self.height = self.height.max(block.header.number);
+        let mut moved = HashSet::new();
         for tx in &block.txs {
-            if let Tx::Signed(_) = tx {
+            if let Tx::Signed(t) = tx {
+                moved.insert(t.from);
                 if let Some((addr, nonce)) = self.by_hash.get(&tx.hash()).copied() {
                     self.remove_entry(&addr, nonce);
                 }
@@ -777,6 +810,26 @@ impl Mempool {
         let senders: Vec<Address> = self.accounts.keys().copied().collect();
         for addr in senders {
             self.prune_account(&addr, state.nonce(&addr));
+        }
+        for addr in moved {
+            let nonce = state.nonce(&addr);
+            let Some(e) = self.accounts.get(&addr).and_then(|q| q.txs.get(&nonce)) else {
+                continue;
+            };
+            let Err(why) = state.check_tx(cfg, &e.tx) else {
+                continue;
+            };
+            if let Some(e) = self.remove_entry(&addr, nonce) {
+                tracing::info!(
+                    "dropping transaction {} of {addr} (nonce {nonce}): {why}",
+                    e.hash.to_hex()
+                );
+                self.dropped_invalid = self.dropped_invalid.saturating_add(1);
+                if self.dropped.len() == DROPPED_KEPT {
+                    self.dropped.pop_front();
+                }
+                self.dropped.push_back((e.hash, e.tx, why.to_string()));
+            }
         }
     }
 
@@ -1003,7 +1056,7 @@ mod tests {
             };
             let block = Block { header, txs };
             self.state.apply_block(&self.cfg, &block).unwrap();
-            pool.on_block(&block, &self.state);
+            pool.on_block(&block, &self.state, &self.cfg);
         }
 
         /// Whether `txs` apply in sequence on the current state.
@@ -1066,6 +1119,44 @@ mod tests {
         let mut p = Mempool::new(MempoolConfig::default());
         w.add1(&mut p, w.tx(1, 1, 10)).unwrap();
         assert!(p.select(100, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_transaction_that_cannot_apply_is_dropped_once_it_is_next() {
+        let mut w = World::new(2);
+        let mut p = Mempool::new(MempoolConfig::default());
+        // Only the contract owner may set the RPT window.
+        let (user, chain_id) = (w.users[1].clone(), w.cfg.chain_id);
+        let bad = |nonce| {
+            SignedTx::sign(
+                &user,
+                chain_id,
+                nonce,
+                10,
+                TxPayload::UpdateRptWindow { blocks: 5 },
+            )
+        };
+        // Next in line, it is refused at once.
+        assert!(invalid_reason(&w.add1(&mut p, bad(0))).contains("update_window"));
+        // Behind nonce 0 it is not checked against the chain yet; nonce 2 waits behind it.
+        w.add1(&mut p, w.tx(1, 0, 10)).unwrap();
+        let bad_hash = w.add1(&mut p, bad(1)).unwrap();
+        w.add1(&mut p, w.tx(1, 2, 10)).unwrap();
+        assert_eq!(p.pending_nonce(&w.u(1), 0), 3);
+        w.commit(&mut p, vec![w.tx(1, 0, 10)]);
+        // Now next, it is checked and dropped, and the node can say why.
+        assert!(!p.contains(&bad_hash));
+        let (t, why) = p.dropped(&bad_hash).unwrap();
+        assert_eq!(t, &bad(1));
+        assert!(why.contains("update_window"), "{why}");
+        assert_eq!(p.dropped_invalid(), 1);
+        // The sender's next nonce is the dropped one again: a new transaction fills it and
+        // the one that waited goes with it.
+        assert_eq!(p.pending_nonce(&w.u(1), 1), 1);
+        w.add1(&mut p, w.tx(1, 1, 10)).unwrap();
+        let sel = p.select(100, usize::MAX);
+        assert_eq!(nonces_of(&sel, w.u(1)), vec![1, 2]);
+        assert!(w.applies(&sel));
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct TxView {
     pub summary: String,
     /// Block that includes it, once final.
     pub block: Option<u64>,
+    /// Why the node dropped it from its pool unincluded, if it did: it could no longer
+    /// apply, so no block will include it.
+    #[serde(default)]
+    pub dropped: Option<String>,
 }
 
 /// A block as shown by the API.

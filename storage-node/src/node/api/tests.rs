@@ -76,6 +76,7 @@ fn tx_view() -> TxView {
         call: "transfer".into(),
         summary: "1 CPC to <script>alert(1)</script>".into(),
         block: Some(HEIGHT),
+        dropped: None,
     }
 }
 
@@ -129,7 +130,19 @@ impl NodeApi for FakeNode {
         Ok((0..=HEIGHT).rev().take(limit).map(block_view).collect())
     }
     fn tx(&self, hash: &Hash) -> anyhow::Result<Option<TxView>> {
-        Ok((*hash == known_tx()).then(tx_view))
+        // What was submitted is final at once, except revocations, which it drops.
+        let sent = self.submitted.lock().unwrap().iter().find_map(|t| {
+            let signed = Tx::Signed(t.clone());
+            (signed.hash() == *hash).then(|| match t.payload {
+                TxPayload::Revoke { .. } => TxView {
+                    dropped: Some("no such grant".into()),
+                    block: None,
+                    ..tx_view()
+                },
+                _ => tx_view(),
+            })
+        });
+        Ok(sent.or_else(|| (*hash == known_tx()).then(tx_view)))
     }
     fn recent_txs(&self, limit: usize) -> anyhow::Result<Vec<TxView>> {
         Ok(vec![tx_view(); limit.min(3)])
@@ -906,6 +919,36 @@ fn shutdown_stops_the_server() {
 }
 
 #[test]
+fn the_client_waits_until_its_transaction_is_final_or_dropped() {
+    let s = Server::start();
+    let kp = Keypair::from_seed([6; 32]);
+    let opts = TxOpts {
+        fee: client::parse_cpc(client::DEFAULT_FEE).unwrap(),
+        nonce: None,
+    };
+    let cmd = TxCmd::Transfer {
+        to: reader(),
+        amount: CPC,
+        opts: opts.clone(),
+    };
+    client::run_tx(&s.base, &kp, cmd, Duration::from_secs(10)).unwrap();
+    let cmd = TxCmd::Revoke {
+        id: data_id(),
+        reader: reader(),
+        opts,
+    };
+    let err = format!(
+        "{:#}",
+        client::run_tx(&s.base, &kp, cmd, Duration::from_secs(10)).unwrap_err()
+    );
+    assert!(err.contains("will not be included: no such grant"), "{err}");
+    assert!(
+        err.contains(&format!("nonce {PENDING_NONCE} is free")),
+        "{err}"
+    );
+}
+
+#[test]
 fn client_signs_and_submits() {
     let s = Server::start();
     let kp = Keypair::from_seed([6; 32]);
@@ -917,7 +960,7 @@ fn client_signs_and_submits() {
             nonce: None,
         },
     };
-    client::run_tx(&s.base, &kp, cmd).unwrap();
+    client::run_tx(&s.base, &kp, cmd, Duration::ZERO).unwrap();
     let sent = s.node.submitted.lock().unwrap().pop().unwrap();
     assert_eq!(sent.from, Address::of(&kp.public()));
     assert_eq!(sent.nonce, PENDING_NONCE);
@@ -947,7 +990,10 @@ fn client_signs_and_submits() {
             nonce: None,
         },
     };
-    let err = format!("{:#}", client::run_tx(&s.base, &kp, cmd).unwrap_err());
+    let err = format!(
+        "{:#}",
+        client::run_tx(&s.base, &kp, cmd, Duration::ZERO).unwrap_err()
+    );
     assert!(err.contains("fee below the minimum"), "{err}");
     assert!(err.contains("HTTP 400"), "{err}");
     assert!(!err.contains('\n'));
@@ -963,7 +1009,7 @@ fn client_signs_and_submits() {
             nonce: Some(11),
         },
     };
-    client::run_tx(&s.base, &kp, cmd).unwrap();
+    client::run_tx(&s.base, &kp, cmd, Duration::ZERO).unwrap();
     let sent = s.node.submitted.lock().unwrap().pop().unwrap();
     assert_eq!(sent.nonce, 11);
     let TxPayload::ClaimCampaign {
