@@ -99,7 +99,11 @@ pub enum PipelineError {
         id: DataId,
     },
     /// The key in use is not the owner's.
-    #[error("data is owned by key {owner}, but the key in use is {key}")]
+    #[error(
+        "data is owned by key {owner}, but the key in use is {key}: only the owner can \
+         decrypt it for now (a grant or the public policy lets a reader fetch the encrypted \
+         shards, but handing readers the data keys needs proxy re-encryption, not built yet)"
+    )]
     NotOwner {
         /// The data's owner (hex).
         owner: String,
