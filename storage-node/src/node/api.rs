@@ -134,19 +134,43 @@ struct Metrics {
     impeachments: Counter,
     rejected: Counter,
     verify_batch: Histogram,
-    /// Storage role gauges by name (absent on nodes without the role: stay 0).
-    storage: Vec<(&'static str, Gauge)>,
+    /// The storage role's metrics, in [`STORAGE_METRICS`] order (absent on nodes without
+    /// the role: stay 0).
+    storage: Vec<StorageMetric>,
     scrape: Mutex<ScrapeState>,
 }
 
-/// The storage gauges: name suffix, help, and how to read it from the view.
-type StorageGauge = (
+/// One storage metric: a level, or a total that only grows (named `…_total`).
+#[derive(Debug)]
+enum StorageMetric {
+    Gauge(Gauge),
+    Counter(Counter),
+}
+
+/// A storage metric: name suffix, help, and how to read it from the view. Totals (since
+/// the node started) are the [`STORAGE_COUNTERS`]; the rest are levels.
+type StorageRead = (
     &'static str,
     &'static str,
     fn(&super::storage::StorageView) -> u64,
 );
 
-const STORAGE_GAUGES: &[StorageGauge] = &[
+/// The storage metrics that are totals since the node started: Prometheus counters, so
+/// `rate()` works on them.
+const STORAGE_COUNTERS: &[&str] = &[
+    "shards_served",
+    "reads_refused",
+    "audits_answered",
+    "audits_missing",
+    "audits_sent",
+    "audits_passed",
+    "audits_failed",
+    "shards_repaired",
+    "repair_bytes",
+    "unrecoverable_blocks",
+];
+
+const STORAGE_METRICS: &[StorageRead] = &[
     ("shards", "Confirmed shards held", |v| v.shards),
     ("pending_shards", "Uncommitted shards held", |v| v.pending),
     ("data_items", "Data items with shards here", |v| {
@@ -221,6 +245,8 @@ struct ScrapeState {
     impeachments: u64,
     rejected: u64,
     window: VecDeque<(Instant, u64)>,
+    /// The storage counters' totals, in [`STORAGE_METRICS`] order (0 for gauges).
+    storage: Vec<u64>,
 }
 
 fn gauge_value<T: TryInto<i64>>(v: T) -> i64 {
@@ -240,9 +266,12 @@ impl Metrics {
             impeachments: Counter::default(),
             rejected: Counter::default(),
             verify_batch: Histogram::new(BATCH_BUCKETS),
-            storage: STORAGE_GAUGES
+            storage: STORAGE_METRICS
                 .iter()
-                .map(|(n, _, _)| (*n, Gauge::default()))
+                .map(|(n, _, _)| match STORAGE_COUNTERS.contains(n) {
+                    true => StorageMetric::Counter(Counter::default()),
+                    false => StorageMetric::Gauge(Gauge::default()),
+                })
                 .collect(),
             scrape: Mutex::new(ScrapeState::default()),
             registry: Registry::default(),
@@ -289,8 +318,12 @@ impl Metrics {
             "Signatures per verified batch",
             m.verify_batch.clone(),
         );
-        for ((name, help, _), (_, g)) in STORAGE_GAUGES.iter().zip(&m.storage) {
-            registry.register(format!("cpchain_storage_{name}"), *help, g.clone());
+        for ((name, help, _), metric) in STORAGE_METRICS.iter().zip(&m.storage) {
+            let name = format!("cpchain_storage_{name}");
+            match metric {
+                StorageMetric::Gauge(g) => registry.register(name, *help, g.clone()),
+                StorageMetric::Counter(c) => registry.register(name, *help, c.clone()),
+            }
         }
         Metrics { registry, ..m }
     }
@@ -322,12 +355,26 @@ impl Metrics {
             self.verify_batch.observe(*n as f64);
         }
         self.tps.set(tps(&mut st.window, now, view.committed_txs));
-        drop(st);
         if let Some(sv) = &view.storage {
-            for ((_, _, read), (_, g)) in STORAGE_GAUGES.iter().zip(&self.storage) {
-                g.set(gauge_value(read(sv)));
+            st.storage.resize(STORAGE_METRICS.len(), 0);
+            for (((_, _, read), metric), seen) in STORAGE_METRICS
+                .iter()
+                .zip(&self.storage)
+                .zip(st.storage.iter_mut())
+            {
+                let v = read(sv);
+                match metric {
+                    StorageMetric::Gauge(g) => {
+                        g.set(gauge_value(v));
+                    }
+                    StorageMetric::Counter(c) => {
+                        c.inc_by(v.saturating_sub(*seen));
+                        *seen = v;
+                    }
+                }
             }
         }
+        drop(st);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

@@ -798,8 +798,10 @@ fn metrics_text_parses_and_has_every_metric() {
     }
     assert_eq!(value(&samples, "cpchain_height"), HEIGHT as f64);
     assert_eq!(value(&samples, "cpchain_storage_shards"), 1400.0);
-    assert_eq!(value(&samples, "cpchain_storage_audits_failed"), 3.0);
-    assert_eq!(value(&samples, "cpchain_storage_repair_bytes"), 0.0);
+    assert_eq!(value(&samples, "cpchain_storage_audits_failed_total"), 3.0);
+    assert_eq!(value(&samples, "cpchain_storage_repair_bytes_total"), 0.0);
+    assert!(first.contains("# TYPE cpchain_storage_shards_served counter"));
+    assert!(first.contains("# TYPE cpchain_storage_disk_free_bytes gauge"));
     assert_eq!(value(&samples, "cpchain_committed_txs_total"), 100.0);
     // NaN latency samples are dropped.
     assert_eq!(value(&samples, "cpchain_commit_latency_seconds_count"), 2.0);
@@ -824,6 +826,8 @@ fn metrics_text_parses_and_has_every_metric() {
     assert_eq!(value(&samples, "cpchain_rejected_txs_total"), 4.0);
     assert_eq!(value(&samples, "cpchain_commit_latency_seconds_count"), 4.0);
     assert_eq!(value(&samples, "cpchain_verify_batch_size_count"), 2.0);
+    // The node's storage totals did not move: the counters stay, not added twice.
+    assert_eq!(value(&samples, "cpchain_storage_audits_failed_total"), 3.0);
     // 100 txs in ~0.2 s: well above 0, well below 100/0.2 = 500 plus slack.
     let tps = value(&samples, "cpchain_tps");
     assert!(tps > 10.0 && tps <= 600.0, "tps {tps}");
