@@ -4,7 +4,7 @@
 use crypto_accel::{CodecError, DataId};
 use thiserror::Error;
 
-use crate::types::{Address, Amount};
+use crate::types::{format_cpc, Address, Amount};
 
 /// Result alias for the chain crate.
 pub type ChainResult<T> = Result<T, ChainError>;
@@ -78,7 +78,7 @@ pub enum ChainError {
         addr: Address,
     },
     /// Not enough funds.
-    #[error("insufficient balance: need {need}, have {have}")]
+    #[error("insufficient balance: need {} CPC, have {} CPC", format_cpc(*.need), format_cpc(*.have))]
     InsufficientBalance {
         /// Amount needed.
         need: Amount,
@@ -173,7 +173,7 @@ pub enum ChainError {
         reader: Address,
     },
     /// A deposit below a pool's minimum.
-    #[error("{pool} deposit would be {got}, minimum is {min}")]
+    #[error("{pool} deposit would be {} CPC, minimum is {} CPC", format_cpc(*.got), format_cpc(*.min))]
     BelowMinimum {
         /// Pool name.
         pool: &'static str,

@@ -44,6 +44,7 @@ pub use tx::{
     MAX_ITEM_NAME, MAX_SEALED_KEY,
 };
 pub use types::{
-    get_amount, put_amount, Address, Amount, BlockKind, Certificate, DoubleVote, Header, Vote,
-    VoteKind, CPC, MAX_BLOCK_TXS, MAX_PAYLOAD_BYTES, MAX_VALIDATORS, PROTOCOL_VERSION,
+    format_cpc, get_amount, put_amount, Address, Amount, BlockKind, Certificate, DoubleVote,
+    Header, Vote, VoteKind, CPC, MAX_BLOCK_TXS, MAX_PAYLOAD_BYTES, MAX_VALIDATORS,
+    PROTOCOL_VERSION,
 };

@@ -18,6 +18,18 @@ pub type Amount = u128;
 /// One CPC in base units.
 pub const CPC: Amount = 1_000_000_000_000_000_000;
 
+/// Base units shown as CPC, with the trailing zeros of the decimals removed ("12.5",
+/// "0.001", "200000"): how amounts read in messages meant for people.
+pub fn format_cpc(amount: Amount) -> String {
+    let int = amount / CPC;
+    let frac = amount % CPC;
+    if frac == 0 {
+        return int.to_string();
+    }
+    let f = format!("{frac:018}");
+    format!("{int}.{}", f.trim_end_matches('0'))
+}
+
 /// Most transactions one block may carry.
 pub const MAX_BLOCK_TXS: usize = 65_536;
 /// Most validator signatures a certificate may carry.

@@ -281,16 +281,7 @@ pub fn parse_cpc(s: &str) -> Result<Amount, String> {
         .ok_or_else(too_big)
 }
 
-/// Formats base units as CPC with the trailing zeros of the decimals removed.
-pub fn format_cpc(amount: Amount) -> String {
-    let int = amount / CPC;
-    let frac = amount % CPC;
-    if frac == 0 {
-        return int.to_string();
-    }
-    let f = format!("{frac:018}");
-    format!("{int}.{}", f.trim_end_matches('0'))
-}
+pub use chain::format_cpc;
 
 fn parse_address_arg(s: &str) -> Result<Address, String> {
     let t = s.trim();
@@ -633,52 +624,70 @@ pub fn run_status(api: &str) -> anyhow::Result<()> {
     } else {
         s.roles.join(", ")
     };
-    println!("node        {} ({roles})", s.name);
-    println!("chain id    {}", s.chain_id);
-    println!("address     {}", s.address);
-    println!("peer id     {}", s.peer_id);
-    println!(
-        "height      {}{}",
-        s.height,
-        if s.syncing { " (syncing)" } else { "" }
-    );
-    println!("head        {}", s.head_hash);
-    println!("term/view   {} / {}", s.term, s.view);
-    println!("next        {}", s.next_proposer.as_deref().unwrap_or("-"));
-    println!("lbft        {} round {}", s.phase, s.round);
-    println!("peers       {}", s.peers);
-    println!("mempool     {}", s.mempool);
-    println!("impeached   {}", s.impeachments);
-    println!("period      {} ms", s.period_ms);
-    if let Some(st) = &s.storage {
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        println!(
-            "storage     {} shards of {} data items ({} uncommitted); disk {:.2} GiB used, {:.1} GiB free",
-            st.shards,
-            st.data_items,
-            st.pending,
-            gib(st.disk_used),
-            gib(st.disk_free)
-        );
-        println!(
-            "served      {} shards, {} reads refused; audits answered {}, missing {}",
-            st.served, st.refused, st.audits_answered, st.audits_missing
-        );
-        println!(
-            "coordinate  {} data items: audits {} sent, {} passed, {} failed; {} shards repaired ({:.1} MiB), {} blocks unrecoverable",
-            st.coordinated,
-            st.audits_sent,
-            st.audits_passed,
-            st.audits_failed,
-            st.shards_repaired,
-            st.repair_bytes as f64 / (1u64 << 20) as f64,
-            st.unrecoverable_blocks
-        );
-        for f in st.recent_failures.iter().rev().take(5) {
-            println!("  failure   {f}");
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let printed = (|| -> std::io::Result<()> {
+        writeln!(o, "node        {} ({roles})", s.name)?;
+        writeln!(o, "chain id    {}", s.chain_id)?;
+        writeln!(o, "address     {}", s.address)?;
+        writeln!(o, "peer id     {}", s.peer_id)?;
+        writeln!(
+            o,
+            "height      {}{}",
+            s.height,
+            if s.syncing { " (syncing)" } else { "" }
+        )?;
+        writeln!(o, "head        {}", s.head_hash)?;
+        writeln!(o, "term/view   {} / {}", s.term, s.view)?;
+        writeln!(
+            o,
+            "next        {}",
+            s.next_proposer.as_deref().unwrap_or("-")
+        )?;
+        writeln!(o, "lbft        {} round {}", s.phase, s.round)?;
+        writeln!(o, "peers       {}", s.peers)?;
+        writeln!(o, "mempool     {}", s.mempool)?;
+        writeln!(o, "impeached   {}", s.impeachments)?;
+        writeln!(o, "period      {} ms", s.period_ms)?;
+        if let Some(st) = &s.storage {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            writeln!(
+                o,
+                "storage     {} shards of {} data items ({} uncommitted); disk {:.2} GiB used, {:.1} GiB free",
+                st.shards,
+                st.data_items,
+                st.pending,
+                gib(st.disk_used),
+                gib(st.disk_free)
+            )?;
+            writeln!(
+                o,
+                "served      {} shards, {} reads refused; audits answered {}, missing {}",
+                st.served, st.refused, st.audits_answered, st.audits_missing
+            )?;
+            writeln!(
+                o,
+                "coordinate  {} data items: audits {} sent, {} passed, {} failed; {} shards repaired ({:.1} MiB), {} blocks unrecoverable",
+                st.coordinated,
+                st.audits_sent,
+                st.audits_passed,
+                st.audits_failed,
+                st.shards_repaired,
+                st.repair_bytes as f64 / (1u64 << 20) as f64,
+                st.unrecoverable_blocks
+            )?;
+            for f in st.recent_failures.iter().rev().take(5) {
+                writeln!(o, "  failure   {f}")?;
+            }
         }
+        o.flush()
+    })();
+    // A reader that went away (`cpchain status | head -1`, EPIPE) ends the output quietly,
+    // where `println!` would panic; as `print_out` in main.rs.
+    match printed {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to standard output"),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -567,8 +567,9 @@ impl Mempool {
             return Err(refuse(
                 RejectReason::InsufficientBalance,
                 format!(
-                    "fee plus value {spend} exceeds the balance {}",
-                    acct.balance
+                    "fee plus value {} CPC exceeds the balance {} CPC",
+                    chain::format_cpc(spend),
+                    chain::format_cpc(acct.balance)
                 ),
             ));
         }
@@ -1357,7 +1358,7 @@ mod tests {
         // The poor account holds 10 units: fee 11 cannot be paid.
         let r = w.add1(&mut p, w.tx_by(&w.poor, 0, 11));
         assert!(
-            invalid_reason(&r).contains("exceeds the balance 10"),
+            invalid_reason(&r).contains("exceeds the balance 0.00000000000000001 CPC"),
             "{r:?}"
         );
         // 4 + 1 fits, twice does not: pending spend is cumulative.
