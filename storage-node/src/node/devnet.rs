@@ -434,10 +434,12 @@ pub fn send_signal(pid: u32, sig: &str) -> std::io::Result<()> {
 pub fn run(p: DevnetParams) -> Result<()> {
     let file = prepare(&p)?;
     println!(
-        "devnet: {} validators, {} proposers, {} storage nodes, {} ms blocks; data in {}",
+        "devnet: {} validators, {} proposers, {} storage nodes (the validators store shards \
+         too: {} holders), {} ms blocks; data in {}",
         p.validators,
         p.proposers,
         p.storage,
+        p.storage + p.validators,
         p.period_ms,
         p.data_dir.display()
     );
