@@ -1118,3 +1118,19 @@ fn the_rnodes_closest_to_a_data_id_are_the_deposited_ones_by_xor_distance() {
     assert!(!c.state.rnodes_closest(&c.cfg, &target, 9).contains(&c.u(5)));
     assert!(c.state.rnodes_closest(&c.cfg, &target, 0).is_empty());
 }
+
+#[test]
+fn rnodes_are_listed_largest_deposit_first() {
+    let mut c = Chain::new(6, 1_000);
+    assert!(c.state.rnodes(&c.cfg, 10).is_empty());
+    // Users 0..3 stake 200k, 300k and 200k CPC; the others do not.
+    for (i, cpc) in [(0, 200_000), (1, 300_000), (2, 200_000)] {
+        let k = c.users[i].clone();
+        c.ok(&k, TxPayload::RNodeDeposit { amount: cpc * CPC });
+    }
+    let mut ties = vec![(c.u(0), 200_000 * CPC), (c.u(2), 200_000 * CPC)];
+    ties.sort();
+    let want = [vec![(c.u(1), 300_000 * CPC)], ties].concat();
+    assert_eq!(c.state.rnodes(&c.cfg, 10), want);
+    assert_eq!(c.state.rnodes(&c.cfg, 2), want[..2]);
+}

@@ -685,6 +685,21 @@ impl State {
         self.rnode_deposit(addr) >= cfg.rnode_min_deposit
     }
 
+    /// Up to `n` RNodes (holders of at least the RNode minimum) with their deposits,
+    /// largest deposit first (ties by address).
+    pub fn rnodes(&self, cfg: &ChainConfig, n: usize) -> Vec<(Address, Amount)> {
+        let mut v: Vec<(Address, Amount)> = self
+            .tables
+            .rnodes
+            .iter()
+            .filter(|(_, f)| f.0 >= cfg.rnode_min_deposit)
+            .map(|(a, f)| (*a, f.0))
+            .collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
     /// The `n` RNodes whose addresses are XOR-closest to `target` (a data id), closest
     /// first: the storage nodes that may coordinate that data.
     pub fn rnodes_closest(&self, cfg: &ChainConfig, target: &[u8; 32], n: usize) -> Vec<Address> {

@@ -465,6 +465,7 @@ fn routes() -> Routes {
     .get("/data/{id}/grants/{reader}", grant)
     .get("/storage/held/{id}", held)
     .get("/candidates", candidates)
+    .get("/rnodes", rnodes)
     .get("/rpt/{address}", rpt)
     .get("/committee", committee)
     .get("/impeachments", impeachments)
@@ -715,6 +716,10 @@ async fn grant(
 
 async fn candidates(State(st): State<AppState>) -> Response {
     Json(st.api.candidates()).into_response()
+}
+
+async fn rnodes(State(st): State<AppState>) -> Response {
+    Json(st.api.rnodes()).into_response()
 }
 
 async fn rpt(
@@ -1064,6 +1069,12 @@ fn schemas() -> Value {
             "end_term": int_prop("End term (exclusive)"),
             "rpt": int_prop("RPT in hundredths"),
         })),
+        "RNode": object(json!({
+            "address": hexs("Address"),
+            "deposit": amount("RNode pool deposit"),
+            "rpt": int_prop("RPT in hundredths"),
+            "candidate": { "type": "boolean", "description": "A proposer candidate for the next term" },
+        })),
         "Rpt": object(json!({
             "address": hexs("Address"),
             "total": int_prop("Weighted total in hundredths"),
@@ -1216,6 +1227,10 @@ pub fn openapi() -> Value {
             "/candidates": { "get": get_op(
                 "Current proposer candidates (RNodes) with their RPT",
                 vec![], json_response("Candidates", array_of("Candidate")), false) },
+            "/rnodes": { "get": get_op(
+                "RNodes (holders of the RNode deposit: they store, audit, repair and may \
+                 campaign) with their RPT, largest deposit first, at most 256",
+                vec![], json_response("RNodes", array_of("RNode")), false) },
             "/rpt/{address}": { "get": get_op(
                 "RPT of an address with its five components",
                 vec![hex_param("address", "Address")],

@@ -367,6 +367,25 @@ impl NodeApi for EngineHandle {
         .flatten()
     }
 
+    fn rnodes(&self) -> Vec<RNodeView> {
+        self.query(|e| {
+            let term = e.state.term().saturating_add(1);
+            let candidates: std::collections::HashSet<chain::Address> =
+                e.state.candidates_of(&e.cfg, term).into_iter().collect();
+            e.state
+                .rnodes(&e.cfg, MAX_RNODES_SHOWN)
+                .into_iter()
+                .map(|(a, deposit)| RNodeView {
+                    address: a.to_hex(),
+                    deposit: amount(deposit),
+                    rpt: e.state.get_rpt(&a).total,
+                    candidate: candidates.contains(&a),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     fn candidates(&self) -> Vec<CandidateView> {
         self.query(|e| {
             let term = e.state.term().saturating_add(1);

@@ -189,6 +189,23 @@ pub struct CandidateView {
     pub rpt: u64,
 }
 
+/// RNodes `GET /rnodes` lists at most (each costs an RPT computation).
+pub const MAX_RNODES_SHOWN: usize = 256;
+
+/// An RNode (a holder of the RNode deposit: it may store, audit and repair data, and
+/// campaign): `GET /rnodes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RNodeView {
+    /// Address.
+    pub address: String,
+    /// RNode pool deposit (base units, decimal string).
+    pub deposit: String,
+    /// RPT in hundredths.
+    pub rpt: u64,
+    /// Whether it is a proposer candidate for the next term.
+    pub candidate: bool,
+}
+
 /// RPT of an address with its five components: `GET /rpt/{address}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RptView {
@@ -312,6 +329,8 @@ pub trait NodeApi: Send + Sync + 'static {
     fn grant(&self, id: &crypto_accel::DataId, reader: &chain::Address) -> Option<GrantView>;
     /// Current proposer candidates with their RPT.
     fn candidates(&self) -> Vec<CandidateView>;
+    /// The RNodes with the largest deposits (at most [`MAX_RNODES_SHOWN`]), with their RPT.
+    fn rnodes(&self) -> Vec<RNodeView>;
     /// RPT of an address.
     fn rpt(&self, address: &chain::Address) -> RptView;
     /// Committees, term and view.

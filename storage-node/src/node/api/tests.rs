@@ -181,6 +181,14 @@ impl NodeApi for FakeNode {
             rpt: 4250,
         }]
     }
+    fn rnodes(&self) -> Vec<RNodeView> {
+        vec![RNodeView {
+            address: Address([9; 32]).to_hex(),
+            deposit: (200_000 * CPC).to_string(),
+            rpt: 4250,
+            candidate: true,
+        }]
+    }
     fn rpt(&self, address: &Address) -> RptView {
         RptView {
             address: address.to_hex(),
@@ -430,6 +438,8 @@ fn views_are_the_nodes() {
     assert_eq!(Some(g), node.grant(&data_id(), &reader()));
     let c: Vec<CandidateView> = serde_json::from_value(s.get_json("/candidates")).unwrap();
     assert_eq!(c, node.candidates());
+    let rn: Vec<RNodeView> = serde_json::from_value(s.get_json("/rnodes")).unwrap();
+    assert_eq!(rn, node.rnodes());
     let r: RptView =
         serde_json::from_value(s.get_json(&format!("/rpt/{}", addr.to_hex()))).unwrap();
     assert_eq!(r, node.rpt(&addr));
