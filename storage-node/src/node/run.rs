@@ -18,14 +18,19 @@ use super::view::NodeApi;
 /// (and counts) events and the API answers "busy".
 const ENGINE_QUEUE: usize = 65_536;
 
-/// Installs a log subscriber honouring `RUST_LOG` (default `info`, libp2p at `warn`).
+/// Installs a log subscriber honouring `RUST_LOG` (default `info`, libp2p at `warn`), in
+/// colour only on a terminal (and without `NO_COLOR`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=error,libp2p=warn")
     });
+    // Colours only for a person at a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .try_init();
 }
 
