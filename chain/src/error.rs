@@ -109,7 +109,7 @@ pub enum ChainError {
         what: &'static str,
     },
     /// An owner-only function called by someone else.
-    #[error("{caller} may not call {function}")]
+    #[error("only the owner may call {function}, and {caller} is not it")]
     NotOwner {
         /// The caller.
         caller: Address,
@@ -199,10 +199,15 @@ pub enum ChainError {
         until: u64,
     },
     /// Campaign requires an RNode.
-    #[error("{addr} is not an RNode")]
+    #[error(
+        "{addr} is not an RNode: campaigning needs an RNode deposit of at least {} CPC first",
+        format_cpc(*.min)
+    )]
     NotRNode {
         /// The address.
         addr: Address,
+        /// The RNode minimum deposit.
+        min: Amount,
     },
     /// Already a candidate.
     #[error("{addr} is already a candidate")]

@@ -397,7 +397,14 @@ fn rnode_pool_campaign_and_admission() {
     let owner = c.owner.clone();
     let dep = 5_000 * CPC;
     let p = proofs(&c, &a);
-    c.rejects(&k, claim(1, dep, p), ChainError::NotRNode { addr: a });
+    c.rejects(
+        &k,
+        claim(1, dep, p),
+        ChainError::NotRNode {
+            addr: a,
+            min: c.cfg.rnode_min_deposit,
+        },
+    );
     c.rejects(
         &k,
         TxPayload::RNodeDeposit {

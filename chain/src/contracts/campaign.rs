@@ -37,7 +37,10 @@ pub(crate) fn claim<S: Store>(
     seed_number: u64,
 ) -> ChainResult<()> {
     if s.get::<RNodes>(&from).unwrap_or_default().0 < cx.cfg.rnode_min_deposit {
-        return Err(ChainError::NotRNode { addr: from });
+        return Err(ChainError::NotRNode {
+            addr: from,
+            min: cx.cfg.rnode_min_deposit,
+        });
     }
     if s.get::<Candidates>(&from).is_some() {
         return Err(ChainError::AlreadyCandidate { addr: from });
