@@ -2,7 +2,7 @@
 //! and a self-checking demo.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -12,9 +12,16 @@ use clap::{Parser, Subcommand};
 use crypto_accel::{AeadAlgo, DataId, Keypair};
 use indicatif::{ProgressBar, ProgressStyle};
 use storage_node::{
-    node, open, seal, BackendChoice, ChunkStore, Manifest, ManifestDir, OpenParams, SealParams,
-    StoreConfig, StoreSink,
+    node, open, seal, BackendChoice, ChunkStore, Manifest, ManifestDir, OpenParams, PipelineError,
+    SealParams, StoreConfig, StoreSink,
 };
+
+/// `println!` that survives a closed standard output (see [`print_out`]); `?`s its error.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        print_out(|o| writeln!(o, $($arg)*))?
+    };
+}
 
 /// cpchain: encrypted, erasure-coded data storage anchored on a thin chain.
 #[derive(Debug, Parser)]
@@ -135,8 +142,9 @@ enum Command {
         /// Where to write the plaintext [default: standard output].
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Only bytes A to B (exclusive), e.g. `--range 0-1048576`.
-        #[arg(long, value_parser = parse_range)]
+        /// Only bytes START to END (exclusive; clamped to the data's length), or START- for
+        /// START to the end, e.g. `--range 0-1MiB`, `--range 1MiB-`.
+        #[arg(long, value_name = "START-END", value_parser = parse_range)]
         range: Option<(u64, u64)>,
         /// Test hook: start knowing no holder, so every block is found by a second lookup.
         #[arg(long, hide = true)]
@@ -219,16 +227,40 @@ fn api_or_local(api: &Option<String>) -> String {
     api.clone().unwrap_or_else(node::devnet::local_node_api)
 }
 
+/// `START-END` (END exclusive) or `START-`: to the end of the data, as END = `u64::MAX`,
+/// which `open` and `Dfs::get` clamp to the data's length like any END.
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("'{s}' is not a range: use A-B, e.g. 0-1048576"))?;
+    let usage = || format!("'{s}' is not a range: use START-END or START-, e.g. 0-1MiB or 1MiB-");
+    let (a, b) = s.split_once('-').ok_or_else(usage)?;
+    if a.trim().is_empty() {
+        return Err(usage());
+    }
     let a = parse_size(a)?;
-    let b = parse_size(b)?;
+    let b = if b.trim().is_empty() {
+        u64::MAX
+    } else {
+        parse_size(b)?
+    };
     if b < a {
         return Err(format!("range {s} ends before it starts"));
     }
+    if b == a {
+        return Err(format!("range {s} is empty: END is exclusive"));
+    }
     Ok((a, b))
+}
+
+/// Checks `range` (from [`parse_range`]) against data `len` bytes long, before anything is
+/// fetched: it must start inside the data (its end is clamped to the length).
+fn check_range(range: Option<(u64, u64)>, len: u64) -> Result<()> {
+    match range {
+        Some(_) if len == 0 => bail!("the data is empty (0 bytes): get it without --range"),
+        Some((a, _)) if a >= len => bail!(
+            "range starts at byte {a}, past the end of the data ({}): START must be below {len}",
+            count(len, "byte")
+        ),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,9 +348,54 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: what went wrong, with its causes, and what to do.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `e` and its causes on one line, each said once. Some errors print their source in their
+/// own message and also return it from `source()`, so `{e:#}` would say it twice
+/// (`Is a directory (os error 21): Is a directory (os error 21)`): a cause whose text the
+/// line already holds is left out.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
+}
+
+/// Runs `print` on the locked standard output, for what a user may pipe on
+/// (`cpchain ls | head -1`). A reader that went away (EPIPE) is no error: the rest of the
+/// output is dropped quietly and the command goes on, where `println!` would panic.
+fn print_out(print: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match print(&mut out).and_then(|()| out.flush()) {
+        Err(e) if is_epipe(&e) => Ok(()),
+        r => r.context("writing to standard output"),
+    }
+}
+
+/// Whether the reader of our output went away (EPIPE; Rust ignores SIGPIPE, so a write
+/// fails instead of killing the process).
+fn is_epipe(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::BrokenPipe
+}
+
+/// `n` and its noun, singular or plural: `1 block`, `14 blocks`.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -409,35 +486,40 @@ fn net_get(
     range: Option<(u64, u64)>,
     blind: bool,
 ) -> Result<()> {
+    if range.is_some() {
+        // The manifest (and so the length) comes only inside `Dfs::get`; the chain has the
+        // registered size, which is the manifest's length. When the chain cannot say, the
+        // check after the get below still refuses a range that selected nothing.
+        let registered = node::client::ApiClient::new(&net.api())
+            .get_json::<node::view::DataView>(&format!("/data/{id}"));
+        if let Ok(d) = registered {
+            check_range(range, d.size)?;
+        }
+    }
     let mut dfs = net.connect(reader, 1, net.discover_s.min(3))?;
     if blind {
         dfs.start_gets_blind();
     }
     let bar = bytes_bar(None, "fetching");
-    let report = match output {
-        None => dfs.get(
-            id,
-            BufWriter::with_capacity(OUT_BUF, io::stdout()),
-            range,
-            &|n| bar.set_position(n),
-        )?,
-        Some(p) if p.as_os_str() == "-" => dfs.get(
-            id,
-            BufWriter::with_capacity(OUT_BUF, io::stdout()),
-            range,
-            &|n| bar.set_position(n),
-        )?,
-        Some(out) => write_output(out, |w| dfs.get(id, w, range, &|n| bar.set_position(n)))?,
-    };
+    let report = write_to(output, |w| {
+        let r = dfs.get(id, w, range, &|n| bar.set_position(n))?;
+        if let Some((a, _)) = range.filter(|_| r.open.bytes == 0) {
+            bail!("range starts at byte {a}, at or past the end of the data: START must be lower");
+        }
+        Ok(r)
+    })?;
     bar.finish_and_clear();
+    let Some(report) = report else {
+        return Ok(());
+    };
     eprintln!(
-        "fetched {} at {:.0} MiB/s, first byte after {:.0} ms ({} blocks rebuilt, {} shards missing, {} slow shards passed over, {} rejected)",
+        "fetched {} at {:.0} MiB/s, first byte after {:.0} ms ({} rebuilt, {} missing, {} passed over, {} rejected)",
         human(report.open.bytes),
         mib_per_s(report.open.bytes, report.total_s),
         report.first_byte_s * 1000.0,
-        report.open.blocks_reconstructed,
-        report.shards_unreachable(),
-        report.shards_slow,
+        count(report.open.blocks_reconstructed, "block"),
+        count(report.shards_unreachable(), "shard"),
+        count(report.shards_slow, "slow shard"),
         report.open.shards_corrupt
     );
     if report.relocations > 0 {
@@ -448,12 +530,19 @@ fn net_get(
         );
     }
     if report.shards_wrong > 0 {
+        let were = if report.shards_wrong == 1 {
+            "was"
+        } else {
+            "were"
+        };
         eprintln!(
-            "{} shards came with wrong bytes and were asked for again, sealed: {} then came \
+            "{} came with wrong bytes and {} asked for again, sealed: {} then came \
              intact (changed on the way); the sealed ask did not mend the rest (refused, wrong \
              again or unanswered: damaged on their holder's disk, say), and other shards or \
              holders stood in for them",
-            report.shards_wrong, report.shards_wrong_recovered
+            count(report.shards_wrong, "shard"),
+            were,
+            report.shards_wrong_recovered
         );
     }
     Ok(())
@@ -500,7 +589,7 @@ fn run(cli: Cli) -> Result<()> {
             period_ms,
         } => {
             let p = node::config::init(dir, genesis.as_deref(), *period_ms)?;
-            println!(
+            outln!(
                 "wrote {}; start it with: cpchain node --config {}",
                 p.display(),
                 p.display()
@@ -537,10 +626,13 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let kp = Keypair::generate();
             write_key(&home, &kp, *force)?;
-            println!("{}", kp.public());
+            outln!("{}", kp.public());
             eprintln!("key written to {}", key_path(&home).display());
         }
-        Command::Keys { cmd: KeysCmd::Show } => println!("{}", load_key(&home)?.public()),
+        Command::Keys { cmd: KeysCmd::Show } => {
+            let public = load_key(&home)?.public();
+            outln!("{public}");
+        }
         Command::Put {
             file,
             seal: args,
@@ -549,30 +641,53 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let params = args.params()?;
             let owner = net.key(&home)?;
-            let (input, len): (Box<dyn Read + Send>, Option<u64>) = if file.as_os_str() == "-" {
-                (Box::new(io::stdin()), None)
+            type Input = Box<dyn BufRead + Send>;
+            let (mut input, len, name): (Input, Option<u64>, String) = if file.as_os_str() == "-" {
+                let stdin = BufReader::with_capacity(1 << 20, io::stdin());
+                (Box::new(stdin), None, "standard input".to_string())
             } else {
                 let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
-                let len = f.metadata().map(|m| m.len()).ok();
-                (Box::new(BufReader::with_capacity(1 << 20, f)), len)
+                let meta = f
+                    .metadata()
+                    .with_context(|| format!("reading the metadata of {}", file.display()))?;
+                if meta.is_dir() {
+                    bail!(
+                        "{} is a directory: put stores one file (pack a directory first, e.g. with tar)",
+                        file.display()
+                    );
+                }
+                // A FIFO or device says 0 whatever it holds: no length for the progress bar.
+                let len = meta.is_file().then_some(meta.len());
+                let f = BufReader::with_capacity(1 << 20, f);
+                (Box::new(f), len, file.display().to_string())
             };
             if !net.local {
+                // The chain refuses to register empty data, and only once every shard is
+                // uploaded: refused here, before any is. (Also for a pipe, whose length no
+                // metadata tells: this waits for its first bytes.)
+                if input
+                    .fill_buf()
+                    .with_context(|| format!("reading {name}"))?
+                    .is_empty()
+                {
+                    bail!("{name} is empty: there is nothing to store");
+                }
                 let need = usize::from(params.k) + usize::from(params.m);
                 let dfs = net.connect(owner, need, net.discover_s)?;
                 let bar = bytes_bar(len, "uploading");
                 let r = dfs.put(input, &params, (*policy).into(), &|n| bar.set_position(n))?;
                 bar.finish_and_clear();
                 eprintln!(
-                    "stored {} in {} blocks on {} storage nodes: sealed and uploaded at {:.0} MiB/s \
-                     ({} uploads moved to another node), registered and committed in {:.1} s",
+                    "stored {} in {} on {}: sealed and uploaded at {:.0} MiB/s \
+                     ({} moved to another node), registered and committed in {:.1} s",
                     human(r.bytes),
-                    r.blocks,
-                    r.holders,
+                    count(r.blocks as u64, "block"),
+                    count(r.holders as u64, "storage node"),
                     mib_per_s(r.bytes, r.upload_s),
-                    r.retries,
+                    count(r.retries, "upload"),
                     r.register_s
                 );
-                println!("{}", r.data);
+                outln!("{}", r.data);
                 return Ok(());
             }
             let store = ChunkStore::open(home.join("store"), store_config(&cli))?;
@@ -585,15 +700,15 @@ fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
             let id = manifests.save(&manifest)?;
             eprintln!(
-                "sealed {} in {} blocks ({}+{} shards each) at {:.0} MiB/s into {}",
+                "sealed {} in {} ({}+{} shards each) at {:.0} MiB/s into {}",
                 human(manifest.length),
-                manifest.blocks.len(),
+                count(manifest.blocks.len() as u64, "block"),
                 manifest.k,
                 manifest.m,
                 mib_per_s(manifest.length, t.elapsed().as_secs_f64()),
                 home.join("store").display()
             );
-            println!("{id}");
+            outln!("{id}");
             store.close()?;
         }
         Command::Get {
@@ -604,6 +719,13 @@ fn run(cli: Cli) -> Result<()> {
             net,
         } => {
             let id = parse_data_id(data_id)?;
+            if let Some(out) = output.as_deref().filter(|o| o.is_dir()) {
+                bail!(
+                    "{} is a directory: give -o the file to write, e.g. -o {}",
+                    out.display(),
+                    out.join("NAME").display()
+                );
+            }
             let owner = net.key(&home)?;
             if !net.local {
                 return net_get(
@@ -618,68 +740,54 @@ fn run(cli: Cli) -> Result<()> {
             if *test_blind_start {
                 bail!("--test-blind-start is for gets over the network, not --local");
             }
-            let Some(output) = output else {
-                bail!("--local needs -o FILE (or -o - for standard output)");
-            };
             let manifests = ManifestDir::open(home.join("manifests"))?;
             let manifest = manifests.load(&id)?;
+            check_range(*range, manifest.length)?;
             let store = ChunkStore::open(home.join("store"), store_config(&cli))?;
             let bar = bytes_bar(Some(manifest.length), "opening");
             let t = Instant::now();
-            let report = if output.as_os_str() == "-" {
-                open(
-                    &manifest,
-                    &owner,
-                    &store,
-                    BufWriter::with_capacity(OUT_BUF, io::stdout()),
-                    &OpenParams {
-                        range: *range,
-                        ..OpenParams::default()
-                    },
-                    &|n| bar.set_position(n),
-                )?
-            } else {
-                write_output(output, |w| {
-                    Ok(open(
-                        &manifest,
-                        &owner,
-                        &store,
-                        w,
-                        &OpenParams {
-                            range: *range,
-                            ..OpenParams::default()
-                        },
-                        &|n| bar.set_position(n),
-                    )?)
-                })?
+            let params = OpenParams {
+                range: *range,
+                ..OpenParams::default()
             };
+            let report = write_to(output.as_deref(), |w| {
+                Ok(open(&manifest, &owner, &store, w, &params, &|n| {
+                    bar.set_position(n)
+                })?)
+            })?;
             bar.finish_and_clear();
+            let Some(report) = report else {
+                return Ok(());
+            };
             eprintln!(
-                "opened {} at {:.0} MiB/s ({} blocks rebuilt, {} shards missing, {} rejected)",
+                "opened {} at {:.0} MiB/s ({} rebuilt, {} missing, {} rejected)",
                 human(report.bytes),
                 mib_per_s(report.bytes, t.elapsed().as_secs_f64()),
-                report.blocks_reconstructed,
-                report.shards_missing,
+                count(report.blocks_reconstructed, "block"),
+                count(report.shards_missing, "shard"),
                 report.shards_corrupt
             );
         }
         Command::Ls => {
             let manifests = ManifestDir::open(home.join("manifests"))?;
-            let mut n = 0;
-            for id in manifests.ids()? {
-                match manifests.load(&id) {
-                    Ok(m) => println!(
-                        "{id}  {:>10}  {} blocks  {}+{}",
-                        human(m.length),
-                        m.blocks.len(),
-                        m.k,
-                        m.m
-                    ),
-                    Err(e) => println!("{id}  damaged: {e}"),
+            let ids = manifests.ids()?;
+            print_out(|o| {
+                for id in &ids {
+                    match manifests.load(id) {
+                        Ok(m) => writeln!(
+                            o,
+                            "{id}  {:>10}  {:>10}  {}+{}",
+                            human(m.length),
+                            count(m.blocks.len() as u64, "block"),
+                            m.k,
+                            m.m
+                        )?,
+                        Err(e) => writeln!(o, "{id}  damaged: {e}")?,
+                    }
                 }
-                n += 1;
-            }
-            eprintln!("{n} data items");
+                Ok(())
+            })?;
+            eprintln!("{}", count(ids.len() as u64, "data item"));
         }
         Command::Rm { data_id } => {
             let id = parse_data_id(data_id)?;
@@ -694,18 +802,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             manifests.remove(&id)?;
             let c = store.compact()?;
-            eprintln!("deleted {deleted} shards; compaction: {c:?}");
+            eprintln!(
+                "deleted {}; compaction: {} compacted, {} moved, {} reclaimed",
+                count(deleted, "shard"),
+                count(c.segments_compacted, "segment"),
+                count(c.records_moved, "record"),
+                human(c.bytes_reclaimed)
+            );
             store.close()?;
         }
         Command::Stats => {
             let store = ChunkStore::open(home.join("store"), store_config(&cli))?;
             let s = store.stats();
-            println!("backend      {}", store.backend());
-            println!("chunks       {}", s.chunks);
-            println!("live bytes   {}", human(s.live_bytes));
-            println!("disk bytes   {}", human(s.disk_bytes));
-            println!("capacity     {}", human(s.capacity_bytes));
-            println!("segments     {}", s.segments);
+            print_out(|o| {
+                writeln!(o, "backend      {}", store.backend())?;
+                writeln!(o, "chunks       {}", s.chunks)?;
+                writeln!(o, "live bytes   {}", human(s.live_bytes))?;
+                writeln!(o, "disk bytes   {}", human(s.disk_bytes))?;
+                writeln!(o, "capacity     {}", human(s.capacity_bytes))?;
+                writeln!(o, "segments     {}", s.segments)
+            })?;
             store.close()?;
         }
         Command::Demo { size, seal: args } => demo(&cli, *size, &args.params()?)?,
@@ -749,7 +865,7 @@ impl Write for HashWriter {
 fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     use rand::{RngCore, SeedableRng};
     let dir = tempfile_dir()?;
-    println!(
+    outln!(
         "cpchain demo: {} sample, {}+{} erasure code, {} blocks, {}",
         human(size),
         params.k,
@@ -757,7 +873,7 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
         human(u64::from(params.block_size)),
         params.algo.name()
     );
-    println!("working in {}", dir.display());
+    outln!("working in {}", dir.display());
     // 1. A sample file of pseudo-random bytes, hashed as it is written.
     let sample = dir.join("sample.bin");
     let mut expect = blake3::Hasher::new();
@@ -780,7 +896,7 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     }
     let owner = Keypair::generate();
     let store = ChunkStore::open(dir.join("store"), store_config(cli))?;
-    println!("chunk store backend: {}", store.backend());
+    outln!("chunk store backend: {}", store.backend());
 
     // 2. Seal into the store.
     let bar = bytes_bar(Some(size), "sealing");
@@ -792,7 +908,7 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     let seal_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let stats = store.stats();
-    println!(
+    outln!(
         "sealed   {} -> {} shards ({} on disk) in {:.2} s: {:.0} MiB/s, durable (group commits: {})",
         human(size),
         stats.chunks,
@@ -801,7 +917,7 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
         mib_per_s(size, seal_s),
         stats.syncs
     );
-    println!("data id  {}", manifest.data_id());
+    outln!("data id  {}", manifest.data_id());
 
     // 3. Lose m shards of every block (a different random set per block).
     let mut rng = rand::rngs::StdRng::seed_from_u64(size ^ 0x5eed);
@@ -819,7 +935,7 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
             lost += 1;
         }
     }
-    println!("deleted  {lost} shards ({} of every block's {n})", params.m);
+    outln!("deleted  {lost} shards ({} of every block's {n})", params.m);
 
     // 4. Open from the k survivors and compare.
     let bar = bytes_bar(Some(size), "opening");
@@ -835,7 +951,7 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     )?;
     let open_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    println!(
+    outln!(
         "opened   {} in {:.2} s: {:.0} MiB/s ({} blocks rebuilt from parity, {} shards missing)",
         human(report.bytes),
         open_s,
@@ -846,7 +962,7 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     if out.1 != size || out.0.finalize() != expect.finalize() {
         bail!("round trip FAILED: the opened bytes differ from the sample");
     }
-    println!(
+    outln!(
         "verified round trip: {} identical bytes (BLAKE3 {})",
         out.1,
         expect.finalize().to_hex()
@@ -861,29 +977,63 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
 /// while small writes (the edges of a ranged get) are still gathered.
 const OUT_BUF: usize = 64 << 10;
 
+/// Where `get` writes the plaintext.
+type Output = Box<dyn Write + Send>;
+
+/// Runs `get` writing to `out`: standard output for `None` or `-`, else the file (see
+/// [`write_output`]). A reader of standard output that went away before the end
+/// (`get ID -o - | head -c 100`) ends the get quietly, as [`print_out`] does: `None`.
+fn write_to<T>(out: Option<&Path>, get: impl FnOnce(Output) -> Result<T>) -> Result<Option<T>> {
+    if let Some(out) = out.filter(|o| o.as_os_str() != "-") {
+        return write_output(out, get).map(Some);
+    }
+    // Only a failed write of the output counts, not (say) a peer's connection.
+    let reader_gone = |e: &anyhow::Error| {
+        e.chain()
+            .any(|c| matches!(c.downcast_ref(), Some(PipelineError::Write(w)) if is_epipe(w)))
+    };
+    match get(Box::new(BufWriter::with_capacity(OUT_BUF, io::stdout()))) {
+        Err(e) if reader_gone(&e) => Ok(None),
+        r => r.map(Some),
+    }
+}
+
 /// Runs `get` writing to `out`. A regular file (or a new one) is written under a temporary
 /// name and renamed once `get` succeeds, so a failed get never leaves a partial file that
-/// looks complete; anything else that exists (a device such as `/dev/null`, a FIFO) is
-/// written in place, never replaced.
-fn write_output<T>(out: &Path, get: impl FnOnce(BufWriter<File>) -> Result<T>) -> Result<T> {
+/// looks complete, nor the plaintext it held: the temporary file is removed whatever ends
+/// the get early (an error, a failed rename, a panic). Anything else that exists (a device
+/// such as `/dev/null`, a FIFO) is written in place, never replaced.
+fn write_output<T>(out: &Path, get: impl FnOnce(Output) -> Result<T>) -> Result<T> {
     let special = fs::metadata(out).is_ok_and(|m| !m.is_file() && !m.is_dir());
     if special {
         let f = fs::OpenOptions::new()
             .write(true)
             .open(out)
             .with_context(|| format!("opening {}", out.display()))?;
-        return get(BufWriter::with_capacity(OUT_BUF, f));
+        return get(Box::new(BufWriter::with_capacity(OUT_BUF, f)));
     }
     let tmp = out.with_extension("cpchain-partial");
     let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    match get(BufWriter::with_capacity(OUT_BUF, f)) {
-        Ok(r) => {
-            fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
-            Ok(r)
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
+    let mut partial = Partial {
+        path: tmp,
+        renamed: false,
+    };
+    let r = get(Box::new(BufWriter::with_capacity(OUT_BUF, f)))?;
+    fs::rename(&partial.path, out).with_context(|| format!("renaming to {}", out.display()))?;
+    partial.renamed = true;
+    Ok(r)
+}
+
+/// The temporary file of [`write_output`]: removed when dropped, unless it was renamed.
+struct Partial {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = fs::remove_file(&self.path);
         }
     }
 }

@@ -220,3 +220,216 @@ fn a_one_node_chain_from_init_proposes_every_block_itself() {
         "{impeachments}; log:\n{log}"
     );
 }
+
+/// `cpchain ARGS` with standard output a pipe whose reader is already gone, as in
+/// `cpchain ls | head -1` once `head` has exited: every write fails with EPIPE.
+fn cpchain_to_closed_pipe(home: &Path, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_cpchain"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run cpchain")
+}
+
+/// Answers every HTTP request on a loopback port with `body` as JSON; returns its URL.
+fn serve_json(body: String) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn a_closed_standard_output_ends_the_output_quietly() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert!(cpchain(h, &["keys", "new"]).status.success());
+    let input = h.join("in.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    std::fs::write(&input, &data).unwrap();
+    let o = cpchain(h, &["put", "--local", input.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+
+    let status = serde_json::to_string(&storage_node::node::view::StatusView::default()).unwrap();
+    let api = serve_json(status);
+    // The fake node answers: status prints (to a terminal or a reader) normally.
+    let o = cpchain(h, &["status", "--api", &api]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("chain id"));
+
+    let file = input.to_str().unwrap();
+    for args in [
+        &["status", "--api", &api][..],
+        &["ls"][..],
+        &["stats"][..],
+        &["keys", "show"][..],
+        &["put", "--local", file][..],
+        &["get", "--local", &id, "-o", "-"][..],
+        &["get", "--local", &id][..],
+    ] {
+        let o = cpchain_to_closed_pipe(h, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            !e.contains("panicked") && !e.contains("Broken pipe"),
+            "{args:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn local_get_ranges_outputs_and_wording() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert!(cpchain(h, &["keys", "new"]).status.success());
+    let small = h.join("small.bin");
+    let data = b"hello, world!\n";
+    std::fs::write(&small, data).unwrap();
+    let o = cpchain(h, &["put", "--local", small.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // One block, not "1 blocks".
+    assert!(stderr(&o).contains("in 1 block ("), "{}", stderr(&o));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+
+    // --local without -o writes to standard output, as the help says.
+    let o = cpchain(h, &["get", "--local", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, data);
+
+    // Ranges: START-END (END exclusive) and START- (to the end).
+    for (range, want) in [
+        ("5-7", &data[5..7]),
+        ("5-", &data[5..]),
+        ("0-1MiB", &data[..]),
+    ] {
+        let o = cpchain(h, &["get", "--local", &id, "--range", range]);
+        assert!(o.status.success(), "{range}: {}", stderr(&o));
+        assert_eq!(o.stdout, want, "{range}");
+    }
+    // A range starting at or past the end is an error naming the length, before any output.
+    let out = h.join("out.bin");
+    for range in ["100-200", "14-", "14-15"] {
+        let o = cpchain(
+            h,
+            &[
+                "get",
+                "--local",
+                &id,
+                "--range",
+                range,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(!o.status.success(), "{range}");
+        let e = stderr(&o);
+        assert!(e.contains("14 bytes"), "{range}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert!(!out.exists() && !out.with_extension("cpchain-partial").exists());
+    }
+    for range in ["5-5", "7-5", "-5"] {
+        let o = cpchain(h, &["get", "--local", &id, &format!("--range={range}")]);
+        assert!(!o.status.success(), "{range}");
+        assert!(o.stdout.is_empty(), "{range}");
+    }
+
+    // An existing directory as -o: refused up front, nothing left next to it.
+    let adir = h.join("adir");
+    std::fs::create_dir(&adir).unwrap();
+    let o = cpchain(h, &["get", "--local", &id, "-o", adir.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    assert!(!adir.with_extension("cpchain-partial").exists());
+
+    // A get that fails once writing began (another key's data) leaves no partial file.
+    assert!(cpchain(h, &["keys", "new", "--force"]).status.success());
+    let o = cpchain(h, &["get", "--local", &id, "-o", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("owned by key"), "{}", stderr(&o));
+    assert!(!out.exists() && !out.with_extension("cpchain-partial").exists());
+
+    // rm says what compaction did in words, not a Debug dump.
+    let o = cpchain(h, &["rm", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("deleted 14 shards; compaction: "), "{e}");
+    assert!(
+        e.contains("reclaimed") && !e.contains("CompactReport"),
+        "{e}"
+    );
+}
+
+#[test]
+fn empty_input_is_refused_before_connecting_and_errors_say_it_once() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert!(cpchain(h, &["keys", "new"]).status.success());
+    let empty = h.join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    // Port 1: nothing listens, so reaching the node would fail; the emptiness is found first.
+    let o = cpchain(
+        h,
+        &[
+            "put",
+            empty.to_str().unwrap(),
+            "--node",
+            "http://127.0.0.1:1",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("empty.bin is empty: there is nothing to store"),
+        "{}",
+        stderr(&o)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_cpchain"))
+        .arg("--home")
+        .arg(h)
+        .args(["put", "-", "--node", "http://127.0.0.1:1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("standard input is empty"),
+        "{}",
+        stderr(&o)
+    );
+    // Locally an empty file is stored as before.
+    let o = cpchain(h, &["put", "--local", empty.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // An OS error is said once, not once more for each error that wraps it.
+    let file_home = h.join("not-a-dir");
+    std::fs::write(&file_home, b"x").unwrap();
+    let o = cpchain(&file_home, &["ls"]);
+    assert!(!o.status.success());
+    assert_eq!(
+        stderr(&o).matches("Not a directory").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+}
