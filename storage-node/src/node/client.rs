@@ -574,15 +574,12 @@ pub fn run_tx(api: &str, key: &Keypair, cmd: TxCmd, wait: Duration) -> anyhow::R
     let start = std::time::Instant::now();
     loop {
         match client.get_json::<TxView>(&format!("/txs/{}", hash.to_hex())) {
-            Ok(TxView {
-                block: Some(b), ..
-            }) => {
+            Ok(TxView { block: Some(b), .. }) => {
                 eprintln!("final in block {b}");
                 return Ok(());
             }
             Ok(TxView {
-                dropped: Some(why),
-                ..
+                dropped: Some(why), ..
             }) => anyhow::bail!(
                 "the transaction will not be included: {why} (the node dropped it and nothing \
                  was spent; its nonce {} is free for the next one)",
