@@ -165,7 +165,7 @@ impl ApiClient {
             }
             Err(ureq::Error::Transport(t)) => Err(ClientError::Unreachable {
                 url: url.to_string(),
-                reason: t.to_string(),
+                reason: transport_reason(&t),
             }),
         }
     }
@@ -246,6 +246,21 @@ fn parse_hash(url: &str, s: &str) -> ClientResult<Hash> {
         url: url.to_string(),
         reason: format!("{s:?} is not a hash"),
     })
+}
+
+/// What went wrong on the way to the node, without the URL (which ureq's own text starts
+/// with, and [`ClientError::Unreachable`] names already).
+fn transport_reason(t: &ureq::Transport) -> String {
+    let mut reason = t.kind().to_string();
+    if let Some(m) = t.message() {
+        reason.push_str(": ");
+        reason.push_str(m);
+    }
+    if let Some(src) = std::error::Error::source(t) {
+        reason.push_str(": ");
+        reason.push_str(&src.to_string());
+    }
+    reason
 }
 
 /// Parses a CPC amount with up to 18 decimals (`1.5`, `0.001`, `1000`) into base units.
