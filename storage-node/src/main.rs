@@ -92,14 +92,16 @@ enum Command {
     },
     /// Show a node's status.
     Status {
-        /// The node's API [default: the local devnet or node, else http://127.0.0.1:8645].
-        #[arg(long, env = "CPCHAIN_API", value_name = "URL")]
+        /// The node's API [default: $CPCHAIN_NODE, else the local devnet or node, else
+        /// http://127.0.0.1:8645] (also --node).
+        #[arg(long, alias = "node", env = "CPCHAIN_API", value_name = "URL")]
         api: Option<String>,
     },
     /// Sign and submit a transaction to a node.
     Tx {
-        /// The node's API [default: the local devnet or node, else http://127.0.0.1:8645].
-        #[arg(long, env = "CPCHAIN_API", value_name = "URL")]
+        /// The node's API [default: $CPCHAIN_NODE, else the local devnet or node, else
+        /// http://127.0.0.1:8645] (also --node).
+        #[arg(long, alias = "node", env = "CPCHAIN_API", value_name = "URL")]
         api: Option<String>,
         /// Signing key file [default: the key in --home].
         #[arg(long)]
@@ -177,9 +179,10 @@ struct NetArgs {
     /// Use this machine's chunk store (under --home) instead of the network.
     #[arg(long)]
     local: bool,
-    /// A node's API [default: the local devnet or node, else http://127.0.0.1:8645].
-    #[arg(long, env = "CPCHAIN_NODE", value_name = "URL")]
-    node: Option<String>,
+    /// A node's API [default: $CPCHAIN_NODE, else the local devnet or node, else
+    /// http://127.0.0.1:8645] (also --node).
+    #[arg(long, alias = "node", env = "CPCHAIN_API", value_name = "URL")]
+    api: Option<String>,
     /// Key file of the owner or reader [default: the key in --home].
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
@@ -218,13 +221,17 @@ impl NetArgs {
     }
 
     fn api(&self) -> String {
-        api_or_local(&self.node)
+        api_or_local(&self.api)
     }
 }
 
-/// The API given, else the local devnet's or node's (see `node::devnet::local_node_api`).
+/// The API given (`--api`, its alias `--node`, or `$CPCHAIN_API`), else `$CPCHAIN_NODE`
+/// (the name data commands used first), else the local devnet's or node's (see
+/// `node::devnet::local_node_api`).
 fn api_or_local(api: &Option<String>) -> String {
-    api.clone().unwrap_or_else(node::devnet::local_node_api)
+    api.clone()
+        .or_else(|| std::env::var("CPCHAIN_NODE").ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(node::devnet::local_node_api)
 }
 
 /// `START-END` (END exclusive) or `START-`: to the end of the data, as END = `u64::MAX`,

@@ -433,3 +433,36 @@ fn empty_input_is_refused_before_connecting_and_errors_say_it_once() {
         stderr(&o)
     );
 }
+
+#[test]
+fn every_command_takes_the_node_api_by_either_name() {
+    let home = tempfile::tempdir().unwrap();
+    assert!(cpchain(home.path(), &["keys", "new"]).status.success());
+    let file = home.path().join("f.bin");
+    std::fs::write(&file, b"some bytes").unwrap();
+    let file = file.to_str().unwrap();
+    // Port 1: nothing listens, so the error names the address each command tried.
+    for (args, env) in [
+        (vec!["status", "--node", "http://127.0.0.1:1"], None),
+        (vec!["put", file, "--api", "http://127.0.0.1:1"], None),
+        (vec!["status"], Some(("CPCHAIN_NODE", "http://127.0.0.1:1"))),
+        (
+            vec!["put", file],
+            Some(("CPCHAIN_API", "http://127.0.0.1:1")),
+        ),
+    ] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cpchain"));
+        c.arg("--home").arg(home.path()).args(&args);
+        c.env_remove("CPCHAIN_API").env_remove("CPCHAIN_NODE");
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            stderr(&o).contains("127.0.0.1:1"),
+            "{args:?} {env:?}: {}",
+            stderr(&o)
+        );
+    }
+}
