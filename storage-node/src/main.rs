@@ -89,6 +89,10 @@ enum Command {
         /// Block period of a new one-node network, ms.
         #[arg(long, default_value_t = 1_000)]
         period_ms: u64,
+        /// A peer of the network to join, as a multiaddr ending in /p2p/<peer id> (a node
+        /// logs its own at start: "listening on …"); repeat for more.
+        #[arg(long, value_name = "MULTIADDR", requires = "genesis")]
+        bootstrap: Vec<String>,
     },
     /// Show a node's status.
     Status {
@@ -594,13 +598,19 @@ fn run(cli: Cli) -> Result<()> {
             dir,
             genesis,
             period_ms,
+            bootstrap,
         } => {
-            let p = node::config::init(dir, genesis.as_deref(), *period_ms)?;
-            outln!(
-                "wrote {}; start it with: cpchain node --config {}",
-                p.display(),
-                p.display()
-            );
+            let made = node::config::init(dir, genesis.as_deref(), *period_ms, bootstrap)?;
+            let p = made.config.display();
+            outln!("wrote {p}; start it with: cpchain node --config {p}");
+            outln!("node address {}", made.address);
+            if genesis.is_some() && bootstrap.is_empty() {
+                eprintln!(
+                    "note: no --bootstrap peer: the node cannot find the network until [network] \
+                     bootstrap in {p} names one (a multiaddr ending in /p2p/<peer id>, which a \
+                     node logs at start: \"listening on …\")"
+                );
+            }
             return Ok(());
         }
         Command::Node { config } => return node::run::run(config),

@@ -224,13 +224,31 @@ impl Default for MempoolSection {
     }
 }
 
+/// Parses TOML `text` read from `path` (a `what` file), with a one-line error: where in the
+/// file and what was wrong (toml's own message draws the line over several).
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, what: &str, path: &Path) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|s| {
+            let before = text.get(..s.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {col}")
+        });
+        anyhow::anyhow!(
+            "parsing {what} {}{}: {}",
+            path.display(),
+            at.unwrap_or_default(),
+            e.message().trim()
+        )
+    })
+}
+
 impl NodeConfig {
     /// Reads and checks a config file; relative paths become relative to its directory.
     pub fn load(path: &Path) -> Result<NodeConfig> {
         let text = fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        let mut cfg: NodeConfig =
-            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        let mut cfg: NodeConfig = parse_toml(&text, "config", path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.data_dir, &mut cfg.key_file, &mut cfg.genesis_file] {
             if p.is_relative() {
@@ -401,7 +419,7 @@ impl Genesis {
     pub fn load(path: &Path) -> Result<Genesis> {
         let text = fs::read_to_string(path)
             .with_context(|| format!("reading genesis {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing genesis {}", path.display()))
+        parse_toml(&text, "genesis", path)
     }
 
     /// Writes it (atomically) as TOML with a header comment.
@@ -537,10 +555,36 @@ pub fn save_key(path: &Path, kp: &Keypair) -> Result<()> {
 
 /// `cpchain init DIR`: a new key, a single-node genesis making this node validator and
 /// proposer (unless `genesis` names an existing file), and a commented `node.toml`.
-pub fn init(dir: &Path, genesis: Option<&Path>, period_ms: u64) -> Result<PathBuf> {
+pub fn init(
+    dir: &Path,
+    genesis: Option<&Path>,
+    period_ms: u64,
+    bootstrap: &[String],
+) -> Result<Initialized> {
     let cfg_path = dir.join("node.toml");
     if cfg_path.exists() {
         bail!("{} already exists", cfg_path.display());
+    }
+    // A joiner's genesis is checked before anything is written, and kept by its absolute
+    // path (the config's relative paths are relative to the config, not to where init ran).
+    let genesis = match genesis {
+        Some(g) => {
+            let g = std::fs::canonicalize(g)
+                .with_context(|| format!("genesis file {}", g.display()))?;
+            Genesis::load(&g)?
+                .chain_config()
+                .with_context(|| format!("genesis file {}", g.display()))?;
+            Some(g)
+        }
+        None => None,
+    };
+    for b in bootstrap {
+        let a: libp2p::Multiaddr = b
+            .parse()
+            .with_context(|| format!("bootstrap address `{b}` is not a multiaddr"))?;
+        if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+            bail!("bootstrap address `{b}` must end in /p2p/<peer id>");
+        }
     }
     let kp = Keypair::generate();
     let addr = Address::of(&kp.public());
@@ -551,10 +595,11 @@ pub fn init(dir: &Path, genesis: Option<&Path>, period_ms: u64) -> Result<PathBu
             .unwrap_or_else(default_name),
         ..NodeConfig::default()
     };
+    cfg.network.bootstrap = bootstrap.to_vec();
     save_key(&dir.join(&cfg.key_file), &kp)?;
     match genesis {
         Some(g) => {
-            cfg.genesis_file = g.to_path_buf();
+            cfg.genesis_file = g;
             cfg.roles = vec![Role::Civilian];
         }
         None => {
@@ -578,7 +623,19 @@ pub fn init(dir: &Path, genesis: Option<&Path>, period_ms: u64) -> Result<PathBu
         }
     }
     write_atomic(&cfg_path, cfg.to_commented_toml().as_bytes(), 0o644)?;
-    Ok(cfg_path)
+    Ok(Initialized {
+        config: cfg_path,
+        address: addr,
+    })
+}
+
+/// What [`init`] wrote.
+#[derive(Debug)]
+pub struct Initialized {
+    /// The node's config file.
+    pub config: PathBuf,
+    /// The node's address (its key's public key).
+    pub address: Address,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -597,7 +654,7 @@ mod tests {
     #[test]
     fn init_writes_a_config_that_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let p = init(dir.path(), None, 1_000).unwrap();
+        let p = init(dir.path(), None, 1_000, &[]).unwrap().config;
         let cfg = NodeConfig::load(&p).unwrap();
         assert!(cfg.has(Role::Validator) && cfg.has(Role::Proposer));
         let g = Genesis::load(&cfg.genesis_file).unwrap();
@@ -606,15 +663,45 @@ mod tests {
         let kp = load_key(&cfg.key_file).unwrap();
         assert_eq!(cc.validators[0], Address::of(&kp.public()));
         assert!(
-            init(dir.path(), None, 1_000).is_err(),
+            init(dir.path(), None, 1_000, &[]).is_err(),
             "refuses to overwrite"
         );
     }
 
     #[test]
+    fn a_joiner_is_checked_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first");
+        let made = init(&first, None, 1_000, &[]).unwrap();
+        let genesis = NodeConfig::load(&made.config).unwrap().genesis_file;
+        let peer = format!("/ip4/127.0.0.1/tcp/4001/p2p/{}", libp2p::PeerId::random());
+        let join = dir.path().join("join");
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        let bad: [(&Path, &[String], &str); 4] = [
+            (&dir.path().join("none.toml"), &[], "none.toml"),
+            (&passwd, &[], "passwd"),
+            (&genesis, &["/ip4/127.0.0.1/tcp/4001".to_string()], "/p2p/"),
+            (&genesis, &["not an address".to_string()], "not a multiaddr"),
+        ];
+        for (g, boot, says) in bad {
+            let e = format!("{:#}", init(&join, Some(g), 1_000, boot).unwrap_err());
+            assert!(e.contains(says), "{says}: {e}");
+            assert!(!join.join("node.key").exists(), "{says}: wrote a key");
+        }
+        let made = init(&join, Some(&genesis), 1_000, std::slice::from_ref(&peer)).unwrap();
+        let cfg = NodeConfig::load(&made.config).unwrap();
+        assert_eq!(cfg.network.bootstrap, vec![peer]);
+        assert_eq!(cfg.roles, vec![Role::Civilian]);
+        assert!(cfg.genesis_file.is_absolute());
+        let kp = load_key(&cfg.key_file).unwrap();
+        assert_eq!(made.address, Address::of(&kp.public()));
+    }
+
+    #[test]
     fn a_genesis_with_values_past_the_chains_arithmetic_is_refused_with_the_field() {
         let dir = tempfile::tempdir().unwrap();
-        let p = init(dir.path(), None, 1_000).unwrap();
+        let p = init(dir.path(), None, 1_000, &[]).unwrap().config;
         let cfg = NodeConfig::load(&p).unwrap();
         let g = Genesis::load(&cfg.genesis_file).unwrap();
         assert!(g.chain_config().is_ok());
