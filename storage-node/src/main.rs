@@ -423,6 +423,26 @@ fn home_dir(cli: &Cli) -> Result<PathBuf> {
     }
 }
 
+/// For the commands that only read this machine's store (`ls`, `stats`, `rm`): `home` must
+/// exist already, or a mistyped --home would be created, empty, and listed as such.
+fn local_home(home: &Path) -> Result<()> {
+    if home.exists() && !home.is_dir() {
+        bail!(
+            "{} is not a directory: --home names the directory of the key and store",
+            home.display()
+        );
+    }
+    if !home.is_dir() {
+        bail!(
+            "{} does not exist: nothing was stored on this machine there (put --local and keys \
+             new create it; --home or CPCHAIN_HOME choose another; data put on the network is \
+             on its storage nodes, not here)",
+            home.display()
+        );
+    }
+    Ok(())
+}
+
 fn store_config(cli: &Cli) -> StoreConfig {
     StoreConfig {
         backend: match cli.backend {
@@ -786,6 +806,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Ls => {
+            local_home(&home)?;
             let manifests = ManifestDir::open(home.join("manifests"))?;
             let ids = manifests.ids()?;
             print_out(|o| {
@@ -808,6 +829,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Rm { data_id } => {
             let id = parse_data_id(data_id)?;
+            local_home(&home)?;
             let manifests = ManifestDir::open(home.join("manifests"))?;
             let manifest = manifests.load(&id)?;
             let store = ChunkStore::open(home.join("store"), store_config(&cli))?;
@@ -829,6 +851,7 @@ fn run(cli: Cli) -> Result<()> {
             store.close()?;
         }
         Command::Stats => {
+            local_home(&home)?;
             let store = ChunkStore::open(home.join("store"), store_config(&cli))?;
             let s = store.stats();
             print_out(|o| {

@@ -422,12 +422,13 @@ fn empty_input_is_refused_before_connecting_and_errors_say_it_once() {
     assert!(o.status.success(), "{}", stderr(&o));
 
     // An OS error is said once, not once more for each error that wraps it.
-    let file_home = h.join("not-a-dir");
-    std::fs::write(&file_home, b"x").unwrap();
-    let o = cpchain(&file_home, &["ls"]);
+    let odd_home = h.join("odd-home");
+    std::fs::create_dir(&odd_home).unwrap();
+    std::fs::write(odd_home.join("store"), b"x").unwrap();
+    let o = cpchain(&odd_home, &["stats"]);
     assert!(!o.status.success());
     assert_eq!(
-        stderr(&o).matches("Not a directory").count(),
+        stderr(&o).matches("File exists").count(),
         1,
         "{}",
         stderr(&o)
@@ -464,5 +465,21 @@ fn every_command_takes_the_node_api_by_either_name() {
             "{args:?} {env:?}: {}",
             stderr(&o)
         );
+    }
+}
+
+#[test]
+fn reading_commands_do_not_create_a_mistyped_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("typo");
+    for cmd in ["ls", "stats"] {
+        let o = cpchain(&home, &[cmd]);
+        assert!(!o.status.success(), "{cmd}");
+        assert!(
+            stderr(&o).contains("does not exist"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+        assert!(!home.exists(), "{cmd} created {}", home.display());
     }
 }
