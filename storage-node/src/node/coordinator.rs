@@ -903,6 +903,7 @@ impl Coordinator {
                         key,
                         value: signed.to_bytes(),
                         version: signed.page.version,
+                        owner: chain::Address::of(&m.owner),
                     });
                 }
             }

@@ -254,6 +254,8 @@ pub enum NetCmd {
         value: Vec<u8>,
         /// The page's version.
         version: u64,
+        /// The owner of the page's data (the page counts for it in the kept bytes).
+        owner: Address,
     },
     /// The proposers elected for the current term: their direct consensus frames are not
     /// counted against [`OUTSIDER_FRAMES_PER_S`] (the genesis committee's never are).
@@ -582,28 +584,38 @@ impl OutsiderFrames {
 /// Addresses of one peer taken from its identify message (it chooses them).
 pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
-/// Makes room for a page of `version`, `len` bytes, for data of `owner` (`None`: this
-/// node's own) under `key`: true when no page at least as new is kept there and the kept
-/// bytes stay in bounds, after evicting what [`RecordBytes::make_room`] chose.
+/// Whether a page may be kept here (see [`make_room_for_news`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// Kept: room was made (evicting what [`RecordBytes::make_room`] chose).
+    Made,
+    /// A page at least as new is kept under its key already.
+    Stale,
+    /// No room: the bytes kept for its owner, or in all, are at their bound.
+    Full,
+}
+
+/// Makes room for a page of `version`, `len` bytes, for data of `owner` under `key`, unless
+/// a page at least as new is kept there or the kept bytes are at their bound.
 fn make_room_for_news(
     store: &mut kad::store::MemoryStore,
     kept: &mut RecordBytes,
     chain_id: u32,
     key: &kad::RecordKey,
-    (len, version, owner): (usize, u64, Option<&Address>),
-) -> bool {
+    (len, version, owner): (usize, u64, &Address),
+) -> Room {
     use kad::store::RecordStore;
     if let Some(old) = store.get(key) {
         // A kept page passed the gate; its clock bound no longer matters.
         if let Ok(o) = SignedPage::open(&old.value, chain_id, u64::MAX) {
             if o.page.version >= version {
-                return false;
+                return Room::Stale;
             }
         }
     }
     let Some(evict) = kept.make_room(key, len, owner) else {
         tracing::debug!("not keeping a DHT record: the bytes kept for it are at their bound");
-        return false;
+        return Room::Full;
     };
     if !evict.is_empty() {
         tracing::debug!(
@@ -615,7 +627,7 @@ fn make_room_for_news(
         store.remove(k);
         kept.forget(k);
     }
-    true
+    Room::Made
 }
 
 /// Keeps a DHT record page that [`RecordGate::check`] let through (of `version`, for data of
@@ -630,11 +642,11 @@ pub fn accept_record(
 ) {
     use kad::store::RecordStore;
     let (key, len) = (record.key.clone(), record.value.len());
-    if !make_room_for_news(store, kept, chain_id, &key, (len, version, Some(&owner))) {
+    if make_room_for_news(store, kept, chain_id, &key, (len, version, &owner)) != Room::Made {
         return;
     }
     match store.put(record) {
-        Ok(()) => kept.note(key, len, Some(owner)),
+        Ok(()) => kept.note(key, len, owner),
         Err(e) => tracing::debug!("keeping a DHT record: {e}"),
     }
 }
@@ -796,6 +808,10 @@ pub const MAX_RECORD_BYTES_PER_OWNER: usize = 64 << 20;
 /// cannot fill it while leaving the bytes unused.
 pub const RECORD_CHARGE_MIN: usize = 4 << 10;
 
+/// Peers a page is published to when this node has no room to keep it (kad's own
+/// replication factor).
+const RECORD_REPLICATION: usize = 20;
+
 /// Pages kept at most (kad's own store limit).
 pub const MAX_RECORDS_KEPT: usize = MAX_RECORD_BYTES_KEPT / RECORD_CHARGE_MIN;
 
@@ -807,13 +823,14 @@ fn record_charge(len: usize) -> usize {
 /// The sizes of the DHT records kept, for [`MAX_RECORD_BYTES_KEPT`] and
 /// [`MAX_RECORD_BYTES_PER_OWNER`].
 ///
-/// When the store is full, a page makes room by evicting pages of the owner that has the
-/// most kept here, as long as that owner would still have more than the newcomer's owner
-/// after the page is kept: shares move toward equal and never swap back and forth, and a
-/// few owners that fill the store early cannot keep everyone else's pages out. Among an
+/// Every page counts for the owner of its data, whoever published it (the owner, or a
+/// coordinator after a repair). When the store is full, a page makes room by evicting pages
+/// of the owner that has the most kept here, as long as that owner would still have more
+/// than the newcomer's owner after the page is kept: shares move toward equal and never
+/// swap back and forth, and a few owners that fill the store early cannot keep everyone
+/// else's pages out. The biggest owner itself makes room with its own pages. Among an
 /// owner's pages the one whose key is farthest from this node goes first (the nodes closest
-/// to a key are the ones lookups ask). This node's own pages never go, and take room from
-/// the biggest owner whatever its size.
+/// to a key are the ones lookups ask).
 #[derive(Debug)]
 pub struct RecordBytes {
     /// This node, for the distance to a page's key.
@@ -856,32 +873,26 @@ impl RecordBytes {
     }
 
     /// Whether `len` bytes may be kept under `key` (replacing what is there) for data of
-    /// `owner` (`None`: this node's own page), and if so the pages to evict first to make
-    /// room (often none). `None` when the page may not be kept.
+    /// `owner`, and if so the pages to evict first to make room (often none). `None` when
+    /// the page may not be kept.
     pub fn make_room(
         &self,
         key: &kad::RecordKey,
         len: usize,
-        owner: Option<&Address>,
+        owner: &Address,
     ) -> Option<Vec<kad::RecordKey>> {
         let charge = record_charge(len);
         let old = self.sizes.get(key).copied().unwrap_or(0);
         // What the page's owner will have kept here with it.
-        let after = match owner {
-            Some(o) => {
-                let replaced = if self.owner_of.get(key) == Some(o) {
-                    old
-                } else {
-                    0
-                };
-                let after = self.owner_bytes(o) - replaced + charge;
-                if after > MAX_RECORD_BYTES_PER_OWNER {
-                    return None;
-                }
-                after
-            }
-            None => 0,
+        let replaced = if self.owner_of.get(key) == Some(owner) {
+            old
+        } else {
+            0
         };
+        let after = self.owner_bytes(owner) - replaced + charge;
+        if after > MAX_RECORD_BYTES_PER_OWNER {
+            return None;
+        }
         let mut over = (self.total - old + charge).saturating_sub(MAX_RECORD_BYTES_KEPT);
         let mut evict = Vec::new();
         let mut taken: HashMap<&Address, usize> = HashMap::new();
@@ -892,7 +903,9 @@ impl RecordBytes {
                 .iter()
                 .map(|(a, p)| (a, p.bytes - taken.get(a).copied().unwrap_or(0)))
                 .max_by_key(|(a, left)| (*left, **a))?;
-            if left <= after || Some(big) == owner {
+            // The biggest owner makes room with its own pages (a new version of one that
+            // grew, say); anyone else only while the biggest keeps more than it will.
+            if big != owner && left <= after {
                 return None;
             }
             let far = self
@@ -911,18 +924,16 @@ impl RecordBytes {
     }
 
     /// Records that `len` bytes are now kept under `key`, for data of `owner`.
-    pub fn note(&mut self, key: kad::RecordKey, len: usize, owner: Option<Address>) {
+    pub fn note(&mut self, key: kad::RecordKey, len: usize, owner: Address) {
         self.forget(&key);
         let charge = record_charge(len);
         self.sizes.insert(key.clone(), charge);
         self.total += charge;
-        if let Some(o) = owner {
-            self.owner_of.insert(key.clone(), o);
-            let d = self.distance(&key);
-            let pages = self.owners.entry(o).or_default();
-            pages.bytes += charge;
-            pages.keys.insert(d, key);
-        }
+        self.owner_of.insert(key.clone(), owner);
+        let d = self.distance(&key);
+        let pages = self.owners.entry(owner).or_default();
+        pages.bytes += charge;
+        pages.keys.insert(d, key);
     }
 
     /// Records that nothing is kept under `key` any more.
@@ -1275,19 +1286,31 @@ impl Net {
                             let q = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
                             record_gets.insert(q, (Vec::new(), reply));
                         }
-                        NetCmd::PutRecord { key, value, version } => {
+                        NetCmd::PutRecord { key, value, version, owner } => {
                             let rec = kad::Record::new(kad::RecordKey::new(&key), value);
                             // Kad keeps what it publishes in the local store: publish only a
-                            // page newer than the one kept here, within the bytes bound.
+                            // page newer than the one kept here; kept within the bounds, or
+                            // (no room here) published to the closest peers only.
                             let (k, len) = (rec.key.clone(), rec.value.len());
                             let kad = &mut self.swarm.behaviour_mut().kad;
-                            if !make_room_for_news(kad.store_mut(), &mut record_bytes, records.chain_id, &k, (len, version, None)) {
-                                tracing::debug!("not publishing record page version {version}: a newer one is kept");
-                                continue;
-                            }
-                            match kad.put_record(rec, kad::Quorum::One) {
-                                Ok(_) => record_bytes.note(k, len, None),
-                                Err(e) => tracing::warn!("putting a DHT record: {e}"),
+                            match make_room_for_news(kad.store_mut(), &mut record_bytes, records.chain_id, &k, (len, version, &owner)) {
+                                Room::Stale => {
+                                    tracing::debug!("not publishing record page version {version}: a newer one is kept");
+                                }
+                                Room::Made => match kad.put_record(rec, kad::Quorum::One) {
+                                    Ok(_) => record_bytes.note(k, len, owner),
+                                    Err(e) => tracing::warn!("putting a DHT record: {e}"),
+                                },
+                                Room::Full => {
+                                    let target = kad::KBucketKey::new(k.to_vec());
+                                    let peers: Vec<PeerId> = kad
+                                        .get_closest_local_peers(&target)
+                                        .take(RECORD_REPLICATION)
+                                        .map(|p| *p.preimage())
+                                        .collect();
+                                    tracing::debug!("publishing record page version {version} to {} peers without keeping it: no room here", peers.len());
+                                    kad.put_record_to(rec, peers.into_iter(), kad::Quorum::One);
+                                }
                             }
                         }
                     }
@@ -1710,7 +1733,7 @@ mod tests {
         let key = |i: u32| kad::RecordKey::new(&i.to_le_bytes());
         let owner = |i: u32| Address([(i % 251) as u8; 32]);
         let page = 60 << 10;
-        let fits = |k: &RecordBytes, i: u32, len: usize, o: Option<&Address>| {
+        let fits = |k: &RecordBytes, i: u32, len: usize, o: &Address| {
             k.make_room(&key(i), len, o).is_some_and(|e| e.is_empty())
         };
         let per_owner = MAX_RECORD_BYTES_PER_OWNER / page;
@@ -1718,35 +1741,30 @@ mod tests {
         // Owners fill their budgets one after another until the store is full.
         for i in 0..fit as u32 {
             let o = owner(i / per_owner as u32);
-            assert!(fits(&k, i, page, Some(&o)), "page {i}");
-            k.note(key(i), page, Some(o));
+            assert!(fits(&k, i, page, &o), "page {i}");
+            k.note(key(i), page, o);
         }
         // Full: a new version of a kept page still fits without evicting anything.
-        assert!(fits(&k, 0, page, Some(&owner(0))));
-        k.note(key(0), page / 2, Some(owner(0)));
+        assert!(fits(&k, 0, page, &owner(0)));
+        k.note(key(0), page / 2, owner(0));
         assert_eq!(k.total, fit * page - page / 2);
-        assert!(fits(&k, u32::MAX, page / 2, None));
+        assert!(fits(&k, u32::MAX, page / 2, &owner(200)));
         // One owner's budget, in a store with room to spare.
         let mut fresh = RecordBytes::new(PeerId::random());
         for i in 0..per_owner as u32 {
-            fresh.note(key(i), page, Some(owner(0)));
+            fresh.note(key(i), page, owner(0));
         }
         assert!(fresh.total + page <= MAX_RECORD_BYTES_KEPT);
-        assert!(fresh
-            .make_room(&key(u32::MAX), page, Some(&owner(0)))
-            .is_none());
-        assert!(fits(&fresh, u32::MAX, page, Some(&owner(1))));
-        assert!(fits(&fresh, 0, page, Some(&owner(0))));
+        assert!(fresh.make_room(&key(u32::MAX), page, &owner(0)).is_none());
+        assert!(fits(&fresh, u32::MAX, page, &owner(1)));
+        assert!(fits(&fresh, 0, page, &owner(0)));
         // A page that moves to another owner leaves the first one's count.
         let before = k.owner_bytes(&owner(0));
-        k.note(key(2), page, Some(owner(7)));
+        k.note(key(2), page, owner(7));
         assert_eq!(k.owner_bytes(&owner(0)), before - page);
-        // This node's own pages count in the store's total only.
-        k.note(key(3), page, None);
-        assert!(!k.owner_of.contains_key(&key(3)));
         // Tiny pages count as RECORD_CHARGE_MIN: the byte bound bounds the page count.
         let mut tiny = RecordBytes::new(PeerId::random());
-        tiny.note(key(1), 10, Some(owner(1)));
+        tiny.note(key(1), 10, owner(1));
         assert_eq!(tiny.total, RECORD_CHARGE_MIN);
         tiny.forget(&key(1));
         assert_eq!((tiny.total, tiny.owners.len(), tiny.sizes.len()), (0, 0, 0));
@@ -1762,14 +1780,14 @@ mod tests {
         // Four owners fill the store with their whole budgets.
         for i in 0..4 * per_owner {
             let o = owner((i / per_owner) as u8);
-            let evict = k.make_room(&key(i), page, Some(&o)).unwrap();
+            let evict = k.make_room(&key(i), page, &o).unwrap();
             assert!(evict.is_empty());
-            k.note(key(i), page, Some(o));
+            k.note(key(i), page, o);
         }
         assert_eq!(k.total, MAX_RECORD_BYTES_KEPT);
         // A fifth owner's page evicts one of the biggest owner's pages (the ties go to the
         // greatest address, owner 3), the one farthest from this node.
-        let evict = k.make_room(&key(1 << 20), page, Some(&owner(9))).unwrap();
+        let evict = k.make_room(&key(1 << 20), page, &owner(9)).unwrap();
         assert_eq!(evict.len(), 1);
         assert_eq!(k.owner_of[&evict[0]], owner(3));
         let distance = |r: &kad::RecordKey| k.local.distance(&kad::KBucketKey::new(r.to_vec()));
@@ -1781,20 +1799,19 @@ mod tests {
             .unwrap();
         assert_eq!(distance(&evict[0]), farthest);
         // A page of the smallest charge still needs one eviction, however small.
-        assert_eq!(
-            k.make_room(&key(1 << 20), 10, Some(&owner(9)))
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(k.make_room(&key(1 << 20), 10, &owner(9)).unwrap().len(), 1);
         // The newcomer keeps gaining until it would hold more than the owner it takes from:
         // shares meet in the middle and never swap back and forth.
         let mut fifth = 0u32;
-        while let Some(evict) = k.make_room(&key((1 << 20) + fifth), page, Some(&owner(9))) {
+        while let Some(evict) = k.make_room(&key((1 << 20) + fifth), page, &owner(9)) {
+            if evict.iter().any(|e| k.owner_of[e] == owner(9)) {
+                // The newcomer is the biggest now: it makes room with its own pages.
+                break;
+            }
             for e in &evict {
                 k.forget(e);
             }
-            k.note(key((1 << 20) + fifth), page, Some(owner(9)));
+            k.note(key((1 << 20) + fifth), page, owner(9));
             fifth += 1;
             assert!(k.total <= MAX_RECORD_BYTES_KEPT);
         }
@@ -1808,10 +1825,40 @@ mod tests {
             shares.iter().all(|s| *s <= newcomer + page),
             "{shares:?} vs {newcomer}"
         );
-        // A big owner cannot make room by evicting a smaller one.
-        assert!(k.make_room(&key(2 << 20), page, Some(&owner(0))).is_none());
-        // This node's own pages take room from the biggest owner whatever its size.
-        assert_eq!(k.make_room(&key(3 << 20), page, None).unwrap().len(), 1);
+        // No owner can take from one that would then keep less than it: the smallest
+        // share gets nothing from the biggest, which makes room with its own pages only.
+        let all: Vec<Address> = [0, 1, 2, 3, 9].map(owner).to_vec();
+        let least = *all.iter().min_by_key(|o| k.owner_bytes(o)).unwrap();
+        assert!(k.make_room(&key(2 << 20), page, &least).is_none());
+        let most = *all.iter().max_by_key(|o| (k.owner_bytes(o), **o)).unwrap();
+        let evict = k.make_room(&key(3 << 20), page, &most).unwrap();
+        assert_eq!(evict.len(), 1);
+        assert_eq!(k.owner_of[&evict[0]], most);
+    }
+
+    #[test]
+    fn the_biggest_owner_in_a_full_store_grows_a_page_by_evicting_its_own() {
+        let mut k = RecordBytes::new(PeerId::random());
+        let key = |i: u32| kad::RecordKey::new(&i.to_le_bytes());
+        let page = 32 << 10;
+        let pages = (MAX_RECORD_BYTES_KEPT / page) as u32;
+        // Five owners fill the store (each under its own bound).
+        for i in 0..pages {
+            k.note(key(i), page, Address([(i * 5 / pages) as u8; 32]));
+        }
+        assert_eq!(k.total, MAX_RECORD_BYTES_KEPT);
+        let big = *k
+            .owners
+            .iter()
+            .max_by_key(|(a, p)| (p.bytes, **a))
+            .unwrap()
+            .0;
+        // A repair's new version of one of the biggest owner's pages, twice the size: it
+        // evicts another of that owner's pages, never the page it replaces nor anyone else's.
+        let grown = k.owners[&big].keys.values().next().unwrap().clone();
+        let evict = k.make_room(&grown, 2 * page, &big).unwrap();
+        assert_eq!(evict.len(), 1);
+        assert!(evict[0] != grown && k.owner_of[&evict[0]] == big);
     }
 
     #[test]
