@@ -569,7 +569,8 @@ pub fn build_tx(
 }
 
 /// `cpchain tx …`: builds, signs and submits the transaction; prints its hash, then waits
-/// up to `wait` for it to be final (says in which block), failing if the node drops it.
+/// up to `wait` for it to be final (says in which block). An error if the node drops it, or
+/// if it is not final in time (it may still be included then).
 pub fn run_tx(api: &str, key: &Keypair, cmd: TxCmd, wait: Duration) -> anyhow::Result<()> {
     let client = ApiClient::new(api);
     let (tx, bytes) = build_tx(&client, key, cmd)?;
@@ -588,7 +589,8 @@ pub fn run_tx(api: &str, key: &Keypair, cmd: TxCmd, wait: Duration) -> anyhow::R
     }
     let start = std::time::Instant::now();
     loop {
-        match client.get_json::<TxView>(&format!("/txs/{}", hash.to_hex())) {
+        // What the last poll failed with, if it did.
+        let last_error = match client.get_json::<TxView>(&format!("/txs/{}", hash.to_hex())) {
             Ok(TxView { block: Some(b), .. }) => {
                 eprintln!("final in block {b}");
                 return Ok(());
@@ -600,19 +602,27 @@ pub fn run_tx(api: &str, key: &Keypair, cmd: TxCmd, wait: Duration) -> anyhow::R
                  was spent; its nonce {} is free for the next one)",
                 tx.nonce
             ),
-            Ok(_) => {}
+            Ok(_) => None,
             Err(ClientError::Server { status: 404, .. }) => anyhow::bail!(
                 "the node no longer holds the transaction (pushed out by higher fees, or left \
                  waiting too long behind a missing nonce): send it again"
             ),
             // A busy or restarting node: the transaction may still go through.
-            Err(e) => tracing::debug!("asking for tx {}: {e}", hash.to_hex()),
-        }
+            Err(e) => Some(e),
+        };
         if start.elapsed() >= wait {
+            // An error, so scripts can tell it from "final"; it may still be included.
+            if let Some(e) = last_error {
+                anyhow::bail!(
+                    "not known to be final after {} s: the node stopped answering ({e}); the \
+                     transaction may still be included",
+                    wait.as_secs()
+                );
+            }
             let next = client.account(&tx.from).map(|a| a.nonce).ok();
-            eprintln!(
-                "not final after {} s: still pending{} (--wait-s to wait longer; \
-                 cpchain status shows the chain)",
+            anyhow::bail!(
+                "not final after {} s: still pending{}; it may yet be included (--wait-s to \
+                 wait longer, 0 not to wait)",
                 wait.as_secs(),
                 match next {
                     Some(n) if n < tx.nonce => format!(
@@ -621,7 +631,6 @@ pub fn run_tx(api: &str, key: &Keypair, cmd: TxCmd, wait: Duration) -> anyhow::R
                     _ => String::new(),
                 }
             );
-            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
     }

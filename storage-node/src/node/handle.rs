@@ -287,14 +287,12 @@ impl NodeApi for EngineHandle {
             if let Some(t) = e.mempool.get(&h) {
                 return Ok(Some(tx_view(&Tx::Signed(t.clone()), None)));
             }
-            if let Some((t, why)) = e.mempool.dropped(&h) {
-                return Ok(Some(TxView {
+            // Dropped, unless the same transaction was sent again and is final now.
+            let Some(n) = e.tx_index.get(&h).copied() else {
+                return Ok(e.mempool.dropped(&h).map(|(t, why)| TxView {
                     dropped: Some(why.to_string()),
                     ..tx_view(&Tx::Signed(t.clone()), None)
                 }));
-            }
-            let Some(n) = e.tx_index.get(&h).copied() else {
-                return Ok(None);
             };
             let Some(b) = e.store.block(n)? else {
                 return Ok(None);

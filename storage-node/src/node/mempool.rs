@@ -234,6 +234,10 @@ pub struct Mempool {
     dropped_invalid: u64,
 }
 
+/// A sender's next transaction that waits this many blocks is checked against the chain
+/// again, and again every as many blocks (see [`Mempool::on_block`]).
+const HEAD_RECHECK_BLOCKS: u64 = 10;
+
 /// Dropped transactions remembered for [`Mempool::dropped`] (transactions are at most
 /// 64 KiB, so at most 16 MiB).
 const DROPPED_KEPT: usize = 256;
@@ -812,25 +816,45 @@ impl Mempool {
         for addr in senders {
             self.prune_account(&addr, state.nonce(&addr));
         }
-        for addr in moved {
-            let nonce = state.nonce(&addr);
-            let Some(e) = self.accounts.get(&addr).and_then(|q| q.txs.get(&nonce)) else {
-                continue;
-            };
-            let Err(why) = state.check_tx(cfg, &e.tx) else {
-                continue;
-            };
-            if let Some(e) = self.remove_entry(&addr, nonce) {
-                tracing::info!(
-                    "dropping transaction {} of {addr} (nonce {nonce}): {why}",
-                    e.hash.to_hex()
-                );
-                self.dropped_invalid = self.dropped_invalid.saturating_add(1);
-                if self.dropped.len() == DROPPED_KEPT {
-                    self.dropped.pop_front();
-                }
-                self.dropped.push_back((e.hash, e.tx, why.to_string()));
+        // A next transaction can also stop applying while its sender does nothing (the
+        // chain moved on under it: a campaign's seed block grew too old, say): one that has
+        // waited is checked again every HEAD_RECHECK_BLOCKS blocks.
+        let height = self.height;
+        let waited: Vec<Address> = self
+            .accounts
+            .iter()
+            .filter(|(a, q)| {
+                q.txs.get(&state.nonce(a)).is_some_and(|e| {
+                    let w = height.saturating_sub(e.added_at);
+                    w >= HEAD_RECHECK_BLOCKS && w % HEAD_RECHECK_BLOCKS == 0
+                })
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in moved.into_iter().chain(waited) {
+            self.drop_if_it_cannot_apply(&addr, state, cfg);
+        }
+    }
+
+    /// Drops `addr`'s next transaction if it cannot apply to `state` (see [`Self::dropped`]).
+    fn drop_if_it_cannot_apply(&mut self, addr: &Address, state: &State, cfg: &ChainConfig) {
+        let nonce = state.nonce(addr);
+        let Some(e) = self.accounts.get(addr).and_then(|q| q.txs.get(&nonce)) else {
+            return;
+        };
+        let Err(why) = state.check_tx(cfg, &e.tx) else {
+            return;
+        };
+        if let Some(e) = self.remove_entry(addr, nonce) {
+            tracing::info!(
+                "dropping transaction {} of {addr} (nonce {nonce}): {why}",
+                e.hash.to_hex()
+            );
+            self.dropped_invalid = self.dropped_invalid.saturating_add(1);
+            if self.dropped.len() == DROPPED_KEPT {
+                self.dropped.pop_front();
             }
+            self.dropped.push_back((e.hash, e.tx, why.to_string()));
         }
     }
 
@@ -1158,6 +1182,42 @@ mod tests {
         let sel = p.select(100, usize::MAX);
         assert_eq!(nonces_of(&sel, w.u(1)), vec![1, 2]);
         assert!(w.applies(&sel));
+    }
+
+    #[test]
+    fn a_next_transaction_the_chain_moved_past_is_dropped_after_a_while() {
+        let mut w = World::new(3);
+        let mut p = Mempool::new(MempoolConfig::default());
+        let register = |k: &Keypair, nonce| {
+            SignedTx::sign(
+                k,
+                w.cfg.chain_id,
+                nonce,
+                10,
+                TxPayload::RegisterData {
+                    id: crypto_accel::DataId(Hash::of(b"one id")),
+                    merkle_root: Hash::of(b"root"),
+                    size: 1 << 20,
+                    k: 4,
+                    m: 2,
+                    intervals: chain::IntervalRange { start: 0, end: 10 },
+                    policy: chain::AccessPolicy::OwnerOnly,
+                },
+            )
+        };
+        // User 1's registration is valid when it arrives; user 2 then registers the same id
+        // first, so user 1's can never apply, though user 1 does nothing more.
+        let (first, second) = (register(&w.users[2], 0), register(&w.users[1], 0));
+        let hash = w.add1(&mut p, second.clone()).unwrap();
+        w.commit(&mut p, vec![first]);
+        assert!(p.contains(&hash), "checked again only after a while");
+        for _ in 1..HEAD_RECHECK_BLOCKS {
+            w.commit(&mut p, vec![]);
+        }
+        assert!(!p.contains(&hash));
+        let (t, why) = p.dropped(&hash).unwrap();
+        assert_eq!(t, &second);
+        assert!(why.contains("already"), "{why}");
     }
 
     #[test]

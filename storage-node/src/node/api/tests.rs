@@ -130,12 +130,17 @@ impl NodeApi for FakeNode {
         Ok((0..=HEIGHT).rev().take(limit).map(block_view).collect())
     }
     fn tx(&self, hash: &Hash) -> anyhow::Result<Option<TxView>> {
-        // What was submitted is final at once, except revocations, which it drops.
+        // What was submitted is final at once, except revocations, which it drops, and
+        // transfers of 7 CPC, which stay pending.
         let sent = self.submitted.lock().unwrap().iter().find_map(|t| {
             let signed = Tx::Signed(t.clone());
             (signed.hash() == *hash).then(|| match t.payload {
                 TxPayload::Revoke { .. } => TxView {
                     dropped: Some("no such grant".into()),
+                    block: None,
+                    ..tx_view()
+                },
+                TxPayload::Transfer { amount, .. } if amount == 7 * CPC => TxView {
                     block: None,
                     ..tx_view()
                 },
@@ -960,6 +965,20 @@ fn the_client_waits_until_its_transaction_is_final_or_dropped() {
         err.contains(&format!("nonce {PENDING_NONCE} is free")),
         "{err}"
     );
+    // Still pending when the wait ends: an error too (scripts must not take it for final).
+    let cmd = TxCmd::Transfer {
+        to: reader(),
+        amount: 7 * CPC,
+        opts: TxOpts {
+            fee: CPC / 1000,
+            nonce: None,
+        },
+    };
+    let err = format!(
+        "{:#}",
+        client::run_tx(&s.base, &kp, cmd, Duration::from_secs(1)).unwrap_err()
+    );
+    assert!(err.contains("not final after 1 s: still pending"), "{err}");
 }
 
 #[test]
