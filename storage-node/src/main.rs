@@ -282,8 +282,12 @@ enum KeysCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Print the public key.
-    Show,
+    /// Print the public key (the address) of the key in --home, or of --key FILE.
+    Show {
+        /// A key file (a node's node.key, a devnet's faucet.key) instead of --home's.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -367,13 +371,13 @@ fn main() -> ExitCode {
 
 /// `e` and its causes on one line, each said once. Some errors print their source in their
 /// own message and also return it from `source()`, so `{e:#}` would say it twice
-/// (`Is a directory (os error 21): Is a directory (os error 21)`): a cause whose text the
-/// line already holds is left out.
+/// (`Is a directory (os error 21): Is a directory (os error 21)`): a cause the line already
+/// ends with is left out.
 fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let cause = cause.to_string();
-        if line.contains(&cause) {
+        if line.ends_with(&cause) {
             continue;
         }
         if !line.is_empty() {
@@ -666,8 +670,13 @@ fn run(cli: Cli) -> Result<()> {
             outln!("{}", kp.public());
             eprintln!("key written to {}", key_path(&home).display());
         }
-        Command::Keys { cmd: KeysCmd::Show } => {
-            let public = load_key(&home)?.public();
+        Command::Keys {
+            cmd: KeysCmd::Show { key },
+        } => {
+            let public = match key {
+                Some(k) => node::config::load_key(k)?.public(),
+                None => load_key(&home)?.public(),
+            };
             outln!("{public}");
         }
         Command::Put {
@@ -905,6 +914,7 @@ impl Write for HashWriter {
 fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     use rand::{RngCore, SeedableRng};
     let dir = tempfile_dir()?;
+    let mut cleanup = DemoDir(Some(dir.clone()));
     outln!(
         "cpchain demo: {} sample, {}+{} erasure code, {} blocks, {}",
         human(size),
@@ -1000,7 +1010,11 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
         report.shards_missing
     );
     if out.1 != size || out.0.finalize() != expect.finalize() {
-        bail!("round trip FAILED: the opened bytes differ from the sample");
+        cleanup.0 = None;
+        bail!(
+            "round trip FAILED: the opened bytes differ from the sample (kept in {})",
+            dir.display()
+        );
     }
     outln!(
         "verified round trip: {} identical bytes (BLAKE3 {})",
@@ -1008,8 +1022,21 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
         expect.finalize().to_hex()
     );
     store.close()?;
+    cleanup.0 = None;
     fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(())
+}
+
+/// The demo's directory: removed if the demo ends early (an error, a panic), unless
+/// disarmed (`.0 = None`) to be kept for a look or removed with its own error check.
+struct DemoDir(Option<PathBuf>);
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// Output buffer of `get`: smaller than a block's parts (a 1 MiB block at k = 10 has parts
@@ -1052,8 +1079,7 @@ fn write_output<T>(out: &Path, get: impl FnOnce(Output) -> Result<T>) -> Result<
             .with_context(|| format!("opening {}", out.display()))?;
         return get(Box::new(BufWriter::with_capacity(OUT_BUF, f)));
     }
-    let tmp = out.with_extension("cpchain-partial");
-    let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let (tmp, f) = partial_file(out)?;
     let mut partial = Partial {
         path: tmp,
         renamed: false,
@@ -1062,6 +1088,36 @@ fn write_output<T>(out: &Path, get: impl FnOnce(Output) -> Result<T>) -> Result<
     fs::rename(&partial.path, out).with_context(|| format!("renaming to {}", out.display()))?;
     partial.renamed = true;
     Ok(r)
+}
+
+/// A new temporary file next to `out` (so the rename stays on one file system), named for
+/// it and unique: `.NAME.PID-RANDOM.cpchain-partial`. Two gets to `x.1` and `x.2`, or to
+/// the same file, never share one, and no file of the user's is ever overwritten by it.
+fn partial_file(out: &Path) -> Result<(PathBuf, File)> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    for _ in 0..16 {
+        let tmp = out.with_file_name(format!(
+            ".{name}.{}-{:08x}.cpchain-partial",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", tmp.display())),
+        }
+    }
+    bail!(
+        "could not create a temporary file next to {}",
+        out.display()
+    )
 }
 
 /// The temporary file of [`write_output`]: removed when dropped, unless it was renamed.
@@ -1090,4 +1146,49 @@ fn tempfile_dir() -> Result<PathBuf> {
         }
     }
     bail!("could not create a demo directory under {}", base.display())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_get_that_fails_midway_leaves_neither_output_nor_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("plain.bin");
+        let r: Result<()> = write_output(&out, |mut w| {
+            w.write_all(b"half the plaintext")?;
+            w.flush()?;
+            bail!("block 2 is unrecoverable")
+        });
+        assert!(r.is_err());
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        // Two outputs that differ only in their extension get two temporary files.
+        let (a, _) = partial_file(&dir.path().join("x.1")).unwrap();
+        let (b, _) = partial_file(&dir.path().join("x.2")).unwrap();
+        assert_ne!(a, b);
+        // Success: the output holds every byte and nothing else is left.
+        write_output(&out, |mut w| Ok(w.write_all(b"all of it")?)).unwrap();
+        fs::remove_file(&a).unwrap();
+        fs::remove_file(&b).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"all of it");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_cause_is_left_out_only_when_the_line_already_ends_with_it() {
+        let io = io::Error::other("timed out");
+        // The message repeats its source at its end: said once.
+        let e = anyhow::Error::new(io).context("reading the shard: timed out");
+        assert_eq!(one_line(&e), "reading the shard: timed out");
+        // A cause the line mentions elsewhere is still said.
+        let io = io::Error::other("timed out");
+        let e = anyhow::Error::new(io).context("timed out once before; asking again");
+        assert_eq!(
+            one_line(&e),
+            "timed out once before; asking again: timed out"
+        );
+    }
 }

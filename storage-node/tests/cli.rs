@@ -14,6 +14,21 @@ fn cpchain(home: &Path, args: &[&str]) -> Output {
         .expect("run cpchain")
 }
 
+/// No temporary file of a get is left in `dir`.
+fn assert_no_partial(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".cpchain-partial")
+        })
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -77,7 +92,7 @@ fn put_get_round_trip_and_errors() {
     assert_eq!(reader.join().unwrap(), data);
     use std::os::unix::fs::FileTypeExt;
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
-    assert!(!fifo.with_extension("cpchain-partial").exists());
+    assert_no_partial(h);
 
     // Unknown and malformed ids: one-line errors, non-zero exit, no output file left.
     let missing = "ab".repeat(32);
@@ -150,6 +165,7 @@ fn status_and_tx_use_the_local_node_without_flags() {
             .args(args)
             .env("TMPDIR", tmp.path())
             .env_remove("CPCHAIN_API")
+            .env_remove("CPCHAIN_NODE")
             .output()
             .unwrap();
         assert!(!o.status.success(), "{args:?}");
@@ -165,16 +181,24 @@ fn status_and_tx_use_the_local_node_without_flags() {
 fn a_one_node_chain_from_init_proposes_every_block_itself() {
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("mynode");
-    // The default period (1 s, impeach timeout 2 s): a loaded test machine must not
-    // delay the lone proposer into a real impeachment.
     let o = cpchain(home.path(), &["init", dir.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    // A free port for the API instead of the default 8645 (tests run side by side).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A 10 s impeach timeout: a loaded test machine must not delay the lone proposer into
+    // a real impeachment. (The bug impeached every second block whatever the timeout.)
+    let genesis = dir.join("genesis.toml");
+    let text = std::fs::read_to_string(&genesis).unwrap();
+    assert!(text.contains("impeach_timeout_ms = 2000"), "{text}");
+    std::fs::write(
+        &genesis,
+        text.replace("impeach_timeout_ms = 2000", "impeach_timeout_ms = 10000"),
+    )
+    .unwrap();
+    // A free port for the API instead of the default 8645 (tests run side by side), below
+    // the ephemeral range so no outgoing connection takes it before the node binds it.
+    let port = (0..200)
+        .map(|_| 20_000 + rand::random::<u16>() % 10_000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap();
     let cfg = dir.join("node.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("127.0.0.1:8645"), "{text}");
@@ -347,7 +371,8 @@ fn local_get_ranges_outputs_and_wording() {
         let e = stderr(&o);
         assert!(e.contains("14 bytes"), "{range}: {e}");
         assert_eq!(e.trim().lines().count(), 1, "{e}");
-        assert!(!out.exists() && !out.with_extension("cpchain-partial").exists());
+        assert!(!out.exists());
+        assert_no_partial(out.parent().unwrap());
     }
     for range in ["5-5", "7-5", "-5"] {
         let o = cpchain(h, &["get", "--local", &id, &format!("--range={range}")]);
@@ -361,14 +386,15 @@ fn local_get_ranges_outputs_and_wording() {
     let o = cpchain(h, &["get", "--local", &id, "-o", adir.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
-    assert!(!adir.with_extension("cpchain-partial").exists());
+    assert_no_partial(h);
 
     // A get that fails once writing began (another key's data) leaves no partial file.
     assert!(cpchain(h, &["keys", "new", "--force"]).status.success());
     let o = cpchain(h, &["get", "--local", &id, "-o", out.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("owned by key"), "{}", stderr(&o));
-    assert!(!out.exists() && !out.with_extension("cpchain-partial").exists());
+    assert!(!out.exists());
+    assert_no_partial(out.parent().unwrap());
 
     // rm says what compaction did in words, not a Debug dump.
     let o = cpchain(h, &["rm", &id]);
@@ -454,6 +480,8 @@ fn every_command_takes_the_node_api_by_either_name() {
     ] {
         let mut c = Command::new(env!("CARGO_BIN_EXE_cpchain"));
         c.arg("--home").arg(home.path()).args(&args);
+        // A private temp dir, so a devnet running on this machine is not the one found.
+        c.env("TMPDIR", home.path());
         c.env_remove("CPCHAIN_API").env_remove("CPCHAIN_NODE");
         if let Some((k, v)) = env {
             c.env(k, v);
@@ -461,7 +489,7 @@ fn every_command_takes_the_node_api_by_either_name() {
         let o = c.output().unwrap();
         assert!(!o.status.success(), "{args:?}");
         assert!(
-            stderr(&o).contains("127.0.0.1:1"),
+            stderr(&o).contains("http://127.0.0.1:1/"),
             "{args:?} {env:?}: {}",
             stderr(&o)
         );
@@ -482,4 +510,34 @@ fn reading_commands_do_not_create_a_mistyped_home() {
         );
         assert!(!home.exists(), "{cmd} created {}", home.display());
     }
+}
+
+#[test]
+fn keys_show_reads_any_key_file_and_a_failed_demo_leaves_no_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let o = cpchain(home.path(), &["keys", "new"]);
+    assert!(o.status.success());
+    let public = String::from_utf8(o.stdout).unwrap();
+    // Elsewhere (no --home key), the same file read with --key.
+    let other = tempfile::tempdir().unwrap();
+    let file = home.path().join("key");
+    assert!(file.exists(), "the key is not at {}", file.display());
+    let o = cpchain(
+        other.path(),
+        &["keys", "show", "--key", file.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), public);
+    // A demo that fails (no data shards) removes its working directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cpchain"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["demo", "--size", "1MiB", "-k", "0"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}; {}", stderr(&o));
 }

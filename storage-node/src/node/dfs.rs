@@ -446,7 +446,9 @@ pub struct GetReport {
     /// Seconds in all.
     pub total_s: f64,
     /// Shards not waited for because k others of their block had already come (the hedge
-    /// asked a parity shard and it won): a slow holder, not a lost shard.
+    /// asked a parity shard and it won) while their request was still out and had not
+    /// failed: a slow holder, or one whose host is down and whose connection attempt had
+    /// not timed out yet (a refused or failed request counts as missing).
     pub shards_slow: u64,
     /// Shards that some holder sent with bytes that did not match their content id
     /// (changed on the way, or rotten on the holder's disk); the holder was then asked once
