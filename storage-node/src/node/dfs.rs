@@ -2539,6 +2539,22 @@ mod tests {
 
     use super::super::test_runtime as runtime;
 
+    /// Opens `m` as `owner` through a [`NetSource`] over `link` that starts from `holders`:
+    /// the pipeline's result, the bytes it wrote, and the source (stopped) for its counts.
+    fn open_through<'a>(
+        rt: &tokio::runtime::Runtime,
+        link: Link,
+        (m, owner): (&Manifest, &Keypair),
+        holders: Holders,
+        relocate: &'a (dyn Fn() -> Result<Holders> + Sync),
+    ) -> (PipelineResult<OpenReport>, Vec<u8>, NetSource<'a>) {
+        let source = NetSource::start(rt.handle(), link, m, holders, None, relocate);
+        let mut out = Vec::new();
+        let r = open(m, owner, &source, &mut out, &OpenParams::default(), &|_| {});
+        source.stop();
+        (r, out, source)
+    }
+
     #[test]
     fn a_get_asks_the_holders_a_new_lookup_names_and_keeps_those_it_knew() {
         let rt = runtime();
@@ -2563,17 +2579,7 @@ mod tests {
             h[0] = vec![vec![moved]; 3];
             Ok(h)
         };
-        let source = NetSource::start(rt.handle(), link, &m, first, None, &relocate);
-        let mut out = Vec::new();
-        let r = open(
-            &m,
-            &owner,
-            &source,
-            &mut out,
-            &OpenParams::default(),
-            &|_| {},
-        );
-        source.stop();
+        let (r, out, source) = open_through(&rt, link, (&m, &owner), first, &relocate);
         assert!(r.is_ok(), "{:?}", r.err());
         assert!(out == data, "different bytes");
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -2609,17 +2615,7 @@ mod tests {
             })
             .collect();
         let relocate = || -> Result<Holders> { Ok(Vec::new()) };
-        let source = NetSource::start(rt.handle(), link, &m, holders, None, &relocate);
-        let mut out = Vec::new();
-        let r = open(
-            &m,
-            &owner,
-            &source,
-            &mut out,
-            &OpenParams::default(),
-            &|_| {},
-        );
-        source.stop();
+        let (r, out, source) = open_through(&rt, link, (&m, &owner), holders, &relocate);
         let open_report = r.unwrap();
         assert!(out == data, "different bytes");
         let slow = lock(&source.state.0).slow;
@@ -2701,17 +2697,8 @@ mod tests {
                 _ => Ok(same.clone()),
             }
         };
-        let source = NetSource::start(rt.handle(), link, &m, first, None, &relocate);
         let t = Instant::now();
-        let r = open(
-            &m,
-            &owner,
-            &source,
-            std::io::sink(),
-            &OpenParams::default(),
-            &|_| {},
-        );
-        source.stop();
+        let (r, _, source) = open_through(&rt, link, (&m, &owner), first, &relocate);
         assert!(
             matches!(r, Err(PipelineError::Unrecoverable { block: 0, .. })),
             "{r:?}"
