@@ -239,7 +239,8 @@ fn api_or_local(api: &Option<String>) -> String {
 }
 
 /// `START-END` (END exclusive) or `START-`: to the end of the data, as END = `u64::MAX`,
-/// which `open` and `Dfs::get` clamp to the data's length like any END.
+/// which `open` clamps to the data's length like any END (a START past the end is its
+/// error, naming the length).
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
     let usage = || format!("'{s}' is not a range: use START-END or START-, e.g. 0-1MiB or 1MiB-");
     let (a, b) = s.split_once('-').ok_or_else(usage)?;
@@ -259,19 +260,6 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
         return Err(format!("range {s} is empty: END is exclusive"));
     }
     Ok((a, b))
-}
-
-/// Checks `range` (from [`parse_range`]) against data `len` bytes long, before anything is
-/// fetched: it must start inside the data (its end is clamped to the length).
-fn check_range(range: Option<(u64, u64)>, len: u64) -> Result<()> {
-    match range {
-        Some(_) if len == 0 => bail!("the data is empty (0 bytes): get it without --range"),
-        Some((a, _)) if a >= len => bail!(
-            "range starts at byte {a}, past the end of the data ({}): START must be below {len}",
-            count(len, "byte")
-        ),
-        _ => Ok(()),
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -521,28 +509,12 @@ fn net_get(
     range: Option<(u64, u64)>,
     blind: bool,
 ) -> Result<()> {
-    if range.is_some() {
-        // The manifest (and so the length) comes only inside `Dfs::get`; the chain has the
-        // registered size, which is the manifest's length. When the chain cannot say, the
-        // check after the get below still refuses a range that selected nothing.
-        let registered = node::client::ApiClient::new(&net.api())
-            .get_json::<node::view::DataView>(&format!("/data/{id}"));
-        if let Ok(d) = registered {
-            check_range(range, d.size)?;
-        }
-    }
     let mut dfs = net.connect(reader, 1, net.discover_s.min(3))?;
     if blind {
         dfs.start_gets_blind();
     }
     let bar = bytes_bar(None, "fetching");
-    let report = write_to(output, |w| {
-        let r = dfs.get(id, w, range, &|n| bar.set_position(n))?;
-        if let Some((a, _)) = range.filter(|_| r.open.bytes == 0) {
-            bail!("range starts at byte {a}, at or past the end of the data: START must be lower");
-        }
-        Ok(r)
-    })?;
+    let report = write_to(output, |w| dfs.get(id, w, range, &|n| bar.set_position(n)))?;
     bar.finish_and_clear();
     let Some(report) = report else {
         return Ok(());
@@ -788,7 +760,6 @@ fn run(cli: Cli) -> Result<()> {
             }
             let manifests = ManifestDir::open(home.join("manifests"))?;
             let manifest = manifests.load(&id)?;
-            check_range(*range, manifest.length)?;
             let store = ChunkStore::open(home.join("store"), store_config(&cli))?;
             let bar = bytes_bar(Some(manifest.length), "opening");
             let t = Instant::now();

@@ -54,6 +54,14 @@ pub enum PipelineError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A range asked of [`open`] starts at or past the end of the data.
+    #[error("{}", range_outside(*.start, *.len))]
+    RangeOutside {
+        /// The range's first byte.
+        start: u64,
+        /// The data's length in bytes.
+        len: u64,
+    },
     /// A crypto kernel failed (wrong key or tampered ciphertext among others).
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -943,13 +951,24 @@ fn reconstruct_checked(
     Ok(())
 }
 
+/// What [`PipelineError::RangeOutside`] says.
+fn range_outside(start: u64, len: u64) -> String {
+    match len {
+        0 => "the data is empty (0 bytes): get it without a range".into(),
+        1 => format!("range starts at byte {start}, past the end of the data (1 byte): START must be 0"),
+        _ => format!(
+            "range starts at byte {start}, past the end of the data ({len} bytes): START must be below {len}"
+        ),
+    }
+}
+
 /// Options for [`open`].
 #[derive(Debug, Clone, Default)]
 pub struct OpenParams {
     /// Blocks opened concurrently; 0 = two per rayon thread. Bounds memory.
     pub window: usize,
-    /// Only the plaintext bytes `[a, b)` (clamped to the data's length); `None` = all.
-    /// Only the blocks the range touches are fetched.
+    /// Only the plaintext bytes `[a, b)` (`b` clamped to the data's length; `a` must be
+    /// below it); `None` = all. Only the blocks the range touches are fetched.
     pub range: Option<(u64, u64)>,
 }
 
@@ -965,6 +984,12 @@ pub fn open<W: Write + Send>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> PipelineResult<OpenReport> {
     m.check()?;
+    if let Some((start, _)) = params.range.filter(|(a, _)| *a >= m.length) {
+        return Err(PipelineError::RangeOutside {
+            start,
+            len: m.length,
+        });
+    }
     let erasure = Erasure::new(usize::from(m.k), usize::from(m.m))?;
     let aeads = interval_aeads(m, owner)?;
     let window = match params.window {

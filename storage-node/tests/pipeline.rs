@@ -252,6 +252,31 @@ fn flipped_byte_anywhere_in_the_manifest_is_an_error() {
 }
 
 #[test]
+fn a_range_is_clamped_at_the_end_and_refused_past_it() {
+    let owner = Keypair::from_seed([8; 32]);
+    let data = sample(3000, 4);
+    let (m, shards) = seal_mem(&data, &owner, &params(2, 1, 1000, 1));
+    let ranged = |range| {
+        let mut out = Vec::new();
+        let p = OpenParams {
+            range: Some(range),
+            ..OpenParams::default()
+        };
+        open(&m, &owner, &shards, &mut out, &p, &|_| {}).map(|_| out)
+    };
+    assert_eq!(ranged((999, 1001)).unwrap(), data[999..1001]);
+    assert_eq!(ranged((2500, u64::MAX)).unwrap(), data[2500..]);
+    for start in [3000, 5000] {
+        match ranged((start, u64::MAX)) {
+            Err(e @ PipelineError::RangeOutside { .. }) => {
+                assert!(e.to_string().contains("3000 bytes"), "{e}")
+            }
+            other => panic!("{start}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn wrong_key_is_refused() {
     let owner = Keypair::from_seed([8; 32]);
     let (m, shards) = seal_mem(b"secret readings", &owner, &params(2, 1, 1000, 1));
