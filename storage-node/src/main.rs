@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use crypto_accel::{AeadAlgo, DataId, Keypair};
 use indicatif::{ProgressBar, ProgressStyle};
+use storage_node::node::client::{is_epipe, print_out};
 use storage_node::{
     node, open, seal, BackendChoice, ChunkStore, Manifest, ManifestDir, OpenParams, PipelineError,
     SealParams, StoreConfig, StoreSink,
@@ -374,23 +375,6 @@ fn one_line(e: &anyhow::Error) -> String {
         line.push_str(&cause);
     }
     line
-}
-
-/// Runs `print` on the locked standard output, for what a user may pipe on
-/// (`cpchain ls | head -1`). A reader that went away (EPIPE) is no error: the rest of the
-/// output is dropped quietly and the command goes on, where `println!` would panic.
-fn print_out(print: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
-    let mut out = io::stdout().lock();
-    match print(&mut out).and_then(|()| out.flush()) {
-        Err(e) if is_epipe(&e) => Ok(()),
-        r => r.context("writing to standard output"),
-    }
-}
-
-/// Whether the reader of our output went away (EPIPE; Rust ignores SIGPIPE, so a write
-/// fails instead of killing the process).
-fn is_epipe(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::BrokenPipe
 }
 
 /// `n` and its noun, singular or plural: `1 block`, `14 blocks`.

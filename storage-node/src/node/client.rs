@@ -645,9 +645,7 @@ pub fn run_status(api: &str) -> anyhow::Result<()> {
     } else {
         s.roles.join(", ")
     };
-    use std::io::Write;
-    let mut o = std::io::stdout().lock();
-    let printed = (|| -> std::io::Result<()> {
+    print_out(|o| {
         writeln!(o, "node        {} ({roles})", s.name)?;
         writeln!(o, "chain id    {}", s.chain_id)?;
         writeln!(o, "address     {}", s.address)?;
@@ -701,14 +699,27 @@ pub fn run_status(api: &str) -> anyhow::Result<()> {
                 writeln!(o, "  failure   {f}")?;
             }
         }
-        o.flush()
-    })();
-    // A reader that went away (`cpchain status | head -1`, EPIPE) ends the output quietly,
-    // where `println!` would panic; as `print_out` in main.rs.
-    match printed {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Ok(())
+    })
+}
+
+/// Runs `print` on the locked standard output, for what a user may pipe on
+/// (`cpchain status | head -1`). A reader that went away (EPIPE) is no error: the rest of
+/// the output is dropped quietly and the command goes on, where `println!` would panic.
+pub fn print_out(
+    print: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match print(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Err(e) if is_epipe(&e) => Ok(()),
         r => r.context("writing to standard output"),
     }
+}
+
+/// Whether the reader of our output went away (EPIPE; Rust ignores SIGPIPE, so a write
+/// fails instead of killing the process).
+pub fn is_epipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
 #[cfg(test)]
