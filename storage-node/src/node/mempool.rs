@@ -814,31 +814,32 @@ impl Mempool {
         }
         let senders: Vec<Address> = self.accounts.keys().copied().collect();
         for addr in senders {
-            self.prune_account(&addr, state.nonce(&addr));
-        }
-        // A next transaction can also stop applying while its sender does nothing (the
-        // chain moved on under it: a campaign's seed block grew too old, say): one that has
-        // waited is checked again every HEAD_RECHECK_BLOCKS blocks.
-        let height = self.height;
-        let waited: Vec<Address> = self
-            .accounts
-            .iter()
-            .filter(|(a, q)| {
-                q.txs.get(&state.nonce(a)).is_some_and(|e| {
-                    let w = height.saturating_sub(e.added_at);
-                    w >= HEAD_RECHECK_BLOCKS && w % HEAD_RECHECK_BLOCKS == 0
-                })
-            })
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in moved.into_iter().chain(waited) {
-            self.drop_if_it_cannot_apply(&addr, state, cfg);
+            let nonce = state.nonce(&addr);
+            self.prune_account(&addr, nonce);
+            // A next transaction can also stop applying while its sender does nothing (the
+            // chain moved on under it: a campaign's seed block grew too old, say): one that
+            // has waited is checked again every HEAD_RECHECK_BLOCKS blocks.
+            let Some(next) = self.accounts.get(&addr).and_then(|q| q.txs.get(&nonce)) else {
+                continue;
+            };
+            let waited = self.height.saturating_sub(next.added_at);
+            if moved.contains(&addr)
+                || (waited >= HEAD_RECHECK_BLOCKS && waited % HEAD_RECHECK_BLOCKS == 0)
+            {
+                self.drop_if_it_cannot_apply(&addr, nonce, state, cfg);
+            }
         }
     }
 
-    /// Drops `addr`'s next transaction if it cannot apply to `state` (see [`Self::dropped`]).
-    fn drop_if_it_cannot_apply(&mut self, addr: &Address, state: &State, cfg: &ChainConfig) {
-        let nonce = state.nonce(addr);
+    /// Drops `addr`'s next transaction (of `nonce`, its chain nonce) if it cannot apply to
+    /// `state` (see [`Self::dropped`]).
+    fn drop_if_it_cannot_apply(
+        &mut self,
+        addr: &Address,
+        nonce: u64,
+        state: &State,
+        cfg: &ChainConfig,
+    ) {
         let Some(e) = self.accounts.get(addr).and_then(|q| q.txs.get(&nonce)) else {
             return;
         };
