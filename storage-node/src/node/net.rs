@@ -835,10 +835,9 @@ fn record_charge(len: usize) -> usize {
 pub struct RecordBytes {
     /// This node, for the distance to a page's key.
     local: kad::KBucketKey<PeerId>,
-    /// Charge of every kept page (see [`record_charge`]).
-    sizes: HashMap<kad::RecordKey, usize>,
+    /// Every kept page: the owner of its data, and its charge (see [`record_charge`]).
+    pages: HashMap<kad::RecordKey, (Address, usize)>,
     total: usize,
-    owner_of: HashMap<kad::RecordKey, Address>,
     owners: HashMap<Address, OwnerPages>,
 }
 
@@ -855,9 +854,8 @@ impl RecordBytes {
     pub fn new(local: PeerId) -> RecordBytes {
         RecordBytes {
             local: kad::KBucketKey::from(local),
-            sizes: HashMap::new(),
+            pages: HashMap::new(),
             total: 0,
-            owner_of: HashMap::new(),
             owners: HashMap::new(),
         }
     }
@@ -882,13 +880,12 @@ impl RecordBytes {
         owner: &Address,
     ) -> Option<Vec<kad::RecordKey>> {
         let charge = record_charge(len);
-        let old = self.sizes.get(key).copied().unwrap_or(0);
+        let (old_owner, old) = self
+            .pages
+            .get(key)
+            .map_or((None, 0), |(o, c)| (Some(o), *c));
         // What the page's owner will have kept here with it.
-        let replaced = if self.owner_of.get(key) == Some(owner) {
-            old
-        } else {
-            0
-        };
+        let replaced = if old_owner == Some(owner) { old } else { 0 };
         let after = self.owner_bytes(owner) - replaced + charge;
         if after > MAX_RECORD_BYTES_PER_OWNER {
             return None;
@@ -915,7 +912,7 @@ impl RecordBytes {
                 .values()
                 .rev()
                 .find(|k| *k != key && !evict.contains(*k))?;
-            let c = self.sizes.get(far).copied().unwrap_or(0);
+            let c = self.pages.get(far).map_or(0, |(_, c)| *c);
             *taken.entry(big).or_default() += c;
             over = over.saturating_sub(c);
             evict.push(far.clone());
@@ -927,9 +924,8 @@ impl RecordBytes {
     pub fn note(&mut self, key: kad::RecordKey, len: usize, owner: Address) {
         self.forget(&key);
         let charge = record_charge(len);
-        self.sizes.insert(key.clone(), charge);
+        self.pages.insert(key.clone(), (owner, charge));
         self.total += charge;
-        self.owner_of.insert(key.clone(), owner);
         let d = self.distance(&key);
         let pages = self.owners.entry(owner).or_default();
         pages.bytes += charge;
@@ -938,18 +934,16 @@ impl RecordBytes {
 
     /// Records that nothing is kept under `key` any more.
     pub fn forget(&mut self, key: &kad::RecordKey) {
-        let Some(old) = self.sizes.remove(key) else {
+        let Some((o, old)) = self.pages.remove(key) else {
             return;
         };
         self.total -= old;
-        if let Some(o) = self.owner_of.remove(key) {
-            let d = self.distance(key);
-            if let Some(pages) = self.owners.get_mut(&o) {
-                pages.bytes -= old;
-                pages.keys.remove(&d);
-                if pages.keys.is_empty() {
-                    self.owners.remove(&o);
-                }
+        let d = self.distance(key);
+        if let Some(pages) = self.owners.get_mut(&o) {
+            pages.bytes -= old;
+            pages.keys.remove(&d);
+            if pages.keys.is_empty() {
+                self.owners.remove(&o);
             }
         }
     }
@@ -1767,7 +1761,7 @@ mod tests {
         tiny.note(key(1), 10, owner(1));
         assert_eq!(tiny.total, RECORD_CHARGE_MIN);
         tiny.forget(&key(1));
-        assert_eq!((tiny.total, tiny.owners.len(), tiny.sizes.len()), (0, 0, 0));
+        assert_eq!((tiny.total, tiny.owners.len(), tiny.pages.len()), (0, 0, 0));
     }
 
     #[test]
@@ -1789,7 +1783,7 @@ mod tests {
         // greatest address, owner 3), the one farthest from this node.
         let evict = k.make_room(&key(1 << 20), page, &owner(9)).unwrap();
         assert_eq!(evict.len(), 1);
-        assert_eq!(k.owner_of[&evict[0]], owner(3));
+        assert_eq!(k.pages[&evict[0]].0, owner(3));
         let distance = |r: &kad::RecordKey| k.local.distance(&kad::KBucketKey::new(r.to_vec()));
         let farthest = k.owners[&owner(3)]
             .keys
@@ -1804,7 +1798,7 @@ mod tests {
         // shares meet in the middle and never swap back and forth.
         let mut fifth = 0u32;
         while let Some(evict) = k.make_room(&key((1 << 20) + fifth), page, &owner(9)) {
-            if evict.iter().any(|e| k.owner_of[e] == owner(9)) {
+            if evict.iter().any(|e| k.pages[e].0 == owner(9)) {
                 // The newcomer is the biggest now: it makes room with its own pages.
                 break;
             }
@@ -1833,7 +1827,7 @@ mod tests {
         let most = *all.iter().max_by_key(|o| (k.owner_bytes(o), **o)).unwrap();
         let evict = k.make_room(&key(3 << 20), page, &most).unwrap();
         assert_eq!(evict.len(), 1);
-        assert_eq!(k.owner_of[&evict[0]], most);
+        assert_eq!(k.pages[&evict[0]].0, most);
     }
 
     #[test]
@@ -1858,7 +1852,7 @@ mod tests {
         let grown = k.owners[&big].keys.values().next().unwrap().clone();
         let evict = k.make_room(&grown, 2 * page, &big).unwrap();
         assert_eq!(evict.len(), 1);
-        assert!(evict[0] != grown && k.owner_of[&evict[0]] == big);
+        assert!(evict[0] != grown && k.pages[&evict[0]].0 == big);
     }
 
     #[test]
@@ -1889,7 +1883,7 @@ mod tests {
         assert!(after.contains(&key(u32::MAX)));
         let gone: Vec<_> = before.difference(&after).collect();
         assert_eq!(gone.len(), 1);
-        assert!(!kept.sizes.contains_key(gone[0]));
+        assert!(!kept.pages.contains_key(gone[0]));
         assert_eq!(kept.total, MAX_RECORD_BYTES_KEPT);
     }
 
