@@ -869,7 +869,7 @@ impl Write for HashWriter {
 fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
     use rand::{RngCore, SeedableRng};
     let dir = tempfile_dir()?;
-    let mut cleanup = DemoDir(Some(dir.clone()));
+    let mut cleanup = RemoveOnDrop(Some(dir.clone()));
     outln!(
         "cpchain demo: {} sample, {}+{} erasure code, {} blocks, {}",
         human(size),
@@ -965,7 +965,7 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
         report.shards_missing
     );
     if out.1 != size || out.0.finalize() != expect.finalize() {
-        cleanup.0 = None;
+        cleanup.keep();
         bail!(
             "round trip FAILED: the opened bytes differ from the sample (kept in {})",
             dir.display()
@@ -977,21 +977,54 @@ fn demo(cli: &Cli, size: u64, params: &SealParams) -> Result<()> {
         expect.finalize().to_hex()
     );
     store.close()?;
-    cleanup.0 = None;
+    cleanup.keep();
     fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(())
 }
 
-/// The demo's directory: removed if the demo ends early (an error, a panic), unless
-/// disarmed (`.0 = None`) to be kept for a look or removed with its own error check.
-struct DemoDir(Option<PathBuf>);
+/// A path removed when dropped (a file, or a directory with all it holds) unless kept:
+/// the demo's directory and a get's temporary file go whatever ends their work early (an
+/// error, a panic).
+struct RemoveOnDrop(Option<PathBuf>);
 
-impl Drop for DemoDir {
+impl RemoveOnDrop {
+    /// Leaves the path alone: renamed, kept for a look, or removed with its own error check.
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            let _ = fs::remove_dir_all(d);
+        if let Some(p) = self.0.take() {
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(p)
+            } else {
+                fs::remove_file(p)
+            };
         }
     }
+}
+
+/// A new file system entry made by `create` at `path_for(random)`, a name no one has: a
+/// name that exists already is drawn again (up to 16 times), never reused.
+fn create_unique<T>(
+    path_for: impl Fn(u32) -> PathBuf,
+    create: impl Fn(&Path) -> io::Result<T>,
+) -> Result<(PathBuf, T)> {
+    let mut tried = None;
+    for _ in 0..16 {
+        let p = path_for(rand::random());
+        match create(&p) {
+            Ok(t) => return Ok((p, t)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => tried = Some(p),
+            Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+        }
+    }
+    bail!(
+        "could not create a new name like {}",
+        tried.unwrap_or_default().display()
+    )
 }
 
 /// Output buffer of `get`: smaller than a block's parts (a 1 MiB block at k = 10 has parts
@@ -1035,13 +1068,10 @@ fn write_output<T>(out: &Path, get: impl FnOnce(Output) -> Result<T>) -> Result<
         return get(Box::new(BufWriter::with_capacity(OUT_BUF, f)));
     }
     let (tmp, f) = partial_file(out)?;
-    let mut partial = Partial {
-        path: tmp,
-        renamed: false,
-    };
+    let mut partial = RemoveOnDrop(Some(tmp.clone()));
     let r = get(Box::new(BufWriter::with_capacity(OUT_BUF, f)))?;
-    fs::rename(&partial.path, out).with_context(|| format!("renaming to {}", out.display()))?;
-    partial.renamed = true;
+    fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    partial.keep();
     Ok(r)
 }
 
@@ -1053,54 +1083,25 @@ fn partial_file(out: &Path) -> Result<(PathBuf, File)> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "output".into());
-    for _ in 0..16 {
-        let tmp = out.with_file_name(format!(
-            ".{name}.{}-{:08x}.cpchain-partial",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-        {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("creating {}", tmp.display())),
-        }
-    }
-    bail!(
-        "could not create a temporary file next to {}",
-        out.display()
+    create_unique(
+        |r| {
+            out.with_file_name(format!(
+                ".{name}.{}-{r:08x}.cpchain-partial",
+                std::process::id()
+            ))
+        },
+        |p| fs::OpenOptions::new().write(true).create_new(true).open(p),
     )
-}
-
-/// The temporary file of [`write_output`]: removed when dropped, unless it was renamed.
-struct Partial {
-    path: PathBuf,
-    renamed: bool,
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.renamed {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
 }
 
 /// A fresh directory for the demo, under the system temp dir.
 fn tempfile_dir() -> Result<PathBuf> {
     let base = std::env::temp_dir();
-    for _ in 0..16 {
-        let d = base.join(format!("cpchain-demo-{:016x}", rand::random::<u64>()));
-        match fs::create_dir(&d) {
-            Ok(()) => return Ok(d),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("creating {}", d.display())),
-        }
-    }
-    bail!("could not create a demo directory under {}", base.display())
+    let (d, ()) = create_unique(
+        |r| base.join(format!("cpchain-demo-{r:08x}")),
+        |p: &Path| fs::create_dir(p),
+    )?;
+    Ok(d)
 }
 
 #[cfg(test)]
