@@ -147,92 +147,112 @@ enum StorageMetric {
     Counter(Counter),
 }
 
-/// A storage metric: name suffix, help, and how to read it from the view. Totals (since
-/// the node started) are the [`STORAGE_COUNTERS`]; the rest are levels.
+/// Whether a storage metric is a level (a Prometheus gauge) or a total since the node
+/// started (a counter, named `…_total`, so `rate()` works on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Level,
+    Total,
+}
+
+/// A storage metric: name suffix, help, kind, and how to read it from the view.
 type StorageRead = (
     &'static str,
     &'static str,
+    Kind,
     fn(&super::storage::StorageView) -> u64,
 );
 
-/// The storage metrics that are totals since the node started: Prometheus counters, so
-/// `rate()` works on them.
-const STORAGE_COUNTERS: &[&str] = &[
-    "shards_served",
-    "reads_refused",
-    "audits_answered",
-    "audits_missing",
-    "audits_sent",
-    "audits_passed",
-    "audits_failed",
-    "shards_repaired",
-    "repair_bytes",
-    "unrecoverable_blocks",
-];
-
 const STORAGE_METRICS: &[StorageRead] = &[
-    ("shards", "Confirmed shards held", |v| v.shards),
-    ("pending_shards", "Uncommitted shards held", |v| v.pending),
-    ("data_items", "Data items with shards here", |v| {
-        v.data_items
-    }),
+    ("shards", "Confirmed shards held", Kind::Level, |v| v.shards),
+    (
+        "pending_shards",
+        "Uncommitted shards held",
+        Kind::Level,
+        |v| v.pending,
+    ),
+    (
+        "data_items",
+        "Data items with shards here",
+        Kind::Level,
+        |v| v.data_items,
+    ),
     (
         "disk_used_bytes",
         "Bytes of the shard store's segment files",
+        Kind::Level,
         |v| v.disk_used,
     ),
     (
         "disk_free_bytes",
         "Free bytes on the shard store's file system",
+        Kind::Level,
         |v| v.disk_free,
     ),
     (
         "shards_served",
         "Shards served to readers and repairers",
+        Kind::Total,
         |v| v.served,
     ),
     (
         "reads_refused",
         "Shard reads refused (no right on chain, bad signature)",
+        Kind::Total,
         |v| v.refused,
     ),
     (
         "audits_answered",
         "Audit challenges answered with a proof",
+        Kind::Total,
         |v| v.audits_answered,
     ),
     (
         "audits_missing",
         "Audit challenges for shards not held",
+        Kind::Total,
         |v| v.audits_missing,
     ),
     (
         "coordinated_data_items",
         "Data items this node audits and repairs",
+        Kind::Level,
         |v| v.coordinated,
     ),
-    ("audits_sent", "Audits sent as coordinator", |v| {
-        v.audits_sent
-    }),
-    ("audits_passed", "Audits sent that passed", |v| {
-        v.audits_passed
-    }),
+    (
+        "audits_sent",
+        "Audits sent as coordinator",
+        Kind::Total,
+        |v| v.audits_sent,
+    ),
+    (
+        "audits_passed",
+        "Audits sent that passed",
+        Kind::Total,
+        |v| v.audits_passed,
+    ),
     (
         "audits_failed",
         "Audits sent that failed (missing, bad proof, refused)",
+        Kind::Total,
         |v| v.audits_failed,
     ),
     (
         "shards_repaired",
         "Shards rebuilt and placed on other nodes",
+        Kind::Total,
         |v| v.shards_repaired,
     ),
-    ("repair_bytes", "Bytes fetched and stored by repair", |v| {
-        v.repair_bytes
-    }),
+    (
+        "repair_bytes",
+        "Bytes fetched and stored by repair",
+        Kind::Total,
+        |v| v.repair_bytes,
+    ),
     (
         "unrecoverable_blocks",
         "Blocks found with fewer than k live shards",
+        Kind::Total,
         |v| v.unrecoverable_blocks,
     ),
 ];
@@ -268,9 +288,9 @@ impl Metrics {
             verify_batch: Histogram::new(BATCH_BUCKETS),
             storage: STORAGE_METRICS
                 .iter()
-                .map(|(n, _, _)| match STORAGE_COUNTERS.contains(n) {
-                    true => StorageMetric::Counter(Counter::default()),
-                    false => StorageMetric::Gauge(Gauge::default()),
+                .map(|(_, _, kind, _)| match kind {
+                    Kind::Total => StorageMetric::Counter(Counter::default()),
+                    Kind::Level => StorageMetric::Gauge(Gauge::default()),
                 })
                 .collect(),
             scrape: Mutex::new(ScrapeState::default()),
@@ -318,7 +338,7 @@ impl Metrics {
             "Signatures per verified batch",
             m.verify_batch.clone(),
         );
-        for ((name, help, _), metric) in STORAGE_METRICS.iter().zip(&m.storage) {
+        for ((name, help, _, _), metric) in STORAGE_METRICS.iter().zip(&m.storage) {
             let name = format!("cpchain_storage_{name}");
             match metric {
                 StorageMetric::Gauge(g) => registry.register(name, *help, g.clone()),
@@ -357,7 +377,7 @@ impl Metrics {
         self.tps.set(tps(&mut st.window, now, view.committed_txs));
         if let Some(sv) = &view.storage {
             st.storage.resize(STORAGE_METRICS.len(), 0);
-            for (((_, _, read), metric), seen) in STORAGE_METRICS
+            for (((_, _, _, read), metric), seen) in STORAGE_METRICS
                 .iter()
                 .zip(&self.storage)
                 .zip(st.storage.iter_mut())
