@@ -685,16 +685,22 @@ impl State {
         self.rnode_deposit(addr) >= cfg.rnode_min_deposit
     }
 
-    /// Up to `n` RNodes (holders of at least the RNode minimum) with their deposits,
-    /// largest deposit first (ties by address).
-    pub fn rnodes(&self, cfg: &ChainConfig, n: usize) -> Vec<(Address, Amount)> {
-        let mut v: Vec<(Address, Amount)> = self
-            .tables
+    /// Every RNode (a holder of at least the RNode minimum) with its deposit.
+    fn staked_rnodes<'a>(
+        &'a self,
+        cfg: &'a ChainConfig,
+    ) -> impl Iterator<Item = (Address, Amount)> + 'a {
+        self.tables
             .rnodes
             .iter()
             .filter(|(_, f)| f.0 >= cfg.rnode_min_deposit)
             .map(|(a, f)| (*a, f.0))
-            .collect();
+    }
+
+    /// Up to `n` RNodes (holders of at least the RNode minimum) with their deposits,
+    /// largest deposit first (ties by address).
+    pub fn rnodes(&self, cfg: &ChainConfig, n: usize) -> Vec<(Address, Amount)> {
+        let mut v: Vec<(Address, Amount)> = self.staked_rnodes(cfg).collect();
         v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
         v
@@ -705,11 +711,8 @@ impl State {
     pub fn rnodes_closest(&self, cfg: &ChainConfig, target: &[u8; 32], n: usize) -> Vec<Address> {
         let dist = |a: &Address| -> [u8; 32] { std::array::from_fn(|i| a.0[i] ^ target[i]) };
         let mut v: Vec<([u8; 32], Address)> = self
-            .tables
-            .rnodes
-            .iter()
-            .filter(|(_, f)| f.0 >= cfg.rnode_min_deposit)
-            .map(|(a, _)| (dist(a), *a))
+            .staked_rnodes(cfg)
+            .map(|(a, _)| (dist(&a), a))
             .collect();
         let n = n.min(v.len());
         if n == 0 {

@@ -579,9 +579,7 @@ pub fn init(
         None => None,
     };
     for b in bootstrap {
-        let a: libp2p::Multiaddr = b
-            .parse()
-            .with_context(|| format!("bootstrap address `{b}` is not a multiaddr"))?;
+        let a = super::net::bootstrap_addr(b)?;
         if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
             bail!("bootstrap address `{b}` must end in /p2p/<peer id>");
         }

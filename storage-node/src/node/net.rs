@@ -349,6 +349,12 @@ pub fn hardened_kad(peer: PeerId, mode: kad::Mode) -> kad::Behaviour<kad::store:
     k
 }
 
+/// A `[network] bootstrap` entry as a multiaddr.
+pub fn bootstrap_addr(b: &str) -> Result<Multiaddr> {
+    b.parse()
+        .with_context(|| format!("bootstrap address `{b}` is not a multiaddr"))
+}
+
 /// Kad's store of records and provider announcements, sized for many data items.
 fn record_store(peer: PeerId) -> kad::store::MemoryStore {
     kad::store::MemoryStore::with_config(
@@ -1115,10 +1121,7 @@ impl Net {
         }
         let bootstrap = bootstrap
             .iter()
-            .map(|b| {
-                b.parse::<Multiaddr>()
-                    .with_context(|| format!("bootstrap address `{b}` is not a multiaddr"))
-            })
+            .map(|b| bootstrap_addr(b))
             .collect::<Result<Vec<_>>>()?;
         let me = *swarm.local_peer_id();
         let peers = |v: &[Address]| -> HashSet<PeerId> {
