@@ -5,13 +5,16 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// The `cpchain` binary with `--home home`, for arguments, environment and pipes to be
+/// added.
+fn cpchain_cmd(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cpchain"));
+    c.arg("--home").arg(home);
+    c
+}
+
 fn cpchain(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cpchain"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .expect("run cpchain")
+    cpchain_cmd(home).args(args).output().expect("run cpchain")
 }
 
 /// No temporary file of a get is left in `dir`.
@@ -159,9 +162,7 @@ fn status_and_tx_use_the_local_node_without_flags() {
         &["status"][..],
         &["tx", "transfer", &"ab".repeat(32), "1"][..],
     ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_cpchain"))
-            .arg("--home")
-            .arg(home.path())
+        let o = cpchain_cmd(home.path())
             .args(args)
             .env("TMPDIR", tmp.path())
             .env_remove("CPCHAIN_API")
@@ -207,9 +208,7 @@ fn a_one_node_chain_from_init_proposes_every_block_itself() {
         text.replace("127.0.0.1:8645", &format!("127.0.0.1:{port}")),
     )
     .unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_cpchain"))
-        .arg("--home")
-        .arg(home.path())
+    let mut node = cpchain_cmd(home.path())
         .args(["node", "--config", cfg.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(home.path().join("node.log")).unwrap())
@@ -250,9 +249,7 @@ fn a_one_node_chain_from_init_proposes_every_block_itself() {
 fn cpchain_to_closed_pipe(home: &Path, args: &[&str]) -> Output {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    Command::new(env!("CARGO_BIN_EXE_cpchain"))
-        .arg("--home")
-        .arg(home)
+    cpchain_cmd(home)
         .args(args)
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
@@ -430,9 +427,7 @@ fn empty_input_is_refused_before_connecting_and_errors_say_it_once() {
         "{}",
         stderr(&o)
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_cpchain"))
-        .arg("--home")
-        .arg(h)
+    let o = cpchain_cmd(h)
         .args(["put", "-", "--node", "http://127.0.0.1:1"])
         .stdin(std::process::Stdio::null())
         .output()
@@ -478,8 +473,8 @@ fn every_command_takes_the_node_api_by_either_name() {
             Some(("CPCHAIN_API", "http://127.0.0.1:1")),
         ),
     ] {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cpchain"));
-        c.arg("--home").arg(home.path()).args(&args);
+        let mut c = cpchain_cmd(home.path());
+        c.args(&args);
         // A private temp dir, so a devnet running on this machine is not the one found.
         c.env("TMPDIR", home.path());
         c.env_remove("CPCHAIN_API").env_remove("CPCHAIN_NODE");
@@ -530,9 +525,7 @@ fn keys_show_reads_any_key_file_and_a_failed_demo_leaves_no_directory() {
     assert_eq!(String::from_utf8(o.stdout).unwrap(), public);
     // A demo that fails (no data shards) removes its working directory.
     let tmp = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cpchain"))
-        .arg("--home")
-        .arg(home.path())
+    let o = cpchain_cmd(home.path())
         .args(["demo", "--size", "1MiB", "-k", "0"])
         .env("TMPDIR", tmp.path())
         .output()
