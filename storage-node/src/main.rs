@@ -159,8 +159,26 @@ enum Command {
         #[command(flatten)]
         net: NetArgs,
     },
-    /// List the data items stored here.
-    Ls,
+    /// List the data items in the local store, or with --net the data registered on chain
+    /// by your key (or --owner), newest first.
+    Ls {
+        /// List what is registered on chain, through a node's API, instead of the local store.
+        #[arg(long)]
+        net: bool,
+        /// List this address's data instead of your key's (implies --net).
+        #[arg(long, value_name = "ADDRESS")]
+        owner: Option<String>,
+        /// Most items to list from the chain (1–200), newest first.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..=200))]
+        limit: u16,
+        /// A node's API [default: $CPCHAIN_NODE, else the local devnet or node, else
+        /// http://127.0.0.1:8645] (also --node).
+        #[arg(long, alias = "node", env = "CPCHAIN_API", value_name = "URL")]
+        api: Option<String>,
+        /// Key file whose data to list [default: the key in --home].
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
     /// Delete DATA_ID's shards and manifest, reclaiming their space.
     Rm {
         /// The data id.
@@ -769,7 +787,47 @@ fn run(cli: Cli) -> Result<()> {
                 report.shards_corrupt
             );
         }
-        Command::Ls => {
+        Command::Ls {
+            net,
+            owner,
+            limit,
+            api,
+            key,
+        } if *net || owner.is_some() => {
+            let owner = match (owner, key) {
+                (Some(a), _) => node::client::parse_address_arg(a).map_err(anyhow::Error::msg)?,
+                (None, Some(k)) => chain::Address::of(&node::config::load_key(k)?.public()),
+                (None, None) => chain::Address::of(&load_key(&home)?.public()),
+            };
+            let v = node::client::ApiClient::new(&api_or_local(api))
+                .owned_data(&owner, usize::from(*limit))?;
+            print_out(|o| {
+                for d in &v.data {
+                    writeln!(
+                        o,
+                        "{}  {:>10}  {}+{}  {:<10}  block {}",
+                        d.id,
+                        human(d.size),
+                        d.k,
+                        d.m,
+                        d.policy,
+                        d.registered_at
+                    )?;
+                }
+                Ok(())
+            })?;
+            let shown = if v.data.len() < v.total {
+                format!("the newest {} of ", v.data.len())
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{shown}{} registered by {}",
+                count(v.total as u64, "data item"),
+                owner.to_hex()
+            );
+        }
+        Command::Ls { .. } => {
             local_home(&home)?;
             let manifests = ManifestDir::open(home.join("manifests"))?;
             let ids = manifests.ids()?;

@@ -468,6 +468,7 @@ fn every_command_takes_the_node_api_by_either_name() {
         (vec!["status", "--node", "http://127.0.0.1:1"], None),
         (vec!["put", file, "--api", "http://127.0.0.1:1"], None),
         (vec!["status"], Some(("CPCHAIN_NODE", "http://127.0.0.1:1"))),
+        (vec!["ls", "--net", "--node", "http://127.0.0.1:1"], None),
         (
             vec!["put", file],
             Some(("CPCHAIN_API", "http://127.0.0.1:1")),
@@ -488,6 +489,21 @@ fn every_command_takes_the_node_api_by_either_name() {
             "{args:?} {env:?}: {}",
             stderr(&o)
         );
+    }
+}
+
+#[test]
+fn ls_net_refuses_a_bad_owner_or_limit_before_connecting() {
+    let home = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (vec!["ls", "--owner", "xyz"], "is not an address"),
+        (vec!["ls", "--net", "--limit", "0"], "--limit"),
+        (vec!["ls", "--net", "--limit", "201"], "--limit"),
+    ] {
+        let o = cpchain(home.path(), &args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("127.0.0.1"), "{args:?} connected");
     }
 }
 

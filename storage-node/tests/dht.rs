@@ -375,6 +375,37 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
         "sealed get: different bytes"
     );
 
+    // The owner lists both uploads from the chain, newest first, with their shapes.
+    let o = as_client(&api, &key, &["ls", "--net"]);
+    assert!(o.status.success(), "ls --net failed: {}", stderr(&o));
+    let listed = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "ls --net printed {listed:?}");
+    assert!(
+        lines[0].starts_with(&small_id) && lines[0].contains("3.0 MiB"),
+        "{listed}"
+    );
+    assert!(
+        lines[1].starts_with(&id) && lines[1].contains("10+4"),
+        "{listed}"
+    );
+    assert!(
+        stderr(&o).contains("2 data items registered by"),
+        "{}",
+        stderr(&o)
+    );
+    let o = as_client(
+        &api,
+        &key,
+        &["ls", "--owner", &"42".repeat(32), "--limit", "5"],
+    );
+    assert!(o.status.success(), "ls --owner failed: {}", stderr(&o));
+    assert!(
+        o.stdout.is_empty() && stderr(&o).contains("0 data items"),
+        "{}",
+        stderr(&o)
+    );
+
     // kill -9 four holders (storage nodes holding shards) → identical bytes.
     let holders: Vec<usize> = {
         let h = net.holdings(&id);

@@ -133,6 +133,7 @@ struct Metrics {
     peers: Gauge,
     impeachments: Counter,
     rejected: Counter,
+    dropped: Counter,
     verify_batch: Histogram,
     /// The storage role's metrics, in [`STORAGE_METRICS`] order (absent on nodes without
     /// the role: stay 0).
@@ -264,9 +265,17 @@ struct ScrapeState {
     committed: u64,
     impeachments: u64,
     rejected: u64,
+    dropped: u64,
     window: VecDeque<(Instant, u64)>,
     /// The storage counters' totals, in [`STORAGE_METRICS`] order (0 for gauges).
     storage: Vec<u64>,
+}
+
+/// Moves `counter` on by what the engine's `total` gained since the previous scrape saw
+/// `seen`.
+fn advance(counter: &Counter, total: u64, seen: &mut u64) {
+    counter.inc_by(total.saturating_sub(*seen));
+    *seen = total;
 }
 
 fn gauge_value<T: TryInto<i64>>(v: T) -> i64 {
@@ -285,6 +294,7 @@ impl Metrics {
             peers: Gauge::default(),
             impeachments: Counter::default(),
             rejected: Counter::default(),
+            dropped: Counter::default(),
             verify_batch: Histogram::new(BATCH_BUCKETS),
             storage: STORAGE_METRICS
                 .iter()
@@ -334,6 +344,11 @@ impl Metrics {
             m.rejected.clone(),
         );
         registry.register(
+            "cpchain_dropped_txs",
+            "Transactions the mempool dropped after admitting them, because they could no longer apply",
+            m.dropped.clone(),
+        );
+        registry.register(
             "cpchain_verify_batch_size",
             "Signatures per verified batch",
             m.verify_batch.clone(),
@@ -357,15 +372,10 @@ impl Metrics {
         self.height.set(gauge_value(view.height));
         self.mempool.set(gauge_value(view.mempool));
         self.peers.set(gauge_value(view.peers));
-        self.committed
-            .inc_by(view.committed_txs.saturating_sub(st.committed));
-        self.impeachments
-            .inc_by(view.impeachments.saturating_sub(st.impeachments));
-        self.rejected
-            .inc_by(view.rejected_txs.saturating_sub(st.rejected));
-        st.committed = view.committed_txs;
-        st.impeachments = view.impeachments;
-        st.rejected = view.rejected_txs;
+        advance(&self.committed, view.committed_txs, &mut st.committed);
+        advance(&self.impeachments, view.impeachments, &mut st.impeachments);
+        advance(&self.rejected, view.rejected_txs, &mut st.rejected);
+        advance(&self.dropped, view.dropped_txs, &mut st.dropped);
         for s in &view.commit_latencies_s {
             if s.is_finite() && *s >= 0.0 {
                 self.latency.observe(*s);
@@ -387,10 +397,7 @@ impl Metrics {
                     StorageMetric::Gauge(g) => {
                         g.set(gauge_value(v));
                     }
-                    StorageMetric::Counter(c) => {
-                        c.inc_by(v.saturating_sub(*seen));
-                        *seen = v;
-                    }
+                    StorageMetric::Counter(c) => advance(c, v, seen),
                 }
             }
         }
@@ -475,6 +482,7 @@ fn routes() -> Routes {
     .get("/metrics", metrics)
     .get("/status", status)
     .get("/accounts/{address}", account)
+    .get("/accounts/{address}/data", owned_data)
     .get("/blocks", recent_blocks)
     .get("/blocks/{number}", block)
     .get("/txs", recent_txs)
@@ -625,6 +633,16 @@ async fn account(
 ) -> ApiResult<Response> {
     let addr = parse_address(&path_param(p)?)?;
     Ok(Json(st.api.account(&addr)).into_response())
+}
+
+async fn owned_data(
+    State(st): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let addr = parse_address(&path_param(p)?)?;
+    let n = limit(q)?;
+    Ok(Json(st.api.owned_data(&addr, n)).into_response())
 }
 
 async fn recent_blocks(
@@ -1072,6 +1090,12 @@ fn schemas() -> Value {
             "intervals_start": int_prop("First encryption interval"),
             "intervals_end": int_prop("End of the encryption intervals (exclusive)"),
             "policy": str_prop("Access policy, e.g. owner-only, grants"),
+            "registered_at": int_prop("Height of the block that registered it"),
+        })),
+        "OwnedData": object(json!({
+            "owner": hexs("Owner"),
+            "total": int_prop("Data items the owner registered in all"),
+            "data": { "type": "array", "items": schema_ref("Data"), "description": "The newest of them, newest first, at most limit" },
         })),
         "Grant": object(json!({
             "data": hexs("Data id"),
@@ -1169,7 +1193,7 @@ pub fn openapi() -> Value {
             "/metrics": { "get": {
                 "summary": "Prometheus / OpenMetrics text exposition",
                 "responses": {
-                    "200": { "description": "cpchain_height, cpchain_committed_txs_total, cpchain_tps, cpchain_commit_latency_seconds, cpchain_mempool_txs, cpchain_peers, cpchain_impeachments_total, cpchain_rejected_txs_total, cpchain_verify_batch_size",
+                    "200": { "description": "cpchain_height, cpchain_committed_txs_total, cpchain_tps, cpchain_commit_latency_seconds, cpchain_mempool_txs, cpchain_peers, cpchain_impeachments_total, cpchain_rejected_txs_total, cpchain_dropped_txs_total, cpchain_verify_batch_size, cpchain_storage_* (storage nodes)",
                              "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } },
                     "500": error_response("Internal error"),
                 }
@@ -1179,6 +1203,10 @@ pub fn openapi() -> Value {
                 "An account (a never-seen address is an empty account)",
                 vec![hex_param("address", "Account address")],
                 json_response("Account", schema_ref("Account")), false) },
+            "/accounts/{address}/data": { "get": get_op(
+                "The data an address registered (its uploads), newest first",
+                vec![hex_param("address", "Owner address"), limit_param()],
+                json_response("Owned data", schema_ref("OwnedData")), false) },
             "/blocks": { "get": get_op(
                 "Newest final blocks, newest first, without transaction lists",
                 vec![limit_param()],

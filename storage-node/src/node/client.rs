@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::api::{MAX_BATCH_BODY, MAX_BATCH_TXS};
-use super::view::{AccountView, StatusView, TxView};
+use super::view::{AccountView, OwnedDataView, StatusView, TxView};
 
 /// Largest response body the client reads, in bytes.
 pub const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
@@ -186,6 +186,12 @@ impl ApiClient {
         self.get_json(&format!("/accounts/{}", address.to_hex()))
     }
 
+    /// The data `owner` registered: the total, and the newest `limit` (at most the API's
+    /// 200), newest first.
+    pub fn owned_data(&self, owner: &Address, limit: usize) -> ClientResult<OwnedDataView> {
+        self.get_json(&format!("/accounts/{}/data?limit={limit}", owner.to_hex()))
+    }
+
     /// Submits one canonical-encoded signed transaction; its hash once accepted.
     pub fn submit(&self, tx_bytes: &[u8]) -> ClientResult<Hash> {
         let url = self.url("/txs");
@@ -263,6 +269,17 @@ fn transport_reason(t: &ureq::Transport) -> String {
     reason
 }
 
+/// [`parse_cpc`] for amounts that move funds, where 0 would only spend a fee.
+fn parse_cpc_moved(s: &str) -> Result<Amount, String> {
+    match parse_cpc(s)? {
+        0 => Err(format!(
+            "{:?}: the amount must be more than 0 CPC",
+            s.trim()
+        )),
+        a => Ok(a),
+    }
+}
+
 /// Parses a CPC amount with up to 18 decimals (`1.5`, `0.001`, `1000`) into base units.
 pub fn parse_cpc(s: &str) -> Result<Amount, String> {
     let s = s.trim();
@@ -298,7 +315,7 @@ pub fn parse_cpc(s: &str) -> Result<Amount, String> {
 
 pub use chain::format_cpc;
 
-fn parse_address_arg(s: &str) -> Result<Address, String> {
+pub fn parse_address_arg(s: &str) -> Result<Address, String> {
     let t = s.trim();
     Address::from_hex(t.strip_prefix("0x").unwrap_or(t))
         .ok_or_else(|| format!("{s:?} is not an address (64 hex characters)"))
@@ -371,7 +388,7 @@ pub enum TxCmd {
         #[arg(value_parser = parse_address_arg)]
         to: Address,
         /// Amount in CPC, e.g. 1.5.
-        #[arg(value_parser = parse_cpc)]
+        #[arg(value_parser = parse_cpc_moved)]
         amount: Amount,
         #[command(flatten)]
         opts: TxOpts,
@@ -380,7 +397,7 @@ pub enum TxCmd {
     /// by default, before peers let it read shards without a grant for audits and repair).
     RnodeDeposit {
         /// Amount in CPC.
-        #[arg(value_parser = parse_cpc)]
+        #[arg(value_parser = parse_cpc_moved)]
         amount: Amount,
         #[command(flatten)]
         opts: TxOpts,
@@ -388,7 +405,7 @@ pub enum TxCmd {
     /// Withdraw CPC from the RNode pool (refused while elected).
     RnodeWithdraw {
         /// Amount in CPC.
-        #[arg(value_parser = parse_cpc)]
+        #[arg(value_parser = parse_cpc_moved)]
         amount: Amount,
         #[command(flatten)]
         opts: TxOpts,
@@ -750,6 +767,12 @@ mod tests {
             assert!(parse_cpc(bad).is_err(), "{bad:?} parsed");
         }
         assert!(parse_cpc("999999999999999999999999999999999999999").is_err());
+        assert_eq!(parse_cpc("0").unwrap(), 0);
+        for zero in ["0", "0.0", " .000 "] {
+            let e = parse_cpc_moved(zero).unwrap_err();
+            assert!(e.contains("more than 0 CPC"), "{zero:?}: {e}");
+        }
+        assert_eq!(parse_cpc_moved("0.5").unwrap(), CPC / 2);
         assert_eq!(format_cpc(CPC + CPC / 2), "1.5");
         assert_eq!(format_cpc(7 * CPC), "7");
         assert_eq!(format_cpc(1), "0.000000000000000001");

@@ -99,6 +99,32 @@ impl EngineHandle {
     }
 }
 
+/// The registry entry of `id` as the API shows it.
+fn data_view(e: &Engine, id: &DataId, d: &chain::DataRecord) -> DataView {
+    DataView {
+        id: id.to_hex(),
+        owner: d.owner.to_hex(),
+        coordinators: e
+            .state
+            .rnodes_closest(&e.cfg, id.as_bytes(), COORDINATOR_CANDIDATES)
+            .iter()
+            .map(Address::to_hex)
+            .collect(),
+        merkle_root: d.merkle_root.to_hex(),
+        size: d.size,
+        k: d.k,
+        m: d.m,
+        intervals_start: d.intervals.start,
+        intervals_end: d.intervals.end,
+        policy: match d.policy {
+            AccessPolicy::OwnerOnly => "owner-only".into(),
+            AccessPolicy::GrantBased => "grants".into(),
+            AccessPolicy::Public => "public".into(),
+        },
+        registered_at: d.registered_at,
+    }
+}
+
 fn amount(a: chain::Amount) -> String {
     a.to_string()
 }
@@ -323,30 +349,30 @@ impl NodeApi for EngineHandle {
 
     fn data(&self, id: &DataId) -> Option<DataView> {
         let id = *id;
+        self.query(move |e| e.state.data(&id).map(|d| data_view(e, &id, &d)))
+            .flatten()
+    }
+
+    fn owned_data(&self, owner: &Address, limit: usize) -> OwnedDataView {
+        let owner = *owner;
         self.query(move |e| {
-            e.state.data(&id).map(|d| DataView {
-                id: id.to_hex(),
-                owner: d.owner.to_hex(),
-                coordinators: e
-                    .state
-                    .rnodes_closest(&e.cfg, id.as_bytes(), COORDINATOR_CANDIDATES)
+            let mut ids = e.state.upload_history(&owner);
+            // Newest first; ids break ties so the order is the same on every call.
+            ids.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            OwnedDataView {
+                owner: owner.to_hex(),
+                total: ids.len(),
+                data: ids
                     .iter()
-                    .map(Address::to_hex)
+                    .filter_map(|(id, _)| e.state.data(id).map(|d| data_view(e, id, &d)))
+                    .take(limit)
                     .collect(),
-                merkle_root: d.merkle_root.to_hex(),
-                size: d.size,
-                k: d.k,
-                m: d.m,
-                intervals_start: d.intervals.start,
-                intervals_end: d.intervals.end,
-                policy: match d.policy {
-                    AccessPolicy::OwnerOnly => "owner-only".into(),
-                    AccessPolicy::GrantBased => "grants".into(),
-                    AccessPolicy::Public => "public".into(),
-                },
-            })
+            }
         })
-        .flatten()
+        .unwrap_or_else(|| OwnedDataView {
+            owner: owner.to_hex(),
+            ..OwnedDataView::default()
+        })
     }
 
     fn grant(&self, id: &DataId, reader: &Address) -> Option<GrantView> {
@@ -498,6 +524,7 @@ impl NodeApi for EngineHandle {
             peers: e.peers(),
             impeachments: e.stats.impeachments,
             rejected_txs: e.stats.rejected_txs,
+            dropped_txs: e.mempool.dropped_invalid(),
             commit_latencies_s: std::mem::take(&mut e.stats.latencies),
             verify_batch_sizes: std::mem::take(&mut e.stats.batch_sizes),
             storage: None,

@@ -153,6 +153,20 @@ pub struct DataView {
     pub intervals_end: u64,
     /// Access policy, e.g. "owner-only", "grants".
     pub policy: String,
+    /// Height of the block that registered it.
+    #[serde(default)]
+    pub registered_at: u64,
+}
+
+/// The data an address registered: `GET /accounts/{address}/data`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OwnedDataView {
+    /// The owner.
+    pub owner: String,
+    /// How many data items it registered in all.
+    pub total: usize,
+    /// The newest of them, newest first (at most the request's `limit`).
+    pub data: Vec<DataView>,
 }
 
 /// A grant: `GET /data/{id}/grants/{reader}`.
@@ -298,6 +312,9 @@ pub struct MetricsView {
     pub impeachments: u64,
     /// Transactions rejected at submission since start.
     pub rejected_txs: u64,
+    /// Transactions the mempool dropped after admitting them (they could no longer apply),
+    /// since start.
+    pub dropped_txs: u64,
     /// Commit latency samples (seconds, proposal timestamp → local finality) taken since
     /// the previous scrape; the API feeds them into a histogram.
     pub commit_latencies_s: Vec<f64>,
@@ -325,6 +342,8 @@ pub trait NodeApi: Send + Sync + 'static {
     fn recent_txs(&self, limit: usize) -> anyhow::Result<Vec<TxView>>;
     /// A data registry entry.
     fn data(&self, id: &crypto_accel::DataId) -> Option<DataView>;
+    /// The data `owner` registered: how many in all, and the newest `limit`, newest first.
+    fn owned_data(&self, owner: &chain::Address, limit: usize) -> OwnedDataView;
     /// The grant of `id` to `reader`.
     fn grant(&self, id: &crypto_accel::DataId, reader: &chain::Address) -> Option<GrantView>;
     /// Current proposer candidates with their RPT.

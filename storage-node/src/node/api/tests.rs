@@ -164,7 +164,21 @@ impl NodeApi for FakeNode {
             intervals_start: 0,
             intervals_end: 4,
             policy: "grants".into(),
+            registered_at: 21,
         })
+    }
+    fn owned_data(&self, owner: &Address, limit: usize) -> OwnedDataView {
+        let mine = *owner == account_addr();
+        OwnedDataView {
+            owner: owner.to_hex(),
+            total: usize::from(mine),
+            data: self
+                .data(&data_id())
+                .filter(|_| mine)
+                .into_iter()
+                .take(limit)
+                .collect(),
+        }
     }
     fn grant(&self, id: &DataId, r: &Address) -> Option<GrantView> {
         (*id == data_id() && *r == reader()).then(|| GrantView {
@@ -250,6 +264,7 @@ impl NodeApi for FakeNode {
             peers: 3,
             impeachments: 1,
             rejected_txs: 2 * n,
+            dropped_txs: n,
             commit_latencies_s: vec![0.3, 1.2, f64::NAN],
             verify_batch_sizes: vec![64],
             storage: Some(crate::node::storage::StorageView {
@@ -434,6 +449,14 @@ fn views_are_the_nodes() {
     let d: DataView =
         serde_json::from_value(s.get_json(&format!("/data/{}", data_id().to_hex()))).unwrap();
     assert_eq!(Some(d), node.data(&data_id()));
+    let o: OwnedDataView =
+        serde_json::from_value(s.get_json(&format!("/accounts/{}/data", addr.to_hex()))).unwrap();
+    assert_eq!(o, node.owned_data(&addr, DEFAULT_LIMIT));
+    assert_eq!((o.total, o.data[0].registered_at), (1, 21));
+    let o: OwnedDataView =
+        serde_json::from_value(s.get_json(&format!("/accounts/{}/data", reader().to_hex())))
+            .unwrap();
+    assert_eq!((o.total, o.data.len()), (0, 0));
     let g: GrantView = serde_json::from_value(s.get_json(&format!(
         "/data/{}/grants/{}",
         data_id().to_hex(),
@@ -498,6 +521,8 @@ fn errors_are_json() {
         expect_error(s.get(&format!("/blocks?{q}")), 400, "bad_limit");
         expect_error(s.get(&format!("/txs?{q}")), 400, "bad_limit");
         expect_error(s.get(&format!("/impeachments?{q}")), 400, "bad_limit");
+        let owned = format!("/accounts/{}/data?{q}", account_addr().to_hex());
+        expect_error(s.get(&owned), 400, "bad_limit");
     }
     expect_error(s.get("/nope"), 404, "not_found");
     expect_error(s.get("/blocks/1/extra"), 404, "not_found");
@@ -807,6 +832,7 @@ fn metrics_text_parses_and_has_every_metric() {
         "cpchain_peers",
         "cpchain_impeachments_total",
         "cpchain_rejected_txs_total",
+        "cpchain_dropped_txs_total",
         "cpchain_verify_batch_size_count",
     ] {
         value(&samples, name);
@@ -839,6 +865,7 @@ fn metrics_text_parses_and_has_every_metric() {
     let samples = parse_metrics(&second);
     assert_eq!(value(&samples, "cpchain_committed_txs_total"), 200.0);
     assert_eq!(value(&samples, "cpchain_rejected_txs_total"), 4.0);
+    assert_eq!(value(&samples, "cpchain_dropped_txs_total"), 2.0);
     assert_eq!(value(&samples, "cpchain_commit_latency_seconds_count"), 4.0);
     assert_eq!(value(&samples, "cpchain_verify_batch_size_count"), 2.0);
     // The node's storage totals did not move: the counters stay, not added twice.
