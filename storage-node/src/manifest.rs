@@ -191,12 +191,16 @@ impl Decode for Manifest {
         let stream = r.u32()?;
         let salt = r.array()?;
         let interval_keys = r.vec("interval keys", MAX_BLOCKS, WRAPPED_KEY_LEN, |r| r.array())?;
-        let blocks = r.vec("blocks", MAX_BLOCKS, 4, |r| {
+        // Every block lists exactly k + m shard ids, so a block takes at least that many
+        // bytes of input and the list is never allocated for more blocks than the input
+        // holds (a count of empty blocks used to cost 24 bytes of memory per 4 of input).
+        let list_len = 32 * (usize::from(k) + usize::from(m));
+        let blocks = r.vec("blocks", MAX_BLOCKS, 4 + list_len, |r| {
             let ids = r.bytes("block shard list", 256 * 32)?;
-            if ids.len() % 32 != 0 {
+            if ids.len() != list_len {
                 return Err(CodecError::Invalid {
                     what: "block shard list",
-                    reason: "not a whole number of ids",
+                    reason: "not k + m shard ids",
                 });
             }
             let mut ir = Reader::new(ids);

@@ -252,6 +252,32 @@ fn flipped_byte_anywhere_in_the_manifest_is_an_error() {
 }
 
 #[test]
+fn a_manifest_of_many_empty_blocks_is_refused_while_decoding() {
+    let owner = Keypair::from_seed([7; 32]);
+    let (m, _) = seal_mem(&sample(3000, 4), &owner, &params(2, 1, 1000, 2));
+    let bytes = m.to_bytes();
+    // Everything before the block list, then a million blocks of no shard ids: 4 bytes of
+    // input each, which used to decode into 24 bytes of memory each before any check.
+    let list = 4 + m.blocks.len() * (4 + 3 * 32);
+    let head = &bytes[..bytes.len() - 32 - list];
+    let mut forged = head.to_vec();
+    let n: u32 = 1_000_000;
+    forged.extend_from_slice(&n.to_le_bytes());
+    forged.extend(std::iter::repeat_n(0u8, 4 * n as usize));
+    forged.extend_from_slice(m.root.as_bytes());
+    let e = Manifest::from_bytes(&forged).unwrap_err().to_string();
+    assert!(e.contains("truncated") || e.contains("need"), "{e}");
+    // One block whose list is short by an id is refused too, naming what is wrong.
+    let mut short = head.to_vec();
+    short.extend_from_slice(&1u32.to_le_bytes());
+    short.extend_from_slice(&64u32.to_le_bytes());
+    short.extend_from_slice(&[0; 64 + 32]);
+    short.extend_from_slice(m.root.as_bytes());
+    let e = Manifest::from_bytes(&short).unwrap_err().to_string();
+    assert!(e.contains("not k + m shard ids"), "{e}");
+}
+
+#[test]
 fn a_range_is_clamped_at_the_end_and_refused_past_it() {
     let owner = Keypair::from_seed([8; 32]);
     let data = sample(3000, 4);

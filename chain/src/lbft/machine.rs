@@ -224,6 +224,8 @@ pub struct Validator {
     inflight: BTreeMap<u64, (u64, Pending)>,
     /// Future-height inputs, replayed when their height comes.
     buffer: Vec<(u64, Input)>,
+    /// Transactions in the blocks of `buffer`.
+    buffer_txs: usize,
     recent: VecDeque<(Block, Certificate)>,
     /// Local time of the last catch-up answer.
     sync_replied: Option<u64>,
@@ -287,6 +289,7 @@ impl Validator {
             next_req: 0,
             inflight: BTreeMap::new(),
             buffer: Vec::new(),
+            buffer_txs: 0,
             recent: VecDeque::new(),
             sync_replied: None,
             last_resend_height: height,
@@ -587,25 +590,49 @@ impl Validator {
 
     // ---- buffering ----
 
-    /// Keeps a future-height input (bounded window and count). Returns true if kept.
+    /// Keeps a future-height input: within the window, at most `max_buffered` inputs, one
+    /// copy of each block (as a proposal and as a VALIDATE), and at most `max_buffered_txs`
+    /// transactions in all.
     fn buffer(&mut self, number: u64, input: Input) {
+        let txs = buffered_txs(&input);
+        // The same proposal or VALIDATE again (relays repeat them): kept once. Only an
+        // exact copy counts, so a forged body or certificate under a real header cannot push
+        // the real one out.
+        let copy = |kept: &Input| match (kept, &input) {
+            (Input::Proposal(a), Input::Proposal(b)) => a == b,
+            (Input::Validate(a, ca), Input::Validate(b, cb)) => a == b && ca == cb,
+            _ => false,
+        };
+        if txs > 0
+            && self
+                .buffer
+                .iter()
+                .any(|(n, kept)| *n == number && copy(kept))
+        {
+            self.stats.duplicate += 1;
+            return;
+        }
         if number > self.height().saturating_add(self.params.max_future_heights)
             || self.buffer.len() >= self.params.max_buffered
+            || self.buffer_txs.saturating_add(txs) > self.params.max_buffered_txs
         {
             self.stats.future_dropped += 1;
             return;
         }
+        self.buffer_txs += txs;
         self.buffer.push((number, input));
     }
 
     fn replay_buffer(&mut self, out: &mut Vec<Output>) {
         let height = self.height();
         let all = std::mem::take(&mut self.buffer);
+        self.buffer_txs = 0;
         let mut now_due = Vec::new();
         for (n, i) in all {
             if n == height {
                 now_due.push(i);
             } else if n > height {
+                self.buffer_txs += buffered_txs(&i);
                 self.buffer.push((n, i));
             }
         }
@@ -1206,6 +1233,76 @@ fn push_item(
     ids.push(verify_item_id(pk.as_bytes(), sig, batch.message(i)));
 }
 
+/// Transactions an input carries (what a buffered input costs in memory, roughly).
+fn buffered_txs(input: &Input) -> usize {
+    match input {
+        Input::Proposal(b) | Input::Validate(b, _) => b.txs.len(),
+        _ => 0,
+    }
+}
+
 fn item_id_from_batch(batch: &VerifyBatch, index: usize, from: &Address, sig: &Signature) -> Hash {
     verify_item_id(&from.0, sig, batch.message(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lbft::blocks::genesis_header;
+    use crate::types::VoteKind;
+
+    /// A block at `number` of `txs` penalty transactions, made distinct by `salt`: what any
+    /// peer can send, unsigned and unchecked, for a height the node has not reached.
+    fn junk(number: u64, txs: usize, salt: u8) -> (Block, Certificate) {
+        let cfg = ChainConfig::mainnet_like(1, vec![], vec![], Address::default());
+        let mut header = genesis_header(&cfg, 0);
+        header.number = number;
+        header.parent = Hash([salt; 32]);
+        let txs = (0..txs as u64)
+            .map(|n| Tx::Penalty {
+                proposer: Address([salt; 32]),
+                number: n,
+            })
+            .collect();
+        let cert = Certificate {
+            number,
+            round: 0,
+            block: header.hash(),
+            kind: VoteKind::Commit,
+            sigs: vec![],
+        };
+        (Block { header, txs }, cert)
+    }
+
+    #[test]
+    fn future_blocks_are_buffered_within_a_transaction_budget_once_each() {
+        let cfg = ChainConfig::mainnet_like(1, vec![Address([1; 32])], vec![], Address::default());
+        let params = LbftParams {
+            max_buffered_txs: 100,
+            ..LbftParams::default()
+        };
+        let schedule = Schedule::bootstrap(&cfg, vec![]);
+        let tip = genesis_header(&cfg, 0);
+        let mut v = Validator::follower(cfg, params, tip, Hash::ZERO, schedule);
+        // Heights 2..=9 are in the future window of a node at height 1.
+        let mut fed_txs = 0;
+        for number in 2..=9 {
+            for salt in 0..4 {
+                let (b, c) = junk(number, 30, salt);
+                fed_txs += b.txs.len();
+                v.step(Input::Validate(b.clone(), c.clone()));
+                // An exact copy (a relay) is not kept twice.
+                v.step(Input::Validate(b.clone(), c));
+                v.step(Input::Proposal(b.clone()));
+                v.step(Input::Proposal(b));
+            }
+        }
+        let kept: usize = v.buffer.iter().map(|(_, i)| buffered_txs(i)).sum();
+        assert_eq!(kept, v.buffer_txs);
+        assert!(kept <= 100, "{kept} transactions buffered of {fed_txs} fed");
+        assert_eq!(kept, 90, "the budget fills with whole blocks");
+        assert!(v.stats().duplicate >= 3, "{:?}", v.stats());
+        assert!(v.stats().future_dropped > 0);
+        assert_eq!(v.buffered(), 3);
+    }
 }

@@ -59,7 +59,8 @@
 //! [`crate::DoubleVote`] (same type, height and round, different blocks).
 //!
 //! Bounded everywhere ([`LbftParams`]): future-height messages within
-//! `max_future_heights`, votes within `max_future_rounds`, at most `max_buffered` of them, `max_inflight` verification
+//! `max_future_heights`, votes within `max_future_rounds`, at most `max_buffered` of them
+//! holding at most `max_buffered_txs` transactions (one copy of each block), `max_inflight` verification
 //! requests, `max_proposals_per_height` distinct proposals checked per height.
 
 mod blocks;
@@ -229,6 +230,11 @@ pub struct LbftParams {
     pub max_future_rounds: u32,
     /// Most future-height messages buffered.
     pub max_buffered: usize,
+    /// Most transactions in all the future-height blocks buffered (a decoded transaction
+    /// takes a few hundred bytes, so 131,072 bound the buffer near 40 MB): without it, 512
+    /// unverified blocks of [`crate::MAX_BLOCK_TXS`] each from any peer would take gigabytes.
+    /// A node that drops a real future block this way catches up by sync instead.
+    pub max_buffered_txs: usize,
     /// Most verification / body-check requests in flight.
     pub max_inflight: usize,
     /// Most distinct proposals (and distinct VALIDATEs) checked per height.
@@ -245,6 +251,7 @@ impl Default for LbftParams {
             max_future_heights: 8,
             max_future_rounds: 8,
             max_buffered: 512,
+            max_buffered_txs: 2 * crate::MAX_BLOCK_TXS,
             max_inflight: 1024,
             max_proposals_per_height: 4,
             resend_ms: 1_000,

@@ -754,6 +754,14 @@ impl Dfs {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<PutReport> {
         let n = usize::from(params.k) + usize::from(params.m);
+        if n > dht::record::MAX_SHARDS {
+            bail!(
+                "{}+{} is {n} shards per block; the network's records name at most {} holders                  per block, so use fewer data and parity shards",
+                params.k,
+                params.m,
+                dht::record::MAX_SHARDS
+            );
+        }
         let peers = self.placement_peers(n)?;
         if peers.len() < n {
             bail!(
@@ -806,6 +814,16 @@ impl Dfs {
         drop(shared);
         let t2 = Instant::now();
         let data = manifest.data_id();
+        let manifest_bytes = manifest.to_bytes();
+        // Checked before the chain takes a fee for data no holder could ever commit.
+        if manifest_bytes.len() > dht::wire::MAX_MANIFEST_BYTES {
+            bail!(
+                "the manifest of {} blocks takes {} bytes, more than the {} a commit carries;                  put it in parts, or with larger blocks",
+                manifest.blocks.len(),
+                manifest_bytes.len(),
+                dht::wire::MAX_MANIFEST_BYTES
+            );
+        }
         self.register(&manifest, policy)?;
         // Manifest holders: the nodes closest to the data id, besides the shard holders.
         let mut by_dist: Vec<&StoragePeer> = peers.iter().collect();
@@ -818,7 +836,6 @@ impl Dfs {
         let mut targets: HashSet<NodeId> = map.iter().flatten().copied().collect();
         targets.extend(keepers.iter().copied());
         let holders = map.iter().flatten().copied().collect::<HashSet<_>>().len();
-        let manifest_bytes = manifest.to_bytes();
         let commits: Vec<(NodeId, PeerId)> = targets
             .iter()
             .filter_map(|n| peer_of(n).map(|p| (*n, p)))
@@ -1832,7 +1849,7 @@ impl<'a> NetSource<'a> {
                     }
                     // Data shards first (no decoding), then parity: k at once, one more if
                     // the block is slow (the hedge).
-                    let order: Vec<u8> = (0..n as u8).collect();
+                    let order: Vec<u8> = (0..n).filter_map(|i| u8::try_from(i).ok()).collect();
                     let located = s.located;
                     s.blocks.insert(
                         b,

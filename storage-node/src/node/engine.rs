@@ -623,6 +623,11 @@ impl Engine {
             EngineEvent::Net(NetEvent::SyncResponse { from, data }) => {
                 match decode_all::<SyncResp>(&data) {
                     Ok(SyncResp::Head(n)) => self.note_peer_height(n),
+                    // Blocks nobody asked for (say, as the answer to the head probe sent on
+                    // connecting): only a range request's answer is taken.
+                    Ok(SyncResp::Blocks(_)) if self.sync_inflight.is_none() => {
+                        tracing::debug!("blocks from {from} that were not asked for: ignored")
+                    }
                     Ok(SyncResp::Blocks(bs)) => {
                         self.sync_inflight = None;
                         if bs.is_empty() {
