@@ -256,7 +256,10 @@ impl ChainStore {
             return Ok((store, genesis_state));
         };
         store.check_identity(&rtx, &identity)?;
-        let state = store.load_state(&rtx, head, genesis_state)?;
+        // What the head's hash is while no block is stored: the genesis header's, for a
+        // chain whose block 1 points to it (a node stopped before its first block).
+        let genesis_head = store.head.hash;
+        let state = store.load_state(&rtx, head, genesis_state, genesis_head)?;
         store.head = head;
         Ok((store, state))
     }
@@ -321,8 +324,14 @@ impl ChainStore {
     }
 
     /// The state at `head`: the latest snapshot at or below it (or genesis) plus the later
-    /// diffs; its root and last hash must be the head's.
-    fn load_state(&self, rtx: &ReadTransaction, head: Head, genesis: State) -> ChainResult<State> {
+    /// diffs; its root and last hash must be the head's (`genesis_head` at height 0).
+    fn load_state(
+        &self,
+        rtx: &ReadTransaction,
+        head: Head,
+        genesis: State,
+        genesis_head: Hash,
+    ) -> ChainResult<State> {
         let snaps = rtx
             .open_table(SNAPSHOTS)
             .map_err(io("open snapshots table"))?;
@@ -379,7 +388,12 @@ impl ChainStore {
                 ),
             ));
         }
-        if state.last_hash() != head.hash {
+        if state.height() == 0 && genesis_head != head.hash {
+            return Err(ChainError::StoreMismatch {
+                what: "genesis header (another genesis time or configuration)",
+            });
+        }
+        if state.height() > 0 && state.last_hash() != head.hash {
             return Err(corrupt(
                 "head",
                 "replayed last block hash differs from the head's",

@@ -156,6 +156,32 @@ fn fresh_store_starts_at_genesis() {
 }
 
 #[test]
+fn a_store_with_a_genesis_header_reopens_before_its_first_block() {
+    // A node's chain points block 1 at a genesis header; stopped before block 1, it must
+    // open again (it used to compare the genesis state's hash with the header's).
+    let dir = tmp("fresh_header");
+    let s = torture::setup(SEED);
+    let header = chain::genesis_header(&s.cfg, 1_700_000_000_000);
+    let open = || ChainStore::open_with_genesis(&dir, &s.cfg, &s.genesis, cfg(4), &header);
+    let (store, state) = open().unwrap();
+    assert_eq!(store.head().hash, header.hash());
+    drop(store);
+    let (store, again) = open().unwrap();
+    assert_eq!((store.head().number, store.head().hash), (0, header.hash()));
+    assert_eq!(again.root(), state.root());
+    drop(store);
+    // Another genesis header is another chain's store.
+    let mut other = header.clone();
+    other.timestamp_ms += 1;
+    match ChainStore::open_with_genesis(&dir, &s.cfg, &s.genesis, cfg(4), &other) {
+        Err(ChainError::StoreMismatch { what }) => assert!(what.contains("genesis header")),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a store opened under another genesis header"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn another_chain_id_or_genesis_is_refused() {
     let dir = tmp("foreign");
     let (store, _, _) = build(&dir, 2, cfg(0));

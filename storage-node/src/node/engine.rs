@@ -394,7 +394,21 @@ impl Engine {
             StoreConfig::default(),
             &gh,
         )
-        .with_context(|| format!("opening the chain store in {}", node.data_dir.display()))?;
+        .map_err(|e| {
+            let dir = node.data_dir.join("chain");
+            let hint = match e {
+                chain::ChainError::StoreCorrupt { .. }
+                | chain::ChainError::StoreMismatch { .. } => {
+                    format!(
+                        " (to start this node's chain over, remove {} and restart: the chain \
+                         syncs again from peers, and the node's shards, kept beside it, stay)",
+                        dir.display()
+                    )
+                }
+                _ => String::new(),
+            };
+            anyhow::anyhow!("opening the chain store in {}: {e}{hint}", dir.display())
+        })?;
         let head = store.head();
         let tip = if head.number == 0 {
             gh
