@@ -370,7 +370,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: what went wrong, with its causes, and what to do.
-            eprintln!("error: {}", one_line(&e));
+            // Written, not `eprintln!`, which panics when standard error is closed.
+            let _ = writeln!(std::io::stderr(), "error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -31,7 +31,25 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi)
+        .with_writer(|| LogOut(std::io::stdout()))
         .try_init();
+}
+
+/// Standard output for logs, where a failed write is dropped: a node must outlive its log
+/// reader (`cpchain node | head`, a log shipper that crashed). Left to itself the
+/// subscriber reports each failed write on standard error, and panics if that is closed
+/// too.
+struct LogOut(std::io::Stdout);
+
+impl std::io::Write for LogOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(self.0.write(buf).unwrap_or(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// Runs the node described by the config file at `path`.
