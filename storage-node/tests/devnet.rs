@@ -251,3 +251,135 @@ fn explorer_page_shows_a_growing_height_in_headless_chromium() {
         "height did not increase in 30 s: {first} → {second}"
     );
 }
+
+/// Lines of a running `cpchain devnet`'s standard output, read on a thread.
+struct DevnetRun {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl DevnetRun {
+    fn start(tmp: &Path, data_dir: &Path) -> DevnetRun {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cpchain"))
+            .args([
+                "devnet",
+                "--validators",
+                "1",
+                "--proposers",
+                "1",
+                "--storage",
+                "0",
+            ])
+            .args([
+                "--period-ms",
+                "300",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ])
+            // Its own temp dir: the local-node file of a devnet running here stays alone.
+            .env("TMPDIR", tmp)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        DevnetRun {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line (from now on) containing `what`, within 90 s.
+    fn wait_for(&mut self, what: &str) -> String {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(90) {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                self.seen.push(l.clone());
+                if l.contains(what) {
+                    return l;
+                }
+            }
+        }
+        panic!(
+            "no line with {what:?}; output so far:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// The height in "blocks are final (height N)."
+    fn final_height(&mut self) -> u64 {
+        let l = self.wait_for("blocks are final");
+        l.split("height ")
+            .nth(1)
+            .and_then(|r| r.trim_end_matches(").").parse().ok())
+            .unwrap_or_else(|| panic!("no height in {l:?}"))
+    }
+}
+
+impl Drop for DevnetRun {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = send_signal(self.child.id(), "TERM");
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn devnet_command_resumes_its_data_dir_and_reports_a_node_that_exits() {
+    let _one = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dn");
+    let mut run = DevnetRun::start(tmp.path(), &data);
+    let first = run.final_height();
+    run.wait_for("Ctrl-C stops the network");
+    // A node killed under the devnet is named, with the command that starts it again.
+    let file = storage_node::node::devnet::DevnetFile::load(&data).unwrap();
+    let proposer = file
+        .nodes
+        .iter()
+        .find(|n| n.role == Role::Proposer)
+        .unwrap();
+    send_signal(proposer.pid, "KILL").unwrap();
+    let l = run.wait_for("exited");
+    assert!(l.starts_with(&proposer.name), "{l}");
+    assert!(
+        l.contains(&format!(
+            "cpchain node --config {}",
+            proposer.config.display()
+        )),
+        "{l}"
+    );
+    // Stopped (as by Ctrl-C), then started again on the same directory: the chain resumes
+    // past where it was instead of the command refusing the directory.
+    send_signal(run.child.id(), "TERM").unwrap();
+    run.wait_for("stopped; data kept in");
+    assert!(run.child.wait().unwrap().success());
+    let mut again = DevnetRun::start(tmp.path(), &data);
+    again.wait_for("resuming the 2 nodes");
+    let resumed = again.final_height();
+    assert!(
+        resumed > first,
+        "resumed at {resumed}, first run reached {first}"
+    );
+    // While it runs, a third start on the directory is refused, naming the running node.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cpchain"))
+        .args(["devnet", "--data-dir", data.to_str().unwrap()])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("still runs (pid"), "{e}");
+}

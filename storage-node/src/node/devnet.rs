@@ -430,19 +430,55 @@ pub fn send_signal(pid: u32, sig: &str) -> std::io::Result<()> {
     }
 }
 
-/// `cpchain devnet`: prepare, start, wait for finality, print URLs, run until Ctrl-C.
+/// A node of `file` whose recorded process still runs a `cpchain node` (a devnet whose
+/// own process was killed leaves its nodes running).
+fn still_running(file: &DevnetFile) -> Option<&DevnetNode> {
+    file.nodes.iter().find(|n| {
+        n.pid != 0
+            && fs::read(format!("/proc/{}/cmdline", n.pid)).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("node") && c.contains(&*n.config.to_string_lossy())
+            })
+    })
+}
+
+/// `cpchain devnet`: prepare (or, when the data directory holds one, resume) a devnet,
+/// start it, wait for finality, print URLs, watch the nodes, run until Ctrl-C.
 pub fn run(p: DevnetParams) -> Result<()> {
-    let file = prepare(&p)?;
-    println!(
-        "devnet: {} validators, {} proposers, {} storage nodes (the validators store shards \
-         too: {} holders), {} ms blocks; data in {}",
-        p.validators,
-        p.proposers,
-        p.storage,
-        p.storage + p.validators,
-        p.period_ms,
-        p.data_dir.display()
-    );
+    let resuming = p.data_dir.join("devnet.json").exists();
+    let mut file = if resuming {
+        let mut f = DevnetFile::load(&p.data_dir)?;
+        if let Some(n) = still_running(&f) {
+            bail!(
+                "{} of the devnet in {} still runs (pid {}): stop it first, or use that devnet",
+                n.name,
+                p.data_dir.display(),
+                n.pid
+            );
+        }
+        // The nodes run this binary, which may have been rebuilt since.
+        f.binary = p.binary.clone();
+        println!(
+            "devnet: resuming the {} nodes in {} (its genesis and node configs; the flags \
+             that shape a new devnet are ignored)",
+            f.nodes.len(),
+            p.data_dir.display()
+        );
+        f
+    } else {
+        let f = prepare(&p)?;
+        println!(
+            "devnet: {} validators, {} proposers, {} storage nodes (the validators store \
+             shards too: {} holders), {} ms blocks; data in {}",
+            p.validators,
+            p.proposers,
+            p.storage,
+            p.storage + p.validators,
+            p.period_ms,
+            p.data_dir.display()
+        );
+        f
+    };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -467,7 +503,6 @@ pub fn run(p: DevnetParams) -> Result<()> {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         });
     }
-    let mut file = file;
     let mut children = start_all(&mut file)?;
     save(&p.data_dir, &file)?;
     let first = file
@@ -478,12 +513,17 @@ pub fn run(p: DevnetParams) -> Result<()> {
     print!("waiting for the first final blocks");
     let start = Instant::now();
     let mut reached = false;
+    // A resumed chain answers with its stored height at once: wait for a block past it.
+    let mut target = None;
     while start.elapsed() < Duration::from_secs(90)
         && !stop.load(std::sync::atomic::Ordering::SeqCst)
     {
-        if height_of(&first).is_some_and(|h| h >= 2) {
-            reached = true;
-            break;
+        if let Some(h) = height_of(&first) {
+            let t = *target.get_or_insert(if resuming { h + 1 } else { 2 });
+            if h >= t {
+                reached = true;
+                break;
+            }
         }
         let exited = children
             .iter_mut()
@@ -517,12 +557,7 @@ pub fn run(p: DevnetParams) -> Result<()> {
     );
     println!("explorer:  {first}/");
     for n in &file.nodes {
-        println!(
-            "  {:<12} {}  (api {}/status)",
-            n.name,
-            &n.address[..16],
-            n.api
-        );
+        println!("  {:<12} {}  api {}", n.name, &n.address[..16], n.api);
     }
     println!("metrics:   {first}/metrics   openapi: {first}/openapi.json");
     println!(
@@ -536,10 +571,14 @@ pub fn run(p: DevnetParams) -> Result<()> {
         file.faucet_key.display()
     );
     set_local_node(Some(&first));
-    println!("Ctrl-C stops the network.");
+    println!(
+        "Ctrl-C stops the network; `cpchain devnet --data-dir {}` starts it again.",
+        p.data_dir.display()
+    );
     let mut last = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
+        report_exits(&mut children, &file);
         if last.elapsed() >= Duration::from_secs(10) {
             last = Instant::now();
             if let Some(h) = height_of(&first) {
@@ -558,6 +597,28 @@ pub fn run(p: DevnetParams) -> Result<()> {
     save(&p.data_dir, &file)?;
     println!("stopped; data kept in {}", p.data_dir.display());
     Ok(())
+}
+
+/// Says which nodes exited since the last call (killed, crashed) and how to start each
+/// again, and stops watching them: the network runs on without them.
+fn report_exits(children: &mut Vec<(String, Child)>, file: &DevnetFile) {
+    children.retain_mut(|(name, c)| match c.try_wait() {
+        Ok(None) => true,
+        Ok(Some(st)) => {
+            let config = file
+                .nodes
+                .iter()
+                .find(|n| n.name == *name)
+                .map(|n| n.config.display().to_string())
+                .unwrap_or_default();
+            println!(
+                "{name} exited ({st}); its log is beside {config}; start it again with \
+                 `cpchain node --config {config}`"
+            );
+            false
+        }
+        Err(_) => false,
+    });
 }
 
 #[cfg(test)]
