@@ -247,6 +247,35 @@ fn a_one_node_chain_from_init_proposes_every_block_itself() {
     );
 }
 
+#[test]
+fn a_node_whose_api_address_is_taken_or_bad_fails_at_once() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("mynode");
+    assert!(cpchain(home.path(), &["init", dir.to_str().unwrap()])
+        .status
+        .success());
+    let cfg = dir.join("node.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    for (listen, says) in [
+        (taken.as_str(), "is another node running with it?"),
+        ("localhost:abc", "invalid port"),
+    ] {
+        std::fs::write(&cfg, text.replace("127.0.0.1:8645", listen)).unwrap();
+        let o = cpchain(home.path(), &["node", "--config", cfg.to_str().unwrap()]);
+        assert!(!o.status.success(), "{listen}");
+        let e = stderr(&o);
+        assert!(e.contains(&format!("binding the API to {listen}")), "{e}");
+        assert!(e.contains(says), "{e}");
+        // Nothing was opened before the address was checked.
+        assert!(
+            !dir.join("data").join("chain").exists(),
+            "{listen}: the chain store was opened"
+        );
+    }
+}
+
 /// `cpchain ARGS` with standard output a pipe whose reader is already gone, as in
 /// `cpchain ls | head -1` once `head` has exited: every write fails with EPIPE.
 fn cpchain_to_closed_pipe(home: &Path, args: &[&str]) -> Output {

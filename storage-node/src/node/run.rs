@@ -61,6 +61,24 @@ pub fn run(path: &Path) -> Result<()> {
     let key = load_key(&node.key_file)?;
     std::fs::create_dir_all(&node.data_dir)
         .with_context(|| format!("creating {}", node.data_dir.display()))?;
+    // Bound first, so a bad or taken address fails before anything else starts.
+    let api_listener = std::net::TcpListener::bind(&node.api.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| {
+            format!(
+                "binding the API to {} ([api] listen in {}; is another node running with it?)",
+                node.api.listen,
+                path.display()
+            )
+        })?;
+    // The API has a runtime of its own: its handlers wait on the engine, and must never
+    // hold up the swarm's tasks (gossip, consensus, shard transfers) while they do.
+    let api_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("cpchain-api")
+        .build()
+        .context("starting the API's async runtime")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -91,7 +109,6 @@ pub fn run(path: &Path) -> Result<()> {
     let coord_key = key.clone();
     let me = *key.public().as_bytes();
     let net_cmds = net_tx.clone();
-    let api_listen = node.api.listen.clone();
     let name = node.name.clone();
     let engine = Engine::open(node, &genesis, key, net_tx, stats.clone(), peer_id)?;
     tracing::info!(
@@ -149,16 +166,16 @@ pub fn run(path: &Path) -> Result<()> {
     let records = super::net::RecordGate::new(cfg.chain_id, Arc::new(handle.clone()));
     let api: Arc<dyn NodeApi> = Arc::new(handle);
     let net_events = ev_tx.clone();
-    let result = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&api_listen)
-            .await
-            .with_context(|| format!("binding the API to {api_listen}"))?;
-        let local = listener.local_addr()?;
-        tracing::info!("API and explorer on http://{local}/");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(super::api::serve(listener, api, async move {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let _guard = api_rt.enter();
+        let listener =
+            tokio::net::TcpListener::from_std(api_listener).context("serving the API listener")?;
+        api_rt.spawn(super::api::serve(listener, api, async move {
             let _ = stop_rx.await;
-        }));
+        }))
+    };
+    let result = rt.block_on(async move {
         let net_task =
             tokio::spawn(net.run(net_rx, net_events, stats, shard_jobs, provide, records));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -175,6 +192,7 @@ pub fn run(path: &Path) -> Result<()> {
     drop(ev_tx);
     let _ = engine_thread.join();
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    api_rt.shutdown_timeout(std::time::Duration::from_secs(2));
     result
 }
 
