@@ -677,6 +677,22 @@ fn oversized_bodies_are_413() {
         413,
         "payload_too_large",
     );
+    // Two million empty strings: counted, not kept (only the first MAX_BATCH_TXS are
+    // decoded), and the answer says how many there were.
+    let mut j = b"{\"txs\": [".to_vec();
+    for i in 0..2_000_000 {
+        j.extend_from_slice(if i == 0 { b"\"\"" } else { b",\"\"" });
+    }
+    j.extend_from_slice(b"]}");
+    assert!(j.len() <= MAX_BATCH_BODY);
+    let (code, body) = s.post("/txs/batch", "application/json", &j);
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("batch holds 2000000 transactions"), "{body}");
+    expect_error(
+        s.post("/txs/batch", "application/json", br#"{"txs": "00"}"#),
+        400,
+        "bad_json",
+    );
 }
 
 #[test]
