@@ -874,7 +874,7 @@ impl<'de> Deserialize<'de> for BoundedTxs {
         struct Visit;
         impl<'de> serde::de::Visitor<'de> for Visit {
             type Value = BoundedTxs;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an array of hex strings")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
