@@ -454,6 +454,23 @@ impl Genesis {
         if self.period_ms == 0 || self.seats == 0 || self.view_len == 0 {
             bail!("genesis: period_ms, seats and view_len must be positive");
         }
+        // Votes count once per address, so a validator listed twice would raise the quorum
+        // past what the committee can sign.
+        for list in [&validators, &proposers] {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(dup) = list.iter().find(|a| !seen.insert(**a)) {
+                bail!("genesis: {} is listed twice", dup.to_hex());
+            }
+        }
+        // A certificate carries at most MAX_VALIDATORS signatures: with more validators no
+        // block could ever be final.
+        if validators.len() > chain::MAX_VALIDATORS {
+            bail!(
+                "genesis: {} validators, at most {} are possible",
+                validators.len(),
+                chain::MAX_VALIDATORS
+            );
+        }
         // Bounds that keep the chain's time and term arithmetic far from overflow.
         if self.seats > chain::MAX_VALIDATORS {
             bail!(
@@ -704,7 +721,21 @@ mod tests {
         let g = Genesis::load(&cfg.genesis_file).unwrap();
         assert!(g.chain_config().is_ok());
         type Spoil = fn(&mut Genesis);
-        let cases: [(&str, Spoil); 5] = [
+        let cases: [(&str, Spoil); 7] = [
+            ("validators", |g| {
+                g.validators = (0..=chain::MAX_VALIDATORS)
+                    .map(|i| {
+                        let seed = [(i % 251) as u8, (i / 251) as u8, 1, 2, 3, 4, 5, 6];
+                        let k = crypto_accel::Keypair::from_seed(
+                            [seed, [0; 8], [0; 8], [0; 8]].concat().try_into().unwrap(),
+                        );
+                        chain::Address::of(&k.public()).to_hex()
+                    })
+                    .collect();
+            }),
+            ("listed twice", |g| {
+                g.validators.push(g.validators[0].clone())
+            }),
             ("seats", |g| g.seats = usize::MAX),
             ("view_len", |g| g.view_len = u64::MAX),
             ("period_ms", |g| g.period_ms = u64::MAX),

@@ -355,14 +355,24 @@ pub fn bootstrap_addr(b: &str) -> Result<Multiaddr> {
         .with_context(|| format!("bootstrap address `{b}` is not a multiaddr"))
 }
 
-/// Kad's store of records and provider announcements, sized for many data items.
+/// Providers kept per key: Kademlia's replication factor (a reader needs only a few).
+const MAX_PROVIDERS_PER_KEY: usize = 20;
+
+/// Addresses kept per provider announcement (the provider chooses the list; a storage node
+/// needs one or two).
+const MAX_PROVIDER_ADDRS: usize = 2;
+
+/// Kad's store of records and provider announcements, sized for many data items. Anyone
+/// may announce providers, so the provider map is bounded as a whole: 65,536 keys of at
+/// most 20 providers with 2 addresses each stay near 200 MB in the worst case (64
+/// providers of 8 addresses each allowed gigabytes).
 fn record_store(peer: PeerId) -> kad::store::MemoryStore {
     kad::store::MemoryStore::with_config(
         peer,
         kad::store::MemoryStoreConfig {
             max_records: MAX_RECORDS_KEPT,
             max_value_bytes: 64 << 10,
-            max_providers_per_key: 64,
+            max_providers_per_key: MAX_PROVIDERS_PER_KEY,
             max_provided_keys: 1 << 16,
         },
     )
@@ -1407,7 +1417,7 @@ impl Net {
                             kad::InboundRequest::AddProvider { record: Some(mut r) } => {
                                 use kad::store::RecordStore;
                                 // The provider chooses its address list: keep a few.
-                                r.addresses.truncate(MAX_IDENTIFY_ADDRS);
+                                r.addresses.truncate(MAX_PROVIDER_ADDRS);
                                 let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(r);
                             }
                             _ => {}
