@@ -17,6 +17,8 @@ use storage_node::{
     SealParams, StoreConfig, StoreSink,
 };
 
+use node::client::human;
+
 /// `println!` that survives a closed standard output (see [`print_out`]); `?`s its error.
 macro_rules! outln {
     ($($arg:tt)*) => {
@@ -497,7 +499,8 @@ fn bytes_bar(len: Option<u64>, msg: &'static str) -> ProgressBar {
 fn parse_data_id(s: &str) -> Result<DataId> {
     DataId::from_hex(s).map_err(|_| {
         anyhow::anyhow!(
-            "'{s}' is not a data id: expected the 64 hex characters `cpchain put` printed"
+            "'{}' is not a data id: expected the 64 hex characters `cpchain put` printed",
+            node::client::clip(s)
         )
     })
 }
@@ -890,21 +893,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { size, seal: args } => demo(&cli, *size, &args.params()?)?,
     }
     Ok(())
-}
-
-fn human(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
 }
 
 fn mib_per_s(bytes: u64, secs: f64) -> f64 {

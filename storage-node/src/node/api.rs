@@ -26,6 +26,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::client::clip;
 use super::view::{NodeApi, Rejected};
 
 /// Largest body `POST /txs` accepts, in bytes.
@@ -620,11 +621,6 @@ fn parse_data_id(s: &str) -> ApiResult<crypto_accel::DataId> {
             format!("data id must be 64 hex characters, got {:?}", clip(s)),
         )
     })
-}
-
-/// At most 80 characters of user input, for echoing it back in a reason.
-fn clip(s: &str) -> String {
-    s.chars().take(80).collect()
 }
 
 async fn account(

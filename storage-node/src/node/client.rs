@@ -30,7 +30,10 @@ pub const DEFAULT_FEE_AMOUNT: chain::Amount = chain::CPC / 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No HTTP answer: connection refused, DNS, timeout, ...
-    #[error("cannot reach node at {url}: {reason}")]
+    #[error(
+        "cannot reach node at {url}: {reason} (is a node running there? `cpchain devnet` \
+         starts a local network; --api URL names another node)"
+    )]
     Unreachable {
         /// The URL requested.
         url: String,
@@ -269,6 +272,32 @@ fn transport_reason(t: &ureq::Transport) -> String {
     reason
 }
 
+/// `b` bytes in binary units: `512 B`, `1.5 MiB`, `2.0 GiB`.
+pub fn human(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// At most the first 80 characters of `s` (an echo of user input in an error), marked when
+/// cut.
+pub fn clip(s: &str) -> String {
+    let mut c: String = s.chars().take(80).collect();
+    if c.len() < s.len() {
+        c.push('…');
+    }
+    c
+}
+
 /// [`parse_cpc`] for amounts that move funds, where 0 would only spend a fee.
 fn parse_cpc_moved(s: &str) -> Result<Amount, String> {
     match parse_cpc(s)? {
@@ -318,13 +347,13 @@ pub use chain::format_cpc;
 pub fn parse_address_arg(s: &str) -> Result<Address, String> {
     let t = s.trim();
     Address::from_hex(t.strip_prefix("0x").unwrap_or(t))
-        .ok_or_else(|| format!("{s:?} is not an address (64 hex characters)"))
+        .ok_or_else(|| format!("{:?} is not an address (64 hex characters)", clip(s)))
 }
 
 fn parse_data_id_arg(s: &str) -> Result<DataId, String> {
     let t = s.trim();
     DataId::from_hex(t.strip_prefix("0x").unwrap_or(t))
-        .map_err(|_| format!("{s:?} is not a data id (64 hex characters)"))
+        .map_err(|_| format!("{:?} is not a data id (64 hex characters)", clip(s)))
 }
 
 fn parse_hash_arg(s: &str) -> Result<Hash, String> {
@@ -686,15 +715,14 @@ pub fn run_status(api: &str) -> anyhow::Result<()> {
         writeln!(o, "impeached   {}", s.impeachments)?;
         writeln!(o, "period      {} ms", s.period_ms)?;
         if let Some(st) = &s.storage {
-            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             writeln!(
                 o,
-                "storage     {} shards of {} data items ({} uncommitted); disk {:.2} GiB used, {:.1} GiB free",
+                "storage     {} shards of {} data items ({} uncommitted); disk {} used, {} free",
                 st.shards,
                 st.data_items,
                 st.pending,
-                gib(st.disk_used),
-                gib(st.disk_free)
+                human(st.disk_used),
+                human(st.disk_free)
             )?;
             writeln!(
                 o,

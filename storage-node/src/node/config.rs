@@ -546,9 +546,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// Reads a key file (64 hex digits of seed).
 pub fn load_key(path: &Path) -> Result<Keypair> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no key file at {}: make one with `cpchain keys new` (or `cpchain init DIR` for a \
+             node), or name another with --key",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading key {}", path.display())),
+    };
     let mut seed = [0u8; 32];
+    // A key file is 64 hex characters; anything else (binary included) is damaged.
+    let text = std::str::from_utf8(&bytes).unwrap_or("");
     hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| {
         anyhow::anyhow!(
             "key file {} is damaged (expected 64 hex characters)",

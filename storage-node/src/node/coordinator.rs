@@ -867,7 +867,12 @@ impl Coordinator {
                 Ok(_) => {
                     self.reported.insert(node, counts);
                 }
-                Err(e) => tracing::warn!("reporting audits of {node} on chain: {e:?}"),
+                // At shutdown the engine stops first; the results are reported again by
+                // whoever coordinates next.
+                Err(super::view::Rejected::Busy(why)) if why.contains("shutting down") => {
+                    tracing::debug!("audits of {node} not reported: {why}")
+                }
+                Err(e) => tracing::warn!("reporting audits of {node} on chain: {e}"),
             }
         }
     }

@@ -558,9 +558,8 @@ impl Dfs {
     /// known (or `wait` passes).
     pub fn connect(api: &str, key: Keypair, min_storage: usize, wait: Duration) -> Result<Dfs> {
         let api = ApiClient::new(api);
-        let status = api
-            .status()
-            .with_context(|| format!("reaching the node at {}", api.base()))?;
+        // Every error of the client names the node's URL or comes from its answer.
+        let status = api.status()?;
         if status.listen.is_empty() {
             bail!(
                 "the node at {} reports no p2p addresses (is it an older build?)",

@@ -405,6 +405,11 @@ impl Engine {
                         dir.display()
                     )
                 }
+                chain::ChainError::StoreIo { ref reason, .. }
+                    if reason.contains("already open") =>
+                {
+                    " (another node is running with this data directory)".to_string()
+                }
                 _ => String::new(),
             };
             anyhow::anyhow!("opening the chain store in {}: {e}{hint}", dir.display())

@@ -279,8 +279,9 @@ pub enum Rejected {
     /// Already in the mempool or already final.
     #[error("duplicate transaction")]
     Duplicate,
-    /// The mempool is full and the fee does not displace anything: retry later.
-    #[error("mempool full: {0}")]
+    /// The node cannot take it now (its mempool is full and the fee displaces nothing, its
+    /// queue is full, it is shutting down): retry later.
+    #[error("busy: {0}")]
     Busy(String),
 }
 
