@@ -404,6 +404,10 @@ pub struct Planner {
     nodes: BTreeMap<NodeId, NodeState>,
     /// Blocks with lost shards.
     damaged: BTreeMap<(DataId, u64), BlockRepair>,
+    /// Nodes known to keep some shard of a block on disk, whether or not the map names them
+    /// (a node back after being declared dead, whose slots were refilled elsewhere): never
+    /// repair targets for that block, which would give one node two of its shards.
+    present: BTreeMap<(DataId, u64), BTreeSet<NodeId>>,
     round: u64,
     next_audit_ms: Option<u64>,
 }
@@ -418,6 +422,7 @@ impl Planner {
             tracked: BTreeMap::new(),
             holdings: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            present: BTreeMap::new(),
             damaged: BTreeMap::new(),
             round: 0,
             next_audit_ms: None,
@@ -502,6 +507,15 @@ impl Planner {
             }
         }
         self.damaged.retain(|(d, _), _| d != data);
+        self.present.retain(|(d, _), _| d != data);
+    }
+
+    /// `node` keeps some shard of `block` of `data` on disk (it said so when asked what it
+    /// holds): it is no repair target for that block from now on.
+    pub fn note_present(&mut self, data: &DataId, block: u64, node: NodeId) {
+        if self.tracked.contains_key(data) {
+            self.present.entry((*data, block)).or_default().insert(node);
+        }
     }
 
     /// Drops one shard from a node's holdings.
@@ -763,7 +777,15 @@ impl Planner {
                 continue;
             }
             repair.reported_unrecoverable = false;
-            let taken: Vec<NodeId> = sources.iter().map(|(_, n)| *n).collect();
+            let mut taken: Vec<NodeId> = sources.iter().map(|(_, n)| *n).collect();
+            if let Some(p) = self.present.get(&(data, block)) {
+                taken.extend(
+                    p.iter()
+                        .filter(|n| !taken.contains(n))
+                        .copied()
+                        .collect::<Vec<_>>(),
+                );
+            }
             let nodes = &self.nodes;
             let alive = |c: &&Candidate| {
                 !nodes.get(&c.node).is_some_and(|s| s.stats.dead)
@@ -1708,6 +1730,9 @@ mod tests {
         RepairWrongNode(u32),
         RepairFail,
         Candidates(u64),
+        /// A new coordinator takes over: it tracks the map its scan found (lost slots held
+        /// by nobody) and hears which blocks every live node keeps shards of.
+        Retrack,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1720,6 +1745,7 @@ mod tests {
             1 => (0u32..16).prop_map(Op::RepairWrongNode),
             1 => Just(Op::RepairFail),
             1 => any::<u64>().prop_map(Op::Candidates),
+            1 => Just(Op::Retrack),
         ]
     }
 
@@ -1737,7 +1763,16 @@ mod tests {
             let mut p = Planner::new(PlannerConfig { repair_batch: 4, ..cfg() }, seed);
             let c = candidates(16, |i| (i % 5 != 0).then_some(Subnet(u64::from(i % 4))));
             p.set_candidates(c.clone());
-            p.track(d, 3, 2, placed_map(&d, 6, 5, &c));
+            let placed = placed_map(&d, 6, 5, &c);
+            // What each node keeps on disk, whatever the map says (a node declared dead
+            // keeps its shards), and what the coordinator's scans have told the planner.
+            let mut disk: BTreeMap<u64, BTreeSet<NodeId>> = (0u64..)
+                .zip(&placed)
+                .map(|(b, row)| (b, row.iter().copied().collect()))
+                .collect();
+            let mut noted: BTreeMap<u64, BTreeSet<NodeId>> = BTreeMap::new();
+            let mut down: BTreeSet<NodeId> = BTreeSet::new();
+            p.track(d, 3, 2, placed);
             let mut now = 0u64;
             let mut audits: Vec<Action> = Vec::new();
             let mut pending: Vec<(u64, u8, NodeId)> = Vec::new();
@@ -1754,6 +1789,10 @@ mod tests {
                                         prop_assert!(!row.contains(&Some(*t)));
                                         prop_assert!(!p.nodes.get(t).is_some_and(|s| s.stats.dead));
                                         prop_assert!(sources.iter().all(|(_, s)| s != t));
+                                        prop_assert!(
+                                            !noted.get(&block).is_some_and(|n| n.contains(t)),
+                                            "repair target {t:?} keeps a shard of block {block}"
+                                        );
                                         pending.push((block, *i, *t));
                                     }
                                 }
@@ -1772,11 +1811,25 @@ mod tests {
                             p.on_audit(&d, block, index, holder, outcome, now);
                         }
                     }
-                    Op::Down(n) => p.on_node_down(node(n), now),
-                    Op::Up(n) => p.on_node_up(node(n)),
+                    Op::Down(n) => {
+                        p.on_node_down(node(n), now);
+                        down.insert(node(n));
+                    }
+                    Op::Up(n) => {
+                        // Back: the next scan hears which blocks it keeps shards of.
+                        p.on_node_up(node(n));
+                        down.remove(&node(n));
+                        for (b, nodes) in &disk {
+                            if nodes.contains(&node(n)) {
+                                p.note_present(&d, *b, node(n));
+                                noted.entry(*b).or_default().insert(node(n));
+                            }
+                        }
+                    }
                     Op::RepairOk => {
                         if let Some((b, i, t)) = pending.pop() {
                             p.on_repaired(&d, b, i, t);
+                            disk.entry(b).or_default().insert(t);
                         }
                     }
                     Op::RepairWrongNode(n) => {
@@ -1791,6 +1844,27 @@ mod tests {
                     }
                     Op::Candidates(mask) => {
                         p.set_candidates(c.iter().filter(|x| mask >> (x.node.0[0] % 64) & 1 == 1).copied().collect());
+                    }
+                    Op::Retrack => {
+                        let nobody = NodeId([0; 32]);
+                        let map: Vec<Vec<Option<NodeId>>> = p.shard_map(&d).unwrap().to_vec();
+                        let full = map.iter().map(|r| r.iter().map(|x| x.unwrap_or(nobody)).collect()).collect();
+                        p.track(d, 3, 2, full);
+                        for (b, row) in (0u64..).zip(&map) {
+                            for (i, x) in (0u8..).zip(row) {
+                                if x.is_none() {
+                                    p.on_audit(&d, b, i, nobody, AuditOutcome::Failed(AuditFailure::Missing), now);
+                                }
+                            }
+                        }
+                        noted.clear();
+                        for (b, nodes) in &disk {
+                            for n in nodes.iter().filter(|n| !down.contains(n)) {
+                                p.note_present(&d, *b, *n);
+                                noted.entry(*b).or_default().insert(*n);
+                            }
+                        }
+                        pending.clear();
                     }
                 }
                 check_invariants(&p);

@@ -138,6 +138,7 @@ pub fn spawn(
                 stats,
                 manifests: HashMap::new(),
                 versions: HashMap::new(),
+                published: HashMap::new(),
                 keepers: HashMap::new(),
                 last_scan: None,
                 scans: 0,
@@ -168,6 +169,8 @@ struct Coordinator {
     stats: Arc<CoordinatorStats>,
     manifests: HashMap<DataId, Manifest>,
     versions: HashMap<DataId, u64>,
+    /// The shard map each data item's record was last published with.
+    published: HashMap<DataId, Vec<Vec<Option<NodeId>>>>,
     /// Whether a node keeps a data item's manifest, and until when that answer is trusted.
     keepers: HashMap<(DataId, NodeId), (bool, Instant)>,
     last_scan: Option<Instant>,
@@ -218,6 +221,14 @@ impl Coordinator {
                 }
             }
             changed.extend(self.repairs(repairs));
+            // Whatever else moved the map since the last record (a scan finding a restarted
+            // node's shards again, a node declared dead, a new coordinator's first map):
+            // readers go by the record, so it must say where the shards are now.
+            changed.extend(self.manifests.keys().filter(|d| {
+                self.planner
+                    .shard_map(d)
+                    .is_some_and(|m| self.published.get(*d).is_none_or(|p| p.as_slice() != m))
+            }));
             for d in changed {
                 self.publish(&d);
             }
@@ -454,6 +465,7 @@ impl Coordinator {
             tracing::info!("data {d}: another node is closer now; no longer coordinating it");
             self.planner.untrack(&d);
             self.manifests.remove(&d);
+            self.published.remove(&d);
         }
         self.stats
             .data_items
@@ -493,12 +505,15 @@ impl Coordinator {
                     .collect(),
                 QUICK_TIMEOUT,
             );
+            // Which nodes keep a shard of each block, mapped or not (see `note_present`).
+            let mut present: Vec<(u64, NodeId)> = Vec::new();
             for (c, r) in asked.iter().zip(lists) {
                 let Ok(ShardResponse::Held(list)) = r else {
                     continue;
                 };
                 answered += 1;
                 self.planner.on_node_up(c.node);
+                present.extend(list.iter().map(|(b, _)| (*b, c.node)));
                 if failed.contains(&c.node) {
                     continue;
                 }
@@ -529,6 +544,9 @@ impl Coordinator {
                         }
                     }
                 }
+                for (b, node) in present {
+                    self.planner.note_present(&d, b, node);
+                }
                 continue;
             }
             // Shards nobody reports are lost: track them as held by no one.
@@ -537,6 +555,9 @@ impl Coordinator {
                 .map(|r| r.iter().map(|x| x.unwrap_or(NOBODY)).collect())
                 .collect();
             self.planner.track(d, m.k, m.m, full);
+            for (b, node) in present {
+                self.planner.note_present(&d, b, node);
+            }
             for (b, r) in map.iter().enumerate() {
                 for (i, x) in r.iter().enumerate() {
                     if x.is_none() {
@@ -901,6 +922,7 @@ impl Coordinator {
         );
         match built {
             Ok(pages) => {
+                self.published.insert(*data, map.to_vec());
                 for p in pages {
                     let key = DataRecord::key(&p.data, p.page);
                     let signed = SignedPage::sign(p, &self.key, self.chain_id);
