@@ -405,8 +405,8 @@ pub struct Planner {
     /// Blocks with lost shards.
     damaged: BTreeMap<(DataId, u64), BlockRepair>,
     /// Nodes known to keep some shard of a block on disk, whether or not the map names them
-    /// (a node back after being declared dead, whose slots were refilled elsewhere): never
-    /// repair targets for that block, which would give one node two of its shards.
+    /// (a node back after being declared dead, whose slots were refilled elsewhere): repair
+    /// targets for that block only when too few other nodes are left.
     present: BTreeMap<(DataId, u64), BTreeSet<NodeId>>,
     round: u64,
     next_audit_ms: Option<u64>,
@@ -511,7 +511,7 @@ impl Planner {
     }
 
     /// `node` keeps some shard of `block` of `data` on disk (it said so when asked what it
-    /// holds): it is no repair target for that block from now on.
+    /// holds): a repair of that block passes it over while other nodes are eligible.
     pub fn note_present(&mut self, data: &DataId, block: u64, node: NodeId) {
         if self.tracked.contains_key(data) {
             self.present.entry((*data, block)).or_default().insert(node);
@@ -777,33 +777,30 @@ impl Planner {
                 continue;
             }
             repair.reported_unrecoverable = false;
-            let mut taken: Vec<NodeId> = sources.iter().map(|(_, n)| *n).collect();
-            if let Some(p) = self.present.get(&(data, block)) {
-                taken.extend(
-                    p.iter()
-                        .filter(|n| !taken.contains(n))
-                        .copied()
-                        .collect::<Vec<_>>(),
-                );
-            }
+            let taken: Vec<NodeId> = sources.iter().map(|(_, n)| *n).collect();
+            let kept = self.present.get(&(data, block));
+            let keeps_one = |c: &Candidate| kept.is_some_and(|k| k.contains(&c.node));
             let nodes = &self.nodes;
             let alive = |c: &&Candidate| {
                 !nodes.get(&c.node).is_some_and(|s| s.stats.dead)
                     && !repair.lost_from.contains(&c.node)
                     && !taken.contains(&c.node)
             };
-            // Prefer nodes that never failed an audit nor a repair of this block; fall back
-            // to them only when too few others are left.
+            // Prefer nodes that never failed an audit nor a repair of this block, and that keep
+            // no (superseded) shard of it on disk; fall back to them only when too few others
+            // are left. A second copy on one node wastes its disk, but the map still names
+            // the node once, so losing it loses one shard of the block.
             let flaky = |c: &Candidate| nodes.get(&c.node).is_some_and(|s| s.stats.failed > 0);
             let mut eligible = Vec::new();
-            for tier in 0..3 {
+            for tier in 0..4 {
                 eligible = self
                     .candidates
                     .iter()
                     .filter(alive)
                     .filter(|c| match tier {
-                        0 => !repair.refused.contains(&c.node) && !flaky(c),
-                        1 => !repair.refused.contains(&c.node),
+                        0 => !repair.refused.contains(&c.node) && !flaky(c) && !keeps_one(c),
+                        1 => !repair.refused.contains(&c.node) && !keeps_one(c),
+                        2 => !repair.refused.contains(&c.node),
                         _ => true,
                     })
                     .copied()
@@ -1789,10 +1786,19 @@ mod tests {
                                         prop_assert!(!row.contains(&Some(*t)));
                                         prop_assert!(!p.nodes.get(t).is_some_and(|s| s.stats.dead));
                                         prop_assert!(sources.iter().all(|(_, s)| s != t));
-                                        prop_assert!(
-                                            !noted.get(&block).is_some_and(|n| n.contains(t)),
-                                            "repair target {t:?} keeps a shard of block {block}"
-                                        );
+                                        // A node keeping a shard of the block is a target
+                                        // only when no other candidate was free.
+                                        if noted.get(&block).is_some_and(|n| n.contains(t)) {
+                                            let r = p.damaged.get(&(d, block));
+                                            let spare = p.candidates.iter().filter(|x| {
+                                                !row.contains(&Some(x.node))
+                                                    && !noted.get(&block).is_some_and(|n| n.contains(&x.node))
+                                                    && !p.nodes.get(&x.node).is_some_and(|s| s.stats.dead)
+                                                    && !r.is_some_and(|r| r.lost_from.contains(&x.node))
+                                            }).count();
+                                            let lost = row.iter().filter(|x| x.is_none()).count();
+                                            prop_assert!(spare < lost, "repair target {t:?} keeps a shard of block {block} though {spare} nodes were free for {lost} lost shards");
+                                        }
                                         pending.push((block, *i, *t));
                                     }
                                 }
