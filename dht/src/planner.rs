@@ -315,6 +315,8 @@ pub struct HolderStats {
     pub strikes: u32,
     /// Declared dead: it holds nothing and receives nothing.
     pub dead: bool,
+    /// Times it was declared dead (its unanswered rounds, counted once per death).
+    pub deaths: u64,
 }
 
 /// Why a shard map was not tracked.
@@ -558,6 +560,9 @@ impl Planner {
     /// Declares `node` dead and every shard it holds lost.
     fn kill(&mut self, node: NodeId, now_ms: u64) {
         let state = self.nodes.entry(node).or_default();
+        if !state.stats.dead {
+            state.stats.deaths += 1;
+        }
         state.stats.dead = true;
         state.suspect = false;
         let held = self.holdings.get(&node).cloned().unwrap_or_default();
@@ -1411,11 +1416,17 @@ mod tests {
         assert_eq!(stats(&w).strikes, 2, "one strike per round, not per audit");
         assert_eq!(stats(&w).unreachable, 8);
         assert!(!stats(&w).dead);
+        assert_eq!(stats(&w).deaths, 0);
         assert_eq!(w.holds(&d, u), held);
         w.step();
         assert!(stats(&w).dead);
         assert_eq!(w.holds(&d, u), 0);
         let r = w.step();
+        assert_eq!(
+            stats(&w).deaths,
+            1,
+            "a death counts once, not per silent round"
+        );
         assert_eq!(audits_of(&r, u), 0, "the dead are not audited");
         let rebuilt: usize = repairs(&r)
             .iter()

@@ -17,7 +17,7 @@ use storage_node::{
     SealParams, StoreConfig, StoreSink,
 };
 
-use node::client::human;
+use node::client::{count, human};
 
 /// `println!` that survives a closed standard output (see [`print_out`]); `?`s its error.
 macro_rules! outln {
@@ -396,15 +396,6 @@ fn one_line(e: &anyhow::Error) -> String {
         line.push_str(&cause);
     }
     line
-}
-
-/// `n` and its noun, singular or plural: `1 block`, `14 blocks`.
-fn count(n: u64, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 fn home_dir(cli: &Cli) -> Result<PathBuf> {

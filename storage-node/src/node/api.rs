@@ -240,6 +240,12 @@ const STORAGE_METRICS: &[StorageRead] = &[
         |v| v.audits_failed,
     ),
     (
+        "audits_unreachable",
+        "Audits sent that were not answered",
+        Kind::Total,
+        |v| v.audits_unreachable,
+    ),
+    (
         "shards_repaired",
         "Shards rebuilt and placed on other nodes",
         Kind::Total,
@@ -253,9 +259,21 @@ const STORAGE_METRICS: &[StorageRead] = &[
     ),
     (
         "unrecoverable_blocks",
-        "Blocks found with fewer than k live shards",
+        "Times a block was found with fewer than k live shards",
         Kind::Total,
         |v| v.unrecoverable_blocks,
+    ),
+    (
+        "damaged_blocks",
+        "Coordinated blocks with lost shards now",
+        Kind::Level,
+        |v| v.damaged_blocks_now,
+    ),
+    (
+        "unrecoverable_blocks_now",
+        "Coordinated blocks with fewer than k live shards now",
+        Kind::Level,
+        |v| v.unrecoverable_blocks_now,
     ),
 ];
 

@@ -272,6 +272,15 @@ fn transport_reason(t: &ureq::Transport) -> String {
     reason
 }
 
+/// `n` and its noun, singular or plural: `1 block`, `14 blocks`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// `b` bytes in binary units: `512 B`, `1.5 MiB`, `2.0 GiB`.
 pub fn human(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -731,17 +740,24 @@ pub fn run_status(api: &str) -> anyhow::Result<()> {
             )?;
             writeln!(
                 o,
-                "coordinate  {} data items: audits {} sent, {} passed, {} failed; {} shards repaired ({:.1} MiB), {} blocks unrecoverable",
+                "coordinate  {} data items: audits {} sent, {} passed, {} failed, {} unanswered; {} shards repaired ({})",
                 st.coordinated,
                 st.audits_sent,
                 st.audits_passed,
                 st.audits_failed,
+                st.audits_unreachable,
                 st.shards_repaired,
-                st.repair_bytes as f64 / (1u64 << 20) as f64,
+                human(st.repair_bytes)
+            )?;
+            writeln!(
+                o,
+                "damaged     {} now ({} unrecoverable now; {} found unrecoverable since start)",
+                count(st.damaged_blocks_now, "block"),
+                st.unrecoverable_blocks_now,
                 st.unrecoverable_blocks
             )?;
             for f in st.recent_failures.iter().rev().take(5) {
-                writeln!(o, "  failure   {f}")?;
+                writeln!(o, "  earlier   {f}")?;
             }
         }
         Ok(())

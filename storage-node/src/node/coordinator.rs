@@ -82,12 +82,18 @@ pub struct CoordinatorStats {
     pub audits_passed: AtomicU64,
     /// Audits failed.
     pub audits_failed: AtomicU64,
+    /// Audits not answered (the holder unreachable, or failing to read its disk).
+    pub audits_unreachable: AtomicU64,
     /// Shards rebuilt and stored elsewhere.
     pub shards_repaired: AtomicU64,
     /// Bytes fetched and stored by repair.
     pub repair_bytes: AtomicU64,
-    /// Blocks found unrecoverable.
+    /// Times a block was found unrecoverable (fewer than k live shards), since start.
     pub unrecoverable: AtomicU64,
+    /// Blocks with lost shards now.
+    pub damaged_now: AtomicU64,
+    /// Blocks with fewer than k live shards now.
+    pub unrecoverable_now: AtomicU64,
     /// Per holder.
     pub holders: Mutex<Vec<HolderView>>,
     /// The most recent failures, newest last (bounded).
@@ -642,7 +648,11 @@ impl Coordinator {
                         hex::encode(holder.0)
                     ));
                 }
-                AuditOutcome::Unreachable => {}
+                AuditOutcome::Unreachable => {
+                    self.stats
+                        .audits_unreachable
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
             self.planner
                 .on_audit(&data, block, index, holder, outcome, now_ms());
@@ -862,8 +872,12 @@ impl Coordinator {
             if node == NOBODY || node == self.me {
                 continue;
             }
+            // Going offline counts: each time a holder is declared dead (three rounds of
+            // audits unanswered) is one failed audit on chain. Counting every unanswered
+            // audit as failed would punish a short outage like lost data.
+            let failed = st.failed.saturating_add(st.deaths);
             let (p0, f0) = self.reported.get(&node).copied().unwrap_or((0, 0));
-            let (dp, df) = (st.passed.saturating_sub(p0), st.failed.saturating_sub(f0));
+            let (dp, df) = (st.passed.saturating_sub(p0), failed.saturating_sub(f0));
             if dp + df == 0 {
                 continue;
             }
@@ -877,7 +891,7 @@ impl Coordinator {
             let tx = chain::SignedTx::sign(&self.key, self.chain_id, nonce, fee, payload);
             nonce += 1;
             txs.push(chain::Tx::Signed(tx).to_bytes());
-            sent.push((node, (st.passed, st.failed)));
+            sent.push((node, (st.passed, failed)));
         }
         if txs.is_empty() {
             return;
@@ -983,6 +997,19 @@ impl Coordinator {
             })
             .collect();
         *lock(&self.stats.holders) = v;
+        let damaged = self.planner.damaged();
+        let unrecoverable = damaged
+            .iter()
+            .filter(|b| {
+                self.manifests.get(&b.data).is_some_and(|m| {
+                    let shards = usize::from(m.k) + usize::from(m.m);
+                    shards.saturating_sub(b.lost.len()) < usize::from(m.k)
+                })
+            })
+            .count();
+        let set = |a: &AtomicU64, n: usize| a.store(n as u64, Ordering::Relaxed);
+        set(&self.stats.damaged_now, damaged.len());
+        set(&self.stats.unrecoverable_now, unrecoverable);
     }
 }
 

@@ -158,12 +158,21 @@ pub struct StorageView {
     pub audits_passed: u64,
     /// Of which failed (missing shard, bad proof, refusal).
     pub audits_failed: u64,
+    /// Of which not answered.
+    #[serde(default)]
+    pub audits_unreachable: u64,
     /// Shards this node rebuilt and placed on other nodes.
     pub shards_repaired: u64,
     /// Bytes moved by those repairs.
     pub repair_bytes: u64,
-    /// Blocks found with fewer than k live shards.
+    /// Times a block was found with fewer than k live shards, since start.
     pub unrecoverable_blocks: u64,
+    /// Coordinated blocks with lost shards now (being repaired).
+    #[serde(default)]
+    pub damaged_blocks_now: u64,
+    /// Of which with fewer than k live shards now.
+    #[serde(default)]
+    pub unrecoverable_blocks_now: u64,
     /// Holders of coordinated data, with their audit record.
     pub holders: Vec<super::coordinator::HolderView>,
     /// Recent audit failures and repair problems, newest last.
@@ -986,7 +995,10 @@ impl StorageService {
             audits_failed: self.coord.audits_failed.load(Ordering::Relaxed),
             shards_repaired: self.coord.shards_repaired.load(Ordering::Relaxed),
             repair_bytes: self.coord.repair_bytes.load(Ordering::Relaxed),
+            audits_unreachable: self.coord.audits_unreachable.load(Ordering::Relaxed),
             unrecoverable_blocks: self.coord.unrecoverable.load(Ordering::Relaxed),
+            damaged_blocks_now: self.coord.damaged_now.load(Ordering::Relaxed),
+            unrecoverable_blocks_now: self.coord.unrecoverable_now.load(Ordering::Relaxed),
             holders: lock(&self.coord.holders).clone(),
             recent_failures: lock(&self.coord.failures).clone(),
         }
