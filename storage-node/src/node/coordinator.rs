@@ -149,6 +149,7 @@ pub fn spawn(
                 last_scan: None,
                 scans: 0,
                 back: HashSet::new(),
+                dead_logged: HashSet::new(),
                 started: Instant::now(),
                 chain,
                 key,
@@ -184,6 +185,8 @@ struct Coordinator {
     scans: u64,
     /// Nodes declared dead that are connected again and already had their early rescan.
     back: HashSet<NodeId>,
+    /// Holders declared dead, as last logged.
+    dead_logged: HashSet<NodeId>,
     started: Instant,
     chain: super::handle::EngineHandle,
     key: crypto_accel::Keypair,
@@ -981,10 +984,26 @@ impl Coordinator {
         })
     }
 
-    fn refresh_view(&self) {
-        let v: Vec<HolderView> = self
-            .planner
-            .holder_stats()
+    fn refresh_view(&mut self) {
+        let stats = self.planner.holder_stats();
+        // An operator follows deaths and returns in the log.
+        for (n, s) in &stats {
+            if *n == NOBODY || s.dead == self.dead_logged.contains(n) {
+                continue;
+            }
+            if s.dead {
+                tracing::warn!(
+                    "holder {n} declared dead ({} audit rounds unanswered): its shards of \
+                     the data coordinated here are being rebuilt elsewhere",
+                    s.strikes
+                );
+                self.dead_logged.insert(*n);
+            } else {
+                tracing::info!("holder {n} answers again");
+                self.dead_logged.remove(n);
+            }
+        }
+        let v: Vec<HolderView> = stats
             .into_iter()
             .filter(|(n, _)| *n != NOBODY)
             .map(|(n, s)| HolderView {
