@@ -512,11 +512,19 @@ impl Planner {
         self.present.retain(|(d, _), _| d != data);
     }
 
-    /// `node` keeps some shard of `block` of `data` on disk (it said so when asked what it
-    /// holds): a repair of that block passes it over while other nodes are eligible.
-    pub fn note_present(&mut self, data: &DataId, block: u64, node: NodeId) {
-        if self.tracked.contains_key(data) {
-            self.present.entry((*data, block)).or_default().insert(node);
+    /// The nodes that keep some shard of each block of `data` on disk, as (block, node)
+    /// pairs from a scan of what nodes say they hold (replacing what the previous scan
+    /// said): a repair of a block passes them over while other nodes are eligible. Blocks
+    /// past the data's end are ignored (the lists come from the network).
+    pub fn set_present(&mut self, data: &DataId, present: impl IntoIterator<Item = (u64, NodeId)>) {
+        let Some(blocks) = self.tracked.get(data).map(|t| t.map.len() as u64) else {
+            return;
+        };
+        self.present.retain(|(d, _), _| d != data);
+        for (block, node) in present {
+            if block < blocks {
+                self.present.entry((*data, block)).or_default().insert(node);
+            }
         }
     }
 
@@ -1743,6 +1751,21 @@ mod tests {
         Retrack,
     }
 
+    /// What a scan hears: the blocks each live node keeps a shard of.
+    fn scanned(
+        disk: &BTreeMap<u64, BTreeSet<NodeId>>,
+        down: &BTreeSet<NodeId>,
+    ) -> BTreeMap<u64, BTreeSet<NodeId>> {
+        disk.iter()
+            .map(|(b, ns)| {
+                (
+                    *b,
+                    ns.iter().filter(|n| !down.contains(n)).copied().collect(),
+                )
+            })
+            .collect()
+    }
+
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => Just(Op::Poll),
@@ -1803,6 +1826,7 @@ mod tests {
                                             let r = p.damaged.get(&(d, block));
                                             let spare = p.candidates.iter().filter(|x| {
                                                 !row.contains(&Some(x.node))
+                                                    && !r.is_some_and(|r| r.refused.contains(&x.node))
                                                     && !noted.get(&block).is_some_and(|n| n.contains(&x.node))
                                                     && !p.nodes.get(&x.node).is_some_and(|s| s.stats.dead)
                                                     && !r.is_some_and(|r| r.lost_from.contains(&x.node))
@@ -1833,15 +1857,11 @@ mod tests {
                         down.insert(node(n));
                     }
                     Op::Up(n) => {
-                        // Back: the next scan hears which blocks it keeps shards of.
+                        // Back: the next scan hears what every live node keeps.
                         p.on_node_up(node(n));
                         down.remove(&node(n));
-                        for (b, nodes) in &disk {
-                            if nodes.contains(&node(n)) {
-                                p.note_present(&d, *b, node(n));
-                                noted.entry(*b).or_default().insert(node(n));
-                            }
-                        }
+                        noted = scanned(&disk, &down);
+                        p.set_present(&d, noted.iter().flat_map(|(b, ns)| ns.iter().map(|n| (*b, *n))));
                     }
                     Op::RepairOk => {
                         if let Some((b, i, t)) = pending.pop() {
@@ -1874,13 +1894,11 @@ mod tests {
                                 }
                             }
                         }
-                        noted.clear();
-                        for (b, nodes) in &disk {
-                            for n in nodes.iter().filter(|n| !down.contains(n)) {
-                                p.note_present(&d, *b, *n);
-                                noted.entry(*b).or_default().insert(*n);
-                            }
-                        }
+                        noted = scanned(&disk, &down);
+                        // Lists name blocks past the data's end too (a lying peer): ignored.
+                        let far = noted.iter().flat_map(|(b, ns)| ns.iter().map(|n| (*b, *n)));
+                        p.set_present(&d, far.chain([(1 << 40, node(0))]));
+                        prop_assert!(p.present.keys().all(|(_, b)| *b < 6));
                         pending.clear();
                     }
                 }

@@ -565,7 +565,10 @@ fn run(cli: Cli) -> Result<()> {
             data_dir,
         } => {
             let data_dir = match data_dir {
-                Some(d) => d.clone(),
+                // Absolute, so the node configs it writes name their files from anywhere
+                // (a devnet is resumed from whatever directory its operator is in).
+                Some(d) => std::path::absolute(d)
+                    .with_context(|| format!("resolving --data-dir {}", d.display()))?,
                 None => std::env::temp_dir().join(format!(
                     "cpchain-devnet-{}",
                     std::time::SystemTime::now()
@@ -816,11 +819,15 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 String::new()
             };
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{shown}{} registered by {}",
                 count(v.total as u64, "data item"),
                 owner.to_hex()
             );
+        }
+        Command::Ls { key: Some(_), .. } => {
+            bail!("--key names whose data to list on chain: add --net (or use --owner)")
         }
         Command::Ls { .. } => {
             local_home(&home)?;

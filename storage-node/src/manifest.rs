@@ -186,6 +186,13 @@ impl Decode for Manifest {
         let block_size = r.u32()?;
         let k = r.u8()?;
         let m = r.u8()?;
+        // Refused here, not only by `check`: the block list below is bounded by k + m.
+        if k == 0 || m == 0 {
+            return Err(CodecError::Invalid {
+                what: "manifest",
+                reason: "no data or no parity shards",
+            });
+        }
         let algo = AeadAlgo::decode(r)?;
         let interval_blocks = r.u32()?;
         let stream = r.u32()?;

@@ -531,6 +531,7 @@ fn ls_net_refuses_a_bad_owner_or_limit_before_connecting() {
         (vec!["ls", "--owner", "xyz"], "is not an address"),
         (vec!["ls", "--net", "--limit", "0"], "--limit"),
         (vec!["ls", "--net", "--limit", "201"], "--limit"),
+        (vec!["ls", "--key", "k.key"], "add --net"),
     ] {
         let o = cpchain(home.path(), &args);
         assert!(!o.status.success(), "{args:?}");

@@ -260,7 +260,8 @@ struct DevnetRun {
 }
 
 impl DevnetRun {
-    fn start(tmp: &Path, data_dir: &Path) -> DevnetRun {
+    /// `cpchain devnet` run in `tmp` with `--data-dir data_dir` (relative to `tmp` or not).
+    fn start(tmp: &Path, data_dir: &str) -> DevnetRun {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cpchain"))
             .args([
@@ -272,12 +273,8 @@ impl DevnetRun {
                 "--storage",
                 "0",
             ])
-            .args([
-                "--period-ms",
-                "300",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-            ])
+            .args(["--period-ms", "300", "--data-dir", data_dir])
+            .current_dir(tmp)
             // Its own temp dir: the local-node file of a devnet running here stays alone.
             .env("TMPDIR", tmp)
             .stdout(std::process::Stdio::piped())
@@ -341,7 +338,8 @@ fn devnet_command_resumes_its_data_dir_and_reports_a_node_that_exits() {
     let _one = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("dn");
-    let mut run = DevnetRun::start(tmp.path(), &data);
+    // Made under a relative --data-dir, resumed under an absolute one.
+    let mut run = DevnetRun::start(tmp.path(), "dn");
     let first = run.final_height();
     run.wait_for("Ctrl-C stops the network");
     // A node killed under the devnet is named, with the command that starts it again.
@@ -366,7 +364,7 @@ fn devnet_command_resumes_its_data_dir_and_reports_a_node_that_exits() {
     send_signal(run.child.id(), "TERM").unwrap();
     run.wait_for("stopped; data kept in");
     assert!(run.child.wait().unwrap().success());
-    let mut again = DevnetRun::start(tmp.path(), &data);
+    let mut again = DevnetRun::start(tmp.path(), data.to_str().unwrap());
     again.wait_for("resuming the 2 nodes");
     let resumed = again.final_height();
     assert!(

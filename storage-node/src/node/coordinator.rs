@@ -145,6 +145,7 @@ pub fn spawn(
                 manifests: HashMap::new(),
                 versions: HashMap::new(),
                 published: HashMap::new(),
+                last_map_check: Instant::now(),
                 keepers: HashMap::new(),
                 last_scan: None,
                 scans: 0,
@@ -176,8 +177,11 @@ struct Coordinator {
     stats: Arc<CoordinatorStats>,
     manifests: HashMap<DataId, Manifest>,
     versions: HashMap<DataId, u64>,
-    /// The shard map each data item's record was last published with.
+    /// The shard map each data item's record was last published with (or, until this node
+    /// publishes one, the map it found when it began coordinating the item: a takeover does
+    /// not republish everything at once, nor a first map with holes a slow answer left).
     published: HashMap<DataId, Vec<Vec<Option<NodeId>>>>,
+    last_map_check: Instant,
     /// Whether a node keeps a data item's manifest, and until when that answer is trusted.
     keepers: HashMap<(DataId, NodeId), (bool, Instant)>,
     last_scan: Option<Instant>,
@@ -231,13 +235,16 @@ impl Coordinator {
             }
             changed.extend(self.repairs(repairs));
             // Whatever else moved the map since the last record (a scan finding a restarted
-            // node's shards again, a node declared dead, a new coordinator's first map):
-            // readers go by the record, so it must say where the shards are now.
-            changed.extend(self.manifests.keys().filter(|d| {
-                self.planner
-                    .shard_map(d)
-                    .is_some_and(|m| self.published.get(*d).is_none_or(|p| p.as_slice() != m))
-            }));
+            // node's shards again, a node declared dead): readers go by the record, so it
+            // must say where the shards are now. Compared once a second, not every tick.
+            if self.last_map_check.elapsed() >= Duration::from_secs(1) {
+                self.last_map_check = Instant::now();
+                changed.extend(self.manifests.keys().filter(|d| {
+                    self.planner
+                        .shard_map(d)
+                        .is_some_and(|m| self.published.get(*d).is_some_and(|p| p.as_slice() != m))
+                }));
+            }
             for d in changed {
                 self.publish(&d);
             }
@@ -514,7 +521,7 @@ impl Coordinator {
                     .collect(),
                 QUICK_TIMEOUT,
             );
-            // Which nodes keep a shard of each block, mapped or not (see `note_present`).
+            // Which nodes keep a shard of each block, mapped or not (see `Planner::set_present`).
             let mut present: Vec<(u64, NodeId)> = Vec::new();
             for (c, r) in asked.iter().zip(lists) {
                 let Ok(ShardResponse::Held(list)) = r else {
@@ -553,9 +560,7 @@ impl Coordinator {
                         }
                     }
                 }
-                for (b, node) in present {
-                    self.planner.note_present(&d, b, node);
-                }
+                self.planner.set_present(&d, present);
                 continue;
             }
             // Shards nobody reports are lost: track them as held by no one.
@@ -564,9 +569,7 @@ impl Coordinator {
                 .map(|r| r.iter().map(|x| x.unwrap_or(NOBODY)).collect())
                 .collect();
             self.planner.track(d, m.k, m.m, full);
-            for (b, node) in present {
-                self.planner.note_present(&d, b, node);
-            }
+            self.planner.set_present(&d, present);
             for (b, r) in map.iter().enumerate() {
                 for (i, x) in r.iter().enumerate() {
                     if x.is_none() {
@@ -580,6 +583,9 @@ impl Coordinator {
                         );
                     }
                 }
+            }
+            if let Some(found) = self.planner.shard_map(&d) {
+                self.published.insert(d, found.to_vec());
             }
             tracing::info!(
                 "coordinating data {d}: {} blocks, {} shards located on {answered} nodes",
@@ -905,8 +911,7 @@ impl Coordinator {
                 Ok(_) => {
                     self.reported.insert(node, counts);
                 }
-                // At shutdown the engine stops first; the results are reported again by
-                // whoever coordinates next.
+                // At shutdown the engine stops first; these counts are not reported.
                 Err(super::view::Rejected::Busy(why)) if why.contains("shutting down") => {
                     tracing::debug!("audits of {node} not reported: {why}")
                 }
@@ -951,7 +956,11 @@ impl Coordinator {
                     });
                 }
             }
-            Err(e) => self.note(format!("record of {data}: {e}")),
+            Err(e) => {
+                // Tried again when the map moves, not on every tick.
+                self.published.insert(*data, map.to_vec());
+                self.note(format!("record of {data}: {e}"));
+            }
         }
     }
 

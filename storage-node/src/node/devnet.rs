@@ -430,15 +430,27 @@ pub fn send_signal(pid: u32, sig: &str) -> std::io::Result<()> {
     }
 }
 
-/// A node of `file` whose recorded process still runs a `cpchain node` (a devnet whose
-/// own process was killed leaves its nodes running).
-fn still_running(file: &DevnetFile) -> Option<&DevnetNode> {
-    file.nodes.iter().find(|n| {
-        n.pid != 0
-            && fs::read(format!("/proc/{}/cmdline", n.pid)).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("node") && c.contains(&*n.config.to_string_lossy())
-            })
+/// A node of `file` that some process runs now, with that process's id: a devnet whose own
+/// process was killed leaves its nodes running, and a node its operator started again by
+/// hand runs outside any devnet process.
+fn still_running(file: &DevnetFile) -> Option<(&DevnetNode, u32)> {
+    let procs: Vec<(u32, String)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = fs::read(e.path().join("cmdline")).ok()?;
+            // Arguments are NUL-separated.
+            Some((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
+        })
+        .collect();
+    file.nodes.iter().find_map(|n| {
+        let config = n.config.to_string_lossy();
+        procs
+            .iter()
+            .find(|(_, c)| c.contains(" node ") && c.contains(&*config))
+            .map(|(pid, _)| (n, *pid))
     })
 }
 
@@ -448,16 +460,22 @@ pub fn run(p: DevnetParams) -> Result<()> {
     let resuming = p.data_dir.join("devnet.json").exists();
     let mut file = if resuming {
         let mut f = DevnetFile::load(&p.data_dir)?;
-        if let Some(n) = still_running(&f) {
+        if let Some((n, pid)) = still_running(&f) {
             bail!(
-                "{} of the devnet in {} still runs (pid {}): stop it first, or use that devnet",
+                "{} of the devnet in {} still runs (pid {pid}): stop it first, or use that devnet",
                 n.name,
-                p.data_dir.display(),
-                n.pid
+                p.data_dir.display()
             );
         }
         // The nodes run this binary, which may have been rebuilt since.
         f.binary = p.binary.clone();
+        // Paths a devnet made under a relative --data-dir, from wherever it is now.
+        for n in f.nodes.iter_mut().filter(|n| n.config.is_relative()) {
+            n.config = p.data_dir.join(&n.name).join("node.toml");
+        }
+        if f.faucet_key.is_relative() {
+            f.faucet_key = p.data_dir.join("faucet.key");
+        }
         println!(
             "devnet: resuming the {} nodes in {} (its genesis and node configs; the flags \
              that shape a new devnet are ignored)",
@@ -578,6 +596,10 @@ pub fn run(p: DevnetParams) -> Result<()> {
     let mut last = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
+        // A terminal's Ctrl-C reaches the nodes too: their exits then are no news.
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
         report_exits(&mut children, &file);
         if last.elapsed() >= Duration::from_secs(10) {
             last = Instant::now();

@@ -755,7 +755,8 @@ impl Dfs {
         let n = usize::from(params.k) + usize::from(params.m);
         if n > dht::record::MAX_SHARDS {
             bail!(
-                "{}+{} is {n} shards per block; the network's records name at most {} holders                  per block, so use fewer data and parity shards",
+                "{}+{} is {n} shards per block; the network's records name at most {} holders \
+                 per block, so use fewer data and parity shards",
                 params.k,
                 params.m,
                 dht::record::MAX_SHARDS
@@ -817,7 +818,8 @@ impl Dfs {
         // Checked before the chain takes a fee for data no holder could ever commit.
         if manifest_bytes.len() > dht::wire::MAX_MANIFEST_BYTES {
             bail!(
-                "the manifest of {} blocks takes {} bytes, more than the {} a commit carries;                  put it in parts, or with larger blocks",
+                "the manifest of {} blocks takes {} bytes, more than the {} a commit carries; \
+                 put it in parts, or with larger blocks",
                 manifest.blocks.len(),
                 manifest_bytes.len(),
                 dht::wire::MAX_MANIFEST_BYTES

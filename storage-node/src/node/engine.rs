@@ -642,9 +642,14 @@ impl Engine {
             EngineEvent::Net(NetEvent::SyncResponse { from, data }) => {
                 match decode_all::<SyncResp>(&data) {
                     Ok(SyncResp::Head(n)) => self.note_peer_height(n),
-                    // Blocks nobody asked for (say, as the answer to the head probe sent on
-                    // connecting): only a range request's answer is taken.
-                    Ok(SyncResp::Blocks(_)) if self.sync_inflight.is_none() => {
+                    // A range answer starts at the height this node asked from; blocks that
+                    // start past it (say, sent as the answer to the head probe on connecting)
+                    // were not asked for, and would only fill the future-height buffer.
+                    Ok(SyncResp::Blocks(bs))
+                        if bs
+                            .first()
+                            .is_some_and(|(b, _)| b.header.number > self.machine.height()) =>
+                    {
                         tracing::debug!("blocks from {from} that were not asked for: ignored")
                     }
                     Ok(SyncResp::Blocks(bs)) => {
