@@ -690,6 +690,9 @@ fn run(cli: Cli) -> Result<()> {
                 {
                     bail!("{name} is empty: there is nothing to store");
                 }
+                if let Some(len) = len {
+                    node::dfs::check_manifest_fits(len, &params)?;
+                }
                 let need = usize::from(params.k) + usize::from(params.m);
                 let dfs = net.connect(owner, need, net.discover_s)?;
                 let bar = bytes_bar(len, "uploading");

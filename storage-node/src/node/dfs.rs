@@ -545,6 +545,26 @@ impl<'a> Publishers<'a> {
     }
 }
 
+/// Refuses, before anything is sealed or uploaded, an input of `len` bytes whose manifest
+/// could not travel in one commit frame ([`dht::wire::MAX_MANIFEST_BYTES`]): each block
+/// lists k + m shard ids of 32 bytes.
+pub fn check_manifest_fits(len: u64, params: &SealParams) -> Result<()> {
+    let blocks = len.div_ceil(u64::from(params.block_size.max(1)));
+    let per_block = 4 + 32 * (u64::from(params.k) + u64::from(params.m));
+    let least = blocks.saturating_mul(per_block);
+    if least > dht::wire::MAX_MANIFEST_BYTES as u64 {
+        let most = dht::wire::MAX_MANIFEST_BYTES as u64 / per_block;
+        bail!(
+            "{len} bytes make {blocks} blocks of {} bytes, and a manifest lists at most about \
+             {most} blocks of {}+{} shards: put it in parts, or with larger blocks (--block-size)",
+            params.block_size,
+            params.k,
+            params.m
+        );
+    }
+    Ok(())
+}
+
 impl Dfs {
     /// Keeps shard bytes sealed in transit on data connections too (see
     /// [`super::dataplane`]): an eavesdropper on the path then sees neither the ciphertext
@@ -815,7 +835,8 @@ impl Dfs {
         let t2 = Instant::now();
         let data = manifest.data_id();
         let manifest_bytes = manifest.to_bytes();
-        // Checked before the chain takes a fee for data no holder could ever commit.
+        // Checked before the chain takes a fee for data no holder could ever commit (an
+        // input of known length was checked before sealing: see `check_manifest_fits`).
         if manifest_bytes.len() > dht::wire::MAX_MANIFEST_BYTES {
             bail!(
                 "the manifest of {} blocks takes {} bytes, more than the {} a commit carries; \
@@ -2270,6 +2291,30 @@ impl NetSource<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_input_whose_manifest_cannot_be_committed_is_refused_before_sealing() {
+        let p = SealParams::default();
+        // 1 GiB in 1 MiB blocks: 1024 blocks, a manifest of under half a MiB.
+        check_manifest_fits(1 << 30, &p).unwrap();
+        // 1 TiB in 4 KiB blocks: 2^28 blocks of 14 ids each, far past 48 MiB.
+        let small = SealParams {
+            block_size: 4096,
+            ..SealParams::default()
+        };
+        let e = check_manifest_fits(1 << 40, &small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("268435456 blocks") && e.contains("in parts"),
+            "{e}"
+        );
+        // Right at the limit's edge: the largest count that fits passes, one more block fails.
+        let per = 4 + 32 * 14;
+        let most = dht::wire::MAX_MANIFEST_BYTES as u64 / per;
+        check_manifest_fits(most * 4096, &small).unwrap();
+        assert!(check_manifest_fits((most + 1) * 4096, &small).is_err());
+    }
 
     #[test]
     fn readers_take_the_newest_page_of_an_allowed_publisher_only() {
