@@ -482,6 +482,57 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     assert!(repaired > 0, "repair must be counted");
     assert_get_identical(&api, &key, &id, &out, &data, "after repair");
 
+    // The two come back keeping shards whose slots were rebuilt elsewhere. Once the map has
+    // given those slots away for a while (3 s here) and each new holder passes an audit for
+    // its shard, they delete their copies; every block still has 14 shards on 14 nodes.
+    for &i in &dead2 {
+        set_toml(
+            &net.file.nodes[i].config,
+            "release_superseded_after_ms",
+            "3000",
+        );
+        net.restart(i);
+    }
+    net.wait_serving(&dead2);
+    let t = Instant::now();
+    loop {
+        let kept: usize = net
+            .holdings(&id)
+            .values()
+            .map(|v| v.iter().filter(|n| dead2.contains(n)).count())
+            .sum();
+        if kept == 0 {
+            eprintln!(
+                "returned nodes released their superseded shards in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "returned nodes still keep {kept} superseded shards"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let released: u64 = dead2
+        .iter()
+        .filter_map(|i| net.status(*i)["storage"]["shards_released"].as_u64())
+        .sum();
+    assert!(released > 0, "releases must be counted");
+    let per_block = net.live_shards_per_block(&id, blocks);
+    assert!(
+        per_block.iter().all(|&(s, n)| s == 14 && n == 14),
+        "a release took a needed shard: {per_block:?}"
+    );
+    assert_get_identical(
+        &api,
+        &key,
+        &id,
+        &out,
+        &data,
+        "after the returned nodes released",
+    );
+
     // A get whose holders moved after it began finds them by locating the data again. Made
     // certain here by a client that starts knowing no holder at all.
     let what = "a get that knew no holder";

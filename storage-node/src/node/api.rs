@@ -240,6 +240,12 @@ const STORAGE_METRICS: &[StorageRead] = &[
         |v| v.audits_failed,
     ),
     (
+        "shards_released",
+        "Superseded shards deleted (their slot went to another node)",
+        Kind::Total,
+        |v| v.shards_released,
+    ),
+    (
         "audits_unreachable",
         "Audits sent that were not answered",
         Kind::Total,

@@ -735,8 +735,8 @@ pub fn run_status(api: &str) -> anyhow::Result<()> {
             )?;
             writeln!(
                 o,
-                "served      {} shards, {} reads refused; audits answered {}, missing {}",
-                st.served, st.refused, st.audits_answered, st.audits_missing
+                "served      {} shards, {} reads refused; audits answered {}, missing {}; {} superseded shards released",
+                st.served, st.refused, st.audits_answered, st.audits_missing, st.shards_released
             )?;
             writeln!(
                 o,

@@ -100,6 +100,16 @@ pub struct StorageSection {
     /// of audits and repair), so an unstaked one cannot repair.
     #[serde(default)]
     pub stake: bool,
+    /// Milliseconds a shard this node keeps must have been another node's in the data's map
+    /// (and that node must pass an audit for it) before it is deleted; 0 keeps superseded
+    /// shards forever. They are left behind by a node that was declared dead and came back
+    /// after its shards were rebuilt elsewhere.
+    #[serde(default = "default_release_superseded_after_ms")]
+    pub release_superseded_after_ms: u64,
+}
+
+fn default_release_superseded_after_ms() -> u64 {
+    900_000
 }
 
 fn default_true() -> bool {
@@ -123,6 +133,7 @@ impl Default for StorageSection {
             data_plane: true,
             data_port: 0,
             stake: false,
+            release_superseded_after_ms: default_release_superseded_after_ms(),
         }
     }
 }
@@ -331,8 +342,12 @@ impl NodeConfig {
              fault = \"{fault}\"\n\
              # Deposit the RNode minimum from this node's balance if it is not staked yet:\n\
              # peers let only staked storage nodes read without a grant (audits, repair).\n\
-             stake = {stake}\n",
+             stake = {stake}\n\
+             # Delete a shard kept here once the data's map has given its slot to another\n\
+             # node for this long (ms) and that node passes an audit for it; 0 = never.\n\
+             release_superseded_after_ms = {release}\n",
             stake = self.storage.stake,
+            release = self.storage.release_superseded_after_ms,
             workers = self.storage.workers,
             audit = self.storage.audit_period_ms,
             fault = match self.storage.fault {

@@ -54,6 +54,10 @@ const KEEPER_TTL: Duration = Duration::from_secs(600);
 /// How long a repair transfer may take.
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Data items whose superseded shards one pass of `release_superseded` looks for (their
+/// record pages are fetched together, in one [`QUICK_TIMEOUT`]).
+const RELEASE_ITEMS: usize = 16;
+
 /// One holder as the coordinator sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HolderView {
@@ -118,8 +122,10 @@ pub fn spawn(
     chain_id: u32,
     net: UnboundedSender<NetCmd>,
     net_stats: Arc<NetStats>,
-    audit_period_ms: u64,
+    cfg: &super::config::StorageSection,
 ) -> anyhow::Result<()> {
+    let (audit_period_ms, release_superseded_after_ms) =
+        (cfg.audit_period_ms, cfg.release_superseded_after_ms);
     let me = *key.public().as_bytes();
     let stats = Arc::clone(&service.coord);
     std::thread::Builder::new()
@@ -146,6 +152,11 @@ pub fn spawn(
                 versions: HashMap::new(),
                 published: HashMap::new(),
                 last_map_check: Instant::now(),
+                release_after: (release_superseded_after_ms > 0)
+                    .then(|| Duration::from_millis(release_superseded_after_ms)),
+                superseded: HashMap::new(),
+                last_release: Instant::now(),
+                release_cursor: 0,
                 keepers: HashMap::new(),
                 last_scan: None,
                 scans: 0,
@@ -182,6 +193,14 @@ struct Coordinator {
     /// not republish everything at once, nor a first map with holes a slow answer left).
     published: HashMap<DataId, Vec<Vec<Option<NodeId>>>>,
     last_map_check: Instant,
+    /// How long a shard kept here must have been another node's before it goes (`None`:
+    /// kept forever).
+    release_after: Option<Duration>,
+    /// Shards kept here whose slot another node holds, since when that was first seen.
+    superseded: HashMap<(DataId, u64, u8), Instant>,
+    last_release: Instant,
+    /// Where in the held data items the next release pass starts.
+    release_cursor: usize,
     /// Whether a node keeps a data item's manifest, and until when that answer is trusted.
     keepers: HashMap<(DataId, NodeId), (bool, Instant)>,
     last_scan: Option<Instant>,
@@ -247,6 +266,14 @@ impl Coordinator {
             }
             for d in changed {
                 self.publish(&d);
+            }
+            if let Some(after) = self.release_after {
+                // A quarter of the wait between passes, so a shard goes within 1.25 of it.
+                let every = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                if self.last_release.elapsed() >= every && self.started.elapsed() >= STARTUP_GRACE {
+                    self.release_superseded(after);
+                    self.last_release = Instant::now();
+                }
             }
             if self.last_report.elapsed() >= REPORT_EVERY {
                 self.report();
@@ -967,30 +994,173 @@ impl Coordinator {
     /// The newest version of page 0 of `data`'s record in the DHT among pages whose
     /// publisher may publish them (0 when none is found within [`QUICK_TIMEOUT`]).
     fn newest_version(&self, data: &DataId) -> u64 {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let key = DataRecord::key(data, 0);
-        if self.net.send(NetCmd::GetRecord { key, reply: tx }).is_err() {
-            return 0;
-        }
-        let t = Instant::now();
-        let mut rx = rx;
-        let copies = loop {
-            match rx.try_recv() {
-                Ok(v) => break v,
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-                    if t.elapsed() < QUICK_TIMEOUT =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(_) => break Vec::new(),
-            }
-        };
+        let copies = self
+            .record_copies(vec![DataRecord::key(data, 0)])
+            .pop()
+            .unwrap_or_default();
         newest_allowed_version(&copies, self.chain_id, now_ms(), data, &mut |p| {
-            matches!(
-                super::net::may_publish(&self.chain, &p.writer, &p.page),
-                super::net::Publisher::Allowed { .. }
-            )
+            self.may_publish(p)
         })
+    }
+
+    /// Whether the chain lets `p`'s publisher publish it.
+    fn may_publish(&self, p: &SignedPage) -> bool {
+        matches!(
+            super::net::may_publish(&self.chain, &p.writer, &p.page),
+            super::net::Publisher::Allowed { .. }
+        )
+    }
+
+    /// The copies of each record `keys` names that the DHT gives within [`QUICK_TIMEOUT`],
+    /// all looked up at once.
+    fn record_copies(&self, keys: Vec<[u8; 32]>) -> Vec<Vec<Vec<u8>>> {
+        let mut waiting: Vec<Option<tokio::sync::oneshot::Receiver<Vec<Vec<u8>>>>> = keys
+            .into_iter()
+            .map(|key| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.net
+                    .send(NetCmd::GetRecord { key, reply: tx })
+                    .ok()
+                    .map(|()| rx)
+            })
+            .collect();
+        let mut out = vec![Vec::new(); waiting.len()];
+        let t = Instant::now();
+        while waiting.iter().any(Option::is_some) && t.elapsed() < QUICK_TIMEOUT {
+            for (slot, w) in out.iter_mut().zip(waiting.iter_mut()) {
+                if let Some(rx) = w {
+                    match rx.try_recv() {
+                        Ok(v) => {
+                            *slot = v;
+                            *w = None;
+                        }
+                        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                        Err(_) => *w = None,
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        out
+    }
+
+    /// Deletes shards kept here whose slot the data's map (the planner's, for data
+    /// coordinated here, else the newest allowed record) has given to another node for at
+    /// least `after`, once that node passes an audit for the shard: what a node declared
+    /// dead keeps after its shards were rebuilt elsewhere. A block whose map misses any
+    /// holder keeps every copy. A pass looks at [`RELEASE_ITEMS`] data items, in turn.
+    fn release_superseded(&mut self, after: Duration) {
+        let mut items = self.service.held_data();
+        items.sort_unstable();
+        self.superseded
+            .retain(|(d, _, _), _| items.binary_search(d).is_ok());
+        if items.is_empty() {
+            return;
+        }
+        let start = self.release_cursor % items.len();
+        let batch: Vec<DataId> = items
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(RELEASE_ITEMS.min(items.len()))
+            .copied()
+            .collect();
+        self.release_cursor = start + batch.len();
+        let held: Vec<(DataId, Vec<(u64, u8)>)> =
+            batch.iter().map(|d| (*d, self.service.held(d))).collect();
+        // Record pages of the blocks held, for data another node coordinates.
+        let page_of = |b: u64| u32::try_from(b / dht::record::BLOCKS_PER_PAGE).unwrap_or(u32::MAX);
+        let wanted: Vec<(DataId, u32)> = held
+            .iter()
+            .filter(|(d, _)| self.planner.shard_map(d).is_none())
+            .flat_map(|(d, h)| {
+                let pages: std::collections::BTreeSet<u32> =
+                    h.iter().map(|(b, _)| page_of(*b)).collect();
+                pages.into_iter().map(|p| (*d, p))
+            })
+            .collect();
+        let copies =
+            self.record_copies(wanted.iter().map(|(d, p)| DataRecord::key(d, *p)).collect());
+        let now_ms = now_ms();
+        let mut pages: HashMap<(DataId, u32), DataRecord> = HashMap::new();
+        for ((d, p), copies) in wanted.iter().zip(copies) {
+            let newest = copies
+                .iter()
+                .filter_map(|c| SignedPage::open(c, self.chain_id, now_ms).ok())
+                .filter(|s| s.page.data == *d && s.page.page == *p && self.may_publish(s))
+                .max_by_key(|s| s.page.version);
+            if let Some(s) = newest {
+                pages.insert((*d, *p), s.page);
+            }
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (d, h) in &held {
+            let row_of = |b: u64| -> Option<Vec<Option<NodeId>>> {
+                match self.planner.shard_map(d) {
+                    Some(map) => map.get(usize::try_from(b).ok()?).cloned(),
+                    None => {
+                        let r = pages.get(&(*d, page_of(b)))?;
+                        let shards = u8::try_from(r.shards()).ok()?;
+                        Some((0..shards).map(|i| r.holder(b, i)).collect())
+                    }
+                }
+            };
+            let gone = superseded(self.me, h, row_of);
+            for &(b, i) in h {
+                if !gone.iter().any(|(gb, gi, _)| (*gb, *gi) == (b, i)) {
+                    self.superseded.remove(&(*d, b, i));
+                }
+            }
+            for (b, i, holder) in gone {
+                let first = *self.superseded.entry((*d, b, i)).or_insert(now);
+                if now.duration_since(first) >= after {
+                    due.push((*d, b, i, holder));
+                }
+            }
+        }
+        // The copy goes only once its slot's holder proves it has the shard.
+        let mut asked = Vec::new();
+        let mut reqs = Vec::new();
+        for (d, b, i, holder) in due {
+            let Some(m) = self.service.manifest(&d) else {
+                continue;
+            };
+            let Some(id) = m
+                .blocks
+                .get(usize::try_from(b).unwrap_or(usize::MAX))
+                .and_then(|e| e.shards.get(usize::from(i)))
+                .copied()
+            else {
+                continue;
+            };
+            let nonce = rand::random::<u64>();
+            reqs.push((holder, ShardRequest::Audit { id, nonce }));
+            asked.push((d, b, i, holder, id, nonce));
+        }
+        if reqs.is_empty() {
+            return;
+        }
+        let answers = self.request_many(reqs, QUICK_TIMEOUT);
+        for ((d, b, i, holder, id, nonce), r) in asked.into_iter().zip(answers) {
+            let proven = matches!(r, Ok(ShardResponse::Proof(p)) if dht::proof::AuditProof::from_bytes(&p)
+                .is_ok_and(|p| dht::proof::verify(&id, nonce, &p).is_ok()));
+            if !proven {
+                continue;
+            }
+            match self.service.release(&d, b, i) {
+                Ok(true) => {
+                    self.superseded.remove(&(d, b, i));
+                    tracing::info!(
+                        "released shard {i} of block {b} of {d}: {holder} holds it now (audited)"
+                    );
+                }
+                Ok(false) => {
+                    self.superseded.remove(&(d, b, i));
+                }
+                Err(e) => tracing::warn!("{e:#}"),
+            }
+        }
     }
 
     fn refresh_view(&mut self) {
@@ -1068,6 +1238,34 @@ fn coordinates(
 /// of `data` that open for `chain_id` at `now` and whose publisher `allowed` accepts; 0 when
 /// there is none. A coordinator that takes over publishes past it, so its pages outrank its
 /// predecessor's even when the predecessor's clock ran ahead of its own.
+/// Of the shards `held` here, as (block, index), the ones the map gives to another node:
+/// (block, index, that node). `row_of` gives a block's row of holders (`None` for a lost
+/// shard), if known. A block whose row is unknown or misses a holder keeps every copy: this
+/// one may be what rebuilds it.
+fn superseded(
+    me: NodeId,
+    held: &[(u64, u8)],
+    row_of: impl Fn(u64) -> Option<Vec<Option<NodeId>>>,
+) -> Vec<(u64, u8, NodeId)> {
+    let mut out = Vec::new();
+    let mut rows: HashMap<u64, Option<Vec<Option<NodeId>>>> = HashMap::new();
+    for &(b, i) in held {
+        let row = rows.entry(b).or_insert_with(|| row_of(b));
+        let Some(row) = row else {
+            continue;
+        };
+        if row.is_empty() || row.iter().any(Option::is_none) {
+            continue;
+        }
+        if let Some(Some(x)) = row.get(usize::from(i)) {
+            if *x != me {
+                out.push((b, i, *x));
+            }
+        }
+    }
+    out
+}
+
 fn newest_allowed_version(
     copies: &[Vec<u8>],
     chain_id: u32,
@@ -1088,6 +1286,27 @@ fn newest_allowed_version(
 mod tests {
     use super::*;
     use crypto_accel::{Hash, Keypair};
+
+    #[test]
+    fn only_copies_whose_slot_a_whole_row_gives_another_node_are_superseded() {
+        let (me, x, y) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+        let rows: HashMap<u64, Vec<Option<NodeId>>> = [
+            // Block 0: slot 1 is x's now, slot 0 still this node's.
+            (0, vec![Some(me), Some(x), Some(y)]),
+            // Block 1: a lost slot; nothing of it goes.
+            (1, vec![Some(x), None, Some(y)]),
+            // Block 2: this node's own slot.
+            (2, vec![Some(x), Some(me), Some(y)]),
+        ]
+        .into_iter()
+        .collect();
+        let held = [(0, 0), (0, 1), (1, 0), (2, 1), (3, 0)];
+        let got = superseded(me, &held, |b| rows.get(&b).cloned());
+        // Block 3 has no known row: kept.
+        assert_eq!(got, vec![(0, 1, x)]);
+        // An empty row (a record page without the block) keeps everything.
+        assert!(superseded(me, &held, |_| Some(vec![])).is_empty());
+    }
 
     #[test]
     fn exactly_one_holder_coordinates_even_when_a_closer_rnode_lacks_the_manifest() {

@@ -157,7 +157,7 @@ pub fn run(path: &Path) -> Result<()> {
             cfg.chain_id,
             net_cmds.clone(),
             stats.clone(),
-            storage_cfg.audit_period_ms,
+            &storage_cfg,
         )?;
         (handle.with_storage(service), Some(jobs), provide)
     } else {

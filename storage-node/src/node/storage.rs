@@ -127,6 +127,9 @@ pub struct StorageCounters {
     pub pending_expired: AtomicU64,
     /// Shards received by repair (a subset of `puts`, counted by the repairer's commit).
     pub repair_bytes_in: AtomicU64,
+    /// Superseded shards deleted (their slot is another node's; see
+    /// [`StorageService::release`]).
+    pub released: AtomicU64,
 }
 
 /// What an operator sees of the storage role.
@@ -150,6 +153,9 @@ pub struct StorageView {
     pub audits_answered: u64,
     /// Audit challenges for shards not held.
     pub audits_missing: u64,
+    /// Superseded shards deleted (their slot went to another node while this one was away).
+    #[serde(default)]
+    pub shards_released: u64,
     /// Data items this node coordinates (audits and repair).
     pub coordinated: u64,
     /// Audits this node sent as coordinator.
@@ -414,6 +420,47 @@ impl StorageService {
     /// The manifest of `id`, if kept here.
     pub fn manifest(&self, id: &DataId) -> Option<Manifest> {
         self.manifests.load(id).ok()
+    }
+
+    /// Deletes shard `index` of `block` of `data`, which this node keeps but the data's map
+    /// gives to another node (see the coordinator's `release_superseded`); returns whether
+    /// it was here. The manifest stays: other shards of the item may still be this node's.
+    pub fn release(&self, data: &DataId, block: u64, index: u8) -> Result<bool> {
+        let Some(m) = self.manifest(data) else {
+            return Ok(false);
+        };
+        let Some(c) = m
+            .blocks
+            .get(usize::try_from(block).unwrap_or(usize::MAX))
+            .and_then(|b| b.shards.get(usize::from(index)))
+            .copied()
+        else {
+            return Ok(false);
+        };
+        {
+            let mut idx = lock(&self.index);
+            let ours = idx
+                .get(&c)
+                .is_some_and(|h| h.data == *data && h.block == block && h.index == index);
+            if !ours {
+                return Ok(false);
+            }
+            idx.remove(&c);
+            let mut by = lock(&self.by_data);
+            if let Some(set) = by.get_mut(data) {
+                set.remove(&(block, index));
+                if set.is_empty() {
+                    by.remove(data);
+                }
+            }
+            // A commit that lists it while it is being deleted does not confirm it.
+            lock(&self.expiring).insert(c);
+        }
+        let r = self.store.delete(&c);
+        lock(&self.expiring).remove(&c);
+        r.with_context(|| format!("deleting superseded shard {c}"))?;
+        self.counters.released.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Data items with shards here (for provider records).
@@ -989,6 +1036,7 @@ impl StorageService {
             refused: self.counters.refused.load(Ordering::Relaxed),
             audits_answered: self.counters.audits_answered.load(Ordering::Relaxed),
             audits_missing: self.counters.audits_missing.load(Ordering::Relaxed),
+            shards_released: self.counters.released.load(Ordering::Relaxed),
             coordinated: self.coord.data_items.load(Ordering::Relaxed),
             audits_sent: self.coord.audits.load(Ordering::Relaxed),
             audits_passed: self.coord.audits_passed.load(Ordering::Relaxed),
@@ -1558,6 +1606,28 @@ mod tests {
             ShardResponse::Manifest(d.manifest.to_bytes())
         );
         assert_eq!(s.counters.served.load(Ordering::Relaxed), SOME.len() as u64);
+    }
+
+    #[test]
+    fn a_released_shard_is_gone_for_good_and_the_rest_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, s, d) = committed(dir.path(), &SOME);
+        let (b, i) = SOME[0];
+        assert!(s.release(&d.id(), b, i).unwrap());
+        assert!(!s.held(&d.id()).contains(&(b, i)));
+        assert_eq!(s.held(&d.id()).len(), SOME.len() - 1);
+        assert!(!s.store.contains(&d.shard_id(b, i)));
+        assert_eq!(get_as(&s, &d, &d.owner, b, i), ShardResponse::NotFound);
+        assert_eq!(s.counters.released.load(Ordering::Relaxed), 1);
+        // Not here any more, never here, or another item's: nothing to do.
+        assert!(!s.release(&d.id(), b, i).unwrap());
+        assert!(!s.release(&d.id(), 1, 0).unwrap());
+        assert!(!s.release(&DataId::from_bytes([7; 32]), b, i).unwrap());
+        // A restart does not bring it back (the manifest still lists it).
+        drop(s);
+        let s = open(dir.path(), &chain, Fault::None);
+        assert_eq!(s.held(&d.id()).len(), SOME.len() - 1);
+        assert!(!s.held(&d.id()).contains(&(b, i)));
     }
 
     #[test]
