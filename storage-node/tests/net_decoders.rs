@@ -528,6 +528,20 @@ mod frames {
         assert!(write_req(&mut c, vec![0; 1025]).is_err());
     }
 
+    #[test]
+    fn frames_past_the_preallocation_grow_and_short_ones_end_in_eof() {
+        let mut c = FrameCodec::new(48 << 20, 64);
+        // Larger than what is allocated before bytes arrive: grown as they come.
+        let big: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+        let wire = write_req(&mut c, big.clone()).unwrap();
+        assert_eq!(read_req(&mut c, wire).unwrap(), big);
+        // A 48 MiB claim followed by three bytes: an early end, not 48 MiB of zeroes.
+        let mut short = (48u32 << 20).to_le_bytes().to_vec();
+        short.extend_from_slice(b"abc");
+        let e = read_req(&mut c, short).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 

@@ -485,8 +485,9 @@ fn read_by(stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Re
 /// Reads exactly `n` bytes from `stream` into a new buffer, failing once `deadline` passes
 /// however the bytes trickle in.
 fn read_vec_by(stream: &TcpStream, n: usize, deadline: Instant) -> std::io::Result<Vec<u8>> {
-    // Read into spare capacity: no zeroing of a buffer about to be overwritten.
-    let mut buf = Vec::with_capacity(n);
+    // Read into spare capacity: no zeroing of a buffer about to be overwritten; and at most
+    // `FRAME_PREALLOC` of it before the bytes come (see `net::read_frame`).
+    let mut buf = Vec::with_capacity(n.min(super::net::FRAME_PREALLOC));
     Deadlined::new(stream, deadline)
         .take(n as u64)
         .read_to_end(&mut buf)?;
@@ -765,8 +766,9 @@ async fn read_n(
     n: usize,
     room: usize,
 ) -> Result<Vec<u8>, String> {
-    // Read into spare capacity: no zeroing of a buffer about to be overwritten.
-    let mut buf = Vec::with_capacity(n + room);
+    // Read into spare capacity: no zeroing of a buffer about to be overwritten; and at most
+    // `FRAME_PREALLOC` of it before the bytes come (see `net::read_frame`).
+    let mut buf = Vec::with_capacity(n.min(super::net::FRAME_PREALLOC) + room);
     (&mut *rd)
         .take(n as u64)
         .read_to_end(&mut buf)

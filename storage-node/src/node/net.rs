@@ -72,10 +72,20 @@ where
             format!("frame of {len} bytes exceeds the {max}-byte limit"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grown as the bytes come, not allocated at the length the peer claims: 256 streams
+    // that each announce 48 MiB and send nothing more would otherwise hold 12 GiB for the
+    // price of 1 KiB sent.
+    let mut buf = Vec::with_capacity(len.min(FRAME_PREALLOC));
+    (&mut *io).take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(buf)
 }
+
+/// Bytes of a frame allocated before any arrive: a shard of a 1 MiB block fits at once;
+/// larger frames (manifests, big blocks' shards) grow as they come.
+pub const FRAME_PREALLOC: usize = 1 << 20;
 
 async fn write_frame<T>(io: &mut T, data: &[u8], max: usize) -> io::Result<()>
 where
