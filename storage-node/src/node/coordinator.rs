@@ -58,6 +58,9 @@ const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 /// record pages are fetched together, in one [`QUICK_TIMEOUT`]).
 const RELEASE_ITEMS: usize = 16;
 
+/// Most shards one release pass audits (and so may release).
+const RELEASE_AUDITS: usize = 256;
+
 /// One holder as the coordinator sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HolderView {
@@ -196,8 +199,9 @@ struct Coordinator {
     /// How long a shard kept here must have been another node's before it goes (`None`:
     /// kept forever).
     release_after: Option<Duration>,
-    /// Shards kept here whose slot another node holds, since when that was first seen.
-    superseded: HashMap<(DataId, u64, u8), Instant>,
+    /// Shards kept here whose slot another node holds: since when that was first seen, and
+    /// which node (the clock starts again if the slot moves on).
+    superseded: HashMap<(DataId, u64, u8), (Instant, NodeId)>,
     last_release: Instant,
     /// Where in the held data items the next release pass starts.
     release_cursor: usize,
@@ -268,7 +272,8 @@ impl Coordinator {
                 self.publish(&d);
             }
             if let Some(after) = self.release_after {
-                // A quarter of the wait between passes, so a shard goes within 1.25 of it.
+                // Passes a quarter of the wait apart (each looks at `RELEASE_ITEMS` items in
+                // turn, so with many items a shard is seen less often than that).
                 let every = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
                 if self.last_release.elapsed() >= every && self.started.elapsed() >= STARTUP_GRACE {
                     self.release_superseded(after);
@@ -1112,43 +1117,53 @@ impl Coordinator {
                     self.superseded.remove(&(*d, b, i));
                 }
             }
+            let mut mine = None;
             for (b, i, holder) in gone {
-                let first = *self.superseded.entry((*d, b, i)).or_insert(now);
-                if now.duration_since(first) >= after {
-                    due.push((*d, b, i, holder));
+                let seen = self.superseded.entry((*d, b, i)).or_insert((now, holder));
+                if seen.1 != holder {
+                    *seen = (now, holder);
+                }
+                if now.duration_since(seen.0) < after || due.len() >= RELEASE_AUDITS {
+                    continue;
+                }
+                let m = mine.get_or_insert_with(|| self.service.manifest(d));
+                let id = m.as_ref().and_then(|m| {
+                    m.blocks
+                        .get(usize::try_from(b).ok()?)?
+                        .shards
+                        .get(usize::from(i))
+                        .copied()
+                });
+                if let Some(id) = id {
+                    due.push((*d, b, i, holder, id));
                 }
             }
         }
-        // The copy goes only once its slot's holder proves it has the shard.
+        if due.is_empty() {
+            return;
+        }
+        // The copy goes only once its slot's holder proves it has the shard. Meanwhile this
+        // node neither reads nor audits it for anyone: the holder cannot pass by relaying.
+        let ids: Vec<ChunkId> = due.iter().map(|x| x.4).collect();
+        self.service.set_releasing(&ids, true);
         let mut asked = Vec::new();
         let mut reqs = Vec::new();
-        for (d, b, i, holder) in due {
-            let Some(m) = self.service.manifest(&d) else {
-                continue;
-            };
-            let Some(id) = m
-                .blocks
-                .get(usize::try_from(b).unwrap_or(usize::MAX))
-                .and_then(|e| e.shards.get(usize::from(i)))
-                .copied()
-            else {
-                continue;
-            };
+        for (d, b, i, holder, id) in due {
             let nonce = rand::random::<u64>();
             reqs.push((holder, ShardRequest::Audit { id, nonce }));
             asked.push((d, b, i, holder, id, nonce));
         }
-        if reqs.is_empty() {
-            return;
-        }
         let answers = self.request_many(reqs, QUICK_TIMEOUT);
+        let mut releases = Vec::new();
         for ((d, b, i, holder, id, nonce), r) in asked.into_iter().zip(answers) {
             let proven = matches!(r, Ok(ShardResponse::Proof(p)) if dht::proof::AuditProof::from_bytes(&p)
                 .is_ok_and(|p| dht::proof::verify(&id, nonce, &p).is_ok()));
-            if !proven {
-                continue;
+            if proven {
+                releases.push((d, b, i, holder, id));
             }
-            match self.service.release(&d, b, i) {
+        }
+        for (d, b, i, holder, id) in releases {
+            match self.service.release(&d, b, i, id) {
                 Ok(true) => {
                     self.superseded.remove(&(d, b, i));
                     tracing::info!(
@@ -1161,6 +1176,7 @@ impl Coordinator {
                 Err(e) => tracing::warn!("{e:#}"),
             }
         }
+        self.service.set_releasing(&ids, false);
     }
 
     fn refresh_view(&mut self) {
@@ -1234,10 +1250,6 @@ fn coordinates(
     false
 }
 
-/// The newest version among `copies` (signed pages as a record lookup found them) of pages
-/// of `data` that open for `chain_id` at `now` and whose publisher `allowed` accepts; 0 when
-/// there is none. A coordinator that takes over publishes past it, so its pages outrank its
-/// predecessor's even when the predecessor's clock ran ahead of its own.
 /// Of the shards `held` here, as (block, index), the ones the map gives to another node:
 /// (block, index, that node). `row_of` gives a block's row of holders (`None` for a lost
 /// shard), if known. A block whose row is unknown or misses a holder keeps every copy: this
@@ -1266,6 +1278,10 @@ fn superseded(
     out
 }
 
+/// The newest version among `copies` (signed pages as a record lookup found them) of pages
+/// of `data` that open for `chain_id` at `now` and whose publisher `allowed` accepts; 0 when
+/// there is none. A coordinator that takes over publishes past it, so its pages outrank its
+/// predecessor's even when the predecessor's clock ran ahead of its own.
 fn newest_allowed_version(
     copies: &[Vec<u8>],
     chain_id: u32,

@@ -258,6 +258,10 @@ pub struct StorageService {
     /// commit does not confirm them and a put is asked to retry until the delete is done.
     /// Locks nest in the order `index`, `pending`, `expiring`, `last_put`.
     expiring: Mutex<HashSet<ChunkId>>,
+    /// Shards this node is about to release, while their new holders are audited: neither
+    /// read nor audited for anyone meanwhile, so a new holder cannot pass its audit by
+    /// relaying the challenge (or a read) to this node.
+    releasing: Mutex<HashSet<ChunkId>>,
     access: TtlCache<AccessKey>,
     /// Whether storage peers are staked, by address (see `staked`).
     stake_cache: TtlCache<Address>,
@@ -314,6 +318,7 @@ impl StorageService {
             pending_bytes: AtomicU64::new(0),
             last_put: Mutex::new(HashMap::new()),
             expiring: Mutex::new(HashSet::new()),
+            releasing: Mutex::new(HashSet::new()),
             access: TtlCache::new(ACCESS_TTL),
             stake_cache: TtlCache::new(STAKE_TTL),
             disk_free: Mutex::new(None),
@@ -386,11 +391,13 @@ impl StorageService {
             }
         }
         drop(expiring);
-        drop(index);
         let n = held.len() as u64;
+        // Under the index lock (order: index, then by_data), so a release between the two
+        // cannot be undone here.
         if n > 0 {
             lock(&self.by_data).insert(id, held);
         }
+        drop(index);
         n
     }
 
@@ -425,18 +432,7 @@ impl StorageService {
     /// Deletes shard `index` of `block` of `data`, which this node keeps but the data's map
     /// gives to another node (see the coordinator's `release_superseded`); returns whether
     /// it was here. The manifest stays: other shards of the item may still be this node's.
-    pub fn release(&self, data: &DataId, block: u64, index: u8) -> Result<bool> {
-        let Some(m) = self.manifest(data) else {
-            return Ok(false);
-        };
-        let Some(c) = m
-            .blocks
-            .get(usize::try_from(block).unwrap_or(usize::MAX))
-            .and_then(|b| b.shards.get(usize::from(index)))
-            .copied()
-        else {
-            return Ok(false);
-        };
+    pub fn release(&self, data: &DataId, block: u64, index: u8, c: ChunkId) -> Result<bool> {
         {
             let mut idx = lock(&self.index);
             let ours = idx
@@ -461,6 +457,18 @@ impl StorageService {
         r.with_context(|| format!("deleting superseded shard {c}"))?;
         self.counters.released.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Marks shards about to be released (`true`) or no longer (`false`): see `releasing`.
+    pub fn set_releasing(&self, ids: &[ChunkId], on: bool) {
+        let mut r = lock(&self.releasing);
+        for id in ids {
+            if on {
+                r.insert(*id);
+            } else {
+                r.remove(id);
+            }
+        }
     }
 
     /// Data items with shards here (for provider records).
@@ -888,6 +896,11 @@ impl StorageService {
         block: u64,
         from: Option<&PublicKey>,
     ) -> Result<(), ShardResponse> {
+        if lock(&self.releasing).contains(&id) {
+            return Err(ShardResponse::Failed(format!(
+                "shard {id} is being handed over"
+            )));
+        }
         let Some(h) = lock(&self.index).get(&id).copied() else {
             return Err(ShardResponse::NotFound);
         };
@@ -923,6 +936,9 @@ impl StorageService {
     }
 
     fn audit(&self, id: ChunkId, nonce: u64, from: Option<&PublicKey>) -> ShardResponse {
+        if lock(&self.releasing).contains(&id) {
+            return ShardResponse::Failed(format!("shard {id} is being handed over"));
+        }
         if !lock(&self.index).contains_key(&id) {
             self.counters.audits_missing.fetch_add(1, Ordering::Relaxed);
             return ShardResponse::NotFound;
@@ -1613,16 +1629,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (chain, s, d) = committed(dir.path(), &SOME);
         let (b, i) = SOME[0];
-        assert!(s.release(&d.id(), b, i).unwrap());
+        let c = d.shard_id(b, i);
+        // While it is being handed over, nobody reads or audits it here.
+        s.set_releasing(&[c], true);
+        assert!(matches!(audit(&s, c, 3), ShardResponse::Failed(_)));
+        assert!(matches!(
+            get_as(&s, &d, &d.owner, b, i),
+            ShardResponse::Failed(_)
+        ));
+        assert!(s.release(&d.id(), b, i, c).unwrap());
+        s.set_releasing(&[c], false);
         assert!(!s.held(&d.id()).contains(&(b, i)));
         assert_eq!(s.held(&d.id()).len(), SOME.len() - 1);
         assert!(!s.store.contains(&d.shard_id(b, i)));
         assert_eq!(get_as(&s, &d, &d.owner, b, i), ShardResponse::NotFound);
         assert_eq!(s.counters.released.load(Ordering::Relaxed), 1);
         // Not here any more, never here, or another item's: nothing to do.
-        assert!(!s.release(&d.id(), b, i).unwrap());
-        assert!(!s.release(&d.id(), 1, 0).unwrap());
-        assert!(!s.release(&DataId::from_bytes([7; 32]), b, i).unwrap());
+        assert!(!s.release(&d.id(), b, i, c).unwrap());
+        assert!(!s.release(&d.id(), 1, 0, d.shard_id(1, 0)).unwrap());
+        assert!(!s.release(&DataId::from_bytes([7; 32]), b, i, c).unwrap());
+        // Another shard, named as (b, i): not the shard indexed there.
+        let (b2, i2) = SOME[1];
+        assert!(!s.release(&d.id(), b, i, d.shard_id(b2, i2)).unwrap());
         // A restart does not bring it back (the manifest still lists it).
         drop(s);
         let s = open(dir.path(), &chain, Fault::None);
