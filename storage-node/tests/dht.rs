@@ -272,6 +272,30 @@ fn sample(n: usize) -> Vec<u8> {
     v
 }
 
+/// Polls `check` every 2 s until it holds (then says how long that took) or `limit` passes
+/// (then fails with its latest complaint).
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let t = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => {
+                eprintln!("{what} in {:.1} s", t.elapsed().as_secs_f64());
+                return;
+            }
+            Err(e) => assert!(t.elapsed() < limit, "{e}"),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The sum over live nodes of a storage counter of their `/status`.
+fn storage_total(net: &Net, field: &str) -> u64 {
+    net.live()
+        .iter()
+        .filter_map(|i| net.status(*i)["storage"][field].as_u64())
+        .sum()
+}
+
 /// `cpchain ARGS…` as a client of the node at `api`, signing with `key`.
 fn as_client(api: &str, key: &Path, args: &[&str]) -> Output {
     let mut all = args.to_vec();
@@ -474,34 +498,24 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     for &i in &dead2 {
         net.kill9(i);
     }
-    let t = Instant::now();
-    loop {
+    let what = "repair restored 14 live shards per block";
+    wait_for(what, Duration::from_secs(240), || {
         let per_block = net.live_shards_per_block(&id, blocks);
-        if per_block.iter().all(|&(s, n)| s == 14 && n == 14) {
-            eprintln!(
-                "repair restored 14 live shards per block in {:.1} s",
-                t.elapsed().as_secs_f64()
-            );
-            break;
+        let short: Vec<_> = per_block
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.0 < 14 || x.1 < 14)
+            .take(10)
+            .collect();
+        match short.is_empty() {
+            true => Ok(()),
+            false => Err(format!("repair did not restore every block: {short:?}")),
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(240),
-            "repair did not restore every block: {:?}",
-            per_block
-                .iter()
-                .enumerate()
-                .filter(|(_, x)| x.0 < 14 || x.1 < 14)
-                .take(10)
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let repaired: u64 = net
-        .live()
-        .iter()
-        .filter_map(|i| net.status(*i)["storage"]["shards_repaired"].as_u64())
-        .sum();
-    assert!(repaired > 0, "repair must be counted");
+    });
+    assert!(
+        storage_total(&net, "shards_repaired") > 0,
+        "repair must be counted"
+    );
     assert_get_identical(&api, &key, &id, &out, &data, "after repair");
 
     // The two come back keeping shards whose slots were rebuilt elsewhere. Once the map has
@@ -525,28 +539,15 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
             .sum()
     };
     assert!(extra(&net) > 0, "the returned nodes came back with nothing");
-    let t = Instant::now();
-    loop {
-        let kept = extra(&net);
-        if kept == 0 {
-            eprintln!(
-                "returned nodes released their superseded shards in {:.1} s",
-                t.elapsed().as_secs_f64()
-            );
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(180),
-            "{kept} superseded copies are still kept"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let released: u64 = net
-        .live()
-        .iter()
-        .filter_map(|i| net.status(*i)["storage"]["shards_released"].as_u64())
-        .sum();
-    assert!(released > 0, "releases must be counted");
+    let what = "returned nodes released their superseded shards";
+    wait_for(what, Duration::from_secs(180), || match extra(&net) {
+        0 => Ok(()),
+        kept => Err(format!("{kept} superseded copies are still kept")),
+    });
+    assert!(
+        storage_total(&net, "shards_released") > 0,
+        "releases must be counted"
+    );
     let per_block = net.live_shards_per_block(&id, blocks);
     assert!(
         per_block.iter().all(|&(s, n)| s == 14 && n == 14),

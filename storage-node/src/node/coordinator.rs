@@ -1112,10 +1112,9 @@ impl Coordinator {
                 }
             };
             let gone = superseded(self.me, h, row_of);
-            for &(b, i) in h {
-                if !gone.iter().any(|(gb, gi, _)| (*gb, *gi) == (b, i)) {
-                    self.superseded.remove(&(*d, b, i));
-                }
+            let moved: HashSet<(u64, u8)> = gone.iter().map(|(b, i, _)| (*b, *i)).collect();
+            for &(b, i) in h.iter().filter(|x| !moved.contains(x)) {
+                self.superseded.remove(&(*d, b, i));
             }
             let mut mine = None;
             for (b, i, holder) in gone {
