@@ -58,6 +58,10 @@ const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 /// record pages are fetched together, in one [`QUICK_TIMEOUT`]).
 const RELEASE_ITEMS: usize = 16;
 
+/// Most records published per second for maps that moved outside repairs (a takeover finds
+/// many items at once; each publish looks up the newest version first).
+const PUBLISH_PER_CHECK: usize = 8;
+
 /// Most shards one release pass audits (and so may release).
 const RELEASE_AUDITS: usize = 256;
 
@@ -262,11 +266,12 @@ impl Coordinator {
             // must say where the shards are now. Compared once a second, not every tick.
             if self.last_map_check.elapsed() >= Duration::from_secs(1) {
                 self.last_map_check = Instant::now();
-                changed.extend(self.manifests.keys().filter(|d| {
+                let stale = self.manifests.keys().filter(|d| {
                     self.planner
                         .shard_map(d)
-                        .is_some_and(|m| self.published.get(*d).is_some_and(|p| p.as_slice() != m))
-                }));
+                        .is_some_and(|m| self.published.get(*d).is_none_or(|p| p.as_slice() != m))
+                });
+                changed.extend(stale.take(PUBLISH_PER_CHECK));
             }
             for d in changed {
                 self.publish(&d);
@@ -616,8 +621,14 @@ impl Coordinator {
                     }
                 }
             }
+            // A complete map found here is published (soon, a few items a second): holders
+            // follow the record when they release superseded copies, and the record must
+            // then name the holders this planner audits. A map with holes is not (a slow
+            // answer must not blank a good record); it goes out once repairs change it.
             if let Some(found) = self.planner.shard_map(&d) {
-                self.published.insert(d, found.to_vec());
+                if found.iter().flatten().any(Option::is_none) {
+                    self.published.insert(d, found.to_vec());
+                }
             }
             tracing::info!(
                 "coordinating data {d}: {} blocks, {} shards located on {answered} nodes",
