@@ -893,6 +893,25 @@ impl Planner {
             .collect()
     }
 
+    /// How many blocks have lost shards now, and how many of them have fewer than k live
+    /// shards (what [`Planner::poll`] reports as [`Action::Unrecoverable`]), without listing
+    /// them as [`Planner::damaged`] does.
+    pub fn damaged_counts(&self) -> (usize, usize) {
+        let unrecoverable = self
+            .damaged
+            .keys()
+            .filter(|(data, block)| {
+                self.tracked.get(data).is_some_and(|t| {
+                    usize::try_from(*block)
+                        .ok()
+                        .and_then(|b| t.map.get(b))
+                        .is_some_and(|row| row.iter().flatten().count() < usize::from(t.k))
+                })
+            })
+            .count();
+        (self.damaged.len(), unrecoverable)
+    }
+
     /// The earliest `now_ms` at which [`Planner::poll`] has work (possibly in the past:
     /// poll now), or `None` if it has none until an input arrives.
     pub fn next_wake(&self) -> Option<u64> {
@@ -1499,6 +1518,9 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, Action::Repair { block: 1, .. })));
         }
+        // Block 1 is still damaged and unrecoverable now; the rest were rebuilt.
+        assert_eq!(w.p.damaged_counts(), (1, 1));
+        assert_eq!(w.p.damaged().len(), 1);
     }
 
     /// One block of 3 + 2 shards on 10 nodes whose repairs the test carries out itself, with

@@ -239,10 +239,7 @@ impl NetArgs {
     }
 
     fn key(&self, home: &Path) -> Result<Keypair> {
-        match &self.key {
-            Some(k) => node::config::load_key(k),
-            None => load_key(home),
-        }
+        key_or_home(self.key.as_deref(), home)
     }
 
     fn api(&self) -> String {
@@ -446,6 +443,14 @@ fn key_path(home: &Path) -> PathBuf {
     home.join("key")
 }
 
+/// The key in the file `key` names, else the one in `home`.
+fn key_or_home(key: Option<&Path>, home: &Path) -> Result<Keypair> {
+    match key {
+        Some(k) => node::config::load_key(k),
+        None => load_key(home),
+    }
+}
+
 fn load_key(home: &Path) -> Result<Keypair> {
     let path = key_path(home);
     if !path.exists() {
@@ -627,10 +632,7 @@ fn run(cli: Cli) -> Result<()> {
             wait_s,
             cmd,
         } => {
-            let kp = match key {
-                Some(k) => node::config::load_key(k)?,
-                None => load_key(&home)?,
-            };
+            let kp = key_or_home(key.as_deref(), &home)?;
             let wait = std::time::Duration::from_secs(*wait_s);
             node::client::run_tx(&api_or_local(api), &kp, cmd.clone(), wait)?;
         }
@@ -645,10 +647,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keys {
             cmd: KeysCmd::Show { key },
         } => {
-            let public = match key {
-                Some(k) => node::config::load_key(k)?.public(),
-                None => load_key(&home)?.public(),
-            };
+            let public = key_or_home(key.as_deref(), &home)?.public();
             outln!("{public}");
         }
         Command::Put {
@@ -795,10 +794,9 @@ fn run(cli: Cli) -> Result<()> {
             api,
             key,
         } if *net || owner.is_some() => {
-            let owner = match (owner, key) {
-                (Some(a), _) => node::client::parse_address_arg(a).map_err(anyhow::Error::msg)?,
-                (None, Some(k)) => chain::Address::of(&node::config::load_key(k)?.public()),
-                (None, None) => chain::Address::of(&load_key(&home)?.public()),
+            let owner = match owner {
+                Some(a) => node::client::parse_address_arg(a).map_err(anyhow::Error::msg)?,
+                None => chain::Address::of(&key_or_home(key.as_deref(), &home)?.public()),
             };
             let v = node::client::ApiClient::new(&api_or_local(api))
                 .owned_data(&owner, usize::from(*limit))?;

@@ -677,10 +677,7 @@ impl Coordinator {
         for ((data, block, index, holder, nonce, id), r) in sent.into_iter().zip(answers) {
             self.stats.audits.fetch_add(1, Ordering::Relaxed);
             let outcome = match r {
-                Ok(ShardResponse::Proof(b)) => match dht::proof::AuditProof::from_bytes(&b)
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| dht::proof::verify(&id, nonce, &p).map_err(|e| e.to_string()))
-                {
+                Ok(ShardResponse::Proof(b)) => match check_proof(&id, nonce, &b) {
                     Ok(()) => AuditOutcome::Passed,
                     Err(e) => AuditOutcome::Failed(AuditFailure::BadProof(e)),
                 },
@@ -985,9 +982,11 @@ impl Coordinator {
             map,
             &[self.me],
         );
+        // Recorded whether or not the pages could be built: a failure is tried again when
+        // the map moves, not on every tick.
+        self.published.insert(*data, map.to_vec());
         match built {
             Ok(pages) => {
-                self.published.insert(*data, map.to_vec());
                 for p in pages {
                     let key = DataRecord::key(&p.data, p.page);
                     let signed = SignedPage::sign(p, &self.key, self.chain_id);
@@ -999,11 +998,7 @@ impl Coordinator {
                     });
                 }
             }
-            Err(e) => {
-                // Tried again when the map moves, not on every tick.
-                self.published.insert(*data, map.to_vec());
-                self.note(format!("record of {data}: {e}"));
-            }
+            Err(e) => self.note(format!("record of {data}: {e}")),
         }
     }
 
@@ -1166,8 +1161,8 @@ impl Coordinator {
         let answers = self.request_many(reqs, QUICK_TIMEOUT);
         let mut releases = Vec::new();
         for ((d, b, i, holder, id, nonce), r) in asked.into_iter().zip(answers) {
-            let proven = matches!(r, Ok(ShardResponse::Proof(p)) if dht::proof::AuditProof::from_bytes(&p)
-                .is_ok_and(|p| dht::proof::verify(&id, nonce, &p).is_ok()));
+            let proven =
+                matches!(r, Ok(ShardResponse::Proof(p)) if check_proof(&id, nonce, &p).is_ok());
             if proven {
                 releases.push((d, b, i, holder, id));
             }
@@ -1221,18 +1216,9 @@ impl Coordinator {
             })
             .collect();
         *lock(&self.stats.holders) = v;
-        let damaged = self.planner.damaged();
-        let unrecoverable = damaged
-            .iter()
-            .filter(|b| {
-                self.manifests.get(&b.data).is_some_and(|m| {
-                    let shards = usize::from(m.k) + usize::from(m.m);
-                    shards.saturating_sub(b.lost.len()) < usize::from(m.k)
-                })
-            })
-            .count();
+        let (damaged, unrecoverable) = self.planner.damaged_counts();
         let set = |a: &AtomicU64, n: usize| a.store(n as u64, Ordering::Relaxed);
-        set(&self.stats.damaged_now, damaged.len());
+        set(&self.stats.damaged_now, damaged);
         set(&self.stats.unrecoverable_now, unrecoverable);
     }
 }
@@ -1258,6 +1244,12 @@ fn coordinates(
         }
     }
     false
+}
+
+/// Whether `proof` (as it came over the wire) answers challenge `nonce` for shard `id`.
+fn check_proof(id: &ChunkId, nonce: u64, proof: &[u8]) -> Result<(), String> {
+    let p = dht::proof::AuditProof::from_bytes(proof).map_err(|e| e.to_string())?;
+    dht::proof::verify(id, nonce, &p).map_err(|e| e.to_string())
 }
 
 /// Of the shards `held` here, as (block, index), the ones the map gives to another node:
