@@ -530,19 +530,38 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
         net.restart(i);
     }
     net.wait_serving(&dead2);
-    // Copies beyond one per shard. (Which copy stays is the map's choice: a returned node
-    // that coordinates the data again may keep its own and the repaired one go.)
-    let extra = |net: &Net| -> usize {
-        net.holdings(&id)
-            .values()
-            .map(|v| v.len().saturating_sub(1))
-            .sum()
+    // Shards a returned node keeps that another node holds too. (Which copy stays is the
+    // map's choice: a returned node that coordinates the data again may keep its own and
+    // the repaired one go.) Only these two run the 3 s setting: copies that others keep
+    // (a node restarted above may have been declared dead, and repaired around, while its
+    // connections were re-established) wait for their default 15 minutes, and are only
+    // counted here for the report.
+    // (block, index) → the nodes holding it.
+    type Holders = Vec<((u64, u64), Vec<usize>)>;
+    let doubled = |net: &Net| -> (Holders, usize) {
+        let h = net.holdings(&id);
+        let (returned, other): (Vec<_>, Vec<_>) = h
+            .into_iter()
+            .filter(|(_, v)| v.len() > 1)
+            .partition(|(_, v)| v.iter().any(|n| dead2.contains(n)));
+        (returned, other.len())
     };
-    assert!(extra(&net) > 0, "the returned nodes came back with nothing");
+    assert!(
+        !doubled(&net).0.is_empty(),
+        "the returned nodes came back with nothing"
+    );
     let what = "returned nodes released their superseded shards";
-    wait_for(what, Duration::from_secs(180), || match extra(&net) {
-        0 => Ok(()),
-        kept => Err(format!("{kept} superseded copies are still kept")),
+    wait_for(what, Duration::from_secs(180), || match doubled(&net) {
+        (kept, other) if kept.is_empty() => {
+            eprintln!("({other} shards held twice without a returned node)");
+            Ok(())
+        }
+        (kept, _) => Err(format!(
+            "{} shards are still held both by a returned node {dead2:?} and by another; \
+             the first, as (block, index) → nodes: {:?}",
+            kept.len(),
+            &kept[..kept.len().min(8)]
+        )),
     });
     assert!(
         storage_total(&net, "shards_released") > 0,
@@ -550,7 +569,7 @@ fn put_get_survive_kills_repair_audits_and_access_checks() {
     );
     let per_block = net.live_shards_per_block(&id, blocks);
     assert!(
-        per_block.iter().all(|&(s, n)| s == 14 && n == 14),
+        per_block.iter().all(|&(s, n)| s == 14 && n >= 14),
         "a release took a needed shard: {per_block:?}"
     );
     assert_get_identical(

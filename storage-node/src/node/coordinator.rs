@@ -535,6 +535,9 @@ impl Coordinator {
             .filter(|(_, s)| s.failed > 0)
             .map(|(n, _)| n)
             .collect();
+        // Data taken over here, with the map its scan found, the nodes that answered it and
+        // which nodes keep some shard of each block: tracked once all are scanned.
+        let mut fresh = Vec::new();
         for d in mine {
             let Some(m) = self
                 .manifests
@@ -546,7 +549,7 @@ impl Coordinator {
             };
             let n = usize::from(m.k) + usize::from(m.m);
             let mut map: Vec<Vec<Option<NodeId>>> = vec![vec![None; n]; m.blocks.len()];
-            let mut answered = 0usize;
+            let mut heard: HashSet<NodeId> = HashSet::new();
             let asked: Vec<&Candidate> = cands
                 .iter()
                 .filter(|c| c.node == self.me || reachable.contains(&c.node))
@@ -564,7 +567,7 @@ impl Coordinator {
                 let Ok(ShardResponse::Held(list)) = r else {
                     continue;
                 };
-                answered += 1;
+                heard.insert(c.node);
                 self.planner.on_node_up(c.node);
                 present.extend(list.iter().map(|(b, _)| (*b, c.node)));
                 if failed.contains(&c.node) {
@@ -582,9 +585,10 @@ impl Coordinator {
                     }
                 }
             }
-            if answered * 2 < cands.len() {
+            if heard.len() * 2 < cands.len() {
                 tracing::debug!(
-                    "data {d}: only {answered} of {} nodes answered",
+                    "data {d}: only {} of {} nodes answered",
+                    heard.len(),
                     cands.len()
                 );
                 continue;
@@ -600,6 +604,33 @@ impl Coordinator {
                 self.planner.set_present(&d, present);
                 continue;
             }
+            fresh.push((d, m, map, heard, present));
+        }
+        // A holder that did not answer (restarting, or cut off for a moment) keeps the slots
+        // the newest record gives it, and is audited like any holder: dead after its strikes,
+        // and only then rebuilt elsewhere. Rebuilding its shards at once would cost traffic
+        // and leave it with copies to release when it is back.
+        let doubtful: Vec<(DataId, u32)> = fresh
+            .iter()
+            .filter(|(_, _, _, heard, _)| heard.len() < cands.len())
+            .flat_map(|(d, m, ..)| {
+                let blocks = m.blocks.len() as u64;
+                (0..blocks.div_ceil(dht::record::BLOCKS_PER_PAGE))
+                    .filter_map(|p| Some((*d, u32::try_from(p).ok()?)))
+            })
+            .collect();
+        let pages = match doubtful.is_empty() {
+            true => HashMap::new(),
+            false => self.newest_pages(&doubtful),
+        };
+        for (d, m, mut map, heard, present) in fresh {
+            let n = usize::from(m.k) + usize::from(m.m);
+            let located = map.iter().flatten().filter(|x| x.is_some()).count();
+            let record = |b: u64, i: u8| {
+                let r = pages.get(&(d, page_of(b))).filter(|r| r.shards() == n)?;
+                r.holder(b, i)
+            };
+            let seeded = seed_from_record(&mut map, record, &heard, &failed);
             // Shards nobody reports are lost: track them as held by no one.
             let full: Vec<Vec<NodeId>> = map
                 .iter()
@@ -630,10 +661,21 @@ impl Coordinator {
                     self.published.insert(d, found.to_vec());
                 }
             }
+            let also = match (seeded, pages.keys().any(|(x, _)| *x == d)) {
+                (0, _) if heard.len() == cands.len() => String::new(),
+                (0, true) => "; the newest record gives no missing shard to them".into(),
+                (0, false) => "; no record of it found to say what they hold".into(),
+                (n, _) => format!(
+                    "; the newest record gives {n} more to those that did not (they keep \
+                     them unless audits fail)"
+                ),
+            };
             tracing::info!(
-                "coordinating data {d}: {} blocks, {} shards located on {answered} nodes",
+                "coordinating data {d}: {} blocks, {located} shards located on the {} of {} \
+                 nodes that answered{also}",
                 m.blocks.len(),
-                map.iter().flatten().filter(|x| x.is_some()).count()
+                heard.len(),
+                cands.len()
             );
             self.manifests.insert(d, m);
         }
@@ -1014,6 +1056,27 @@ impl Coordinator {
         })
     }
 
+    /// The newest page of each `(data, page)` of `wanted` in the DHT among pages whose
+    /// publisher may publish them, all looked up at once (a page none is found for within
+    /// [`QUICK_TIMEOUT`] is left out).
+    fn newest_pages(&self, wanted: &[(DataId, u32)]) -> HashMap<(DataId, u32), DataRecord> {
+        let copies =
+            self.record_copies(wanted.iter().map(|(d, p)| DataRecord::key(d, *p)).collect());
+        let now_ms = now_ms();
+        let mut pages = HashMap::new();
+        for ((d, p), copies) in wanted.iter().zip(copies) {
+            let newest = copies
+                .iter()
+                .filter_map(|c| SignedPage::open(c, self.chain_id, now_ms).ok())
+                .filter(|s| s.page.data == *d && s.page.page == *p && self.may_publish(s))
+                .max_by_key(|s| s.page.version);
+            if let Some(s) = newest {
+                pages.insert((*d, *p), s.page);
+            }
+        }
+        pages
+    }
+
     /// Whether the chain lets `p`'s publisher publish it.
     fn may_publish(&self, p: &SignedPage) -> bool {
         matches!(
@@ -1080,7 +1143,6 @@ impl Coordinator {
         let held: Vec<(DataId, Vec<(u64, u8)>)> =
             batch.iter().map(|d| (*d, self.service.held(d))).collect();
         // Record pages of the blocks held, for data another node coordinates.
-        let page_of = |b: u64| u32::try_from(b / dht::record::BLOCKS_PER_PAGE).unwrap_or(u32::MAX);
         let wanted: Vec<(DataId, u32)> = held
             .iter()
             .filter(|(d, _)| self.planner.shard_map(d).is_none())
@@ -1090,20 +1152,7 @@ impl Coordinator {
                 pages.into_iter().map(|p| (*d, p))
             })
             .collect();
-        let copies =
-            self.record_copies(wanted.iter().map(|(d, p)| DataRecord::key(d, *p)).collect());
-        let now_ms = now_ms();
-        let mut pages: HashMap<(DataId, u32), DataRecord> = HashMap::new();
-        for ((d, p), copies) in wanted.iter().zip(copies) {
-            let newest = copies
-                .iter()
-                .filter_map(|c| SignedPage::open(c, self.chain_id, now_ms).ok())
-                .filter(|s| s.page.data == *d && s.page.page == *p && self.may_publish(s))
-                .max_by_key(|s| s.page.version);
-            if let Some(s) = newest {
-                pages.insert((*d, *p), s.page);
-            }
-        }
+        let pages = self.newest_pages(&wanted);
         let now = Instant::now();
         let mut due = Vec::new();
         for (d, h) in &held {
@@ -1252,6 +1301,40 @@ fn check_proof(id: &ChunkId, nonce: u64, proof: &[u8]) -> Result<(), String> {
     dht::proof::verify(id, nonce, &p).map_err(|e| e.to_string())
 }
 
+/// Fills the holes of a taken-over data item's `map` with the holder `record` gives each
+/// slot, where that holder did not answer the scan (`heard` did; a node that answered
+/// without listing the shard lost it) and has not failed an audit here (`failed`), and holds
+/// no other slot of the block. Returns how many slots were filled.
+fn seed_from_record(
+    map: &mut [Vec<Option<NodeId>>],
+    record: impl Fn(u64, u8) -> Option<NodeId>,
+    heard: &HashSet<NodeId>,
+    failed: &HashSet<NodeId>,
+) -> usize {
+    let mut seeded = 0;
+    for (b, row) in (0u64..).zip(map.iter_mut()) {
+        for i in 0..row.len() {
+            if row[i].is_some() {
+                continue;
+            }
+            let Some(h) = u8::try_from(i).ok().and_then(|i| record(b, i)) else {
+                continue;
+            };
+            if heard.contains(&h) || failed.contains(&h) || row.contains(&Some(h)) {
+                continue;
+            }
+            row[i] = Some(h);
+            seeded += 1;
+        }
+    }
+    seeded
+}
+
+/// The record page that holds `block`'s row.
+fn page_of(block: u64) -> u32 {
+    u32::try_from(block / dht::record::BLOCKS_PER_PAGE).unwrap_or(u32::MAX)
+}
+
 /// Of the shards `held` here, as (block, index), the ones the map gives to another node:
 /// (block, index, that node). `row_of` gives a block's row of holders (`None` for a lost
 /// shard), if known. A block whose row is unknown or misses a holder keeps every copy: this
@@ -1324,6 +1407,44 @@ mod tests {
         assert_eq!(got, vec![(0, 1, x)]);
         // An empty row (a record page without the block) keeps everything.
         assert!(superseded(me, &held, |_| Some(vec![])).is_empty());
+    }
+
+    #[test]
+    fn a_takeover_keeps_the_record_holders_that_did_not_answer() {
+        let (a, b, c, d) = (
+            NodeId([1; 32]),
+            NodeId([2; 32]),
+            NodeId([3; 32]),
+            NodeId([4; 32]),
+        );
+        // What the record says: block 0 on a, b, c; block 1 on b, c, d.
+        let rec = |blk: u64, i: u8| {
+            let rows = [[a, b, c], [b, c, d]];
+            rows.get(usize::try_from(blk).ok()?)?
+                .get(usize::from(i))
+                .copied()
+        };
+        // The scan heard a (block 0, slot 0) and c, who listed only block 1's slot 1: c
+        // lost shard 2 of block 0. b did not answer; d failed an audit here.
+        let mut map = vec![vec![Some(a), None, None], vec![None, Some(c), None]];
+        let heard: HashSet<NodeId> = [a, c].into_iter().collect();
+        let failed: HashSet<NodeId> = [d].into_iter().collect();
+        let n = seed_from_record(&mut map, rec, &heard, &failed);
+        assert_eq!(n, 2);
+        assert_eq!(
+            map,
+            vec![vec![Some(a), Some(b), None], vec![Some(b), Some(c), None]],
+            "b keeps its slots; c's lost shard and d's stay holes"
+        );
+        // A holder already mapped in the row (a copy it listed under another slot) is not
+        // given a second slot of the block.
+        let mut map = vec![vec![Some(b), None, None]];
+        let heard = HashSet::new();
+        assert_eq!(seed_from_record(&mut map, rec, &heard, &failed), 1);
+        assert_eq!(map, vec![vec![Some(b), None, Some(c)]]);
+        // No record: nothing filled.
+        let mut map = vec![vec![None; 3]];
+        assert_eq!(seed_from_record(&mut map, |_, _| None, &heard, &failed), 0);
     }
 
     #[test]

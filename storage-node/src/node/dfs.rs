@@ -66,7 +66,7 @@ const MANIFEST_HOLDERS: usize = 3;
 /// Copies of a record read before a lookup ends (the newest version among them wins): the
 /// record lives on the ~20 nodes closest to its key, so waiting for all of them would cost a
 /// full query per get for little.
-const RECORD_QUORUM: usize = 3;
+pub(crate) const RECORD_QUORUM: usize = 3;
 /// Record pages looked up at once.
 const RECORD_WINDOW: usize = 32;
 /// Other nodes a failed upload tries before giving up on the shard.

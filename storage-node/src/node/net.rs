@@ -1205,7 +1205,9 @@ impl Net {
         let mut outsiders = OutsiderFrames::new(*self.swarm.local_peer_id());
         let mut record_bytes = RecordBytes::new(*self.swarm.local_peer_id());
         // Record lookups under way: the copies found so far, and who waits for them.
-        let mut record_gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordsReply)> = HashMap::new();
+        // Copies found so far, how many of them open as pages of this chain, the asker.
+        let mut record_gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, usize, RecordsReply)> =
+            HashMap::new();
         let mut next_id = 0u64;
         let mut rr = 0usize;
         let mut outbound_sync: HashMap<OutboundRequestId, PeerId> = HashMap::new();
@@ -1301,7 +1303,7 @@ impl Net {
                         }
                         NetCmd::GetRecord { key, reply } => {
                             let q = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
-                            record_gets.insert(q, (Vec::new(), reply));
+                            record_gets.insert(q, (Vec::new(), 0, reply));
                         }
                         NetCmd::PutRecord { key, value, version, owner } => {
                             let rec = kad::Record::new(kad::RecordKey::new(&key), value);
@@ -1401,14 +1403,27 @@ impl Net {
                             step,
                             ..
                         }) => {
-                            if let (Ok(kad::GetRecordOk::FoundRecord(p)), Some((v, _))) = (&r, record_gets.get_mut(&id)) {
+                            // Ends at a quorum of pages signed for this chain, as a client's
+                            // lookup does: a lookup that waits for every close node waits out
+                            // the dial of any that died, and its asker's timeout with it.
+                            let mut enough = false;
+                            if let (Ok(kad::GetRecordOk::FoundRecord(p)), Some((v, opened, _))) = (&r, record_gets.get_mut(&id)) {
                                 if v.len() < MAX_RECORD_COPIES {
+                                    if SignedPage::open(&p.record.value, records.chain_id, now_ms()).is_ok() {
+                                        *opened += 1;
+                                        enough = *opened >= super::dfs::RECORD_QUORUM;
+                                    }
                                     v.push(p.record.value.clone());
                                 }
                             }
-                            if step.last || r.is_err() {
-                                if let Some((v, reply)) = record_gets.remove(&id) {
+                            if step.last || r.is_err() || enough {
+                                if let Some((v, _, reply)) = record_gets.remove(&id) {
                                     let _ = reply.send(v);
+                                }
+                                if !step.last {
+                                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                                        q.finish();
+                                    }
                                 }
                             }
                         }
