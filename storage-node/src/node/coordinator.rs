@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::config::now_ms;
+use super::dfs::{RECORD_QUORUM, RECORD_WINDOW};
 use super::lock;
 use super::net::{NetCmd, NetStats};
 use super::storage::StorageService;
@@ -57,6 +58,11 @@ const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 /// Data items whose superseded shards one pass of `release_superseded` looks for (their
 /// record pages are fetched together, in one [`QUICK_TIMEOUT`]).
 const RELEASE_ITEMS: usize = 16;
+/// Record pages a scan looks up to fill the maps of data it takes over (see
+/// [`seed_from_record`]); data needing more waits for a later scan.
+const SEED_PAGES_PER_SCAN: usize = 8 * RECORD_WINDOW;
+/// A record lookup that has [`RECORD_QUORUM`] copies of every page stops after this long.
+const RECORD_GRACE: Duration = Duration::from_secs(1);
 
 /// Most records published per second for maps that moved outside repairs (a takeover finds
 /// many items at once; each publish looks up the newest version first).
@@ -609,28 +615,54 @@ impl Coordinator {
         // A holder that did not answer (restarting, or cut off for a moment) keeps the slots
         // the newest record gives it, and is audited like any holder: dead after its strikes,
         // and only then rebuilt elsewhere. Rebuilding its shards at once would cost traffic
-        // and leave it with copies to release when it is back.
-        let doubtful: Vec<(DataId, u32)> = fresh
-            .iter()
-            .filter(|(_, _, _, heard, _)| heard.len() < cands.len())
-            .flat_map(|(d, m, ..)| {
-                let blocks = m.blocks.len() as u64;
-                (0..blocks.div_ceil(dht::record::BLOCKS_PER_PAGE))
-                    .filter_map(|p| Some((*d, u32::try_from(p).ok()?)))
-            })
-            .collect();
-        let pages = match doubtful.is_empty() {
-            true => HashMap::new(),
-            false => self.newest_pages(&doubtful),
+        // and leave it with copies to release when it is back. Only pages of blocks with a
+        // hole are looked up, [`SEED_PAGES_PER_SCAN`] a scan: data needing more is taken over
+        // at a later scan (the first item always goes).
+        let unheard = |heard: &HashSet<NodeId>| -> HashSet<NodeId> {
+            cands
+                .iter()
+                .map(|c| c.node)
+                .filter(|n| !heard.contains(n) && !failed.contains(n))
+                .collect()
         };
-        for (d, m, mut map, heard, present) in fresh {
+        let mut wanted: Vec<(DataId, u32)> = Vec::new();
+        let mut taken = Vec::new();
+        let mut deferred = 0usize;
+        for f in fresh {
+            let (d, _, map, heard, _) = &f;
+            let pages: std::collections::BTreeSet<u32> = match unheard(heard).is_empty() {
+                true => Default::default(),
+                false => (0u64..)
+                    .zip(map)
+                    .filter(|(_, row)| row.iter().any(Option::is_none))
+                    .map(|(b, _)| page_of(b))
+                    .collect(),
+            };
+            if !wanted.is_empty() && wanted.len() + pages.len() > SEED_PAGES_PER_SCAN {
+                deferred += 1;
+                continue;
+            }
+            wanted.extend(pages.into_iter().map(|p| (*d, p)));
+            taken.push(f);
+        }
+        if deferred > 0 {
+            tracing::info!(
+                "{deferred} data items wait for the next scan to be taken over (their record \
+                 pages are looked up {SEED_PAGES_PER_SCAN} a scan)"
+            );
+        }
+        let pages = match wanted.is_empty() {
+            true => HashMap::new(),
+            false => self.newest_pages(&wanted),
+        };
+        for (d, m, mut map, heard, present) in taken {
             let n = usize::from(m.k) + usize::from(m.m);
             let located = map.iter().flatten().filter(|x| x.is_some()).count();
             let record = |b: u64, i: u8| {
                 let r = pages.get(&(d, page_of(b))).filter(|r| r.shards() == n)?;
                 r.holder(b, i)
             };
-            let seeded = seed_from_record(&mut map, record, &heard, &failed);
+            let seeded = seed_from_record(&mut map, record, &unheard(&heard));
             // Shards nobody reports are lost: track them as held by no one.
             let full: Vec<Vec<NodeId>> = map
                 .iter()
@@ -661,11 +693,13 @@ impl Coordinator {
                     self.published.insert(d, found.to_vec());
                 }
             }
-            let also = match (seeded, pages.keys().any(|(x, _)| *x == d)) {
-                (0, _) if heard.len() == cands.len() => String::new(),
-                (0, true) => "; the newest record gives no missing shard to them".into(),
-                (0, false) => "; no record of it found to say what they hold".into(),
-                (n, _) => format!(
+            let looked = wanted.iter().any(|(x, _)| *x == d);
+            let found = pages.keys().any(|(x, _)| *x == d);
+            let also = match (seeded, looked, found) {
+                (0, false, _) => String::new(),
+                (0, true, true) => "; the newest record gives no missing shard to them".into(),
+                (0, true, false) => "; no record of it found to say what they hold".into(),
+                (n, ..) => format!(
                     "; the newest record gives {n} more to those that did not (they keep \
                      them unless audits fail)"
                 ),
@@ -1057,11 +1091,15 @@ impl Coordinator {
     }
 
     /// The newest page of each `(data, page)` of `wanted` in the DHT among pages whose
-    /// publisher may publish them, all looked up at once (a page none is found for within
-    /// [`QUICK_TIMEOUT`] is left out).
+    /// publisher may publish them, looked up [`RECORD_WINDOW`] at once (see
+    /// [`Self::record_copies`]; a page none is found for is left out).
     fn newest_pages(&self, wanted: &[(DataId, u32)]) -> HashMap<(DataId, u32), DataRecord> {
-        let copies =
-            self.record_copies(wanted.iter().map(|(d, p)| DataRecord::key(d, *p)).collect());
+        let mut copies = Vec::with_capacity(wanted.len());
+        for window in wanted.chunks(RECORD_WINDOW) {
+            copies.extend(
+                self.record_copies(window.iter().map(|(d, p)| DataRecord::key(d, *p)).collect()),
+            );
+        }
         let now_ms = now_ms();
         let mut pages = HashMap::new();
         for ((d, p), copies) in wanted.iter().zip(copies) {
@@ -1085,13 +1123,16 @@ impl Coordinator {
         )
     }
 
-    /// The copies of each record `keys` names that the DHT gives within [`QUICK_TIMEOUT`],
-    /// all looked up at once.
+    /// The copies of each record `keys` names that the DHT gives, all looked up at once:
+    /// every copy found until each lookup ends, or [`QUICK_TIMEOUT`] passes, or every key
+    /// has [`RECORD_QUORUM`] copies and [`RECORD_GRACE`] has passed (a lookup waits out
+    /// the dial of every close node that died; the newest version is among the first copies
+    /// but for a node that missed an update).
     fn record_copies(&self, keys: Vec<[u8; 32]>) -> Vec<Vec<Vec<u8>>> {
-        let mut waiting: Vec<Option<tokio::sync::oneshot::Receiver<Vec<Vec<u8>>>>> = keys
+        let mut waiting: Vec<Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>> = keys
             .into_iter()
             .map(|key| {
-                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 self.net
                     .send(NetCmd::GetRecord { key, reply: tx })
                     .ok()
@@ -1100,22 +1141,27 @@ impl Coordinator {
             .collect();
         let mut out = vec![Vec::new(); waiting.len()];
         let t = Instant::now();
-        while waiting.iter().any(Option::is_some) && t.elapsed() < QUICK_TIMEOUT {
+        loop {
             for (slot, w) in out.iter_mut().zip(waiting.iter_mut()) {
-                if let Some(rx) = w {
+                let Some(rx) = w else { continue };
+                loop {
                     match rx.try_recv() {
-                        Ok(v) => {
-                            *slot = v;
+                        Ok(v) => slot.push(v),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
                             *w = None;
+                            break;
                         }
-                        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-                        Err(_) => *w = None,
                     }
                 }
             }
+            let open = waiting.iter().any(Option::is_some);
+            let quorum = out.iter().all(|v| v.len() >= RECORD_QUORUM);
+            if !open || t.elapsed() >= QUICK_TIMEOUT || (quorum && t.elapsed() >= RECORD_GRACE) {
+                return out;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        out
     }
 
     /// Deletes shards kept here whose slot the data's map (the planner's, for data
@@ -1302,14 +1348,13 @@ fn check_proof(id: &ChunkId, nonce: u64, proof: &[u8]) -> Result<(), String> {
 }
 
 /// Fills the holes of a taken-over data item's `map` with the holder `record` gives each
-/// slot, where that holder did not answer the scan (`heard` did; a node that answered
-/// without listing the shard lost it) and has not failed an audit here (`failed`), and holds
-/// no other slot of the block. Returns how many slots were filled.
+/// slot, where that holder is one of `unheard` (candidates that did not answer the scan and
+/// have not failed an audit here: one that answered without listing the shard lost it) and
+/// holds no other slot of the block. Returns how many slots were filled.
 fn seed_from_record(
     map: &mut [Vec<Option<NodeId>>],
     record: impl Fn(u64, u8) -> Option<NodeId>,
-    heard: &HashSet<NodeId>,
-    failed: &HashSet<NodeId>,
+    unheard: &HashSet<NodeId>,
 ) -> usize {
     let mut seeded = 0;
     for (b, row) in (0u64..).zip(map.iter_mut()) {
@@ -1320,7 +1365,7 @@ fn seed_from_record(
             let Some(h) = u8::try_from(i).ok().and_then(|i| record(b, i)) else {
                 continue;
             };
-            if heard.contains(&h) || failed.contains(&h) || row.contains(&Some(h)) {
+            if !unheard.contains(&h) || row.contains(&Some(h)) {
                 continue;
             }
             row[i] = Some(h);
@@ -1425,11 +1470,11 @@ mod tests {
                 .copied()
         };
         // The scan heard a (block 0, slot 0) and c, who listed only block 1's slot 1: c
-        // lost shard 2 of block 0. b did not answer; d failed an audit here.
+        // lost shard 2 of block 0. b did not answer; d did not either, but failed an audit
+        // here or is no candidate: it is not among the unheard.
         let mut map = vec![vec![Some(a), None, None], vec![None, Some(c), None]];
-        let heard: HashSet<NodeId> = [a, c].into_iter().collect();
-        let failed: HashSet<NodeId> = [d].into_iter().collect();
-        let n = seed_from_record(&mut map, rec, &heard, &failed);
+        let unheard: HashSet<NodeId> = [b].into_iter().collect();
+        let n = seed_from_record(&mut map, rec, &unheard);
         assert_eq!(n, 2);
         assert_eq!(
             map,
@@ -1439,12 +1484,12 @@ mod tests {
         // A holder already mapped in the row (a copy it listed under another slot) is not
         // given a second slot of the block.
         let mut map = vec![vec![Some(b), None, None]];
-        let heard = HashSet::new();
-        assert_eq!(seed_from_record(&mut map, rec, &heard, &failed), 1);
+        let unheard: HashSet<NodeId> = [b, c].into_iter().collect();
+        assert_eq!(seed_from_record(&mut map, rec, &unheard), 1);
         assert_eq!(map, vec![vec![Some(b), None, Some(c)]]);
         // No record: nothing filled.
         let mut map = vec![vec![None; 3]];
-        assert_eq!(seed_from_record(&mut map, |_, _| None, &heard, &failed), 0);
+        assert_eq!(seed_from_record(&mut map, |_, _| None, &unheard), 0);
     }
 
     #[test]

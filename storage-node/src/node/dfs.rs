@@ -68,7 +68,7 @@ const MANIFEST_HOLDERS: usize = 3;
 /// full query per get for little.
 pub(crate) const RECORD_QUORUM: usize = 3;
 /// Record pages looked up at once.
-const RECORD_WINDOW: usize = 32;
+pub(crate) const RECORD_WINDOW: usize = 32;
 /// Other nodes a failed upload tries before giving up on the shard.
 const PUT_RETRIES: usize = 4;
 

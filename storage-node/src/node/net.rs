@@ -270,13 +270,14 @@ pub enum NetCmd {
     /// The proposers elected for the current term: their direct consensus frames are not
     /// counted against [`OUTSIDER_FRAMES_PER_S`] (the genesis committee's never are).
     Elected(Vec<Address>),
-    /// Look a record page up in Kademlia: every copy found, as stored (signed pages), once
-    /// the lookup ends.
+    /// Look a record page up in Kademlia: each copy found, as stored (a signed page), as
+    /// soon as it is found; the channel closes when the lookup ends. Dropping the receiver
+    /// ends the lookup at its next copy.
     GetRecord {
         /// Record key.
         key: [u8; 32],
-        /// The copies found (none when the lookup failed).
-        reply: tokio::sync::oneshot::Sender<Vec<Vec<u8>>>,
+        /// Where the copies go.
+        reply: RecordsReply,
     },
 }
 
@@ -677,7 +678,8 @@ pub fn accept_record(
     }
 }
 
-type RecordsReply = tokio::sync::oneshot::Sender<Vec<Vec<u8>>>;
+/// Where a lookup's record copies go, one by one.
+pub type RecordsReply = tokio::sync::mpsc::UnboundedSender<Vec<u8>>;
 /// A page the gate let through, with its version and its data's owner.
 type KeptPage = (kad::Record, (u64, Address));
 
@@ -1205,9 +1207,8 @@ impl Net {
         let mut outsiders = OutsiderFrames::new(*self.swarm.local_peer_id());
         let mut record_bytes = RecordBytes::new(*self.swarm.local_peer_id());
         // Record lookups under way: the copies found so far, and who waits for them.
-        // Copies found so far, how many of them open as pages of this chain, the asker.
-        let mut record_gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, usize, RecordsReply)> =
-            HashMap::new();
+        // Copies sent so far, the asker.
+        let mut record_gets: HashMap<kad::QueryId, (usize, RecordsReply)> = HashMap::new();
         let mut next_id = 0u64;
         let mut rr = 0usize;
         let mut outbound_sync: HashMap<OutboundRequestId, PeerId> = HashMap::new();
@@ -1303,7 +1304,7 @@ impl Net {
                         }
                         NetCmd::GetRecord { key, reply } => {
                             let q = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
-                            record_gets.insert(q, (Vec::new(), 0, reply));
+                            record_gets.insert(q, (0, reply));
                         }
                         NetCmd::PutRecord { key, value, version, owner } => {
                             let rec = kad::Record::new(kad::RecordKey::new(&key), value);
@@ -1403,23 +1404,17 @@ impl Net {
                             step,
                             ..
                         }) => {
-                            // Ends at a quorum of pages signed for this chain, as a client's
-                            // lookup does: a lookup that waits for every close node waits out
-                            // the dial of any that died, and its asker's timeout with it.
-                            let mut enough = false;
-                            if let (Ok(kad::GetRecordOk::FoundRecord(p)), Some((v, opened, _))) = (&r, record_gets.get_mut(&id)) {
-                                if v.len() < MAX_RECORD_COPIES {
-                                    if SignedPage::open(&p.record.value, records.chain_id, now_ms()).is_ok() {
-                                        *opened += 1;
-                                        enough = *opened >= super::dfs::RECORD_QUORUM;
-                                    }
-                                    v.push(p.record.value.clone());
-                                }
+                            // Each copy goes to the asker as it comes: a lookup that waits for
+                            // every close node waits out the dial of any that died, longer
+                            // than its asker waits. An asker that stopped listening, or has
+                            // all the copies it may get, ends it.
+                            let mut done = step.last || r.is_err();
+                            if let (Ok(kad::GetRecordOk::FoundRecord(p)), Some((sent, reply))) = (&r, record_gets.get_mut(&id)) {
+                                *sent += 1;
+                                done |= reply.send(p.record.value.clone()).is_err() || *sent >= MAX_RECORD_COPIES;
                             }
-                            if step.last || r.is_err() || enough {
-                                if let Some((v, _, reply)) = record_gets.remove(&id) {
-                                    let _ = reply.send(v);
-                                }
+                            if done {
+                                record_gets.remove(&id);
                                 if !step.last {
                                     if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                                         q.finish();
