@@ -56,7 +56,7 @@ const KEEPER_TTL: Duration = Duration::from_secs(600);
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Data items whose superseded shards one pass of `release_superseded` looks for (their
-/// record pages are fetched together, in one [`QUICK_TIMEOUT`]).
+/// record pages are looked up together: see `Coordinator::newest_pages`).
 const RELEASE_ITEMS: usize = 16;
 /// Record pages a scan looks up to fill the maps of data it takes over (see
 /// [`seed_from_record`]); data needing more waits for a later scan.
