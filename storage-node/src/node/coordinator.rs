@@ -618,22 +618,19 @@ impl Coordinator {
         // and leave it with copies to release when it is back. Only pages of blocks with a
         // hole are looked up, [`SEED_PAGES_PER_SCAN`] a scan: data needing more is taken over
         // at a later scan (the first item always goes).
-        let unheard = |heard: &HashSet<NodeId>| -> HashSet<NodeId> {
-            cands
-                .iter()
-                .map(|c| c.node)
-                .filter(|n| !heard.contains(n) && !failed.contains(n))
-                .collect()
-        };
         let mut wanted: Vec<(DataId, u32)> = Vec::new();
         let mut taken = Vec::new();
         let mut deferred = 0usize;
-        for f in fresh {
-            let (d, _, map, heard, _) = &f;
-            let pages: std::collections::BTreeSet<u32> = match unheard(heard).is_empty() {
+        for (d, m, map, heard, present) in fresh {
+            let unheard: HashSet<NodeId> = cands
+                .iter()
+                .map(|c| c.node)
+                .filter(|n| !heard.contains(n) && !failed.contains(n))
+                .collect();
+            let pages: std::collections::BTreeSet<u32> = match unheard.is_empty() {
                 true => Default::default(),
                 false => (0u64..)
-                    .zip(map)
+                    .zip(&map)
                     .filter(|(_, row)| row.iter().any(Option::is_none))
                     .map(|(b, _)| page_of(b))
                     .collect(),
@@ -642,8 +639,8 @@ impl Coordinator {
                 deferred += 1;
                 continue;
             }
-            wanted.extend(pages.into_iter().map(|p| (*d, p)));
-            taken.push(f);
+            wanted.extend(pages.into_iter().map(|p| (d, p)));
+            taken.push((d, m, map, heard, unheard, present));
         }
         if deferred > 0 {
             tracing::info!(
@@ -655,14 +652,14 @@ impl Coordinator {
             true => HashMap::new(),
             false => self.newest_pages(&wanted),
         };
-        for (d, m, mut map, heard, present) in taken {
+        for (d, m, mut map, heard, unheard, present) in taken {
             let n = usize::from(m.k) + usize::from(m.m);
             let located = map.iter().flatten().filter(|x| x.is_some()).count();
             let record = |b: u64, i: u8| {
                 let r = pages.get(&(d, page_of(b))).filter(|r| r.shards() == n)?;
                 r.holder(b, i)
             };
-            let seeded = seed_from_record(&mut map, record, &unheard(&heard));
+            let seeded = seed_from_record(&mut map, record, &unheard);
             // Shards nobody reports are lost: track them as held by no one.
             let full: Vec<Vec<NodeId>> = map
                 .iter()
@@ -1103,11 +1100,9 @@ impl Coordinator {
         let now_ms = now_ms();
         let mut pages = HashMap::new();
         for ((d, p), copies) in wanted.iter().zip(copies) {
-            let newest = copies
-                .iter()
-                .filter_map(|c| SignedPage::open(c, self.chain_id, now_ms).ok())
-                .filter(|s| s.page.data == *d && s.page.page == *p && self.may_publish(s))
-                .max_by_key(|s| s.page.version);
+            let newest = newest_allowed(&copies, self.chain_id, now_ms, d, &mut |s| {
+                s.page.page == *p && self.may_publish(s)
+            });
             if let Some(s) = newest {
                 pages.insert((*d, *p), s.page);
             }
@@ -1408,10 +1403,25 @@ fn superseded(
     out
 }
 
-/// The newest version among `copies` (signed pages as a record lookup found them) of pages
-/// of `data` that open for `chain_id` at `now` and whose publisher `allowed` accepts; 0 when
-/// there is none. A coordinator that takes over publishes past it, so its pages outrank its
-/// predecessor's even when the predecessor's clock ran ahead of its own.
+/// The newest among `copies` (signed pages as a record lookup found them) of pages of `data`
+/// that open for `chain_id` at `now` and that `allowed` accepts (their publisher, say).
+fn newest_allowed(
+    copies: &[Vec<u8>],
+    chain_id: u32,
+    now: u64,
+    data: &DataId,
+    allowed: &mut dyn FnMut(&SignedPage) -> bool,
+) -> Option<SignedPage> {
+    copies
+        .iter()
+        .filter_map(|c| SignedPage::open(c, chain_id, now).ok())
+        .filter(|p| p.page.data == *data && allowed(p))
+        .max_by_key(|p| p.page.version)
+}
+
+/// The version of [`newest_allowed`]'s page; 0 when there is none. A coordinator that takes
+/// over publishes past it, so its pages outrank its predecessor's even when the
+/// predecessor's clock ran ahead of its own.
 fn newest_allowed_version(
     copies: &[Vec<u8>],
     chain_id: u32,
@@ -1419,13 +1429,7 @@ fn newest_allowed_version(
     data: &DataId,
     allowed: &mut dyn FnMut(&SignedPage) -> bool,
 ) -> u64 {
-    copies
-        .iter()
-        .filter_map(|c| SignedPage::open(c, chain_id, now).ok())
-        .filter(|p| p.page.data == *data && allowed(p))
-        .map(|p| p.page.version)
-        .max()
-        .unwrap_or(0)
+    newest_allowed(copies, chain_id, now, data, allowed).map_or(0, |p| p.page.version)
 }
 
 #[cfg(test)]
